@@ -1,0 +1,647 @@
+//! `/etc/pppgate/pppgate.toml`, loaded once and validated into a typed [`Config`].
+//!
+//! Unknown keys are errors (`deny_unknown_fields`). The database password never lives here: it
+//! comes from a separate secrets file that must not be readable by group or others. Validation
+//! collects every problem, so `pppgate config check` can print all of them, one per line.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_PATH: &str = "/etc/pppgate/pppgate.toml";
+
+/// Hard cap of the connect path's apply window (seed 004 §3: at most 15 s).
+pub const APPLY_WINDOW_CAP: Duration = Duration::from_secs(15);
+/// Fallback apply window when the SQL setting cannot be read quickly (seed 004 §3: 10 s).
+pub const APPLY_WINDOW_FALLBACK: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database: RawDatabase,
+    nas: RawNas,
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    connect: RawConnect,
+    #[serde(default)]
+    accounting: RawAccounting,
+    #[serde(default)]
+    janitor: RawJanitor,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    dsn: String,
+    secrets_file: Option<PathBuf>,
+    connect_timeout_ms: Option<u64>,
+    statement_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNas {
+    identity: String,
+    ip: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    sessions_dir: Option<PathBuf>,
+    apply_lock: Option<PathBuf>,
+    collector_lock: Option<PathBuf>,
+    accounting_dir: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    rt_tables: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    walled_garden: Option<Vec<String>>,
+    lock_ttl_s: Option<u64>,
+    max_rate_kbit: Option<u32>,
+    client_pool: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnect {
+    apply_window_fallback_s: Option<u64>,
+    settings_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccounting {
+    radacct: Option<String>,
+    interim_interval_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJanitor {
+    heartbeat_multiple: Option<u32>,
+    terminate_cause: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    db_password: Option<String>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub database: DatabaseConfig,
+    pub nas: NasConfig,
+    pub paths: Paths,
+    pub policy: PolicyConfig,
+    pub connect: ConnectConfig,
+    pub accounting: AccountingConfig,
+    pub janitor: JanitorConfig,
+}
+
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// Parsed DSN, password (from the secrets file) already applied.
+    pub pg: postgres::Config,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // postgres::Config's Debug redacts the password; keep it that way.
+        f.debug_struct("DatabaseConfig")
+            .field("pg", &self.pg)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NasConfig {
+    /// This node's identity (NAS-Identifier); used in audit lines and pppgate-owned rows.
+    pub identity: String,
+    /// NAS-IP-Address as FreeRADIUS stores it in radacct.nasipaddress.
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub sessions_dir: PathBuf,
+    pub apply_lock: PathBuf,
+    pub collector_lock: PathBuf,
+    pub accounting_dir: PathBuf,
+    pub audit_log: PathBuf,
+    pub rt_tables: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            sessions_dir: "/run/vpn-sessions".into(),
+            apply_lock: "/run/vpn-policy-apply.lock".into(),
+            collector_lock: "/run/vpn-accounting-collector.lock".into(),
+            accounting_dir: "/var/lib/vpn-accounting".into(),
+            audit_log: "/var/log/pppgate/audit.log".into(),
+            rt_tables: "/etc/iproute2/rt_tables".into(),
+        }
+    }
+}
+
+/// One walled-garden destination: a network and optionally a protocol and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GardenEntry {
+    pub net: Ipv4Net,
+    pub proto: Option<L4Proto>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+}
+
+impl L4Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            L4Proto::Tcp => 6,
+            L4Proto::Udp => 17,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            L4Proto::Tcp => "tcp",
+            L4Proto::Udp => "udp",
+        }
+    }
+}
+
+impl FromStr for GardenEntry {
+    type Err = String;
+    /// `CIDR`, `CIDR:proto` or `CIDR:proto:port` (e.g. `198.51.100.53/32:udp:53`).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut parts = s.split(':');
+        let net = parse_ipv4_net(parts.next().unwrap_or(""))?;
+        let proto = match parts.next() {
+            None => None,
+            Some("tcp") => Some(L4Proto::Tcp),
+            Some("udp") => Some(L4Proto::Udp),
+            Some(p) => return Err(format!("unknown protocol {p:?} (tcp or udp)")),
+        };
+        let port = match parts.next() {
+            None => None,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|v| *v != 0)
+                    .ok_or_else(|| format!("bad port {p:?}"))?,
+            ),
+        };
+        if parts.next().is_some() {
+            return Err("too many ':' fields".into());
+        }
+        Ok(GardenEntry { net, proto, port })
+    }
+}
+
+impl serde::Serialize for GardenEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for GardenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.net)?;
+        if let Some(p) = self.proto {
+            write!(f, ":{}", p.name())?;
+        }
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `a.b.c.d/len` or a bare address (as /32); rejects host bits set (`10.0.0.1/24`).
+pub fn parse_ipv4_net(s: &str) -> std::result::Result<Ipv4Net, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty network".into());
+    }
+    let net = if s.contains('/') {
+        Ipv4Net::from_str(s).map_err(|_| format!("{s:?} is not an IPv4 CIDR"))?
+    } else {
+        let a = Ipv4Addr::from_str(s).map_err(|_| format!("{s:?} is not an IPv4 address"))?;
+        Ipv4Net::new(a, 32).expect("32 is a valid prefix")
+    };
+    if net.trunc() != net {
+        return Err(format!("{s:?} has host bits set (did you mean {}?)", net.trunc()));
+    }
+    Ok(net)
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub walled_garden: Vec<GardenEntry>,
+    /// A lock holder older than this is reported as stale.
+    pub lock_ttl: Duration,
+    /// Rates above this are refused as absurd.
+    pub max_rate_kbit: u32,
+    /// Address pools clients get; used by reconcile to recognise pppgate-managed addresses.
+    pub client_pool: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    pub apply_window_fallback: Duration,
+    pub settings_timeout: Duration,
+}
+
+/// Where the collector writes session octets in radacct.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RadacctMode {
+    /// Update the open row radius.so's accounting created; if there is none, write our own.
+    Auto,
+    /// Only update rows radius.so created.
+    Radius,
+    /// pppgate owns the session's radacct row (no RADIUS accounting in use).
+    Own,
+    /// Do not touch radacct (pppgate's own usage table only).
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountingConfig {
+    pub radacct: RadacctMode,
+    pub interim_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct JanitorConfig {
+    /// Another NAS's open row is stale when its acctupdatetime is older than this many interim
+    /// intervals.
+    pub heartbeat_multiple: u32,
+    pub terminate_cause: String,
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+impl Config {
+    /// Reads and validates `path`; every problem is reported in the error.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Validates configuration text; `path` is used for messages and to resolve nothing else.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config> {
+        let fail = |problems: Vec<String>| Error::Config { path: path.into(), problems };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![toml_problem(&e)]))?;
+        let mut problems = Vec::new();
+
+        // [database]
+        let mut pg = match postgres::Config::from_str(&raw.database.dsn) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                problems.push(format!("database.dsn: not a valid PostgreSQL connection string ({e})"));
+                None
+            }
+        };
+        if let Some(c) = &pg {
+            if c.get_password().is_some() {
+                problems.push(
+                    "database.dsn: contains a password; put it in the secrets file (db_password)".into(),
+                );
+            }
+            if c.get_hosts().is_empty() {
+                problems.push("database.dsn: no host (use host=/var/run/postgresql for the local socket)".into());
+            }
+            if c.get_dbname().is_none() {
+                problems.push("database.dsn: no dbname".into());
+            }
+        }
+        if let Some(secrets) = &raw.database.secrets_file {
+            match load_secrets(secrets) {
+                Ok(s) => {
+                    if let (Some(pw), Some(c)) = (s.db_password, pg.as_mut()) {
+                        c.password(pw);
+                    }
+                }
+                Err(p) => problems.push(p),
+            }
+        }
+        let connect_timeout = ms(raw.database.connect_timeout_ms, 2000);
+        let statement_timeout = ms(raw.database.statement_timeout_ms, 5000);
+        if connect_timeout.is_zero() || connect_timeout > Duration::from_secs(60) {
+            problems.push("database.connect_timeout_ms: must be between 1 and 60000".into());
+        }
+        if statement_timeout.is_zero() || statement_timeout > Duration::from_secs(600) {
+            problems.push("database.statement_timeout_ms: must be between 1 and 600000".into());
+        }
+
+        // [nas]
+        let identity = raw.nas.identity.trim().to_string();
+        if identity.is_empty()
+            || identity.len() > 64
+            || !identity.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(format!(
+                "nas.identity: {:?} must be 1-64 characters of [A-Za-z0-9._-]",
+                raw.nas.identity
+            ));
+        }
+        let nas_ip = match IpAddr::from_str(raw.nas.ip.trim()) {
+            Ok(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
+            _ => {
+                problems.push(format!("nas.ip: {:?} is not an IPv4 address", raw.nas.ip));
+                None
+            }
+        };
+
+        // [paths]
+        let d = Paths::default();
+        let p = raw.paths;
+        let paths = Paths {
+            sessions_dir: p.sessions_dir.unwrap_or(d.sessions_dir),
+            apply_lock: p.apply_lock.unwrap_or(d.apply_lock),
+            collector_lock: p.collector_lock.unwrap_or(d.collector_lock),
+            accounting_dir: p.accounting_dir.unwrap_or(d.accounting_dir),
+            audit_log: p.audit_log.unwrap_or(d.audit_log),
+            rt_tables: p.rt_tables.unwrap_or(d.rt_tables),
+        };
+        for (name, v) in [
+            ("paths.sessions_dir", &paths.sessions_dir),
+            ("paths.apply_lock", &paths.apply_lock),
+            ("paths.collector_lock", &paths.collector_lock),
+            ("paths.accounting_dir", &paths.accounting_dir),
+            ("paths.audit_log", &paths.audit_log),
+            ("paths.rt_tables", &paths.rt_tables),
+        ] {
+            if !v.is_absolute() {
+                problems.push(format!("{name}: {} is not an absolute path", v.display()));
+            }
+        }
+
+        // [policy]
+        let mut walled_garden = Vec::new();
+        for (i, g) in raw.policy.walled_garden.unwrap_or_default().iter().enumerate() {
+            match g.parse::<GardenEntry>() {
+                Ok(e) => walled_garden.push(e),
+                Err(e) => problems.push(format!("policy.walled_garden[{i}]: {e}")),
+            }
+        }
+        let mut client_pool = Vec::new();
+        for (i, n) in raw.policy.client_pool.unwrap_or_default().iter().enumerate() {
+            match parse_ipv4_net(n) {
+                Ok(net) => client_pool.push(net),
+                Err(e) => problems.push(format!("policy.client_pool[{i}]: {e}")),
+            }
+        }
+        let lock_ttl = Duration::from_secs(raw.policy.lock_ttl_s.unwrap_or(120));
+        if lock_ttl.is_zero() {
+            problems.push("policy.lock_ttl_s: must be positive".into());
+        }
+        let max_rate_kbit = raw.policy.max_rate_kbit.unwrap_or(10_000_000);
+        if max_rate_kbit == 0 || max_rate_kbit > 100_000_000 {
+            problems.push("policy.max_rate_kbit: must be between 1 and 100000000".into());
+        }
+
+        // [connect]
+        let apply_window_fallback =
+            Duration::from_secs(raw.connect.apply_window_fallback_s.unwrap_or(APPLY_WINDOW_FALLBACK.as_secs()));
+        if apply_window_fallback.is_zero() || apply_window_fallback > APPLY_WINDOW_CAP {
+            problems.push(format!(
+                "connect.apply_window_fallback_s: must be between 1 and {}",
+                APPLY_WINDOW_CAP.as_secs()
+            ));
+        }
+        let settings_timeout = ms(raw.connect.settings_timeout_ms, 200);
+        if settings_timeout.is_zero() || settings_timeout > Duration::from_secs(2) {
+            problems.push("connect.settings_timeout_ms: must be between 1 and 2000".into());
+        }
+
+        // [accounting]
+        let radacct = match raw.accounting.radacct.as_deref().unwrap_or("auto") {
+            "auto" => RadacctMode::Auto,
+            "radius" => RadacctMode::Radius,
+            "own" => RadacctMode::Own,
+            "off" => RadacctMode::Off,
+            other => {
+                problems.push(format!("accounting.radacct: {other:?} is not one of auto, radius, own, off"));
+                RadacctMode::Auto
+            }
+        };
+        let interim_interval = Duration::from_secs(raw.accounting.interim_interval_s.unwrap_or(300));
+        if interim_interval < Duration::from_secs(10) {
+            problems.push("accounting.interim_interval_s: must be at least 10".into());
+        }
+
+        // [janitor]
+        let heartbeat_multiple = raw.janitor.heartbeat_multiple.unwrap_or(3);
+        if !(2..=100).contains(&heartbeat_multiple) {
+            problems.push("janitor.heartbeat_multiple: must be between 2 and 100".into());
+        }
+        let terminate_cause = raw.janitor.terminate_cause.unwrap_or_else(|| "Lost-Carrier".into());
+        if terminate_cause.is_empty() || !terminate_cause.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            problems.push(format!("janitor.terminate_cause: {terminate_cause:?} is not a RADIUS cause name"));
+        }
+
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        Ok(Config {
+            source: path.into(),
+            database: DatabaseConfig {
+                pg: pg.expect("checked above"),
+                connect_timeout,
+                statement_timeout,
+            },
+            nas: NasConfig { identity, ip: nas_ip.expect("checked above") },
+            paths,
+            policy: PolicyConfig { walled_garden, lock_ttl, max_rate_kbit, client_pool },
+            connect: ConnectConfig { apply_window_fallback, settings_timeout },
+            accounting: AccountingConfig { radacct, interim_interval },
+            janitor: JanitorConfig { heartbeat_multiple, terminate_cause },
+        })
+    }
+}
+
+fn toml_problem(e: &toml::de::Error) -> String {
+    // toml's message spans several lines with a source excerpt; keep the first line and position.
+    let msg = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => format!("syntax: {msg} (at byte {})", span.start),
+        None => format!("syntax: {msg}"),
+    }
+}
+
+/// The secrets file: TOML, owned by root (or the current user) and not readable by group/others.
+struct Secrets {
+    db_password: Option<String>,
+}
+
+fn load_secrets(path: &Path) -> std::result::Result<Secrets, String> {
+    let meta = fs::metadata(path).map_err(|e| format!("database.secrets_file: cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "database.secrets_file: {} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)",
+            path.display()
+        ));
+    }
+    let uid = nix::unistd::Uid::effective().as_raw();
+    if meta.uid() != 0 && meta.uid() != uid {
+        return Err(format!(
+            "database.secrets_file: {} is owned by uid {}, not root",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let text = fs::read_to_string(path)
+        .map_err(|e| format!("database.secrets_file: cannot read {}: {e}", path.display()))?;
+    let raw: RawSecrets = toml::from_str(&text)
+        .map_err(|e| format!("database.secrets_file: {}: {}", path.display(), toml_problem(&e)))?;
+    Ok(Secrets { db_password: raw.db_password })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const GOOD: &str = r#"
+[database]
+dsn = "host=/var/run/postgresql dbname=radius user=pppgate"
+
+[nas]
+identity = "lns-1"
+ip = "192.0.2.1"
+
+[policy]
+walled_garden = ["198.51.100.53/32:udp:53", "198.51.100.80:tcp:80", "203.0.113.0/24"]
+"#;
+
+    fn load(text: &str) -> Result<Config> {
+        Config::from_toml(Path::new("/test.toml"), text)
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match load(text) {
+            Err(Error::Config { problems, .. }) => problems,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_canonical_defaults() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.nas.identity, "lns-1");
+        assert_eq!(c.nas.ip, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(c.paths.sessions_dir, PathBuf::from("/run/vpn-sessions"));
+        assert_eq!(c.paths.apply_lock, PathBuf::from("/run/vpn-policy-apply.lock"));
+        assert_eq!(c.paths.accounting_dir, PathBuf::from("/var/lib/vpn-accounting"));
+        assert_eq!(c.walled_garden_len(), 3);
+        assert_eq!(c.policy.walled_garden[1].port, Some(80));
+        assert_eq!(c.policy.walled_garden[2].proto, None);
+        assert_eq!(c.database.pg.get_dbname(), Some("radius"));
+        assert_eq!(c.connect.apply_window_fallback, APPLY_WINDOW_FALLBACK);
+    }
+
+    impl Config {
+        fn walled_garden_len(&self) -> usize {
+            self.policy.walled_garden.len()
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let p = problems(&format!("{GOOD}\n[nas2]\nx = 1\n"));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("unknown field"), "{p:?}");
+        let p = problems(&GOOD.replace("identity = \"lns-1\"", "identity = \"lns-1\"\nidentiti = \"x\""));
+        assert!(p[0].contains("unknown field `identiti`"), "{p:?}");
+    }
+
+    #[test]
+    fn bad_dsn_is_refused() {
+        let p = problems(&GOOD.replace("host=/var/run/postgresql dbname=radius user=pppgate", "host='unterminated"));
+        assert!(p[0].starts_with("database.dsn: not a valid"), "{p:?}");
+        let p = problems(&GOOD.replace("user=pppgate", "user=pppgate password=hunter2"));
+        assert!(p[0].contains("contains a password"), "{p:?}");
+        assert!(!p[0].contains("hunter2"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = GOOD
+            .replace("ip = \"192.0.2.1\"", "ip = \"not-an-ip\"")
+            .replace("identity = \"lns-1\"", "identity = \"bad id!\"")
+            .replace("\"198.51.100.80:tcp:80\"", "\"10.0.0.1/24\", \"1.2.3.4:icmp\"");
+        let p = problems(&text);
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p.iter().any(|x| x.starts_with("nas.ip")));
+        assert!(p.iter().any(|x| x.starts_with("nas.identity")));
+        assert!(p.iter().any(|x| x.contains("host bits set")));
+        assert!(p.iter().any(|x| x.contains("unknown protocol")));
+    }
+
+    #[test]
+    fn world_readable_secrets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets.toml");
+        let mut f = fs::File::create(&secrets).unwrap();
+        writeln!(f, "db_password = \"s3cret\"").unwrap();
+        let text = GOOD.replace(
+            "user=pppgate\"",
+            &format!("user=pppgate\"\nsecrets_file = \"{}\"", secrets.display()),
+        );
+        fs::set_permissions(&secrets, fs::Permissions::from_mode(0o644)).unwrap();
+        let p = problems(&text);
+        assert!(p[0].contains("mode 0644"), "{p:?}");
+        fs::set_permissions(&secrets, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(problems(&text)[0].contains("mode 0640"));
+        fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(&text).unwrap();
+        assert_eq!(c.database.pg.get_password(), Some(&b"s3cret"[..]));
+        // The password never shows up in Debug output.
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn missing_secrets_file_is_a_problem() {
+        let text = GOOD.replace("user=pppgate\"", "user=pppgate\"\nsecrets_file = \"/nonexistent/s.toml\"");
+        assert!(problems(&text)[0].contains("cannot read /nonexistent/s.toml"));
+    }
+
+    #[test]
+    fn garden_entry_round_trips() {
+        for s in ["198.51.100.53/32:udp:53", "203.0.113.0/24", "10.1.2.3/32:tcp"] {
+            assert_eq!(s.parse::<GardenEntry>().unwrap().to_string(), s);
+        }
+        assert!("10.0.0.0/33".parse::<GardenEntry>().is_err());
+        assert!("10.0.0.0/8:tcp:0".parse::<GardenEntry>().is_err());
+        assert!("10.0.0.0/8:tcp:70000".parse::<GardenEntry>().is_err());
+    }
+}

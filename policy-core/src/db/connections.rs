@@ -1,0 +1,182 @@
+//! `vpn_connections` and the facts the policy is computed from, fetched in one round trip.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use postgres::types::Type;
+use postgres::Client;
+use serde::{Deserialize, Serialize};
+
+use crate::config::parse_ipv4_net;
+use crate::error::{Error, Result};
+use crate::policy::model::{ConnectionFacts, PbrSpec, QuotaPeriod, RouteSpec, Status};
+
+/// The columns of [`ConnectionFacts`], computed by the database in one statement.
+const FACTS_SELECT: &str = r#"
+SELECT c.id, c.customer_id, c.subaccount_login, c.status, c.rate_down_kbit, c.rate_up_kbit,
+       c.quota_bytes, c.quota_period, extract(epoch FROM c.expires_at)::bigint,
+       c.manual_block, COALESCE(cu.blocked, false),
+       COALESCE((SELECT sum(u.bytes_in + u.bytes_out) FROM vpn_usage u
+                 WHERE u.connection_id = c.id
+                   AND u.day >= CASE c.quota_period
+                                  WHEN 'day' THEN current_date
+                                  WHEN 'month' THEN date_trunc('month', current_date)::date
+                                  ELSE DATE '1970-01-01' END), 0)::bigint,
+       extract(epoch FROM now())::bigint,
+       COALESCE((SELECT json_agg(json_build_object('dst', r.destination::text, 'gw', host(r.gateway),
+                                                   'table', r.table_id, 'metric', r.metric) ORDER BY r.id)
+                 FROM vpn_routes r WHERE r.connection_id = c.id), '[]'::json)::text,
+       COALESCE((SELECT json_agg(json_build_object('name', p.name, 'table', p.table_id, 'via', host(p.next_hop),
+                                                   'dev', p.dev, 'priority', p.priority) ORDER BY p.id)
+                 FROM pbr_rules p WHERE p.connection_id = c.id), '[]'::json)::text
+FROM vpn_connections c LEFT JOIN customers cu ON cu.id = c.customer_id
+"#;
+
+#[derive(Deserialize)]
+struct RouteJson {
+    dst: String,
+    gw: Option<String>,
+    table: Option<i64>,
+    metric: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct PbrJson {
+    name: String,
+    table: i64,
+    via: String,
+    dev: String,
+    priority: i64,
+}
+
+fn facts_from_row(row: &postgres::Row) -> Result<ConnectionFacts> {
+    let id: i64 = row.get(0);
+    let bad = |what: &'static str, v: String| Error::invalid(what, v, format!("in vpn_connections row {id}"));
+    let status_s: String = row.get(3);
+    let status = Status::from_str(&status_s).map_err(|_| bad("status", status_s.clone()))?;
+    let period_s: String = row.get(7);
+    let quota_period = QuotaPeriod::from_str(&period_s).map_err(|_| bad("quota_period", period_s.clone()))?;
+    let routes_json: String = row.get(13);
+    let pbr_json: String = row.get(14);
+    let routes: Vec<RouteJson> = serde_json::from_str(&routes_json).map_err(|e| bad("routes", e.to_string()))?;
+    let pbr: Vec<PbrJson> = serde_json::from_str(&pbr_json).map_err(|e| bad("pbr rules", e.to_string()))?;
+    let routes = routes
+        .into_iter()
+        .map(|r| {
+            Ok(RouteSpec {
+                dst: parse_ipv4_net(&r.dst).map_err(|e| bad("route destination", e))?,
+                gateway: r.gw.map(|g| Ipv4Addr::from_str(&g).map_err(|_| bad("route gateway", g))).transpose()?,
+                table: r.table.map(|t| t as u32),
+                metric: r.metric.map(|m| m as u32),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pbr = pbr
+        .into_iter()
+        .map(|p| {
+            Ok(PbrSpec {
+                name: p.name,
+                table: p.table as u32,
+                via: Ipv4Addr::from_str(&p.via).map_err(|_| bad("pbr next hop", p.via.clone()))?,
+                dev: p.dev,
+                priority: p.priority as u32,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rate = |v: Option<i32>| v.map(|x| x.max(0) as u32);
+    Ok(ConnectionFacts {
+        id,
+        customer_id: row.get(1),
+        login: row.get(2),
+        status,
+        rate_down_kbit: rate(row.get(4)),
+        rate_up_kbit: rate(row.get(5)),
+        quota_bytes: row.get::<_, Option<i64>>(6).map(|q| q.max(0) as u64),
+        quota_period,
+        expires_at: row.get(8),
+        manual_block: row.get(9),
+        customer_blocked: row.get(10),
+        used_bytes: row.get::<_, i64>(11).max(0) as u64,
+        db_now: row.get(12),
+        routes,
+        pbr,
+    })
+}
+
+/// Result of the connect-path lookup by login.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum LoginLookup {
+    Found(Box<ConnectionFacts>),
+    /// No row with this login in PREPROVISIONED/CLAIMED.
+    NotFound,
+    /// More than one row (impossible while subaccount_login is UNIQUE; still fails closed).
+    Ambiguous(usize),
+}
+
+/// The connect-path lookup (seed 004 §3): `subaccount_login = $1 AND status IN
+/// ('PREPROVISIONED','CLAIMED')`, exactly one row, with the policy facts of that row.
+/// One round trip (typed query, no separate prepare).
+pub fn lookup_login(client: &mut Client, login: &str) -> Result<LoginLookup> {
+    let sql = format!("{FACTS_SELECT} WHERE c.subaccount_login = $1 AND c.status IN ('PREPROVISIONED', 'CLAIMED')");
+    let rows = client.query_typed(&sql, &[(&login, Type::TEXT)]).map_err(Error::from_sql)?;
+    match rows.len() {
+        0 => Ok(LoginLookup::NotFound),
+        1 => Ok(LoginLookup::Found(Box::new(facts_from_row(&rows[0])?))),
+        n => Ok(LoginLookup::Ambiguous(n)),
+    }
+}
+
+/// Why a login did not match, for the log line (only called on the failure path).
+pub fn explain_login(client: &mut Client, login: &str) -> Result<String> {
+    let rows = client
+        .query_typed("SELECT id, status FROM vpn_connections WHERE subaccount_login = $1", &[(&login, Type::TEXT)])
+        .map_err(Error::from_sql)?;
+    Ok(match rows.first() {
+        None => "no vpn_connections row has this subaccount_login".to_string(),
+        Some(r) => {
+            let id: i64 = r.get(0);
+            let status: String = r.get(1);
+            format!("vpn_connections row {id} has status {status}, not PREPROVISIONED/CLAIMED")
+        }
+    })
+}
+
+/// Facts for the given connection ids, whatever their status (reconcile and panel triggers).
+pub fn facts_by_ids(client: &mut Client, ids: &[i64]) -> Result<Vec<ConnectionFacts>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!("{FACTS_SELECT} WHERE c.id = ANY($1)");
+    let rows = client.query_typed(&sql, &[(&ids, Type::INT8_ARRAY)]).map_err(Error::from_sql)?;
+    rows.iter().map(facts_from_row).collect()
+}
+
+/// Connection ids of a customer.
+pub fn ids_of_customer(client: &mut Client, customer_id: i64) -> Result<Vec<i64>> {
+    let rows = client
+        .query_typed("SELECT id FROM vpn_connections WHERE customer_id = $1 ORDER BY id", &[(&customer_id, Type::INT8)])
+        .map_err(Error::from_sql)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+pub fn exists(client: &mut Client, id: i64) -> Result<bool> {
+    let rows = client
+        .query_typed("SELECT 1 FROM vpn_connections WHERE id = $1", &[(&id, Type::INT8)])
+        .map_err(Error::from_sql)?;
+    Ok(!rows.is_empty())
+}
+
+pub fn customer_exists(client: &mut Client, id: i64) -> Result<bool> {
+    let rows = client
+        .query_typed("SELECT 1 FROM customers WHERE id = $1", &[(&id, Type::INT8)])
+        .map_err(Error::from_sql)?;
+    Ok(!rows.is_empty())
+}
+
+/// Login of a connection (for the janitor and diagnostics).
+pub fn login_of(client: &mut Client, id: i64) -> Result<Option<String>> {
+    let rows = client
+        .query_typed("SELECT subaccount_login FROM vpn_connections WHERE id = $1", &[(&id, Type::INT8)])
+        .map_err(Error::from_sql)?;
+    Ok(rows.first().map(|r| r.get(0)))
+}

@@ -1,0 +1,76 @@
+//! PostgreSQL access: connections with hard timeouts, the schema migrations, and one module per
+//! table group. Every query is parameterized. No connection outlives the operation that opened it
+//! (the plugin holds none between pppd events).
+
+pub mod connections;
+pub mod migrate;
+pub mod settings;
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use postgres::config::Host;
+use postgres::{Client, NoTls};
+
+use crate::config::DatabaseConfig;
+use crate::error::{Error, Result};
+
+/// Opens a connection with the configured timeouts.
+pub fn connect(cfg: &DatabaseConfig) -> Result<Client> {
+    connect_with(cfg, cfg.connect_timeout, cfg.statement_timeout)
+}
+
+/// Opens a connection with explicit timeouts (the connect path uses tight ones).
+///
+/// Host names are resolved here, synchronously, and passed as `hostaddr`: the driver would
+/// otherwise resolve them on a helper thread, and the plugin must not start threads in pppd.
+pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_timeout: Duration) -> Result<Client> {
+    let mut pg = cfg.pg.clone();
+    pg.connect_timeout(connect_timeout);
+    let ms = statement_timeout.as_millis().max(1);
+    let opts = match pg.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} -c statement_timeout={ms} -c client_min_messages=warning"),
+        _ => format!("-c statement_timeout={ms} -c client_min_messages=warning"),
+    };
+    pg.options(&opts);
+    if pg.get_application_name().is_none() {
+        pg.application_name("pppgate");
+    }
+    if pg.get_hostaddrs().is_empty() {
+        let port = pg.get_ports().first().copied().unwrap_or(5432);
+        let mut addrs = Vec::new();
+        let mut needs = false;
+        for h in pg.get_hosts() {
+            if let Host::Tcp(name) = h {
+                if let Ok(ip) = name.parse::<IpAddr>() {
+                    addrs.push(ip);
+                } else {
+                    needs = true;
+                    let ip = (name.as_str(), port)
+                        .to_socket_addrs()
+                        .ok()
+                        .and_then(|mut it| it.next())
+                        .map(|sa| sa.ip());
+                    match ip {
+                        Some(ip) => addrs.push(ip),
+                        None => return Err(Error::invalid("database host", name.clone(), "does not resolve")),
+                    }
+                }
+            }
+        }
+        if needs && addrs.len() == pg.get_hosts().len() {
+            for a in addrs {
+                pg.hostaddr(a);
+            }
+        }
+    }
+    pg.connect(NoTls).map_err(Error::SqlUnavailable)
+}
+
+/// Seconds since the Unix epoch as PostgreSQL computes it (`now()`), for consistent comparisons.
+pub fn db_now(client: &mut Client) -> Result<i64> {
+    let row = client
+        .query_one("SELECT extract(epoch FROM now())::bigint", &[])
+        .map_err(Error::from_sql)?;
+    Ok(row.get(0))
+}

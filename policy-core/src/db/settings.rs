@@ -1,0 +1,55 @@
+//! The `settings` table (key/value), read by the connect path with a tight timeout.
+
+use std::time::Duration;
+
+use postgres::types::Type;
+use postgres::Client;
+
+use crate::config::APPLY_WINDOW_CAP;
+use crate::error::{Error, Result};
+
+pub const APPLY_WINDOW_KEY: &str = "connect_apply_window_s";
+
+pub fn get(client: &mut Client, key: &str) -> Result<Option<String>> {
+    let rows = client
+        .query_typed("SELECT value FROM settings WHERE key = $1", &[(&key, Type::TEXT)])
+        .map_err(Error::from_sql)?;
+    Ok(rows.first().map(|r| r.get(0)))
+}
+
+pub fn set(client: &mut Client, key: &str, value: &str) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO settings (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()",
+            &[&key, &value],
+        )
+        .map_err(Error::from_sql)?;
+    Ok(())
+}
+
+/// Parses the apply window setting: whole seconds (fractions allowed), capped at 15 s.
+/// `None` for a value that does not parse or is not positive (the caller falls back).
+pub fn parse_apply_window(v: &str) -> Option<Duration> {
+    let secs: f64 = v.trim().parse().ok()?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs).min(APPLY_WINDOW_CAP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_is_capped_and_validated() {
+        assert_eq!(parse_apply_window("10"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_apply_window("2.5"), Some(Duration::from_millis(2500)));
+        assert_eq!(parse_apply_window("600"), Some(APPLY_WINDOW_CAP));
+        assert_eq!(parse_apply_window("0"), None);
+        assert_eq!(parse_apply_window("-3"), None);
+        assert_eq!(parse_apply_window("ten"), None);
+        assert_eq!(parse_apply_window("NaN"), None);
+    }
+}

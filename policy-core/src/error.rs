@@ -1,0 +1,188 @@
+//! The one error type of policy-core. Each variant says what failed; `exit_code` maps it onto the
+//! exit codes of DESIGN.md and `is_transient` tells callers whether a retry may succeed.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Exit codes of the `pppgate` admin and timer verbs (DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    Ok = 0,
+    Usage = 64,
+    DataErr = 65,
+    /// TEMPFAIL_SQL.
+    SqlUnavailable = 69,
+    Internal = 70,
+    /// TEMPFAIL_LOCKED.
+    Locked = 75,
+    Config = 78,
+}
+
+impl ExitCode {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Every problem found in a configuration file, one per entry.
+    #[error("invalid configuration {path}: {}", .problems.join("; "))]
+    Config { path: PathBuf, problems: Vec<String> },
+
+    #[error("failed to read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("malformed mapping file {path}: {reason}")]
+    Mapping { path: PathBuf, reason: crate::mapping::MappingError },
+
+    /// A value given on the command line or from an external source that does not parse.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidInput { what: &'static str, value: String, reason: String },
+
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+
+    #[error("database unavailable")]
+    SqlUnavailable(#[source] postgres::Error),
+
+    #[error("database query failed")]
+    Sql(#[source] postgres::Error),
+
+    #[error("database schema version {found} is older than {needed}; run `pppgate db migrate`")]
+    SchemaTooOld { found: i32, needed: i32 },
+
+    #[error("database schema version {found} is newer than this pppgate ({known})")]
+    SchemaTooNew { found: i32, known: i32 },
+
+    #[error("lock {path} is held{}", holder_text(.holder))]
+    Locked { path: PathBuf, holder: Option<crate::lock::Holder> },
+
+    #[error("failed to lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("netlink {op} failed")]
+    Netlink {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("failed to run {program}")]
+    Exec {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{program} failed: {stderr}")]
+    ExecFailed { program: String, stderr: String },
+
+    #[error("kernel state does not match the plan after apply: {0}")]
+    Verify(String),
+
+    #[error("spool record {path} is unusable: {reason}")]
+    Spool { path: PathBuf, reason: String },
+
+    #[error("system call {call} failed")]
+    Sys {
+        call: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn holder_text(h: &Option<crate::lock::Holder>) -> String {
+    match h {
+        Some(h) => format!(" by pid {} since {}", h.pid, h.since),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// Whether trying again later may succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::SqlUnavailable(_) | Error::Locked { .. } => true,
+            Error::Sql(e) => sql_is_transient(e),
+            _ => false,
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Config { .. } | Error::SchemaTooOld { .. } | Error::SchemaTooNew { .. } => {
+                ExitCode::Config
+            }
+            Error::Mapping { .. } | Error::InvalidInput { .. } | Error::NotFound { .. } => {
+                ExitCode::DataErr
+            }
+            Error::SqlUnavailable(_) => ExitCode::SqlUnavailable,
+            Error::Sql(e) if sql_is_transient(e) => ExitCode::SqlUnavailable,
+            Error::Locked { .. } => ExitCode::Locked,
+            _ => ExitCode::Internal,
+        }
+    }
+
+    pub fn invalid(what: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidInput { what, value: value.into(), reason: reason.into() }
+    }
+
+    /// Wraps a postgres error, classifying connection-level failures as "unavailable".
+    pub fn from_sql(e: postgres::Error) -> Self {
+        if e.is_closed() || e.code().is_none() && e.as_db_error().is_none() {
+            Error::SqlUnavailable(e)
+        } else {
+            Error::Sql(e)
+        }
+    }
+}
+
+fn sql_is_transient(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(c) => {
+            *c == SqlState::QUERY_CANCELED
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::TOO_MANY_CONNECTIONS
+        }
+    }
+}
+
+/// Renders an error and its sources on one line: `a: b: c`.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let t = src.to_string();
+        if !t.is_empty() && !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = src.source();
+    }
+    s.replace('\n', " ")
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

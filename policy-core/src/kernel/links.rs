@@ -1,0 +1,151 @@
+//! One snapshot of the network interfaces (rtnetlink link + address dumps): names, indexes,
+//! kinds, IPv4 peer/local addresses and 64-bit counters. Used by the VALID check, reconcile and
+//! the accounting collector; one pair of dumps serves any number of sessions.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::netlink::{self, attrs, Family, MsgBuilder, Socket, NLM_F_DUMP};
+use crate::error::Result;
+
+pub const RTM_NEWLINK: u16 = 16;
+pub const RTM_DELLINK: u16 = 17;
+pub const RTM_GETLINK: u16 = 18;
+pub const RTM_NEWADDR: u16 = 20;
+pub const RTM_GETADDR: u16 = 22;
+
+pub const IFLA_ADDRESS: u16 = 1;
+pub const IFLA_IFNAME: u16 = 3;
+pub const IFLA_MTU: u16 = 4;
+pub const IFLA_LINKINFO: u16 = 18;
+pub const IFLA_STATS64: u16 = 23;
+pub const IFLA_INFO_KIND: u16 = 1;
+
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+
+pub const IFF_UP: u32 = 0x1;
+
+/// 64-bit interface counters as the kernel keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Counters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub flags: u32,
+    /// `IFLA_INFO_KIND` (e.g. "ifb", "veth", "tun"); ppp devices have none.
+    pub kind: Option<String>,
+    pub counters: Option<Counters>,
+    /// IPv4 peer addresses (point-to-point `IFA_ADDRESS` differing from `IFA_LOCAL`).
+    pub peers: Vec<Ipv4Addr>,
+    pub locals: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LinkSnapshot {
+    pub by_name: BTreeMap<String, Link>,
+}
+
+/// Builds an `ifinfomsg` header.
+pub fn ifinfomsg(family: u8, index: i32, flags: u32, change: u32) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0] = family;
+    b[4..8].copy_from_slice(&index.to_ne_bytes());
+    b[8..12].copy_from_slice(&flags.to_ne_bytes());
+    b[12..16].copy_from_slice(&change.to_ne_bytes());
+    b
+}
+
+pub fn parse_link(payload: &[u8]) -> Option<Link> {
+    let hdr = payload.get(..16)?;
+    let index = i32::from_ne_bytes(hdr[4..8].try_into().ok()?) as u32;
+    let flags = u32::from_ne_bytes(hdr[8..12].try_into().ok()?);
+    let mut link = Link { index, flags, ..Default::default() };
+    for (ty, data) in attrs(&payload[16..]) {
+        match ty {
+            IFLA_IFNAME => link.name = netlink::attr_str(data),
+            IFLA_LINKINFO => {
+                for (t, d) in attrs(data) {
+                    if t == IFLA_INFO_KIND {
+                        link.kind = Some(netlink::attr_str(d));
+                    }
+                }
+            }
+            IFLA_STATS64 if data.len() >= 32 => {
+                let f = |i: usize| netlink::attr_u64(&data[i * 8..]).unwrap_or(0);
+                link.counters =
+                    Some(Counters { rx_packets: f(0), tx_packets: f(1), rx_bytes: f(2), tx_bytes: f(3) });
+            }
+            _ => {}
+        }
+    }
+    (!link.name.is_empty()).then_some(link)
+}
+
+impl LinkSnapshot {
+    /// Dumps links and IPv4 addresses of the current network namespace.
+    pub fn read() -> Result<LinkSnapshot> {
+        let mut sock = Socket::open(Family::Route)?;
+        Self::read_with(&mut sock)
+    }
+
+    pub fn read_with(sock: &mut Socket) -> Result<LinkSnapshot> {
+        let mut snap = LinkSnapshot::default();
+        let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
+        let req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP).bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0));
+        for (ty, payload) in sock.dump("dump links", req)? {
+            if ty != RTM_NEWLINK {
+                continue;
+            }
+            if let Some(l) = parse_link(&payload) {
+                by_index.insert(l.index, l.name.clone());
+                snap.by_name.insert(l.name.clone(), l);
+            }
+        }
+        let mut ifa = [0u8; 8];
+        ifa[0] = libc::AF_INET as u8;
+        let req = MsgBuilder::new(RTM_GETADDR, NLM_F_DUMP).bytes(&ifa);
+        for (ty, payload) in sock.dump("dump addresses", req)? {
+            if ty != RTM_NEWADDR || payload.len() < 8 || payload[0] != libc::AF_INET as u8 {
+                continue;
+            }
+            let index = u32::from_ne_bytes(payload[4..8].try_into().unwrap());
+            let (mut address, mut local) = (None, None);
+            for (t, d) in attrs(&payload[8..]) {
+                let ip = d.get(..4).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                match t {
+                    IFA_ADDRESS => address = ip,
+                    IFA_LOCAL => local = ip,
+                    _ => {}
+                }
+            }
+            let Some(name) = by_index.get(&index) else { continue };
+            let Some(link) = snap.by_name.get_mut(name) else { continue };
+            if let Some(l) = local {
+                link.locals.push(l);
+            }
+            if let (Some(a), Some(l)) = (address, local) {
+                if a != l {
+                    link.peers.push(a);
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    /// The peer addresses of interface `name`, or `None` when it does not exist.
+    pub fn peer_of(&self, name: &str) -> Option<&[Ipv4Addr]> {
+        self.by_name.get(name).map(|l| l.peers.as_slice())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Link> {
+        self.by_name.get(name)
+    }
+}

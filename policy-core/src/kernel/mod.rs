@@ -1,0 +1,221 @@
+//! Kernel objects pppgate owns, one module per kind, behind traits so the planner can be tested
+//! against the recording backend ([`recording`]) and run against the real one ([`Netlink`]).
+//!
+//! Ownership, so reconcile removes only what is ours:
+//! * nftables: the whole table `inet pppgate` (sets per state, chains, rules);
+//! * tc: the root HTB qdisc and the ingress qdisc on session interfaces, and the IFB devices
+//!   named `pgi-<ppp_if>`;
+//! * routes and rules: those with protocol [`RTPROT_PPPGATE`].
+
+pub mod links;
+pub mod netlink;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::config::GardenEntry;
+use crate::error::Result;
+use crate::policy::model::{PolicyState, Speed};
+
+/// Route/rule protocol number marking pppgate's routes and rules (`ip route ... proto 77`);
+/// packaging ships /etc/iproute2/rt_protos.d/pppgate.conf naming it.
+pub const RTPROT_PPPGATE: u8 = 77;
+
+/// The nft table pppgate owns.
+pub const NFT_TABLE: &str = "pppgate";
+
+/// The per-state address sets of `inet pppgate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum NftSet {
+    /// `connect_pending_v4`: the connect gate, drops all forwarding.
+    Pending,
+    /// `full_v4`: forwarded.
+    Full,
+    /// `restricted_v4`: walled garden only.
+    Restricted,
+    /// `blocked_v4`: drops all forwarding.
+    Blocked,
+}
+
+impl NftSet {
+    pub const ALL: [NftSet; 4] = [NftSet::Pending, NftSet::Full, NftSet::Restricted, NftSet::Blocked];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NftSet::Pending => "connect_pending_v4",
+            NftSet::Full => "full_v4",
+            NftSet::Restricted => "restricted_v4",
+            NftSet::Blocked => "blocked_v4",
+        }
+    }
+
+    /// The set a session in `state` belongs in (TERMINATE stays blocked until it is gone).
+    pub fn for_state(state: PolicyState) -> NftSet {
+        match state {
+            PolicyState::Gated => NftSet::Pending,
+            PolicyState::Full => NftSet::Full,
+            PolicyState::Restricted => NftSet::Restricted,
+            PolicyState::Blocked | PolicyState::Terminate => NftSet::Blocked,
+        }
+    }
+}
+
+/// One element change inside an nft transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct SetChange {
+    pub set: NftSet,
+    pub ip: Ipv4Addr,
+    /// true: add; false: remove (idempotent both ways).
+    pub add: bool,
+}
+
+/// What `inet pppgate` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NftState {
+    /// The table exists with pppgate's current chains/rules/sets layout.
+    pub base_ok: bool,
+    pub members: BTreeMap<NftSet, BTreeSet<Ipv4Addr>>,
+    pub garden: BTreeSet<GardenEntry>,
+}
+
+impl NftState {
+    /// Every set `ip` is in.
+    pub fn sets_of(&self, ip: Ipv4Addr) -> BTreeSet<NftSet> {
+        self.members.iter().filter(|(_, m)| m.contains(&ip)).map(|(s, _)| *s).collect()
+    }
+}
+
+pub trait Nft {
+    /// Creates `inet pppgate` (sets, chains, rules, the walled garden) when it is missing or its
+    /// layout is not the current one; set members survive a layout upgrade. Idempotent.
+    fn ensure_base(&mut self, garden: &[GardenEntry]) -> Result<()>;
+    /// Reads the whole table back.
+    fn read(&mut self) -> Result<NftState>;
+    /// Reads which sets one address is in (cheap; the connect path uses this).
+    fn sets_of(&mut self, ip: Ipv4Addr) -> Result<BTreeSet<NftSet>>;
+    /// Applies all changes as one atomic transaction: all or nothing.
+    fn commit(&mut self, changes: &[SetChange]) -> Result<()>;
+}
+
+/// Shaping installed on one session interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Shaping {
+    /// HTB rate on the interface's egress (to the client), kbit/s.
+    pub down_kbit: Option<u32>,
+    /// HTB rate on the session IFB's egress (from the client), kbit/s.
+    pub up_kbit: Option<u32>,
+}
+
+impl From<Speed> for Shaping {
+    fn from(s: Speed) -> Self {
+        Shaping { down_kbit: s.down_kbit, up_kbit: s.up_kbit }
+    }
+}
+
+/// Name of the IFB device carrying a session's upload.
+pub fn ifb_name(ppp_if: &str) -> String {
+    let n = format!("pgi-{ppp_if}");
+    debug_assert!(n.len() <= 15);
+    n
+}
+
+/// tc state pppgate owns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TcState {
+    /// Shaping per interface that carries any pppgate qdisc (unlimited entries are omitted).
+    pub shaping: BTreeMap<String, Shaping>,
+    /// `pgi-*` devices present.
+    pub ifbs: BTreeSet<String>,
+}
+
+pub trait Tc {
+    /// Reads shaping for every interface (reconcile) .
+    fn read(&mut self) -> Result<TcState>;
+    /// Reads shaping for one interface (connect path).
+    fn read_one(&mut self, ifname: &str) -> Result<Shaping>;
+    /// Installs or replaces shaping on `ifname`; an unlimited direction removes that side.
+    fn set(&mut self, ifname: &str, shaping: &Shaping) -> Result<()>;
+    /// Removes pppgate's qdiscs from `ifname` (if it still exists) and deletes its IFB.
+    fn clear(&mut self, ifname: &str) -> Result<()>;
+    /// Deletes an IFB whose session interface is gone.
+    fn remove_ifb(&mut self, ifb: &str) -> Result<()>;
+}
+
+/// A route owned by pppgate.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct OwnedRoute {
+    pub dst: Ipv4Net,
+    /// Next hop; `None` is a device route (on a ppp link that reaches the peer).
+    pub gateway: Option<Ipv4Addr>,
+    pub dev: String,
+    /// Routing table id (254 = main).
+    pub table: u32,
+    pub metric: Option<u32>,
+}
+
+pub trait Routes {
+    fn read(&mut self) -> Result<Vec<OwnedRoute>>;
+    /// Adds (or replaces the same key) idempotently.
+    fn add(&mut self, r: &OwnedRoute) -> Result<()>;
+    /// Deletes; a route that is already gone is fine.
+    fn del(&mut self, r: &OwnedRoute) -> Result<()>;
+}
+
+/// An `ip rule` owned by pppgate: `from <from> lookup <table> priority <priority>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct OwnedRule {
+    pub from: Ipv4Net,
+    pub table: u32,
+    pub priority: u32,
+}
+
+pub trait Rules {
+    fn read(&mut self) -> Result<Vec<OwnedRule>>;
+    fn add(&mut self, r: &OwnedRule) -> Result<()>;
+    fn del(&mut self, r: &OwnedRule) -> Result<()>;
+}
+
+/// Forwarding sysctls, as read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SysctlReport {
+    pub ip_forward: bool,
+    /// `net.ipv4.conf.all.rp_filter`.
+    pub rp_filter_all: u8,
+    /// `net.ipv4.conf.default.rp_filter` (what new ppp interfaces inherit).
+    pub rp_filter_default: u8,
+    /// Effective rp_filter per session interface (max of all and the interface's own).
+    pub rp_filter: BTreeMap<String, u8>,
+}
+
+impl SysctlReport {
+    /// Interfaces whose effective rp_filter is strict (1).
+    pub fn strict_interfaces(&self) -> Vec<String> {
+        self.rp_filter.iter().filter(|(_, v)| **v == 1).map(|(k, _)| k.clone()).collect()
+    }
+    pub fn ok(&self) -> bool {
+        self.ip_forward && self.rp_filter_all != 1 && self.strict_interfaces().is_empty()
+    }
+}
+
+pub trait Sysctl {
+    fn read(&mut self, ifnames: &[String]) -> Result<SysctlReport>;
+    /// ip_forward = 1, all/default rp_filter = 2 (loose) unless 0, rp_filter = 2 on each ifname.
+    fn ensure(&mut self, ifnames: &[String]) -> Result<()>;
+}
+
+/// All backends the engine drives.
+pub trait Backends {
+    type N: Nft;
+    type T: Tc;
+    type R: Routes;
+    type U: Rules;
+    type S: Sysctl;
+    fn nft(&mut self) -> &mut Self::N;
+    fn tc(&mut self) -> &mut Self::T;
+    fn routes(&mut self) -> &mut Self::R;
+    fn rules(&mut self) -> &mut Self::U;
+    fn sysctl(&mut self) -> &mut Self::S;
+}

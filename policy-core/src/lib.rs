@@ -1,0 +1,15 @@
+//! pppgate's domain: configuration, SQL access, the policy model and planner, the kernel
+//! backends, the single-writer lock, session mappings and accounting.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod kernel;
+pub mod lock;
+pub mod mapping;
+pub mod policy;
+pub mod procfs;
+
+pub use error::{Error, ExitCode, Result};

@@ -1,0 +1,209 @@
+//! The single-writer lock: `flock` on /run/vpn-policy-apply.lock (and the collector's own lock).
+//!
+//! Whoever holds the lock writes `pid=<pid> since=<unix seconds> what=<verb>` into the file, so a
+//! busy lock can be reported with its holder, and a holder older than the TTL can be recognised as
+//! stale. The kernel releases a flock when its holder dies, so a crashed writer never blocks
+//! anyone; a *hung* writer is what `--break-stale-lock` is for.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub since: i64,
+    pub what: String,
+}
+
+impl Holder {
+    pub fn parse(text: &str) -> Option<Holder> {
+        let mut pid = None;
+        let mut since = None;
+        let mut what = String::new();
+        for field in text.split_whitespace() {
+            match field.split_once('=') {
+                Some(("pid", v)) => pid = v.parse().ok(),
+                Some(("since", v)) => since = v.parse().ok(),
+                Some(("what", v)) => what = v.to_string(),
+                _ => {}
+            }
+        }
+        Some(Holder { pid: pid?, since: since?, what })
+    }
+
+    pub fn age(&self) -> Duration {
+        Duration::from_secs((now_unix() - self.since).max(0) as u64)
+    }
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A held lock; released on drop.
+#[derive(Debug)]
+pub struct Lock {
+    _flock: Flock<File>,
+    pub path: PathBuf,
+}
+
+fn open(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+        .map_err(|source| Error::Lock { path: path.into(), source })
+}
+
+impl Lock {
+    /// Takes the lock without waiting; `Error::Locked` (exit 75) with the holder when it is busy.
+    pub fn try_acquire(path: &Path, what: &str) -> Result<Lock> {
+        let file = open(path)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut fl) => {
+                let rec = format!("pid={} since={} what={}\n", std::process::id(), now_unix(), what);
+                let w = fl
+                    .set_len(0)
+                    .and_then(|_| fl.seek(SeekFrom::Start(0)))
+                    .and_then(|_| fl.write_all(rec.as_bytes()));
+                if let Err(source) = w {
+                    return Err(Error::Lock { path: path.into(), source });
+                }
+                Ok(Lock { _flock: fl, path: path.into() })
+            }
+            Err((_, nix::Error::EWOULDBLOCK)) => Err(Error::Locked { path: path.into(), holder: holder(path) }),
+            Err((_, e)) => Err(Error::Lock { path: path.into(), source: std::io::Error::from(e) }),
+        }
+    }
+
+    /// Polls for the lock for at most `max` (for callers that may block briefly, never pppd's
+    /// connect path, which retries from pppd timers instead).
+    pub fn acquire_within(path: &Path, what: &str, max: Duration) -> Result<Lock> {
+        let deadline = Instant::now() + max;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match Lock::try_acquire(path, what) {
+                Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The holder recorded in the lock file (may be stale when nobody holds the lock).
+pub fn holder(path: &Path) -> Option<Holder> {
+    let mut s = String::new();
+    File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    Holder::parse(&s)
+}
+
+/// What `--break-stale-lock` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum BreakOutcome {
+    /// The lock was free; nothing to break.
+    Free,
+    /// The holder ended (signalled) and the lock is ours.
+    Broken { holder: Holder },
+}
+
+/// Admin override: ends a holder that has held the lock longer than `ttl` and takes the lock.
+/// Refuses a holder younger than the TTL, one whose pid does not match the lock file, and pppd
+/// itself (a session is ended with `session kill`, not by breaking a lock).
+pub fn break_stale(path: &Path, what: &str, ttl: Duration) -> Result<(Lock, BreakOutcome)> {
+    match Lock::try_acquire(path, what) {
+        Ok(l) => return Ok((l, BreakOutcome::Free)),
+        Err(Error::Locked { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let Some(h) = holder(path) else {
+        return Err(Error::invalid("lock holder", path.display().to_string(), "lock is held but records no holder"));
+    };
+    if h.age() < ttl {
+        return Err(Error::invalid(
+            "lock holder",
+            format!("pid {}", h.pid),
+            format!("held for {}s, not older than the TTL of {}s", h.age().as_secs(), ttl.as_secs()),
+        ));
+    }
+    let comm = crate::procfs::stat(h.pid).ok().flatten().map(|s| s.comm).unwrap_or_default();
+    if comm == "pppd" {
+        return Err(Error::invalid(
+            "lock holder",
+            format!("pid {}", h.pid),
+            "is pppd; end that session with `pppgate session kill` instead",
+        ));
+    }
+    if h.pid == std::process::id() || h.pid <= 1 {
+        return Err(Error::invalid("lock holder", format!("pid {}", h.pid), "refusing to signal this pid"));
+    }
+    tracing::error!(alert = true, pid = h.pid, since = h.since, what = %h.what, comm = %comm,
+        "breaking stale lock {}: signalling its holder", path.display());
+    let pid = nix::unistd::Pid::from_raw(h.pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    if let Ok(l) = Lock::acquire_within(path, what, Duration::from_secs(3)) {
+        return Ok((l, BreakOutcome::Broken { holder: h }));
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let l = Lock::acquire_within(path, what, Duration::from_secs(3))?;
+    Ok((l, BreakOutcome::Broken { holder: h }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_taker_sees_busy_with_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let l = Lock::try_acquire(&p, "apply").unwrap();
+        // A second open file description in the same process conflicts, like another process.
+        match Lock::try_acquire(&p, "reconcile") {
+            Err(e @ Error::Locked { .. }) => {
+                assert_eq!(e.exit_code(), crate::ExitCode::Locked);
+                let Error::Locked { holder: Some(h), .. } = e else { panic!() };
+                assert_eq!(h.pid, std::process::id());
+                assert_eq!(h.what, "apply");
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(l);
+        Lock::try_acquire(&p, "reconcile").unwrap();
+    }
+
+    #[test]
+    fn young_holder_is_not_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let _l = Lock::try_acquire(&p, "apply").unwrap();
+        let e = break_stale(&p, "admin", Duration::from_secs(60)).unwrap_err();
+        assert!(e.to_string().contains("not older than the TTL"), "{e}");
+    }
+
+    #[test]
+    fn holder_parse() {
+        assert_eq!(
+            Holder::parse("pid=12 since=100 what=apply\n"),
+            Some(Holder { pid: 12, since: 100, what: "apply".into() })
+        );
+        assert_eq!(Holder::parse("garbage"), None);
+    }
+}

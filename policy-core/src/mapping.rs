@@ -1,0 +1,430 @@
+//! Session mapping files: `/run/vpn-sessions/<ppp_if>.env` (seed 004 §2/§3).
+//!
+//! Format: one `KEY=VALUE` per line, written atomically (temp file, fsync, rename; mode 0640).
+//! Required: CONNECTION_ID, PPP_IF, CLIENT_IP, START_TS, PPPD_PID. Optional: SESSION_ID, UP_TS.
+//! * START_TS is the start time of the pppd process (Unix seconds), so a PID reused by another
+//!   process is recognised: see [`Mapping::validity`].
+//! * UP_TS is when the session's IPCP came up (Unix seconds), used for session time.
+//!
+//! The parser is strict: a missing or duplicate required key, a value that does not parse, or a
+//! line that is not `KEY=VALUE` makes the whole file malformed. Unknown keys are ignored so a
+//! newer writer does not break an older reader.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::procfs;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mapping {
+    pub connection_id: i64,
+    pub ppp_if: String,
+    pub client_ip: Ipv4Addr,
+    pub start_ts: i64,
+    pub pppd_pid: u32,
+    pub session_id: Option<String>,
+    pub up_ts: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("line {0} is not KEY=VALUE")]
+    NotKeyValue(usize),
+    #[error("key {0} appears twice")]
+    Duplicate(String),
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("{key} has an invalid value {value:?}")]
+    BadValue { key: &'static str, value: String },
+    #[error("PPP_IF {0:?} does not match the file name")]
+    NameMismatch(String),
+    #[error("file is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// Interface names as the kernel accepts them (IFNAMSIZ - 1, no '/', no whitespace, not . or ..).
+pub fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
+}
+
+fn valid_session_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+impl Mapping {
+    pub fn file_name(ppp_if: &str) -> String {
+        format!("{ppp_if}.env")
+    }
+
+    pub fn path_in(&self, dir: &Path) -> PathBuf {
+        dir.join(Self::file_name(&self.ppp_if))
+    }
+
+    /// Renders the file contents.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "CONNECTION_ID={}\nPPP_IF={}\nCLIENT_IP={}\nSTART_TS={}\nPPPD_PID={}\n",
+            self.connection_id, self.ppp_if, self.client_ip, self.start_ts, self.pppd_pid
+        );
+        if let Some(id) = &self.session_id {
+            s.push_str(&format!("SESSION_ID={id}\n"));
+        }
+        if let Some(t) = self.up_ts {
+            s.push_str(&format!("UP_TS={t}\n"));
+        }
+        s
+    }
+
+    /// Parses file contents (strict; see the module docs).
+    pub fn parse(text: &str) -> std::result::Result<Mapping, MappingError> {
+        let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=').ok_or(MappingError::NotKeyValue(i + 1))?;
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit()) {
+                return Err(MappingError::NotKeyValue(i + 1));
+            }
+            if kv.insert(k, v).is_some() {
+                return Err(MappingError::Duplicate(k.to_string()));
+            }
+        }
+        fn get<'a>(kv: &BTreeMap<&str, &'a str>, k: &'static str) -> std::result::Result<&'a str, MappingError> {
+            kv.get(k).copied().ok_or(MappingError::Missing(k))
+        }
+        fn bad(key: &'static str, value: &str) -> MappingError {
+            MappingError::BadValue { key, value: value.to_string() }
+        }
+        let cid = get(&kv, "CONNECTION_ID")?;
+        let connection_id = parse_positive_i64(cid).ok_or_else(|| bad("CONNECTION_ID", cid))?;
+        let ppp_if = get(&kv, "PPP_IF")?;
+        if !valid_ifname(ppp_if) {
+            return Err(bad("PPP_IF", ppp_if));
+        }
+        let ip = get(&kv, "CLIENT_IP")?;
+        let client_ip = Ipv4Addr::from_str(ip)
+            .ok()
+            .filter(|a| !a.is_unspecified() && !a.is_broadcast())
+            .ok_or_else(|| bad("CLIENT_IP", ip))?;
+        let ts = get(&kv, "START_TS")?;
+        let start_ts = parse_positive_i64(ts).ok_or_else(|| bad("START_TS", ts))?;
+        let pid = get(&kv, "PPPD_PID")?;
+        let pppd_pid = parse_positive_i64(pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 1 && *p <= 4_194_304)
+            .ok_or_else(|| bad("PPPD_PID", pid))?;
+        let session_id = match kv.get("SESSION_ID") {
+            None => None,
+            Some(s) if valid_session_id(s) => Some(s.to_string()),
+            Some(s) => return Err(bad("SESSION_ID", s)),
+        };
+        let up_ts = match kv.get("UP_TS") {
+            None => None,
+            Some(s) => Some(parse_positive_i64(s).ok_or_else(|| bad("UP_TS", s))?),
+        };
+        Ok(Mapping { connection_id, ppp_if: ppp_if.to_string(), client_ip, start_ts, pppd_pid, session_id, up_ts })
+    }
+
+    /// Reads and parses one mapping file; the file name must match PPP_IF.
+    pub fn read(path: &Path) -> Result<Mapping> {
+        let bytes = fs::read(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::Mapping { path: path.into(), reason: MappingError::NotUtf8 })?;
+        let m = Mapping::parse(&text).map_err(|reason| Error::Mapping { path: path.into(), reason })?;
+        let expected = Mapping::file_name(&m.ppp_if);
+        if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
+            return Err(Error::Mapping { path: path.into(), reason: MappingError::NameMismatch(m.ppp_if) });
+        }
+        Ok(m)
+    }
+
+    /// Writes the mapping atomically into `dir`: temp file (0640) + fsync + rename + dir fsync.
+    /// A reader sees either the old file, or the complete new one.
+    pub fn write_atomic(&self, dir: &Path) -> Result<PathBuf> {
+        assert!(valid_ifname(&self.ppp_if), "mapping with invalid interface name");
+        fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.into(), source })?;
+        let path = self.path_in(dir);
+        let tmp = dir.join(format!(".{}.tmp.{}", Mapping::file_name(&self.ppp_if), std::process::id()));
+        let werr = |source| Error::Write { path: tmp.clone(), source };
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&tmp)
+            .map_err(werr)?;
+        // The umask may have narrowed the mode; the file must end up exactly 0640.
+        f.set_permissions(fs::Permissions::from_mode(0o640)).map_err(werr)?;
+        let res = f.write_all(self.render().as_bytes()).and_then(|_| f.sync_all());
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(werr(e));
+        }
+        drop(f);
+        if let Err(source) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Write { path, source });
+        }
+        sync_dir(dir);
+        Ok(path)
+    }
+
+    /// Removes `<dir>/<ppp_if>.env`; a missing file is fine (idempotent).
+    pub fn remove(dir: &Path, ppp_if: &str) -> Result<bool> {
+        let path = dir.join(Mapping::file_name(ppp_if));
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                sync_dir(dir);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(Error::Write { path, source }),
+        }
+    }
+
+    /// Whether this mapping describes a live session (DESIGN.md): PPPD_PID is alive, that
+    /// process started at START_TS, and PPP_IF exists carrying CLIENT_IP as its peer address.
+    pub fn validity(&self, links: &crate::kernel::links::LinkSnapshot) -> Validity {
+        match procfs::process_start_epoch(self.pppd_pid) {
+            Ok(Some(t)) if (t - self.start_ts).abs() <= procfs::START_TS_TOLERANCE => {}
+            Ok(Some(t)) => return Validity::PidReused { actual_start: t },
+            Ok(None) => return Validity::ProcessGone,
+            Err(_) => return Validity::ProcessGone,
+        }
+        match links.peer_of(&self.ppp_if) {
+            None => Validity::InterfaceGone,
+            Some(peers) if peers.contains(&self.client_ip) => Validity::Valid,
+            Some(_) => Validity::PeerMismatch,
+        }
+    }
+}
+
+/// Result of checking a mapping against the live system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "validity")]
+pub enum Validity {
+    Valid,
+    ProcessGone,
+    PidReused { actual_start: i64 },
+    InterfaceGone,
+    PeerMismatch,
+}
+
+impl Validity {
+    pub fn is_valid(self) -> bool {
+        self == Validity::Valid
+    }
+    pub fn reason(self) -> &'static str {
+        match self {
+            Validity::Valid => "valid",
+            Validity::ProcessGone => "pppd process is gone",
+            Validity::PidReused { .. } => "PPPD_PID now belongs to another process",
+            Validity::InterfaceGone => "PPP_IF no longer exists",
+            Validity::PeerMismatch => "PPP_IF does not carry CLIENT_IP as its peer",
+        }
+    }
+}
+
+/// One entry of a sessions directory scan.
+#[derive(Debug)]
+pub struct Scanned {
+    pub path: PathBuf,
+    pub mapping: Result<Mapping>,
+}
+
+/// Reads every `*.env` in `dir` (a missing directory is empty). Malformed files are returned as
+/// errors, never skipped silently and never treated as sessions.
+pub fn scan(dir: &Path) -> Result<Vec<Scanned>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Read { path: dir.into(), source }),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|source| Error::Read { path: dir.into(), source })?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !name.ends_with(".env") {
+            continue;
+        }
+        let path = entry.path();
+        let mapping = Mapping::read(&path);
+        out.push(Scanned { path, mapping });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// A mapping together with its validity against one snapshot of the system.
+#[derive(Debug, Clone, Serialize)]
+pub struct Checked {
+    pub mapping: Mapping,
+    pub validity: Validity,
+}
+
+/// Scans `dir` and checks each parseable mapping. Returns (checked mappings, malformed files).
+pub fn scan_checked(dir: &Path) -> Result<(Vec<Checked>, Vec<Error>)> {
+    let links = crate::kernel::links::LinkSnapshot::read()?;
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for s in scan(dir)? {
+        match s.mapping {
+            Ok(m) => {
+                let validity = m.validity(&links);
+                ok.push(Checked { mapping: m, validity });
+            }
+            Err(e) => bad.push(e),
+        }
+    }
+    Ok((ok, bad))
+}
+
+/// VALID mappings only (DESIGN.md): the one definition every component uses.
+pub fn valid_sessions(dir: &Path) -> Result<(Vec<Mapping>, Vec<Error>)> {
+    let (checked, bad) = scan_checked(dir)?;
+    Ok((checked.into_iter().filter(|c| c.validity.is_valid()).map(|c| c.mapping).collect(), bad))
+}
+
+fn parse_positive_i64(s: &str) -> Option<i64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse::<i64>().ok().filter(|v| *v > 0)
+}
+
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Mapping {
+        Mapping {
+            connection_id: 42,
+            ppp_if: "ppp0".into(),
+            client_ip: Ipv4Addr::new(198, 51, 100, 10),
+            start_ts: 1_732_000_000,
+            pppd_pid: 1234,
+            session_id: Some("lns-1:ppp0:1732000000".into()),
+            up_ts: Some(1_732_000_003),
+        }
+    }
+
+    #[test]
+    fn round_trip_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = sample();
+        let path = m.write_atomic(dir.path()).unwrap();
+        assert_eq!(path, dir.path().join("ppp0.env"));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(Mapping::read(&path).unwrap(), m);
+        // No temp file left behind.
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1);
+        assert!(Mapping::remove(dir.path(), "ppp0").unwrap());
+        assert!(!Mapping::remove(dir.path(), "ppp0").unwrap());
+    }
+
+    #[test]
+    fn minimal_file_has_the_five_keys() {
+        let m = Mapping { session_id: None, up_ts: None, ..sample() };
+        let text = m.render();
+        for k in ["CONNECTION_ID=42", "PPP_IF=ppp0", "CLIENT_IP=198.51.100.10", "START_TS=1732000000", "PPPD_PID=1234"] {
+            assert!(text.lines().any(|l| l == k), "{k} missing in {text}");
+        }
+        assert_eq!(Mapping::parse(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn malformed_files_are_rejected() {
+        let good = sample().render();
+        let cases: Vec<(String, &str)> = vec![
+            (good.replace("CONNECTION_ID=42\n", ""), "missing CONNECTION_ID"),
+            (good.replace("PPPD_PID=1234", "PPPD_PID=12x4"), "PPPD_PID"),
+            (good.replace("PPPD_PID=1234", "PPPD_PID=-5"), "PPPD_PID"),
+            (good.replace("PPPD_PID=1234", "PPPD_PID=1"), "PPPD_PID"),
+            (good.replace("CONNECTION_ID=42", "CONNECTION_ID=042"), "CONNECTION_ID"),
+            (good.replace("CONNECTION_ID=42", "CONNECTION_ID=1; rm -rf /"), "CONNECTION_ID"),
+            (good.replace("CLIENT_IP=198.51.100.10", "CLIENT_IP=198.51.100.300"), "CLIENT_IP"),
+            (good.replace("PPP_IF=ppp0", "PPP_IF=../../etc/x"), "PPP_IF"),
+            (good.replace("PPP_IF=ppp0", "PPP_IF=ppp0123456789abcdef"), "PPP_IF"),
+            (format!("{good}garbage line\n"), "not KEY=VALUE"),
+            (format!("{good}PPP_IF=ppp1\n"), "twice"),
+            (String::new(), "missing"),
+        ];
+        for (text, expect) in cases {
+            let e = Mapping::parse(&text).expect_err(&text);
+            assert!(e.to_string().contains(expect), "{text:?}: {e} should mention {expect}");
+        }
+    }
+
+    #[test]
+    fn file_name_must_match_ppp_if() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ppp7.env");
+        fs::write(&p, sample().render()).unwrap();
+        assert!(matches!(
+            Mapping::read(&p),
+            Err(Error::Mapping { reason: MappingError::NameMismatch(_), .. })
+        ));
+    }
+
+    #[test]
+    fn scan_reports_malformed_files_and_ignores_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        sample().write_atomic(dir.path()).unwrap();
+        fs::write(dir.path().join("ppp1.env"), "nonsense").unwrap();
+        fs::write(dir.path().join(".ppp2.env.tmp.1"), "partial").unwrap();
+        let s = scan(dir.path()).unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(s[0].mapping.is_ok());
+        assert!(s[1].mapping.is_err());
+        assert!(scan(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn render_parse_round_trip(cid in 1i64..i64::MAX, pid in 2u32..4_194_304, ts in 1i64..4_000_000_000,
+                                   ip in any::<u32>().prop_filter("usable", |v| *v != 0 && *v != u32::MAX),
+                                   unit in 0u32..100_000) {
+            let m = Mapping { connection_id: cid, ppp_if: format!("ppp{unit}"), client_ip: Ipv4Addr::from(ip),
+                              start_ts: ts, pppd_pid: pid, session_id: None, up_ts: Some(ts) };
+            prop_assert_eq!(Mapping::parse(&m.render()).unwrap(), m);
+        }
+
+        #[test]
+        fn parser_never_panics(text in ".{0,400}") {
+            let _ = Mapping::parse(&text);
+        }
+
+        #[test]
+        fn injected_lines_never_parse_as_another_value(junk in "[^\n\r]{1,40}") {
+            // A value with trailing junk is either rejected or is a different number, never 1234.
+            let text = sample().render().replace("PPPD_PID=1234", &format!("PPPD_PID=1234{junk}"));
+            if let Ok(m) = Mapping::parse(&text) {
+                prop_assert_ne!(m.pppd_pid, 1234);
+            }
+        }
+    }
+}

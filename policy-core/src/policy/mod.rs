@@ -1,0 +1,4 @@
+//! The policy engine: desired state as data ([`model`]), the diff against the kernel
+//! ([`planner`]) and applying it under the single-writer lock ([`engine`]).
+
+pub mod model;

@@ -1,0 +1,184 @@
+//! Command line: clap derive, shared option groups, `--json` wherever a panel reads output.
+
+use std::path::PathBuf;
+use std::process::ExitCode as ProcExit;
+
+use clap::{Args, Parser, Subcommand};
+use policy_core::config::{Config, DEFAULT_PATH};
+use policy_core::error::one_line;
+use policy_core::{db, Error, ExitCode};
+
+#[derive(Parser, Debug)]
+#[command(name = "pppgate", version, about = "Per-user policy and accounting for xl2tpd/pppd concentrators")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Configuration file.
+    #[arg(long, short = 'c', global = true, env = "PPPGATE_CONFIG", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Database schema.
+    #[command(subcommand)]
+    Db(DbCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Validates the configuration; prints one line per problem.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCmd {
+    /// Creates or upgrades the schema (idempotent).
+    Migrate,
+    /// Shows the schema version.
+    Status,
+}
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    pub code: ExitCode,
+    pub message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure { code: e.exit_code(), message: one_line(&e) }
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+pub fn main() -> ProcExit {
+    let argv: Vec<String> = std::env::args().collect();
+    let argv = crate_multicall(argv);
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            return ProcExit::from(if usage { ExitCode::Usage.code() } else { 0 });
+        }
+    };
+    init_logging();
+    match run(&cli) {
+        Ok(()) => ProcExit::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("pppgate: {}", f.message);
+            }
+            ProcExit::from(f.code.code())
+        }
+    }
+}
+
+/// Maps seed 004's canonical program names onto verbs.
+fn crate_multicall(mut argv: Vec<String>) -> Vec<String> {
+    let name = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
+    let verb: Option<&[&str]> = match name.as_str() {
+        "vpn-policy-apply" => Some(&["apply"]),
+        "vpn-accounting-collector" => Some(&["collect"]),
+        "vpn-session-kill" => Some(&["session", "kill"]),
+        "vpn-stale-session-janitor" => Some(&["janitor"]),
+        _ => None,
+    };
+    if let Some(v) = verb {
+        let rest = argv.split_off(1);
+        argv = vec!["pppgate".to_string()];
+        argv.extend(v.iter().map(|s| s.to_string()));
+        argv.extend(rest);
+    }
+    argv
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PPPGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+pub fn load_config(g: &Global) -> Result<Config, Failure> {
+    Config::load(&g.config).map_err(Failure::from)
+}
+
+fn run(cli: &Cli) -> CmdResult {
+    match &cli.cmd {
+        Cmd::Config(ConfigCmd::Check) => config_check(&cli.global),
+        Cmd::Db(DbCmd::Migrate) => {
+            let cfg = load_config(&cli.global)?;
+            let mut client = db::connect(&cfg.database)?;
+            let applied = db::migrate::migrate(&mut client)?;
+            if cli.global.json {
+                println!("{}", serde_json::json!({ "applied": applied, "version": db::migrate::LATEST }));
+            } else if applied.is_empty() {
+                println!("schema is at version {}; nothing to do", db::migrate::LATEST);
+            } else {
+                for v in &applied {
+                    let m = db::migrate::MIGRATIONS.iter().find(|m| m.version == *v).expect("known");
+                    println!("applied migration {v}: {}", m.description);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Db(DbCmd::Status) => {
+            let cfg = load_config(&cli.global)?;
+            let mut client = db::connect(&cfg.database)?;
+            let st = db::migrate::status(&mut client)?;
+            if cli.global.json {
+                println!("{}", serde_json::to_string_pretty(&st).expect("serializable"));
+            } else {
+                println!("schema version {} (this pppgate: {})", st.version, st.latest);
+                for a in &st.applied {
+                    println!("  {} {} ({})", a.version, a.description, a.applied_at);
+                }
+                for (t, present) in &st.freeradius_tables {
+                    println!("  freeradius table {t}: {}", if *present { "present" } else { "MISSING" });
+                }
+            }
+            if st.version < st.latest {
+                return Err(Error::SchemaTooOld { found: st.version, needed: st.latest }.into());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn config_check(g: &Global) -> CmdResult {
+    match Config::load(&g.config) {
+        Ok(c) => {
+            if g.json {
+                println!("{}", serde_json::json!({ "ok": true, "path": c.source }));
+            } else {
+                println!("{}: ok", c.source.display());
+            }
+            Ok(())
+        }
+        Err(Error::Config { path, problems }) => {
+            if g.json {
+                println!("{}", serde_json::json!({ "ok": false, "path": path, "problems": problems }));
+            } else {
+                for p in &problems {
+                    println!("{}: {p}", path.display());
+                }
+            }
+            Err(Failure { code: ExitCode::Config, message: String::new() })
+        }
+        Err(e) => Err(Failure { code: ExitCode::Config, message: one_line(&e) }),
+    }
+}
