@@ -2,3 +2,5 @@
 //! ([`planner`]) and applying it under the single-writer lock ([`engine`]).
 
 pub mod model;
+pub mod engine;
+pub mod planner;
