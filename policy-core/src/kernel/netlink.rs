@@ -332,6 +332,32 @@ impl Socket {
         }
     }
 
+    /// Sends a request that is answered by one message (or an error), e.g. a route lookup.
+    pub fn dump_single(&mut self, op: &str, msg: MsgBuilder) -> Result<Vec<(u16, Vec<u8>)>> {
+        let seq = self.next_seq();
+        let data = msg.finish(seq);
+        self.send_raw(op, &data)?;
+        loop {
+            let n = self.recv_raw(op)?;
+            let mut out = Vec::new();
+            for m in messages(&self.buf[..n]) {
+                if m.seq != seq {
+                    continue;
+                }
+                if m.ty == NLMSG_ERROR {
+                    if let Some(e) = parse_error(m.payload) {
+                        return Err(Error::Netlink { op: op.into(), source: e });
+                    }
+                    continue;
+                }
+                out.push((m.ty, m.payload.to_vec()));
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
     /// Sends several requests in one datagram (an nfnetlink batch is such a sequence framed by
     /// BATCH_BEGIN/END) and waits for an ack for each message that asked for one.
     pub fn batch(&mut self, op: &str, msgs: Vec<MsgBuilder>) -> Result<()> {
