@@ -8,6 +8,7 @@
 //! * routes and rules: those with protocol [`RTPROT_PPPGATE`].
 
 pub mod links;
+pub mod nft;
 pub mod netlink;
 
 use std::collections::{BTreeMap, BTreeSet};
