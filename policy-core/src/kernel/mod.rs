@@ -9,6 +9,7 @@
 
 pub mod links;
 pub mod nft;
+pub mod tc;
 pub mod netlink;
 
 use std::collections::{BTreeMap, BTreeSet};

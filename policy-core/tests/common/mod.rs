@@ -186,3 +186,66 @@ pub fn nft_counter(comment: &str) -> u64 {
     }
     panic!("no counter rule with comment {comment}");
 }
+
+/// Parses a tc rate such as `10Mbit`, `512Kbit`, `1Gbit`, `800bit` into bit/s.
+pub fn parse_tc_rate(s: &str) -> u64 {
+    let (num, mult) = if let Some(n) = s.strip_suffix("Gbit") {
+        (n, 1e9)
+    } else if let Some(n) = s.strip_suffix("Mbit") {
+        (n, 1e6)
+    } else if let Some(n) = s.strip_suffix("Kbit") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix("bit") {
+        (n, 1.0)
+    } else {
+        panic!("unknown tc rate {s:?}")
+    };
+    (num.parse::<f64>().unwrap_or_else(|_| panic!("bad tc rate {s:?}")) * mult).round() as u64
+}
+
+/// An HTB class as `tc -s -d class show` prints it (iproute2 6.1 prints HTB classes as text even
+/// with -j).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcClass {
+    pub classid: String,
+    pub rate_bit: u64,
+    pub ceil_bit: u64,
+    pub linklayer: Option<String>,
+    pub sent_bytes: u64,
+    pub sent_packets: u64,
+}
+
+pub fn tc_classes(dev: &str) -> Vec<TcClass> {
+    let text = run(&["tc", "-s", "-d", "class", "show", "dev", dev]);
+    let mut out: Vec<TcClass> = Vec::new();
+    for line in text.lines() {
+        let toks: Vec<&str> = line.split_whitespace().collect();
+        let after = |k: &str| toks.iter().position(|t| *t == k).and_then(|i| toks.get(i + 1)).copied();
+        if toks.first() == Some(&"class") {
+            out.push(TcClass {
+                classid: toks[2].to_string(),
+                rate_bit: after("rate").map(parse_tc_rate).unwrap_or(0),
+                ceil_bit: after("ceil").map(parse_tc_rate).unwrap_or(0),
+                linklayer: after("linklayer").map(str::to_string),
+                sent_bytes: 0,
+                sent_packets: 0,
+            });
+        } else if toks.first() == Some(&"Sent") {
+            if let Some(c) = out.last_mut() {
+                c.sent_bytes = toks[1].parse().unwrap();
+                c.sent_packets = toks[3].parse().unwrap();
+            }
+        }
+    }
+    out
+}
+
+/// `tc -j qdisc show dev <dev>` (with -s for counters).
+pub fn tc_qdiscs(dev: &str) -> Vec<Value> {
+    json(&["tc", "-s", "-j", "qdisc", "show", "dev", dev]).as_array().cloned().unwrap_or_default()
+}
+
+/// Interface names present (`ip -j link show`).
+pub fn link_names() -> Vec<String> {
+    json(&["ip", "-j", "link", "show"]).as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect()
+}
