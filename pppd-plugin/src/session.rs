@@ -114,7 +114,7 @@ pub(crate) fn address_hook(peer: Ipv4Addr, previous: Option<shim::AddrVerdict>) 
 
 fn set_gate(ip: Ipv4Addr) -> Result<(), String> {
     let cfg = config().ok_or("no configuration loaded")?;
-    let mut b = Netlink::open().map_err(|e| one_line(&e))?;
+    let mut b = Netlink::new().map_err(|e| one_line(&e))?;
     engine::gate(&mut b, &cfg, ip).map_err(|e| one_line(&e))?;
     with_link(|l| l.gated.insert(ip));
     tracing::info!(client_ip = %ip, "connect gate set (connect_pending_v4)");
@@ -280,7 +280,7 @@ fn attempt_apply(_: usize) {
         }
     };
     let result = (|| -> policy_core::Result<engine::Outcome> {
-        let mut b = Netlink::open()?;
+        let mut b = Netlink::new()?;
         let mut d = Desired { sessions: vec![desired.clone()], subnet_pbr: vec![] };
         apply::validate(&cfg, &mut d)?;
         let scope = Scope::of(&d.sessions);
@@ -370,7 +370,7 @@ fn cleanup(event: &str) {
 /// peer belongs to a newer session and is left alone.
 fn remove_kernel_state(ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated: &BTreeSet<Ipv4Addr>) -> Vec<String> {
     let mut errors = Vec::new();
-    let mut b = match Netlink::open() {
+    let mut b = match Netlink::new() {
         Ok(b) => b,
         Err(e) => return vec![one_line(&e)],
     };

@@ -143,7 +143,7 @@ pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
     match target {
         Some(t) => {
             let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "apply", &a.run)?) };
-            let mut b = Netlink::open()?;
+            let mut b = Netlink::new()?;
             let r = apply::apply(&cfg, &mut b, &t, a.run.dry_run)?;
             print_report(g, &r, a.run.dry_run);
             Ok(())
@@ -155,7 +155,7 @@ pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
 pub fn reconcile_cmd(g: &Global, a: &ReconcileArgs) -> CmdResult {
     let cfg = load_config(g)?;
     let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "reconcile", &a.run)?) };
-    let mut b = Netlink::open()?;
+    let mut b = Netlink::new()?;
     if a.boot && !a.run.dry_run {
         // Sessions interfaces inherit conf.default; make forwarding right before anything else.
         b.sysctl().ensure(&[])?;
@@ -263,7 +263,7 @@ fn table_arg(cfg: &Config, t: Option<&str>) -> Result<Option<u32>, Failure> {
 /// the SQL change stays and the next apply/reconcile picks it up).
 fn apply_now(g: &Global, cfg: &Config, conn: i64, run: &RunOpts) -> CmdResult {
     let _lock = if run.dry_run { None } else { Some(take_lock(cfg, "apply", run)?) };
-    let mut b = Netlink::open()?;
+    let mut b = Netlink::new()?;
     let r = apply::apply(cfg, &mut b, &Target::Connection(conn), run.dry_run)?;
     if !g.json {
         print_report(g, &r, run.dry_run);
@@ -705,7 +705,7 @@ pub fn sysctl_cmd(g: &Global, c: &SysctlCmd) -> CmdResult {
     let cfg = load_config(g)?;
     let (valid, _) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
     let ifs: Vec<String> = valid.iter().map(|m| m.ppp_if.clone()).collect();
-    let mut b = Netlink::open()?;
+    let mut b = Netlink::new()?;
     if matches!(c, SysctlCmd::Ensure) {
         b.sysctl().ensure(&ifs)?;
     }
