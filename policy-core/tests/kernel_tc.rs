@@ -115,7 +115,7 @@ fn set_change_and_clear_one_interface() {
     assert_eq!(tool_shaping("ppp0"), Shaping { down_kbit: Some(25_000), up_kbit: None });
     // Download unlimited, upload limited.
     tc.set("ppp0", &Shaping { down_kbit: None, up_kbit: Some(1_000) }).unwrap();
-    assert!(root_qdisc("ppp0").map_or(true, |q| q["kind"] != "htb"), "root htb removed");
+    assert!(!matches!(root_qdisc("ppp0"), Some(q) if q["kind"] == "htb"), "root htb removed");
     assert_eq!(tool_shaping("ppp0"), Shaping { down_kbit: None, up_kbit: Some(1_000) });
     assert_eq!(tc.read_one("ppp0").unwrap(), Shaping { down_kbit: None, up_kbit: Some(1_000) });
 
@@ -180,6 +180,15 @@ fn several_interfaces_and_ifb_lifecycle() {
     tc.remove_ifb("pgi-ppp3").unwrap();
     assert!(!link_names().iter().any(|n| n.starts_with("pgi-")));
     assert!(tc.remove_ifb("eth9").is_err(), "only pgi-* devices");
+
+    // A session interface whose name leaves no room for `pgi-<name>`: download shaping works,
+    // upload shaping is refused, reading never trips over it.
+    veth("ppp-long-name0", 5);
+    tc.set("ppp-long-name0", &Shaping { down_kbit: Some(3_000), up_kbit: None }).unwrap();
+    assert!(tc.set("ppp-long-name0", &Shaping { down_kbit: Some(3_000), up_kbit: Some(1_000) }).is_err());
+    assert_eq!(tc.read().unwrap().shaping["ppp-long-name0"], Shaping { down_kbit: Some(3_000), up_kbit: None });
+    tc.clear("ppp-long-name0").unwrap();
+    run(&["ip", "link", "del", "ppp-long-name0"]);
 
     // Setting shaping on a missing interface is an error, not a silent no-op.
     assert!(tc.set("ppp7", &Shaping { down_kbit: Some(1000), up_kbit: None }).is_err());

@@ -20,8 +20,9 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use super::nft::normalize_garden;
+use super::tc::ifb_for;
 use super::{
-    ifb_name, Backends, Nft, NftSet, NftState, OwnedRoute, OwnedRule, Routes, Rules, SetChange, Shaping, Sysctl,
+    Backends, Nft, NftSet, NftState, OwnedRoute, OwnedRule, Routes, Rules, SetChange, Shaping, Sysctl,
     SysctlReport, Tc, TcState,
 };
 use crate::config::GardenEntry;
@@ -247,16 +248,22 @@ impl Tc for Recording {
         if !self.kernel.interfaces.contains(ifname) {
             return Err(Error::NotFound { what: "interface", id: ifname.into() });
         }
+        let ifb = ifb_for(ifname);
+        if shaping.up_kbit.is_some() && ifb.is_none() {
+            return Err(Error::invalid("interface name", ifname, "too long for an ifb name"));
+        }
         let tc = &mut self.kernel.tc;
         if *shaping == Shaping::default() {
             tc.shaping.remove(ifname);
         } else {
             tc.shaping.insert(ifname.into(), *shaping);
         }
-        if shaping.up_kbit.is_some() {
-            tc.ifbs.insert(ifb_name(ifname));
-        } else {
-            tc.ifbs.remove(&ifb_name(ifname));
+        if let Some(ifb) = ifb {
+            if shaping.up_kbit.is_some() {
+                tc.ifbs.insert(ifb);
+            } else {
+                tc.ifbs.remove(&ifb);
+            }
         }
         Ok(())
     }
@@ -264,7 +271,9 @@ impl Tc for Recording {
     fn clear(&mut self, ifname: &str) -> Result<()> {
         self.record(Call::TcClear(ifname.into()))?;
         self.kernel.tc.shaping.remove(ifname);
-        self.kernel.tc.ifbs.remove(&ifb_name(ifname));
+        if let Some(ifb) = ifb_for(ifname) {
+            self.kernel.tc.ifbs.remove(&ifb);
+        }
         Ok(())
     }
 

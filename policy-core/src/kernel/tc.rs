@@ -397,9 +397,13 @@ impl TcNetlink {
 
     /// What is installed on `ifname` now (`None`: no such interface), with its IFB.
     pub fn inspect(&mut self, ifname: &str) -> Result<Option<(u32, Installed)>> {
-        let ifb = ifb_name(ifname);
-        let mut found = self.links(&[ifname, &ifb])?.into_iter();
-        let (dev, ifb) = (found.next().flatten(), found.next().flatten());
+        let (dev, ifb) = match ifb_for(ifname) {
+            Some(ifb) => {
+                let mut found = self.links(&[ifname, &ifb])?.into_iter();
+                (found.next().flatten(), found.next().flatten())
+            }
+            None => (self.links(&[ifname])?.pop().flatten(), None),
+        };
         let Some(dev) = dev else { return Ok(None) };
         let inst = self.inspect_many(&[(dev.index, ifb)])?.pop().expect("one result");
         Ok(Some((dev.index, inst)))
@@ -485,6 +489,12 @@ impl TcNetlink {
     }
 }
 
+/// The IFB name for a session interface, or `None` when `pgi-<name>` would exceed the kernel's
+/// 15-byte limit (such an interface cannot have upload shaping).
+pub fn ifb_for(ifname: &str) -> Option<String> {
+    (IFB_PREFIX.len() + ifname.len() <= 15).then(|| ifb_name(ifname))
+}
+
 fn first_error(errors: Vec<Error>) -> Result<()> {
     match errors.into_iter().next() {
         Some(e) => Err(e),
@@ -503,7 +513,7 @@ impl Tc for TcNetlink {
             if l.name.starts_with(IFB_PREFIX) {
                 state.ifbs.insert(l.name.clone());
             } else if l.name.starts_with(SESSION_PREFIX) {
-                let ifb = by_name.get(ifb_name(&l.name).as_str()).map(|x| (*x).clone());
+                let ifb = ifb_for(&l.name).and_then(|n| by_name.get(n.as_str()).map(|x| (*x).clone()));
                 items.push((l.index, ifb));
                 names.push(l.name.clone());
             }
@@ -522,7 +532,7 @@ impl Tc for TcNetlink {
     }
 
     fn set(&mut self, ifname: &str, shaping: &Shaping) -> Result<()> {
-        if ifb_name(ifname).len() > 15 {
+        if shaping.up_kbit.is_some() && ifb_for(ifname).is_none() {
             return Err(Error::invalid("interface name", ifname, "too long for an ifb name (pgi-<name> ≤ 15)"));
         }
         let Some((idx, inst)) = self.inspect(ifname)? else {
@@ -541,7 +551,7 @@ impl Tc for TcNetlink {
         match shaping.up_kbit {
             Some(k) if now.up_kbit == Some(k) => {}
             Some(k) => {
-                let name = ifb_name(ifname);
+                let name = ifb_for(ifname).expect("checked above");
                 let ifb = self.ensure_ifb(&name, inst.ifb.clone())?;
                 let ifb_root = inst.ifb.as_ref().is_some_and(|l| l.index == ifb.index) && inst.ifb_root_htb;
                 self.install_htb(ifb.index, ifb_root, k)?;
@@ -579,8 +589,10 @@ impl Tc for TcNetlink {
             }
             // The session interface is gone and took its qdiscs along; only the IFB is left.
             None => {
-                if let Err(e) = self.remove_ifb(&ifb_name(ifname)) {
-                    errors.push(e);
+                if let Some(ifb) = ifb_for(ifname) {
+                    if let Err(e) = self.remove_ifb(&ifb) {
+                        errors.push(e);
+                    }
                 }
             }
         }
