@@ -18,6 +18,9 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// Mount tags of the two 9p exports (see `vm.rs`).
 pub const ROOT_TAG: &str = "hostroot";
 pub const OUT_TAG: &str = "labout";
+/// Writable cache shared by all runs (`target/lab/cache`), at `/var/cache/pppgate-lab` in the guest.
+pub const CACHE_TAG: &str = "labcache";
+pub const GUEST_CACHE_DIR: &str = "/var/cache/pppgate-lab";
 
 const INIT: &str = r#"#!/bin/busybox sh
 # pppgate lab initramfs: host root (9p, read-only) + tmpfs overlay, run output at /out.
@@ -33,12 +36,14 @@ for m in /lib/modules/*.ko; do
   insmod "$m" || fail "insmod $m"
 done
 mkdir -p /lower /upper /newroot
-mount -t 9p -o trans=virtio,version=9p2000.L,ro @ROOT_TAG@ /lower || fail "cannot mount the host root over 9p"
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose @ROOT_TAG@ /lower || fail "cannot mount the host root over 9p"
 mount -t tmpfs -o mode=0755 tmpfs /upper || fail "cannot mount the overlay's tmpfs"
 mkdir -p /upper/u /upper/w
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w /newroot || fail "cannot mount the overlay"
 mkdir -p /newroot/out
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 @OUT_TAG@ /newroot/out || fail "cannot mount the run directory"
+mkdir -p /newroot/var/cache/pppgate-lab
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 @CACHE_TAG@ /newroot/var/cache/pppgate-lab || fail "cannot mount the lab cache"
 [ -r /newroot/out/lab.env ] || fail "the run directory has no lab.env"
 . /newroot/out/lab.env
 [ -n "${LAB_BOOT:-}" ] || fail "lab.env does not set LAB_BOOT"
@@ -49,7 +54,7 @@ fail "cannot exec chroot"
 "#;
 
 fn init_script() -> String {
-    INIT.replace("@ROOT_TAG@", ROOT_TAG).replace("@OUT_TAG@", OUT_TAG)
+    INIT.replace("@ROOT_TAG@", ROOT_TAG).replace("@OUT_TAG@", OUT_TAG).replace("@CACHE_TAG@", CACHE_TAG)
 }
 
 /// Builds (or reuses) the initramfs for `kernel`; returns its path.

@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{LabError, Result};
 use crate::facts::Facts;
-use crate::initramfs::{self, OUT_TAG, ROOT_TAG};
+use crate::initramfs::{self, CACHE_TAG, GUEST_CACHE_DIR, OUT_TAG, ROOT_TAG};
 use crate::kernel::Kernel;
 use crate::paths::{self, Artifacts};
 
@@ -33,11 +33,13 @@ pub struct LabOptions {
     pub env: Vec<(String, String)>,
     /// The programs under test; `None`: [`Artifacts::locate`].
     pub artifacts: Option<Artifacts>,
+    /// Copy the guest's log to stdout while the VM runs (demo, debugging).
+    pub follow: bool,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { timeout: Duration::from_secs(300), memory_mb: 2048, cpus: 2, env: Vec::new(), artifacts: None }
+        LabOptions { timeout: Duration::from_secs(300), memory_mb: 2048, cpus: 2, env: Vec::new(), artifacts: None, follow: false }
     }
 }
 
@@ -159,6 +161,10 @@ impl Lab {
         cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={ROOT_TAG},mount_tag={ROOT_TAG}"));
         cmd.arg("-fsdev").arg(format!("local,id={OUT_TAG},path={},security_model=none", qemu_escape(&dir)));
         cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={OUT_TAG},mount_tag={OUT_TAG}"));
+        let cache = paths::lab_dir().join("cache");
+        fs::create_dir_all(&cache).map_err(LabError::io("cannot create the lab cache directory", &cache))?;
+        cmd.arg("-fsdev").arg(format!("local,id={CACHE_TAG},path={},security_model=none", qemu_escape(&cache)));
+        cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={CACHE_TAG},mount_tag={CACHE_TAG}"));
         if let Ok(extra) = std::env::var("PPPGATE_LAB_QEMU_ARGS") {
             cmd.args(extra.split_whitespace());
         }
@@ -166,9 +172,14 @@ impl Lab {
 
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|source| LabError::Spawn { program: "timeout/qemu-system-x86_64".into(), source })?;
+        let mut follower = Follower { path: dir.join("guest.log"), offset: 0, on: opts.follow };
         let status = loop {
+            follower.pump();
             match child.try_wait() {
-                Ok(Some(st)) => break st,
+                Ok(Some(st)) => {
+                    follower.pump();
+                    break st;
+                }
                 Ok(None) => {}
                 Err(source) => return Err(LabError::Spawn { program: QEMU.into(), source }),
             }
@@ -196,6 +207,33 @@ impl Lab {
         }
         let facts = Facts::load(&dir.join("results.env"))?;
         Ok(LabRun { scenario: scenario.to_string(), dir, elapsed, facts })
+    }
+}
+
+/// Copies what the guest appends to a file to stdout.
+struct Follower {
+    path: PathBuf,
+    offset: u64,
+    on: bool,
+}
+
+impl Follower {
+    fn pump(&mut self) {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        if !self.on {
+            return;
+        }
+        let Ok(mut f) = File::open(&self.path) else { return };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        if let Ok(n) = f.read_to_end(&mut buf) {
+            self.offset += n as u64;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&buf);
+            let _ = out.flush();
+        }
     }
 }
 
@@ -280,6 +318,7 @@ fn write_env(dir: &Path, scenario: &str, script: &Path, a: &Artifacts, k: &Kerne
         ("LAB_PPPGATE".into(), paths::guest_path(&a.pppgate)?.display().to_string()),
         ("LAB_KERNEL".into(), k.version.clone()),
         ("LAB_OUT".into(), "/out".into()),
+        ("LAB_CACHE".into(), GUEST_CACHE_DIR.into()),
         ("LAB_HOST_RUN_DIR".into(), dir.display().to_string()),
         ("LAB_PPPD_VERSION".into(), crate::PPPD_VERSION.unwrap_or("").into()),
     ];

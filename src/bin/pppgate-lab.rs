@@ -1,4 +1,4 @@
-//! `pppgate-lab run <scenario> [--timeout SECONDS] [--env KEY=VALUE]...`: runs one lab scenario
+//! `pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]...`: runs one lab scenario
 //! from the command line (the tests call `pppgate_lab::Lab::run` directly). Prints the run
 //! directory; exits non-zero with the harness's error when the run fails.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pppgate_lab::{Lab, LabOptions};
 
-const USAGE: &str = "usage: pppgate-lab run <scenario> [--timeout SECONDS] [--env KEY=VALUE]...";
+const USAGE: &str = "usage: pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]...";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,6 +20,10 @@ fn main() -> ExitCode {
     let mut opts = LabOptions::default();
     let mut rest = args[2..].iter();
     while let Some(a) = rest.next() {
+        if a == "--follow" {
+            opts.follow = true;
+            continue;
+        }
         match (a.as_str(), rest.next()) {
             ("--timeout", Some(v)) => match v.parse::<u64>() {
                 Ok(s) => opts.timeout = Duration::from_secs(s),
