@@ -184,8 +184,7 @@ impl Lab {
                 Err(source) => return Err(LabError::Spawn { program: QEMU.into(), source }),
             }
             if started.elapsed() >= timeout {
-                let _ = child.kill();
-                let _ = child.wait();
+                stop(&mut child);
                 let _ = fs::write(dir.join("TIMEOUT"), format!("killed after {}s\n", timeout.as_secs()));
                 return Err(LabError::Timeout { scenario: scenario.to_string(), after: timeout, tails: tails(&dir), dir });
             }
@@ -208,6 +207,24 @@ impl Lab {
         let facts = Facts::load(&dir.join("results.env"))?;
         Ok(LabRun { scenario: scenario.to_string(), dir, elapsed, facts })
     }
+}
+
+/// Ends the VM: SIGTERM to coreutils' `timeout`, which passes it on to qemu (SIGKILL to
+/// `timeout` alone would orphan qemu); SIGKILL if that does not end it within 10 s.
+fn stop(child: &mut std::process::Child) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Copies what the guest appends to a file to stdout.

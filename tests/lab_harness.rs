@@ -37,6 +37,16 @@ fn a_hanging_scenario_times_out_and_qemu_is_killed() {
             assert!(guest.contains("hang: started"), "the scenario never ran, so this proves nothing:\n{guest}");
             let msg = LabError::Timeout { scenario: "hang".into(), after, dir: dir.clone(), tails: String::new() }.to_string();
             assert!(msg.contains(&dir.display().to_string()), "the error must say where the logs are: {msg}");
+            // qemu itself is gone, not just the process the harness started.
+            let run = dir.display().to_string();
+            let left: Vec<String> = std::fs::read_dir("/proc")
+                .expect("/proc")
+                .flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains("qemu-system") && c.contains(&run))
+                .collect();
+            assert!(left.is_empty(), "qemu of the timed-out run is still running: {left:?}");
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
