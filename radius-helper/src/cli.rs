@@ -35,6 +35,14 @@ pub enum Cmd {
     /// Database schema.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Closes this NAS's stale radacct / pppgate_sessions rows (no VALID mapping behind them).
+    Janitor(crate::sessions::JanitorArgs),
+    /// FreeRADIUS hooks: checkrad and rlm_exec (their own exit codes).
+    #[command(subcommand)]
+    Radius(crate::sessions::RadiusCmd),
+    /// Live sessions: kill (admin hardcut), list, show.
+    #[command(subcommand)]
+    Session(crate::sessions::SessionCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,10 +81,15 @@ pub fn main() -> ProcExit {
         Err(e) => {
             let usage = e.use_stderr();
             let _ = e.print();
-            return ProcExit::from(if usage { ExitCode::Usage.code() } else { 0 });
+            // FreeRADIUS reads checkrad/rlm_exec codes: a usage error there is "error"/"fail".
+            let code = if argv.iter().skip(1).any(|a| a == "radius") { crate::sessions::RADIUS_FAIL } else { ExitCode::Usage.code() };
+            return ProcExit::from(if usage { code } else { 0 });
         }
     };
     init_logging();
+    if let Cmd::Radius(r) = &cli.cmd {
+        return ProcExit::from(crate::sessions::radius(&cli.global, r));
+    }
     match run(&cli) {
         Ok(()) => ProcExit::SUCCESS,
         Err(f) => {
@@ -96,6 +109,8 @@ fn crate_multicall(mut argv: Vec<String>) -> Vec<String> {
         "vpn-accounting-collector" => Some(&["collect"]),
         "vpn-session-kill" => Some(&["session", "kill"]),
         "vpn-stale-session-janitor" => Some(&["janitor"]),
+        // radiusd.conf `checkrad = ` execs with argv[0] "checkrad".
+        "checkrad" => Some(&["radius", "checkrad"]),
         _ => None,
     };
     if let Some(v) = verb {
@@ -110,6 +125,17 @@ fn crate_multicall(mut argv: Vec<String>) -> Vec<String> {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PPPGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if crate::syslog::stderr_is_dev_null() {
+        // FreeRADIUS runs hooks with stderr on /dev/null (unless debugging): log to syslog.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(crate::syslog::Syslog)
+            .with_target(false)
+            .with_ansi(false)
+            .without_time()
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
@@ -120,6 +146,9 @@ pub fn load_config(g: &Global) -> Result<Config, Failure> {
 fn run(cli: &Cli) -> CmdResult {
     match &cli.cmd {
         Cmd::Config(ConfigCmd::Check) => config_check(&cli.global),
+        Cmd::Janitor(a) => crate::sessions::janitor(&cli.global, a),
+        Cmd::Radius(_) => unreachable!("handled in main"),
+        Cmd::Session(c) => crate::sessions::session(&cli.global, c),
         Cmd::Db(DbCmd::Migrate) => {
             let cfg = load_config(&cli.global)?;
             let mut client = db::connect(&cfg.database)?;

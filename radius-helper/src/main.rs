@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod sessions;
+mod syslog;
 
 fn main() -> std::process::ExitCode {
     cli::main()
