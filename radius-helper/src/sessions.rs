@@ -327,7 +327,7 @@ struct KillResult {
 
 fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
     let raw_text = raw.map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
-    let args = vec![raw_text.clone()];
+    let args: Vec<String> = raw.map(|_| raw_text.clone()).into_iter().collect();
     let cfg = Config::load(&g.config);
     let (audit_path, nas) = match &cfg {
         Ok(c) => (c.paths.audit_log.clone(), c.nas.identity.clone()),
