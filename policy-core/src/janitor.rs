@@ -15,10 +15,11 @@
 //!   (`vpn_connections.subaccount_login` of CONNECTION_ID; see `radius::sqlname`), and
 //! * `radacct.framedipaddress` equals the mapping's CLIENT_IP (a row without an address matches
 //!   on the user name alone — the cautious side), and
-//! * the row did not start before the mapping's pppd process existed: `acctstarttime >= START_TS
-//!   - CLOCK_SKEW_S` (START_TS is pppd's process start; FreeRADIUS stamps acctstarttime from the
-//!   NAS's Event-Timestamp or its own clock). This is what tells the stale row of a crashed
-//!   session from the live row of the reconnect that got the same address from the pool.
+//! * the row did not start before the mapping's pppd process existed:
+//!   `acctstarttime >= START_TS - CLOCK_SKEW_S` (START_TS is pppd's process start; FreeRADIUS
+//!   stamps acctstarttime from the NAS's Event-Timestamp or its own clock). This is what tells
+//!   the stale row of a crashed session from the live row of the reconnect that got the same
+//!   address from the pool.
 //!
 //! A row no VALID mapping claims is **stale** — unless it is younger than [`START_GRACE_S`]
 //! (database clock): between radius.so's Acct-Start and pppgate.so writing the mapping lies a
@@ -185,7 +186,7 @@ pub fn classify(row: &OpenRow, live: &[Live], rules: &Rules, db_now: i64) -> Ver
             continue;
         }
         same_user_and_ip = true;
-        if row.start.map_or(true, |s| s >= l.mapping.start_ts - rules.skew) {
+        if !matches!(row.start, Some(s) if s < l.mapping.start_ts - rules.skew) {
             return Verdict::Live {
                 ppp_if: l.mapping.ppp_if.clone(),
                 pppd_pid: l.mapping.pppd_pid,
@@ -235,7 +236,7 @@ pub fn live_mappings(dir: &Path, only: Option<i64>) -> Result<Mappings> {
     for s in mapping::scan(dir)? {
         match s.mapping {
             Ok(m) => {
-                if only.map_or(true, |id| id == m.connection_id) {
+                if !matches!(only, Some(id) if id != m.connection_id) {
                     candidates.push(m);
                 }
             }

@@ -52,7 +52,7 @@ pub fn sql_escape(input: &[u8], safe: &[u8]) -> String {
             }
         }
         let b = input[i];
-        if b < 32 || b >= 0x80 || !safe.contains(&b) {
+        if !(32..0x80).contains(&b) || !safe.contains(&b) {
             out.push_str(&format!("={b:02X}"));
         } else {
             out.push(b as char);

@@ -216,6 +216,7 @@ impl TestDb {
         (r.get(0), r.get(1), r.get(2))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn pppgate_session(&self, key: &str, nas: &str, conn: i64, login: &str, ifname: &str, ip: &str, pid: u32, age_s: i64) {
         self.client()
             .execute(
