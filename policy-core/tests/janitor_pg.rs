@@ -320,3 +320,52 @@ fn checkrad_for_another_nas_goes_by_heartbeat_and_modifies_nothing() {
     assert_eq!(checkrad(&env, NAS_B, "alice", "sid").presence, Presence::Stale);
     assert!(env.db.is_open(b));
 }
+
+#[test]
+fn on_demand_path_without_framed_address_falls_back_to_the_full_scan() {
+    private_netns();
+    let env = Env::new();
+    let alice = env.db.connection("alice");
+    let pppd = Proc::sleeper();
+    ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
+    write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
+    let row = env.db.acct_row("alice", NAS_A, None, 30, "x");
+    let r = run_login(&env, b"alice");
+    assert!(env.db.is_open(row), "{r:#?}");
+    assert_eq!(r.online_rows(), 1);
+}
+
+#[test]
+fn address_labels_that_are_not_the_device_name_still_find_the_session() {
+    private_netns();
+    let env = Env::new();
+    let alice = env.db.connection("alice");
+    let pppd = Proc::sleeper();
+    run(&["ip", "tuntap", "add", "dev", "ppp0", "mode", "tun"]);
+    run(&["ip", "addr", "add", "10.255.0.9/32", "dev", "ppp0", "label", "ppp0:x"]);
+    run(&["ip", "addr", "add", "10.255.0.1", "peer", "198.51.100.10/32", "dev", "ppp0"]);
+    write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
+    let row = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 30, "x");
+    run_login(&env, b"alice");
+    run_all(&env, "lns-a", NAS_A);
+    assert!(env.db.is_open(row));
+}
+
+#[test]
+fn address_snapshot_agrees_with_the_full_link_snapshot() {
+    private_netns();
+    for i in 0..20 {
+        ppp_link(&format!("ppp{i}"), "10.255.0.1", &format!("198.51.100.{}", 10 + i));
+    }
+    run(&["ip", "tuntap", "add", "dev", "ppp99", "mode", "tun"]);
+    let full = policy_core::kernel::links::LinkSnapshot::read().unwrap();
+    let fast = policy_core::kernel::peers::address_snapshot().unwrap();
+    for i in 0..20 {
+        let n = format!("ppp{i}");
+        assert_eq!(fast.peer_of(&n), full.peer_of(&n), "{n}");
+    }
+    // No address: absent from the address snapshot, which the VALID check treats like a missing
+    // interface — either way not VALID.
+    assert!(fast.peer_of("ppp99").is_none());
+    assert_eq!(full.peer_of("ppp99").map(|p| p.len()), Some(0));
+}

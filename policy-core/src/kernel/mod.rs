@@ -9,6 +9,7 @@
 
 pub mod links;
 pub mod netlink;
+pub mod peers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
