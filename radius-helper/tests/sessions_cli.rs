@@ -342,3 +342,35 @@ fn janitor_by_its_canonical_name_and_boot_delay() {
     let o = pppgate(&janitor, &cfg, &[os("--boot-delay"), os("4000")], &[]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
 }
+
+#[test]
+fn unreadable_mappings_fail_the_hook_instead_of_closing_live_sessions() {
+    use std::os::unix::fs::PermissionsExt;
+    private_netns();
+    let env = Env::new();
+    let cfg = env.config_path("lns-a", NAS_A);
+    let alice = env.db.connection("alice");
+    let pppd = Proc::sleeper();
+    ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
+    write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
+    let row = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 30, "s");
+    // The configuration is readable by everyone; the mappings only by root (a deployment where
+    // FreeRADIUS's user is not in the pppgate group).
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(env.sessions_dir(), std::fs::Permissions::from_mode(0o750)).unwrap();
+    for f in std::fs::read_dir(env.sessions_dir()).unwrap() {
+        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(bin())
+        .args([os("--config"), cfg.as_os_str(), os("radius"), os("exec"), os("simultaneous-use"), os("--max=1")])
+        .env_clear()
+        .env("USER_NAME", "\"alice\"")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "must fail, not decide without the mappings\n{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ppp0.env"), "{}", text(&out));
+    assert!(env.db.is_open(row), "the live session's row was closed");
+}
