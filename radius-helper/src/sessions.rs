@@ -14,6 +14,9 @@ use policy_core::mapping;
 use policy_core::outage::{Outage, Transition};
 use policy_core::radius::env::RadiusEnv;
 use policy_core::radius::{self, CheckradArgs};
+use policy_core::kernel::Netlink;
+use policy_core::lock::Lock;
+use policy_core::policy::apply;
 use policy_core::{audit, hardcut, Error, ExitCode};
 use postgres::Client;
 use serde::Serialize;
@@ -297,19 +300,36 @@ pub fn session(g: &Global, cmd: &SessionCmd) -> CmdResult {
 #[derive(Debug, Serialize)]
 #[serde(tag = "reconcile", rename_all = "snake_case")]
 enum ReconcileOutcome {
-    /// Not run: see [`reconcile_after_kill`].
-    Pending { reason: &'static str },
+    Done {
+        steps: Vec<String>,
+        /// SQL was unreachable: only state of sessions that no longer exist was removed.
+        sql_unavailable: Option<String>,
+    },
+    Failed {
+        error: String,
+        #[serde(skip)]
+        code: ExitCode,
+    },
 }
 
-/// Seed 004 §8.1: after the kill, reconcile so nft/tc are deterministically right.
-///
-/// CALL SITE FOR THE KERNEL BACKENDS — the real backends (`policy_core::kernel::Netlink`, branch
-/// `backends`) are not on main yet. Once they are, this takes the apply lock
-/// (`Lock::acquire_within(&cfg.paths.apply_lock, "session-kill", 10 s)`, busy → report exit 75)
-/// and runs `policy_core::policy::apply::reconcile(cfg, &mut Netlink::new()?, false)`. Until then
-/// the 5-minute reconcile timer and pppgate.so's own ip-down cleanup cover it.
-fn reconcile_after_kill(_cfg: &Config) -> ReconcileOutcome {
-    ReconcileOutcome::Pending { reason: "kernel backends are not on main yet; the reconcile timer repairs state" }
+/// How long the kill waits for the apply lock before reporting it busy (exit 75).
+const KILL_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Seed 004 §8.1: after the kill, reconcile so nft/tc are deterministically right — under the
+/// apply lock, with the real kernel backends. Without SQL the reconcile still removes the state
+/// of sessions that no longer exist (exactly what a kill needs) and says so.
+fn reconcile_after_kill(cfg: &Config) -> ReconcileOutcome {
+    let res = Lock::acquire_within(&cfg.paths.apply_lock, "session-kill", KILL_LOCK_WAIT).and_then(|_lock| {
+        let mut b = Netlink::new()?;
+        apply::reconcile(cfg, &mut b, false)
+    });
+    match res {
+        Ok(r) => ReconcileOutcome::Done { steps: r.outcome.steps, sql_unavailable: r.sql_unavailable },
+        Err(e) => {
+            tracing::error!("reconcile after session kill failed: {}", one_line(&e));
+            ReconcileOutcome::Failed { error: one_line(&e), code: e.exit_code() }
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -399,19 +419,30 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
     };
 
     let ok = kill.all_ended();
+    let reconcile_failed = match &reconcile {
+        ReconcileOutcome::Failed { error, code } => Some((error.clone(), *code)),
+        ReconcileOutcome::Done { .. } => None,
+    };
     let summary: Vec<String> = kill
         .sessions
         .iter()
         .map(|k| format!("{} pid {} {}", k.mapping.ppp_if, k.mapping.pppd_pid, outcome_text(&k.outcome)))
         .collect();
-    let result = if kill.sessions.is_empty() {
+    let mut result = if kill.sessions.is_empty() {
         "no live session".to_string()
     } else if ok {
         format!("ended: {}", summary.join(", "))
     } else {
         format!("FAILED: {}", summary.join(", "))
     };
-    let code = if ok { ExitCode::Ok } else { ExitCode::Internal };
+    if let Some((e, _)) = &reconcile_failed {
+        result.push_str(&format!("; reconcile failed: {e}"));
+    }
+    let code = match (&reconcile_failed, ok) {
+        (_, false) => ExitCode::Internal,
+        (Some((_, c)), true) => *c,
+        (None, true) => ExitCode::Ok,
+    };
     tracing::info!(conn_id = id, sessions = kill.sessions.len(), ok, "session kill: {result}");
     let out = KillResult {
         connection_id: id,
@@ -431,7 +462,7 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
             println!("  warning: {w}");
         }
     }
-    if ok {
+    if code == ExitCode::Ok {
         Ok(())
     } else {
         Err(Failure { code, message: format!("connection {id}: {result}") })

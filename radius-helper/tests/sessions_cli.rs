@@ -248,8 +248,21 @@ fn session_kill_terminates_then_kills_and_audits() {
     let row_hung = env.db.acct_row("alice", NAS_A, Some("198.51.100.11"), 30, "s");
     let row_bob = env.db.acct_row("bob", NAS_A, Some("198.51.100.12"), 30, "s");
 
+    // Policy applied to all three sessions first (the kernel state a kill must clean up).
+    let o = pppgate(&bin(), &cfg, &[os("reconcile")], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let nft = || run(&["nft", "-j", "list", "table", "inet", "pppgate"]);
+    let before = nft();
+    for ip in ["198.51.100.10", "198.51.100.11", "198.51.100.12"] {
+        assert!(before.contains(ip), "{ip} not in nft before the kill: {before}");
+    }
+
     let o = pppgate(&bin(), &cfg, &[os("--json"), os("session"), os("kill"), os("--timeout"), os("1"), os(&alice.to_string())], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Reconcile after the kill removed the killed sessions' state and kept the bystander's.
+    let after = nft();
+    assert!(!after.contains("198.51.100.10") && !after.contains("198.51.100.11"), "{after}");
+    assert!(after.contains("198.51.100.12"), "{after}");
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let outcomes: Vec<(&str, &str)> =
         v["sessions"].as_array().unwrap().iter().map(|s| (s["ppp_if"].as_str().unwrap(), s["outcome"].as_str().unwrap())).collect();
@@ -262,7 +275,7 @@ fn session_kill_terminates_then_kills_and_audits() {
     assert!(dir.join("ppp2.env").exists());
     assert!(!env.db.is_open(row_hung), "janitor after the kill closed the row whose Stop never came");
     assert!(env.db.is_open(row_bob));
-    assert_eq!(v["reconcile"]["reconcile"], "pending");
+    assert_eq!(v["reconcile"]["reconcile"], "done", "{v:#}");
 
     let lines = audit_lines(&env);
     assert_eq!(lines.len(), 1);

@@ -70,7 +70,20 @@ pub fn read_view<B: Backends>(b: &mut B, scope: &Scope) -> Result<KernelView> {
         Scope::Sessions { ifnames, ips } => {
             let mut nft = NftState { base_ok: true, ..Default::default() };
             for ip in ips {
-                for set in b.nft().sets_of(*ip)? {
+                let sets = match b.nft().sets_of(*ip) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // No table at all (a dry run before the first apply) reads as empty;
+                        // anything else is a real error.
+                        let whole = b.nft().read()?;
+                        if whole.base_ok || !whole.members.is_empty() {
+                            return Err(e);
+                        }
+                        nft.base_ok = false;
+                        continue;
+                    }
+                };
+                for set in sets {
                     nft.members.entry(set).or_default().insert(*ip);
                 }
             }
@@ -153,11 +166,20 @@ pub fn converge<B: Backends>(b: &mut B, cfg: &Config, desired: &Desired, scope: 
     Ok(out)
 }
 
-/// The connect gate: adds `ip` to `connect_pending_v4` (ensuring the table first). Needs no lock:
-/// it only ever adds a drop.
+/// How long the gate waits for the apply lock when it must create `inet pppgate` first.
+pub const GATE_CREATE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The connect gate: adds `ip` to `connect_pending_v4`. Needs no lock when the table exists (it
+/// only ever adds a drop); when it does not (first connect after boot), the table is created
+/// under the apply lock, because a layout (re)build must not race a writer.
 pub fn gate<B: Backends>(b: &mut B, cfg: &Config, ip: Ipv4Addr) -> Result<()> {
+    let add = [SetChange { set: NftSet::Pending, ip, add: true }];
+    if b.nft().commit(&add).is_ok() {
+        return Ok(());
+    }
+    let _lock = crate::lock::Lock::acquire_within(&cfg.paths.apply_lock, "pppd-gate", GATE_CREATE_LOCK_WAIT)?;
     b.nft().ensure_base(&cfg.policy.walled_garden)?;
-    b.nft().commit(&[SetChange { set: NftSet::Pending, ip, add: true }])
+    b.nft().commit(&add)
 }
 
 /// Removes everything of one session: memberships (the gate too), shaping and its IFB, routes on
