@@ -381,14 +381,16 @@ pub fn run<S: FinalCounters>(cfg: &Config, client: &mut Client, scope: &Scope, s
     };
     let login_str = login.and_then(|l| std::str::from_utf8(l).ok());
 
-    let (db_now, connection_id) = radacct::now_and_connection(client, login_str)?;
-    let rows = match &sql_user {
-        None => radacct::open_rows_of_nas(client, nas_ip)?,
-        Some(u) => radacct::open_rows_of_user(client, u)?,
-    };
-    let sessions = match scope {
-        Scope::All => radacct::open_sessions(client, &cfg.nas.identity, None)?,
-        Scope::Login(_) => radacct::open_sessions(client, &cfg.nas.identity, Some((connection_id, login_str)))?,
+    let (db_now, connection_id, rows, sessions) = match &sql_user {
+        None => {
+            let (db_now, _) = radacct::now_and_connection(client, None)?;
+            let rows = radacct::open_rows_of_nas(client, nas_ip)?;
+            (db_now, None, rows, radacct::open_sessions(client, &cfg.nas.identity, None)?)
+        }
+        Some(u) => {
+            let st = radacct::login_state(client, login_str, u, &cfg.nas.identity)?;
+            (st.db_now, st.connection_id, st.rows, st.sessions)
+        }
     };
 
     // Mappings are read only when a row of this NAS needs judging.

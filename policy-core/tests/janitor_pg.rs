@@ -184,13 +184,24 @@ fn dry_run_changes_nothing() {
 fn on_demand_janitor_touches_only_that_login() {
     private_netns();
     let env = Env::new();
-    env.db.connection("alice");
+    let alice = env.db.connection("alice");
+    let bob = env.db.connection("bob");
     let a = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 3600, "x");
     let b = env.db.acct_row("bob", NAS_A, Some("198.51.100.11"), 3600, "x");
+    let pppd = Proc::sleeper();
+    ppp_link("ppp3", "10.255.0.1", "198.51.100.13");
+    write_mapping(&env.sessions_dir(), alice, "ppp3", "198.51.100.13", pppd.pid(), pppd.start_ts());
+    env.db.pppgate_session("alice-ghost", "lns-a", alice, "alice", "ppp1", "198.51.100.10", dead_pid(), 3600);
+    env.db.pppgate_session("alice-live", "lns-a", alice, "alice", "ppp3", "198.51.100.13", pppd.pid(), 20);
+    env.db.pppgate_session("bob-ghost", "lns-a", bob, "bob", "ppp2", "198.51.100.11", dead_pid(), 3600);
     let r = run_login(&env, b"alice");
     assert!(!env.db.is_open(a));
     assert!(env.db.is_open(b));
     assert_eq!(r.scope, "login");
+    assert!(!env.db.session_open("alice-ghost"));
+    assert!(env.db.session_open("alice-live"), "{r:#?}");
+    assert!(env.db.session_open("bob-ghost"));
+    assert_eq!((r.sessions.live, r.sessions.closed), (1, 1));
 }
 
 #[test]

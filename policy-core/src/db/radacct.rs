@@ -69,6 +69,87 @@ pub fn now_and_connection(client: &mut Client, login: Option<&str>) -> Result<(i
     Ok((r[0].get(0), r[0].get(1)))
 }
 
+/// Everything the on-demand path reads, in one round trip: the database's clock, the login's
+/// vpn_connections id, the user's open radacct rows on every NAS (by the stored, escaped name),
+/// and this NAS's open pppgate_sessions rows of that connection or login.
+pub struct LoginState {
+    pub db_now: i64,
+    pub connection_id: Option<i64>,
+    pub rows: Vec<OpenRow>,
+    pub sessions: Vec<OpenSession>,
+}
+
+pub fn login_state(client: &mut Client, login: Option<&str>, username: &str, nas_identity: &str) -> Result<LoginState> {
+    // One statement, three row kinds in shared columns (0: context, 1: radacct, 2: sessions).
+    let rows = client
+        .query_typed(
+            "WITH ctx AS (SELECT extract(epoch FROM now())::bigint AS now,
+                                 (SELECT id FROM vpn_connections WHERE subaccount_login = $1) AS conn)
+             SELECT 0, ctx.now, ctx.conn, NULL::bigint, NULL::text, NULL::inet, NULL::inet, NULL::text,
+                    NULL::text, NULL::bigint, NULL::bigint, NULL::bool, NULL::integer
+             FROM ctx
+             UNION ALL
+             SELECT 1, NULL, NULL, a.radacctid, a.username, a.nasipaddress, a.framedipaddress, a.acctsessionid,
+                    a.nasportid, extract(epoch FROM a.acctstarttime)::bigint,
+                    extract(epoch FROM a.acctupdatetime)::bigint,
+                    NOT COALESCE(a.acctstarttime > n.reloadtime OR n.reloadtime IS NULL, false), NULL
+             FROM radacct a LEFT JOIN nasreload n ON n.nasipaddress = a.nasipaddress
+             WHERE a.username = $2 AND a.acctstoptime IS NULL
+             UNION ALL
+             SELECT 2, NULL, p.connection_id, NULL, p.username, NULL, p.client_ip, p.session_key, p.ppp_if,
+                    extract(epoch FROM p.start_time)::bigint, NULL, NULL, p.pppd_pid
+             FROM pppgate_sessions p, ctx
+             WHERE p.nas_identity = $3 AND p.stop_time IS NULL
+               AND (p.connection_id = ctx.conn OR p.username = $1)",
+            &[(&login, Type::TEXT), (&username, Type::TEXT), (&nas_identity, Type::TEXT)],
+        )
+        .map_err(Error::from_sql)?;
+    let mut st = LoginState { db_now: 0, connection_id: None, rows: Vec::new(), sessions: Vec::new() };
+    for r in &rows {
+        match r.get::<_, i32>(0) {
+            0 => {
+                st.db_now = r.get(1);
+                st.connection_id = r.get(2);
+            }
+            1 => {
+                let framed: Option<IpAddr> = r.get(6);
+                st.rows.push(OpenRow {
+                    radacctid: r.get(3),
+                    username: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                    nas_ip: r.get(5),
+                    framed_ip: match framed {
+                        Some(IpAddr::V4(a)) => Some(a),
+                        _ => None,
+                    },
+                    acct_session_id: r.get(7),
+                    nas_port_id: r.get(8),
+                    start: r.get(9),
+                    update: r.get(10),
+                    before_reload: r.get(11),
+                });
+            }
+            _ => {
+                let ip: Option<IpAddr> = r.get(6);
+                st.sessions.push(OpenSession {
+                    session_key: r.get(7),
+                    connection_id: r.get(2),
+                    username: r.get(4),
+                    ppp_if: r.get(8),
+                    client_ip: match ip {
+                        Some(IpAddr::V4(a)) => Some(a),
+                        _ => None,
+                    },
+                    pppd_pid: r.get(12),
+                    start: r.get(9),
+                });
+            }
+        }
+    }
+    st.rows.sort_by_key(|r| r.radacctid);
+    st.sessions.sort_by(|a, b| a.session_key.cmp(&b.session_key));
+    Ok(st)
+}
+
 /// Every open row of one NAS (uses FreeRADIUS's `radacct_bulk_close` index).
 pub fn open_rows_of_nas(client: &mut Client, nas_ip: IpAddr) -> Result<Vec<OpenRow>> {
     let sql = format!(
