@@ -143,8 +143,15 @@ fn main() {
         let r = radius::simultaneous_use(&cfg, &mut client, login.as_bytes(), Some(1), &NoAccountingState).unwrap();
         (t.elapsed(), r.verdict)
     };
+    let child_cpu = || {
+        let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+        let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+        tv(u.user_time()) + tv(u.system_time())
+    };
+    let cpu = std::cell::RefCell::new(Vec::new());
     let exec = |login: &str| {
         let user = String::from_utf8(encode_value(login.as_bytes())).unwrap();
+        let c0 = child_cpu();
         let t = Instant::now();
         let st = Command::new(bin)
             .env_clear()
@@ -160,7 +167,9 @@ fn main() {
             Some(1) => HookVerdict::Reject,
             other => panic!("hook failed: {other:?}"),
         };
-        (t.elapsed(), verdict)
+        let wall = t.elapsed();
+        cpu.borrow_mut().push(child_cpu() - c0);
+        (wall, verdict)
     };
 
     // Where the time goes: the parts of one live-session check on their own.
@@ -226,6 +235,11 @@ fn main() {
     for s in &mut all {
         s.print();
     }
+    // Wall time on a shared machine moves with the load; the hook process's own CPU time does not.
+    let mut c = Stats { name: "rlm_exec: CPU time of the hook process".into(), samples: cpu.borrow()[20..].to_vec() };
+    c.print();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average during the run: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
     // Every live session survived the run.
     let open: i64 = env
         .db
