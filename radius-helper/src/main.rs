@@ -6,6 +6,8 @@
 
 mod cli;
 mod policy_cmd;
+mod sessions;
+mod syslog;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -5,6 +5,7 @@
 pub mod connections;
 pub mod migrate;
 pub mod pbr;
+pub mod radacct;
 pub mod routes;
 pub mod settings;
 
