@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod policy_cmd;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -4,6 +4,8 @@
 
 pub mod connections;
 pub mod migrate;
+pub mod pbr;
+pub mod routes;
 pub mod settings;
 
 use std::net::{IpAddr, ToSocketAddrs};
