@@ -39,6 +39,9 @@ show cat "$SESSIONS_DIR/$lns_if.env"
 say "pppgate's lines in the LNS pppd log"
 show grep '^pppgate:' "$LAB_TMP/pppd-lns.log"
 
+say "pppgate's nft table on the LNS"
+show ip netns exec srv nft list table inet pppgate
+
 say "traffic across the tunnel"
 show ip netns exec cli ping -c 2 -W 2 "$PPP_LOCAL"
 
