@@ -174,7 +174,7 @@ pub(crate) fn ip_up() {
     let mut client = match db::connect(&cfg.database) {
         Ok(c) => c,
         Err(e) => {
-            fail_closed(&format!("database unavailable: {}", one_line(&e)));
+            fail_closed(&one_line(&e));
             return;
         }
     };
