@@ -35,6 +35,10 @@ pub enum Cmd {
     /// Database schema.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Accounting collector: read session counters, spool, commit to SQL (vpn-accounting-collector).
+    Collect,
+    /// ip-down's final accounting flush for one session.
+    FinalFlush(crate::collect::FinalFlushArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,6 +124,8 @@ pub fn load_config(g: &Global) -> Result<Config, Failure> {
 fn run(cli: &Cli) -> CmdResult {
     match &cli.cmd {
         Cmd::Config(ConfigCmd::Check) => config_check(&cli.global),
+        Cmd::Collect => crate::collect::collect(&cli.global),
+        Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),
         Cmd::Db(DbCmd::Migrate) => {
             let cfg = load_config(&cli.global)?;
             let mut client = db::connect(&cfg.database)?;

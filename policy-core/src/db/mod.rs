@@ -2,6 +2,7 @@
 //! table group. Every query is parameterized. No connection outlives the operation that opened it
 //! (the plugin holds none between pppd events).
 
+pub mod accounting;
 pub mod connections;
 pub mod migrate;
 pub mod settings;
