@@ -112,6 +112,9 @@ pub(crate) fn encode_json<T: Serialize>(magic: &str, version: u32, value: &T) ->
     codec::encode(magic, version, &body)
 }
 
+/// Readable markers (with their paths) and unreadable ones.
+pub type MarkerScan = (Vec<(PathBuf, FinalMarker)>, Vec<Unreadable>);
+
 pub fn batch_file_name(seq: u64) -> String {
     format!("{seq:020}.batch")
 }
@@ -236,7 +239,7 @@ impl AcctDir {
     }
 
     /// Reads the final markers. Newer-version markers fail the scan like spool records do.
-    pub fn scan_markers(&self) -> Result<(Vec<(PathBuf, FinalMarker)>, Vec<Unreadable>)> {
+    pub fn scan_markers(&self) -> Result<MarkerScan> {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         let rd = fs::read_dir(&self.finals).map_err(|source| Error::Read { path: self.finals.clone(), source })?;

@@ -14,9 +14,9 @@
 //! (`radacct_owner`, `radacct_id`):
 //! * `radius` — the row radius.so's accounting created: same NAS-IP-Address, Framed-IP-Address
 //!   and User-Name (the connection's login), started between the pppd start − 5 s and IPCP-up
-//!   + 30 s (or the reading, when IPCP-up is not known), not a pppgate row and not bound to another
-//!   session. radius.so's Acct-Session-Id is never used (it is malformed, lab FINDINGS). Totals are
-//!   written while the row is open; the row is closed by radius.so's own Stop, never by pppgate.
+//!   plus 30 s (or the reading, when IPCP-up is not known), not a pppgate row and not bound to
+//!   another session. radius.so's Acct-Session-Id is never used (it is malformed, lab FINDINGS).
+//!   Totals are written while the row is open; radius.so's own Stop closes it, never pppgate.
 //! * `pppgate` — a row pppgate owns, `acctuniqueid = 'pppgate:<session key>'`, opened, updated and
 //!   closed by pppgate. In mode `own` always; in mode `auto` only when no RADIUS row exists by the
 //!   session's last entry or [`AUTO_OWN_GRACE_S`] after it came up (radius.so sends its Start

@@ -249,10 +249,10 @@ CREATE INDEX IF NOT EXISTS pppgate_radacct_open_user_idx ON radacct (UserName) W
 /// batch ids can be pruned cheaply.
 const ACCOUNTING_BINDING: &str = r#"
 ALTER TABLE pppgate_sessions
-	ADD COLUMN radacct_owner	text CHECK (radacct_owner IN ('radius', 'pppgate')),
-	ADD COLUMN radacct_id		bigint;
-CREATE INDEX pppgate_sessions_radacct_idx ON pppgate_sessions (radacct_id) WHERE radacct_id IS NOT NULL;
-CREATE INDEX pppgate_acct_batches_age_idx ON pppgate_acct_batches (nas_identity, applied_at);
+	ADD COLUMN IF NOT EXISTS radacct_owner	text CHECK (radacct_owner IN ('radius', 'pppgate')),
+	ADD COLUMN IF NOT EXISTS radacct_id	bigint;
+CREATE INDEX IF NOT EXISTS pppgate_sessions_radacct_idx ON pppgate_sessions (radacct_id) WHERE radacct_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pppgate_acct_batches_age_idx ON pppgate_acct_batches (nas_identity, applied_at);
 "#;
 
 pub const MIGRATIONS: &[Migration] = &[

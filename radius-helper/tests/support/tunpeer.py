@@ -17,6 +17,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -69,6 +70,13 @@ class Tun:
     def recreate(self):
         with self.lock:
             os.close(self.fd)
+            # The old device is unregistered asynchronously; wait for its name to be free.
+            for _ in range(200):
+                try:
+                    self.fd = open_tun(self.name)
+                    return
+                except OSError:
+                    time.sleep(0.01)
             self.fd = open_tun(self.name)
 
 
