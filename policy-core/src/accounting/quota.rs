@@ -83,7 +83,8 @@ pub fn diff(active: &BTreeSet<i64>, before: &BTreeSet<i64>, now: &[QuotaUse]) ->
 pub fn changes(client: &mut Client, dir: &AcctDir, nas_identity: &str, active: &BTreeSet<i64>) -> Result<Vec<QuotaChange>> {
     let before = load_over(dir);
     let ids: Vec<i64> = active.union(&before).copied().collect();
-    let now = quota_use(client, nas_identity, &ids)?;
+    let was: Vec<i64> = before.iter().copied().collect();
+    let now = quota_use(client, nas_identity, &ids, &was)?;
     let (changes, over_now) = diff(active, &before, &now);
     if over_now != before {
         save_over(dir, &over_now)?;

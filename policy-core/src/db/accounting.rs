@@ -290,17 +290,24 @@ SELECT c.id, c.quota_bytes,
                                   WHEN 'month' THEN date_trunc('month', current_date)::date
                                   ELSE DATE '1970-01-01' END), 0)::bigint,
        (SELECT count(*) FROM pruned)
-FROM vpn_connections c WHERE c.id = ANY($1)
+FROM vpn_connections c
+WHERE c.id = ANY($1) AND (c.quota_bytes IS NOT NULL OR c.id = ANY($4))
 ORDER BY c.id
 "#;
 
-/// Usage in the current period for `ids` (one round trip), pruning this NAS's batch ids older
-/// than [`BATCH_RETENTION_DAYS`] on the way.
-pub fn quota_use(client: &mut Client, nas_identity: &str, ids: &[i64]) -> Result<Vec<QuotaUse>> {
+/// Usage in the current period for those of `ids` that have a quota, and for `was_over` whatever
+/// their quota is now (one round trip), pruning this NAS's batch ids older than
+/// [`BATCH_RETENTION_DAYS`] on the way.
+pub fn quota_use(client: &mut Client, nas_identity: &str, ids: &[i64], was_over: &[i64]) -> Result<Vec<QuotaUse>> {
     let rows = client
         .query_typed(
             QUOTA_SQL,
-            &[(&ids, Type::INT8_ARRAY), (&nas_identity, Type::TEXT), (&BATCH_RETENTION_DAYS, Type::INT4)],
+            &[
+                (&ids, Type::INT8_ARRAY),
+                (&nas_identity, Type::TEXT),
+                (&BATCH_RETENTION_DAYS, Type::INT4),
+                (&was_over, Type::INT8_ARRAY),
+            ],
         )
         .map_err(Error::from_sql)?;
     Ok(rows

@@ -227,6 +227,11 @@ impl Pg {
         if !self.durable {
             opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
+        // Extra server options for investigations (e.g. auto_explain), never needed by a test.
+        if let Ok(extra) = std::env::var("PPPGATE_TEST_PG_OPTS") {
+            opts.push(' ');
+            opts.push_str(&extra);
+        }
         let log = self.dir.path().join("pg.log");
         run(&mut as_postgres(&[&pg_ctl, "-D", self.data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"]));
     }
@@ -252,6 +257,9 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
+        if let Ok(to) = std::env::var("PPPGATE_TEST_PG_KEEP_LOG") {
+            let _ = std::fs::copy(self.dir.path().join("pg.log"), to);
+        }
         let pg_ctl = format!("{PG_BIN}/pg_ctl");
         let _ = as_postgres(&[&pg_ctl, "-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
             .stdout(Stdio::null())
