@@ -636,6 +636,15 @@ walled_garden = ["198.51.100.53/32:udp:53", "198.51.100.80:tcp:80", "203.0.113.0
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/etc/pppgate.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.nas.identity, "lns-1");
+        assert_eq!(c.policy.walled_garden.len(), 3);
+        assert_eq!(c.accounting.radacct, RadacctMode::Auto);
+    }
+
+    #[test]
     fn garden_entry_round_trips() {
         for s in ["198.51.100.53/32:udp:53", "203.0.113.0/24", "10.1.2.3/32:tcp"] {
             assert_eq!(s.parse::<GardenEntry>().unwrap().to_string(), s);

@@ -12,5 +12,6 @@ pub mod lock;
 pub mod mapping;
 pub mod policy;
 pub mod procfs;
+pub mod rt_tables;
 
 pub use error::{Error, ExitCode, Result};

@@ -1,6 +1,77 @@
+//! `pppgate.so`: the pppd plugin. Thin glue from pppd's events (through the shim) to policy-core.
+//!
+//! Per link (one pppd process serves one session):
+//! * option `pppgate-config <path>` loads and validates the configuration (default
+//!   /etc/pppgate/pppgate.toml); an invalid file makes pppd refuse to start;
+//! * ip-up: the authenticated peer name is looked up in `vpn_connections`, the session mapping
+//!   `/run/vpn-sessions/<ppp_if>.env` is written atomically; anything failing ends the session
+//!   through pppd's own path (fail closed);
+//! * ip-down (and exit, as a backstop): the mapping is removed.
+//!
+//! No threads, no runtime left running, no database connection held between events: each event
+//! opens what it needs and closes it before returning to pppd's loop.
+
 #![forbid(unsafe_code)]
+
 shim::pppd_plugin!(crate::init);
+
+mod pppdlog;
+mod session;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use policy_core::config::{Config, DEFAULT_PATH};
+use policy_core::error::one_line;
+
+thread_local! {
+    static CONFIG: RefCell<Option<Rc<Config>>> = const { RefCell::new(None) };
+}
+
 fn init(r: &mut shim::Registrar) -> Result<(), String> {
-    r.on_ip_up(|| shim::log(shim::Level::Info, "up"));
+    pppdlog::install();
+    r.string_option(c"pppgate-config", c"pppgate configuration file", on_config_option);
+    r.address_hook(session::address_hook);
+    r.on_ip_up(session::ip_up);
+    r.on_ip_down(session::ip_down);
+    r.on_exit(session::on_exit);
+    r.on_phase(on_phase);
+    shim::log(
+        shim::Level::Info,
+        &format!("pppgate {} loaded (pppd {} API {})", env!("CARGO_PKG_VERSION"), shim::PPPD_VERSION, shim::PPPD_API),
+    );
     Ok(())
+}
+
+fn load(path: &Path) -> Result<Rc<Config>, String> {
+    let cfg = Config::load(path).map_err(|e| one_line(&e))?;
+    let cfg = Rc::new(cfg);
+    CONFIG.with(|c| *c.borrow_mut() = Some(cfg.clone()));
+    Ok(cfg)
+}
+
+fn on_config_option(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("needs a path".into());
+    }
+    load(&PathBuf::from(value)).map(|_| ())
+}
+
+/// Once the options are parsed (the first phase change), the default configuration is loaded if
+/// no `pppgate-config` option was given; a missing or invalid one refuses the start.
+fn on_phase(p: shim::Phase) {
+    if matches!(p, shim::Phase::Dead | shim::Phase::Initialize) {
+        return;
+    }
+    if CONFIG.with(|c| c.borrow().is_none()) {
+        if let Err(e) = load(Path::new(DEFAULT_PATH)) {
+            shim::fatal(&format!("pppgate: refusing to start: {e}"));
+        }
+    }
+}
+
+/// The loaded configuration, if any.
+pub(crate) fn config() -> Option<Rc<Config>> {
+    CONFIG.with(|c| c.borrow().clone())
 }

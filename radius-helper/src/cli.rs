@@ -8,6 +8,8 @@ use policy_core::config::{Config, DEFAULT_PATH};
 use policy_core::error::one_line;
 use policy_core::{db, Error, ExitCode};
 
+use crate::policy_cmd;
+
 #[derive(Parser, Debug)]
 #[command(name = "pppgate", version, about = "Per-user policy and accounting for xl2tpd/pppd concentrators")]
 pub struct Cli {
@@ -35,6 +37,22 @@ pub enum Cmd {
     /// Database schema.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Applies policy to live sessions (vpn-policy-apply).
+    Apply(policy_cmd::ApplyArgs),
+    /// Reconciles all kernel state with SQL and the live sessions.
+    Reconcile(policy_cmd::ReconcileArgs),
+    /// Per-user routes (SQL is the truth; live sessions are updated at once).
+    #[command(subcommand)]
+    Routes(policy_cmd::RoutesCmd),
+    /// Policy routing rules.
+    #[command(subcommand)]
+    Pbr(policy_cmd::PbrCmd),
+    /// vpn_connections policy facts (the panel's changes), applied at once.
+    #[command(subcommand)]
+    Connection(policy_cmd::ConnectionCmd),
+    /// Forwarding sysctls.
+    #[command(subcommand)]
+    Sysctl(policy_cmd::SysctlCmd),
     /// Accounting collector: read session counters, spool, commit to SQL (vpn-accounting-collector).
     Collect,
     /// ip-down's final accounting flush for one session.
@@ -123,6 +141,12 @@ pub fn load_config(g: &Global) -> Result<Config, Failure> {
 
 fn run(cli: &Cli) -> CmdResult {
     match &cli.cmd {
+        Cmd::Apply(a) => policy_cmd::apply_cmd(&cli.global, a),
+        Cmd::Reconcile(a) => policy_cmd::reconcile_cmd(&cli.global, a),
+        Cmd::Routes(c) => policy_cmd::routes_cmd(&cli.global, c),
+        Cmd::Pbr(c) => policy_cmd::pbr_cmd(&cli.global, c),
+        Cmd::Connection(c) => policy_cmd::connection_cmd(&cli.global, c),
+        Cmd::Sysctl(c) => policy_cmd::sysctl_cmd(&cli.global, c),
         Cmd::Config(ConfigCmd::Check) => config_check(&cli.global),
         Cmd::Collect => crate::collect::collect(&cli.global),
         Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),

@@ -6,6 +6,7 @@
 
 mod cli;
 mod collect;
+mod policy_cmd;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -5,6 +5,8 @@
 pub mod accounting;
 pub mod connections;
 pub mod migrate;
+pub mod pbr;
+pub mod routes;
 pub mod settings;
 
 use std::net::{IpAddr, ToSocketAddrs};

@@ -149,3 +149,30 @@ impl LinkSnapshot {
         self.by_name.get(name)
     }
 }
+
+/// One link looked up by name: index, flags and kind.
+pub fn get_link(sock: &mut Socket, name: &str) -> Result<Option<Link>> {
+    let req = get_link_msg(name);
+    match sock.transact("get link", vec![req])?.pop().expect("one answer") {
+        Ok(msgs) => Ok(msgs.iter().filter(|(ty, _)| *ty == RTM_NEWLINK).find_map(|(_, p)| parse_link(p))),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) => Ok(None),
+        Err(source) => Err(crate::error::Error::Netlink { op: format!("get link {name}"), source }),
+    }
+}
+
+/// An RTM_GETLINK request for one interface by name (for [`Socket::transact`]).
+pub fn get_link_msg(name: &str) -> MsgBuilder {
+    MsgBuilder::new(RTM_GETLINK, 0)
+        .bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0))
+        .attr_str(IFLA_IFNAME, name)
+        // Skip the per-VF and stats blobs: only index, flags and kind are wanted.
+        .attr_u32(IFLA_EXT_MASK, 0)
+}
+
+const IFLA_EXT_MASK: u16 = 29;
+
+/// Every link of the current namespace (one dump).
+pub fn dump_links(sock: &mut Socket) -> Result<Vec<Link>> {
+    let req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP).bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0));
+    Ok(sock.dump("dump links", req)?.iter().filter(|(ty, _)| *ty == RTM_NEWLINK).filter_map(|(_, p)| parse_link(p)).collect())
+}

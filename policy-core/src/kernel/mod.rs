@@ -8,13 +8,26 @@
 //! * routes and rules: those with protocol [`RTPROT_PPPGATE`].
 
 pub mod links;
+pub mod lookup;
 pub mod netlink;
+pub mod nft;
+pub mod route;
+pub mod rule;
+pub mod sysctl;
+pub mod tc;
+pub mod recording;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
+
+pub use nft::NftNetlink;
+pub use route::RoutesNetlink;
+pub use rule::RulesNetlink;
+pub use sysctl::SysctlProc;
+pub use tc::TcNetlink;
 
 use crate::config::GardenEntry;
 use crate::error::Result;
@@ -202,7 +215,8 @@ impl SysctlReport {
 
 pub trait Sysctl {
     fn read(&mut self, ifnames: &[String]) -> Result<SysctlReport>;
-    /// ip_forward = 1, all/default rp_filter = 2 (loose) unless 0, rp_filter = 2 on each ifname.
+    /// ip_forward = 1; rp_filter strict (1) becomes loose (2) on all, default and each ifname;
+    /// 0 and 2 stay as they are (never stricter). Interfaces that are gone are skipped.
     fn ensure(&mut self, ifnames: &[String]) -> Result<()>;
 }
 
@@ -218,4 +232,50 @@ pub trait Backends {
     fn routes(&mut self) -> &mut Self::R;
     fn rules(&mut self) -> &mut Self::U;
     fn sysctl(&mut self) -> &mut Self::S;
+}
+
+/// The real backends: nfnetlink, rtnetlink and /proc, all in the caller's network namespace (the
+/// sockets are bound to the namespace current when [`Netlink::new`] runs).
+#[derive(Debug)]
+pub struct Netlink {
+    pub nft: NftNetlink,
+    pub tc: TcNetlink,
+    pub routes: RoutesNetlink,
+    pub rules: RulesNetlink,
+    pub sysctl: SysctlProc,
+}
+
+impl Netlink {
+    pub fn new() -> Result<Netlink> {
+        Ok(Netlink {
+            nft: NftNetlink::new()?,
+            tc: TcNetlink::new()?,
+            routes: RoutesNetlink::new()?,
+            rules: RulesNetlink::new()?,
+            sysctl: SysctlProc::new(),
+        })
+    }
+}
+
+impl Backends for Netlink {
+    type N = NftNetlink;
+    type T = TcNetlink;
+    type R = RoutesNetlink;
+    type U = RulesNetlink;
+    type S = SysctlProc;
+    fn nft(&mut self) -> &mut NftNetlink {
+        &mut self.nft
+    }
+    fn tc(&mut self) -> &mut TcNetlink {
+        &mut self.tc
+    }
+    fn routes(&mut self) -> &mut RoutesNetlink {
+        &mut self.routes
+    }
+    fn rules(&mut self) -> &mut RulesNetlink {
+        &mut self.rules
+    }
+    fn sysctl(&mut self) -> &mut SysctlProc {
+        &mut self.sysctl
+    }
 }

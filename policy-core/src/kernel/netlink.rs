@@ -23,6 +23,7 @@ pub const NLMSG_DONE: u16 = 3;
 pub const NLM_F_REQUEST: u16 = 0x01;
 pub const NLM_F_MULTI: u16 = 0x02;
 pub const NLM_F_ACK: u16 = 0x04;
+pub const NLM_F_ECHO: u16 = 0x08;
 pub const NLM_F_ROOT: u16 = 0x100;
 pub const NLM_F_MATCH: u16 = 0x200;
 pub const NLM_F_DUMP: u16 = NLM_F_ROOT | NLM_F_MATCH;
@@ -216,6 +217,10 @@ pub fn attr_u64_be(data: &[u8]) -> Option<u64> {
     data.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap()))
 }
 
+/// The answer to one request of [`Socket::transact`]: its data messages as (type, payload), or
+/// the error the kernel gave for it.
+pub type Answer = std::result::Result<Vec<(u16, Vec<u8>)>, io::Error>;
+
 /// Which netlink family a socket speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -332,6 +337,32 @@ impl Socket {
         }
     }
 
+    /// Sends a request that is answered by one message (or an error), e.g. a route lookup.
+    pub fn dump_single(&mut self, op: &str, msg: MsgBuilder) -> Result<Vec<(u16, Vec<u8>)>> {
+        let seq = self.next_seq();
+        let data = msg.finish(seq);
+        self.send_raw(op, &data)?;
+        loop {
+            let n = self.recv_raw(op)?;
+            let mut out = Vec::new();
+            for m in messages(&self.buf[..n]) {
+                if m.seq != seq {
+                    continue;
+                }
+                if m.ty == NLMSG_ERROR {
+                    if let Some(e) = parse_error(m.payload) {
+                        return Err(Error::Netlink { op: op.into(), source: e });
+                    }
+                    continue;
+                }
+                out.push((m.ty, m.payload.to_vec()));
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
     /// Sends several requests in one datagram (an nfnetlink batch is such a sequence framed by
     /// BATCH_BEGIN/END) and waits for an ack for each message that asked for one.
     pub fn batch(&mut self, op: &str, msgs: Vec<MsgBuilder>) -> Result<()> {
@@ -344,8 +375,69 @@ impl Socket {
             }
             data.extend_from_slice(&m.finish(seq));
         }
+        self.ensure_sndbuf(data.len());
         self.send_raw(op, &data)?;
         self.wait_acks(op, &want)
+    }
+
+    /// An nfnetlink batch must arrive in one datagram, and the kernel refuses a datagram larger
+    /// than the send buffer: grow it for large batches (reconcile of many sessions).
+    fn ensure_sndbuf(&mut self, len: usize) {
+        const DEFAULT_OK: usize = 160 * 1024;
+        if len > DEFAULT_OK {
+            let want = len.saturating_mul(2).min(64 << 20);
+            if setsockopt(&self.fd, sockopt::SndBufForce, &want).is_err() {
+                let _ = setsockopt(&self.fd, sockopt::SndBuf, &want);
+            }
+        }
+    }
+
+    /// Sends independent requests in one datagram, each asking for an ack, and returns each one's
+    /// answer in order: the messages it produced, or the error it alone got. One round trip for
+    /// several gets (the connect path asks four sets about one address this way).
+    pub fn transact(&mut self, op: &str, msgs: Vec<MsgBuilder>) -> Result<Vec<Answer>> {
+        let mut data = Vec::new();
+        let mut seqs = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let seq = self.next_seq();
+            data.extend_from_slice(&set_flags(m, NLM_F_ACK).finish(seq));
+            seqs.push(seq);
+        }
+        self.send_raw(op, &data)?;
+        let mut got: Vec<Vec<(u16, Vec<u8>)>> = vec![Vec::new(); seqs.len()];
+        let mut done: Vec<Option<Option<io::Error>>> = (0..seqs.len()).map(|_| None).collect();
+        let mut left = seqs.len();
+        while left > 0 {
+            let n = self.recv_raw(op)?;
+            for m in messages(&self.buf[..n]) {
+                let Some(i) = seqs.iter().position(|s| *s == m.seq) else { continue };
+                if done[i].is_some() {
+                    continue;
+                }
+                match m.ty {
+                    NLMSG_ERROR => {
+                        done[i] = Some(parse_error(m.payload));
+                        left -= 1;
+                    }
+                    NLMSG_NOOP | NLMSG_DONE => {}
+                    ty => got[i].push((ty, m.payload.to_vec())),
+                }
+            }
+        }
+        Ok(done
+            .into_iter()
+            .zip(got)
+            .map(|(d, g)| match d.flatten() {
+                None => Ok(g),
+                Some(e) => Err(e),
+            })
+            .collect())
+    }
+
+    /// One request whose answer carries data (a get of one object): its messages, or its error.
+    pub fn get(&mut self, op: &str, msg: MsgBuilder) -> Result<Vec<(u16, Vec<u8>)>> {
+        let mut answers = self.transact(op, vec![msg])?;
+        answers.pop().expect("one answer per request").map_err(|source| Error::Netlink { op: op.into(), source })
     }
 
     fn wait_acks(&mut self, op: &str, seqs: &[u32]) -> Result<()> {

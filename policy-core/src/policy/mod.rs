@@ -2,3 +2,6 @@
 //! ([`planner`]) and applying it under the single-writer lock ([`engine`]).
 
 pub mod model;
+pub mod apply;
+pub mod engine;
+pub mod planner;

@@ -1,0 +1,137 @@
+//! Routes pppgate owns: IPv4 routes marked with protocol [`RTPROT_PPPGATE`], over rtnetlink.
+//! Only routes carrying that protocol are read back or deleted, so the operator's routes (and the
+//! kernel's own) are never touched.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::links::{self, get_link};
+use super::netlink::{self, attrs, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
+use super::{OwnedRoute, Routes, RTPROT_PPPGATE};
+use crate::error::{Error, Result};
+
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
+
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RTA_TABLE: u16 = 15;
+
+const RTN_UNICAST: u8 = 1;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
+/// In a delete: match any scope.
+const RT_SCOPE_NOWHERE: u8 = 255;
+
+/// `rtmsg`. Tables above 255 do not fit its u8 field: it then says RT_TABLE_UNSPEC and the real
+/// id travels in RTA_TABLE (which is always sent).
+fn rtmsg(dst_len: u8, table: u32, scope: u8, ty: u8) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[0] = libc::AF_INET as u8;
+    b[1] = dst_len;
+    b[4] = if table < 256 { table as u8 } else { 0 };
+    b[5] = RTPROT_PPPGATE;
+    b[6] = scope;
+    b[7] = ty;
+    b
+}
+
+/// The real routes backend.
+pub struct RoutesNetlink {
+    sock: Socket,
+}
+
+impl std::fmt::Debug for RoutesNetlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutesNetlink").finish_non_exhaustive()
+    }
+}
+
+impl RoutesNetlink {
+    pub fn new() -> Result<RoutesNetlink> {
+        Ok(RoutesNetlink { sock: Socket::open(Family::Route)? })
+    }
+
+    fn route_msg(ty: u16, flags: u16, r: &OwnedRoute, ifindex: u32, scope: u8, rtype: u8) -> MsgBuilder {
+        let mut m = MsgBuilder::new(ty, flags)
+            .bytes(&rtmsg(r.dst.prefix_len(), r.table, scope, rtype))
+            .attr(RTA_DST, &r.dst.network().octets())
+            .attr_u32(RTA_TABLE, r.table)
+            .attr_u32(RTA_OIF, ifindex);
+        if let Some(gw) = r.gateway {
+            m = m.attr(RTA_GATEWAY, &gw.octets());
+        }
+        if let Some(metric) = r.metric {
+            m = m.attr_u32(RTA_PRIORITY, metric);
+        }
+        m
+    }
+}
+
+fn parse_route(payload: &[u8], names: &BTreeMap<u32, String>) -> Option<OwnedRoute> {
+    let hdr = payload.get(..12)?;
+    if hdr[0] != libc::AF_INET as u8 || hdr[5] != RTPROT_PPPGATE || hdr[7] != RTN_UNICAST {
+        return None;
+    }
+    let mut table = u32::from(hdr[4]);
+    let (mut dst, mut gateway, mut oif, mut metric) = (Ipv4Addr::UNSPECIFIED, None, None, None);
+    for (t, d) in attrs(&payload[12..]) {
+        let ip = || d.get(..4).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+        match t {
+            RTA_DST => dst = ip()?,
+            RTA_GATEWAY => gateway = ip(),
+            RTA_OIF => oif = netlink::attr_u32(d),
+            RTA_PRIORITY => metric = netlink::attr_u32(d).filter(|m| *m != 0),
+            RTA_TABLE => table = netlink::attr_u32(d)?,
+            _ => {}
+        }
+    }
+    let dev = oif.map(|i| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"))).unwrap_or_default();
+    Some(OwnedRoute { dst: Ipv4Net::new(dst, hdr[1]).ok()?, gateway, dev, table, metric })
+}
+
+impl Routes for RoutesNetlink {
+    /// Every IPv4 route with protocol 77, from all tables. A metric of 0 reads back as `None`
+    /// (the kernel does not report priority 0).
+    fn read(&mut self) -> Result<Vec<OwnedRoute>> {
+        let names: BTreeMap<u32, String> =
+            links::dump_links(&mut self.sock)?.into_iter().map(|l| (l.index, l.name)).collect();
+        let mut hdr = [0u8; 12];
+        hdr[0] = libc::AF_INET as u8;
+        let req = MsgBuilder::new(RTM_GETROUTE, NLM_F_DUMP).bytes(&hdr);
+        let mut out: Vec<OwnedRoute> = self
+            .sock
+            .dump("dump routes", req)?
+            .iter()
+            .filter(|(ty, _)| *ty == RTM_NEWROUTE)
+            .filter_map(|(_, p)| parse_route(p, &names))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn add(&mut self, r: &OwnedRoute) -> Result<()> {
+        if r.dst.trunc() != r.dst {
+            return Err(Error::invalid("route destination", r.dst.to_string(), "host bits set"));
+        }
+        let dev = get_link(&mut self.sock, &r.dev)?.ok_or_else(|| Error::NotFound { what: "interface", id: r.dev.clone() })?;
+        let scope = if r.gateway.is_some() { RT_SCOPE_UNIVERSE } else { RT_SCOPE_LINK };
+        let m = Self::route_msg(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, r, dev.index, scope, RTN_UNICAST);
+        self.sock.request(&format!("add route {} dev {} table {}", r.dst, r.dev, r.table), m)
+    }
+
+    fn del(&mut self, r: &OwnedRoute) -> Result<()> {
+        // A route through a device that is gone went with the device.
+        let Some(dev) = get_link(&mut self.sock, &r.dev)? else { return Ok(()) };
+        let m = Self::route_msg(RTM_DELROUTE, 0, r, dev.index, RT_SCOPE_NOWHERE, 0);
+        match self.sock.request(&format!("delete route {} dev {} table {}", r.dst, r.dev, r.table), m) {
+            Err(e) if matches!(netlink::errno_of(&e), Some(libc::ESRCH) | Some(libc::ENOENT)) => Ok(()),
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Forwarding sysctls through /proc/sys/net/ipv4 (which shows the caller's network namespace).
+//!
+//! `ensure` turns forwarding on and relaxes strict reverse-path filtering (1) to loose (2) on
+//! `all`, `default` and the given session interfaces: policy routing sends a session's traffic
+//! out through other tables, which strict rp_filter would drop. It never makes a setting
+//! stricter: 0 (off) and 2 (loose) stay as they are.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{Sysctl, SysctlReport};
+use crate::error::{Error, Result};
+
+/// The real sysctl backend.
+#[derive(Debug, Clone)]
+pub struct SysctlProc {
+    root: PathBuf,
+}
+
+impl Default for SysctlProc {
+    fn default() -> Self {
+        SysctlProc { root: "/proc/sys/net/ipv4".into() }
+    }
+}
+
+impl SysctlProc {
+    pub fn new() -> SysctlProc {
+        SysctlProc::default()
+    }
+
+    /// Reads a tree laid out like /proc/sys/net/ipv4 somewhere else (tests).
+    pub fn with_root(root: impl Into<PathBuf>) -> SysctlProc {
+        SysctlProc { root: root.into() }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn rp_path(&self, scope: &str) -> PathBuf {
+        self.path(&format!("conf/{scope}/rp_filter"))
+    }
+}
+
+/// Reads an integer sysctl; `None` when the file does not exist (an interface that is gone).
+fn read_int(path: &Path) -> Result<Option<u8>> {
+    match fs::read_to_string(path) {
+        Ok(s) => s
+            .trim()
+            .parse::<u8>()
+            .map(Some)
+            .map_err(|_| Error::Read { path: path.into(), source: io::Error::new(io::ErrorKind::InvalidData, "not a small integer") }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Read { path: path.into(), source }),
+    }
+}
+
+fn write_int(path: &Path, v: u8) -> Result<()> {
+    fs::write(path, format!("{v}\n")).map_err(|source| Error::Write { path: path.into(), source })
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && !name.contains('/') && name != "." && name != ".."
+}
+
+impl Sysctl for SysctlProc {
+    fn read(&mut self, ifnames: &[String]) -> Result<SysctlReport> {
+        let fwd_path = self.path("ip_forward");
+        let ip_forward = read_int(&fwd_path)?.ok_or_else(|| Error::Read {
+            path: fwd_path.clone(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no ip_forward"),
+        })? == 1;
+        let rp_filter_all = read_int(&self.rp_path("all"))?.unwrap_or(0);
+        let rp_filter_default = read_int(&self.rp_path("default"))?.unwrap_or(0);
+        let mut report = SysctlReport { ip_forward, rp_filter_all, rp_filter_default, ..Default::default() };
+        for name in ifnames.iter().filter(|n| valid_ifname(n)) {
+            if let Some(own) = read_int(&self.rp_path(name))? {
+                report.rp_filter.insert(name.clone(), own.max(rp_filter_all));
+            }
+        }
+        Ok(report)
+    }
+
+    fn ensure(&mut self, ifnames: &[String]) -> Result<()> {
+        let fwd = self.path("ip_forward");
+        if read_int(&fwd)? != Some(1) {
+            write_int(&fwd, 1)?;
+        }
+        let mut scopes = vec!["all".to_string(), "default".to_string()];
+        scopes.extend(ifnames.iter().filter(|n| valid_ifname(n)).cloned());
+        for scope in scopes {
+            let p = self.rp_path(&scope);
+            if read_int(&p)? == Some(1) {
+                match write_int(&p, 2) {
+                    // The interface went away between the read and the write.
+                    Err(Error::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                    other => other?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(all: u8, default: u8, ifs: &[(&str, u8)], fwd: u8) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("ip_forward"), format!("{fwd}\n")).unwrap();
+        for (s, v) in [("all", all), ("default", default)].into_iter().chain(ifs.iter().copied()) {
+            fs::create_dir_all(d.path().join("conf").join(s)).unwrap();
+            fs::write(d.path().join("conf").join(s).join("rp_filter"), format!("{v}\n")).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn strict_becomes_loose_and_off_stays_off() {
+        let d = tree(1, 0, &[("ppp0", 1), ("ppp1", 0), ("ppp2", 2)], 0);
+        let mut s = SysctlProc::with_root(d.path());
+        let names: Vec<String> = ["ppp0", "ppp1", "ppp2", "ppp9"].iter().map(|s| s.to_string()).collect();
+        let before = s.read(&names).unwrap();
+        assert!(!before.ok());
+        assert_eq!(before.strict_interfaces(), vec!["ppp0", "ppp1"]);
+        s.ensure(&names).unwrap();
+        let after = s.read(&names).unwrap();
+        assert!(after.ip_forward && after.ok(), "{after:?}");
+        assert_eq!((after.rp_filter_all, after.rp_filter_default), (2, 0));
+        assert_eq!(after.rp_filter.get("ppp1"), Some(&2), "effective: max(all=2, own=0)");
+        assert_eq!(fs::read_to_string(d.path().join("conf/ppp1/rp_filter")).unwrap().trim(), "0");
+        assert!(!after.rp_filter.contains_key("ppp9"));
+    }
+
+    #[test]
+    fn path_tricks_are_ignored() {
+        let d = tree(0, 0, &[], 1);
+        let mut s = SysctlProc::with_root(d.path());
+        s.ensure(&["../../x".to_string(), "..".to_string()]).unwrap();
+        assert!(s.read(&["..".to_string()]).unwrap().rp_filter.is_empty());
+    }
+}

@@ -1,0 +1,199 @@
+//! `pppgate apply` and `reconcile`: SQL facts + VALID mappings → desired state → converge.
+//! The caller holds the apply lock.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::db;
+use crate::error::{one_line, Error, Result};
+use crate::kernel::Backends;
+use crate::mapping::{self, Mapping};
+use crate::policy::engine::{self, Outcome};
+use crate::policy::planner::{Desired, DesiredSession, Scope};
+
+/// What `apply` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Connection(i64),
+    Customer(i64),
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Malformed mapping files found (never treated as sessions).
+    pub malformed: Vec<String>,
+    /// Connections asked for that have no live session.
+    pub not_live: Vec<i64>,
+    /// Set when SQL was unreachable: only state of sessions that no longer exist was removed.
+    pub sql_unavailable: Option<String>,
+}
+
+/// Checks what SQL asks for before anything is applied: absurd rates and unusable routes refuse
+/// the whole apply (exit 65, nothing applied). A route via the client itself is the same as a
+/// route on the point-to-point link and is normalised to that.
+pub fn validate(cfg: &Config, desired: &mut Desired) -> Result<()> {
+    for s in &mut desired.sessions {
+        let p = &mut s.policy;
+        for (dir, rate) in [("download", p.speed.down_kbit), ("upload", p.speed.up_kbit)] {
+            if let Some(r) = rate {
+                if r < 8 || r > cfg.policy.max_rate_kbit {
+                    return Err(Error::invalid(
+                        "rate",
+                        format!("{r}kbit"),
+                        format!(
+                            "{dir} rate of connection {} is outside 8..={} kbit/s",
+                            s.connection_id, cfg.policy.max_rate_kbit
+                        ),
+                    ));
+                }
+            }
+        }
+        for r in &mut p.routes {
+            if r.gateway == Some(s.client_ip) {
+                r.gateway = None;
+            }
+            if let Some(g) = r.gateway {
+                return Err(Error::invalid(
+                    "route gateway",
+                    g.to_string(),
+                    format!(
+                        "not reachable over {} (a point-to-point link reaches only its peer {})",
+                        s.ifname, s.client_ip
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn malformed_names(bad: &[Error]) -> Vec<String> {
+    bad.iter().map(|e| one_line(e)).collect()
+}
+
+/// Applies the policy of some connections to their live sessions.
+pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: bool) -> Result<Report> {
+    let mut client = db::connect(&cfg.database)?;
+    let ids = match target {
+        Target::Connection(id) => {
+            if !db::connections::exists(&mut client, *id)? {
+                return Err(Error::NotFound { what: "connection", id: id.to_string() });
+            }
+            vec![*id]
+        }
+        Target::Customer(id) => {
+            if !db::connections::customer_exists(&mut client, *id)? {
+                return Err(Error::NotFound { what: "customer", id: id.to_string() });
+            }
+            db::connections::ids_of_customer(&mut client, *id)?
+        }
+    };
+    let (valid, bad) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
+    let live: Vec<Mapping> = valid.into_iter().filter(|m| ids.contains(&m.connection_id)).collect();
+    let live_ids: BTreeSet<i64> = live.iter().map(|m| m.connection_id).collect();
+    let facts = db::connections::facts_by_ids(&mut client, &live_ids.iter().copied().collect::<Vec<_>>())?;
+    drop(client);
+    let mut desired = Desired { sessions: engine::desired_sessions(&live, &facts), subnet_pbr: vec![] };
+    validate(cfg, &mut desired)?;
+    let mut report = Report {
+        malformed: malformed_names(&bad),
+        not_live: ids.iter().copied().filter(|i| !live_ids.contains(i)).collect(),
+        ..Default::default()
+    };
+    if desired.sessions.is_empty() {
+        return Ok(report);
+    }
+    let scope = Scope::of(&desired.sessions);
+    report.outcome = engine::converge(b, cfg, &desired, &scope, dry_run)?;
+    Ok(report)
+}
+
+/// Reconciles everything: live sessions get their policy, state of sessions that no longer exist
+/// is removed. With SQL unreachable only the second half runs (no guessing policies without SQL)
+/// and the report says so; the caller exits 69.
+pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<Report> {
+    let (valid, bad) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
+    let mut report = Report { malformed: malformed_names(&bad), ..Default::default() };
+    for e in &bad {
+        tracing::error!("{}", one_line(e));
+    }
+    let sql = db::connect(&cfg.database).and_then(|mut c| {
+        let ids: Vec<i64> = valid.iter().map(|m| m.connection_id).collect::<BTreeSet<_>>().into_iter().collect();
+        let facts = db::connections::facts_by_ids(&mut c, &ids)?;
+        let subnet = engine::subnet_pbr(&mut c)?;
+        Ok((facts, subnet))
+    });
+    match sql {
+        Ok((facts, subnet_pbr)) => {
+            let mut desired = Desired { sessions: engine::desired_sessions(&valid, &facts), subnet_pbr };
+            validate(cfg, &mut desired)?;
+            report.outcome = engine::converge(b, cfg, &desired, &Scope::All, dry_run)?;
+            Ok(report)
+        }
+        Err(e) if e.is_transient() => {
+            report.sql_unavailable = Some(one_line(&e));
+            report.outcome = remove_gone_sessions(cfg, b, &valid, dry_run)?;
+            Ok(report)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Kernel-only cleanup: removes pppgate's state for addresses and interfaces that belong to no
+/// VALID session; live sessions are left exactly as they are.
+pub fn remove_gone_sessions<B: Backends>(cfg: &Config, b: &mut B, valid: &[Mapping], dry_run: bool) -> Result<Outcome> {
+    let view = engine::read_view(b, &Scope::All)?;
+    let live_ifs: BTreeSet<&str> = valid.iter().map(|m| m.ppp_if.as_str()).collect();
+    let live_ips: BTreeSet<Ipv4Addr> = valid.iter().map(|m| m.client_ip).collect();
+    let mut ifnames: BTreeSet<String> = BTreeSet::new();
+    let mut ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for members in view.nft.members.values() {
+        ips.extend(members.iter().copied().filter(|ip| !live_ips.contains(ip)));
+    }
+    for ifname in view.tc.shaping.keys() {
+        if !live_ifs.contains(ifname.as_str()) {
+            ifnames.insert(ifname.clone());
+        }
+    }
+    for ifb in &view.tc.ifbs {
+        let owner = ifb.strip_prefix("pgi-").unwrap_or(ifb);
+        if !live_ifs.contains(owner) {
+            ifnames.insert(owner.to_string());
+        }
+    }
+    for r in &view.routes {
+        if r.table == crate::policy::planner::MAIN_TABLE || r.dst != ipnet::Ipv4Net::default() {
+            if !live_ifs.contains(r.dev.as_str()) {
+                ifnames.insert(r.dev.clone());
+            }
+        }
+    }
+    for u in &view.rules {
+        if u.from.prefix_len() == 32 && !live_ips.contains(&u.from.addr()) {
+            ips.insert(u.from.addr());
+        }
+    }
+    let scope = Scope::Sessions { ifnames, ips };
+    engine::converge(b, cfg, &Desired::default(), &scope, dry_run)
+}
+
+/// Desired sessions for one connect (the plugin's path).
+pub fn session_for_connect(
+    ifname: &str,
+    client_ip: Ipv4Addr,
+    pid: u32,
+    facts: &crate::policy::model::ConnectionFacts,
+) -> DesiredSession {
+    DesiredSession {
+        ifname: ifname.to_string(),
+        client_ip,
+        connection_id: facts.id,
+        pppd_pid: Some(pid),
+        policy: crate::policy::model::decide(Some(facts)),
+    }
+}

@@ -1,0 +1,258 @@
+//! The engine: read the kernel, plan, apply, read back and verify. The caller holds the
+//! single-writer lock (`/run/vpn-policy-apply.lock`) around every function here that changes
+//! the kernel, except [`gate`], which only ever adds an address to `connect_pending_v4`.
+//!
+//! Used by the CLI (`pppgate apply`, `reconcile`) and in-process by the plugin (connect and
+//! disconnect), always with the same planner.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::kernel::{Backends, NftSet, NftState, Nft, Routes, Rules, SetChange, Sysctl, Tc, TcState};
+use crate::mapping::Mapping;
+use crate::policy::model::{decide, ConnectionFacts, PolicyState};
+use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope, SubnetPbr};
+
+/// What one run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    pub plan: Plan,
+    /// Human-readable plan lines.
+    pub steps: Vec<String>,
+    pub applied: bool,
+    pub sessions: Vec<SessionReport>,
+    /// Sessions whose pppd was signalled because SQL says they must end.
+    pub terminated: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionReport {
+    pub ifname: String,
+    pub client_ip: Ipv4Addr,
+    pub connection_id: i64,
+    pub state: PolicyState,
+    pub reason: crate::policy::model::Reason,
+    pub down_kbit: Option<u32>,
+    pub up_kbit: Option<u32>,
+    pub routes: usize,
+    pub pbr: Vec<String>,
+}
+
+impl SessionReport {
+    pub fn of(s: &DesiredSession) -> SessionReport {
+        SessionReport {
+            ifname: s.ifname.clone(),
+            client_ip: s.client_ip,
+            connection_id: s.connection_id,
+            state: s.policy.state,
+            reason: s.policy.reason,
+            down_kbit: s.policy.speed.down_kbit,
+            up_kbit: s.policy.speed.up_kbit,
+            routes: s.policy.routes.len(),
+            pbr: s.policy.pbr.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+}
+
+/// Reads what pppgate owns; in session scope only those sessions' objects (cheap reads).
+pub fn read_view<B: Backends>(b: &mut B, scope: &Scope) -> Result<KernelView> {
+    match scope {
+        Scope::All => Ok(KernelView {
+            nft: b.nft().read()?,
+            tc: b.tc().read()?,
+            routes: b.routes().read()?,
+            rules: b.rules().read()?,
+        }),
+        Scope::Sessions { ifnames, ips } => {
+            let mut nft = NftState { base_ok: true, ..Default::default() };
+            for ip in ips {
+                let sets = match b.nft().sets_of(*ip) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // No table at all (a dry run before the first apply) reads as empty;
+                        // anything else is a real error.
+                        let whole = b.nft().read()?;
+                        if whole.base_ok || !whole.members.is_empty() {
+                            return Err(e);
+                        }
+                        nft.base_ok = false;
+                        continue;
+                    }
+                };
+                for set in sets {
+                    nft.members.entry(set).or_default().insert(*ip);
+                }
+            }
+            let mut tc = TcState::default();
+            for ifname in ifnames {
+                let s = b.tc().read_one(ifname)?;
+                if s.down_kbit.is_some() || s.up_kbit.is_some() {
+                    if s.up_kbit.is_some() {
+                        tc.ifbs.insert(crate::kernel::ifb_name(ifname));
+                    }
+                    tc.shaping.insert(ifname.clone(), s);
+                }
+            }
+            Ok(KernelView { nft, tc, routes: b.routes().read()?, rules: b.rules().read()? })
+        }
+    }
+}
+
+/// Applies a plan in order; stops at the first error (the plan is ordered so that whatever has
+/// been applied by then is at least as restrictive as before).
+pub fn apply_plan<B: Backends>(b: &mut B, plan: &Plan, terminated: &mut Vec<String>) -> Result<()> {
+    for op in &plan.ops {
+        match op {
+            Op::NftTransaction { changes } => b.nft().commit(changes)?,
+            Op::RouteDel { route } => b.routes().del(route)?,
+            Op::RouteAdd { route } => b.routes().add(route)?,
+            Op::RuleDel { rule } => b.rules().del(rule)?,
+            Op::RuleAdd { rule } => b.rules().add(rule)?,
+            Op::TcSet { ifname, shaping } => b.tc().set(ifname, shaping)?,
+            Op::TcClear { ifname } => b.tc().clear(ifname)?,
+            Op::IfbRemove { ifb } => b.tc().remove_ifb(ifb)?,
+            Op::Terminate { ifname, connection_id, pppd_pid } => {
+                if let Some(pid) = pppd_pid {
+                    if terminate_pppd(*pid) {
+                        tracing::warn!(ifname = %ifname, conn_id = connection_id, pid, "session terminated: SQL says it must end");
+                        terminated.push(ifname.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks pppd to end its session (SIGTERM: pppd runs its normal down path, radius.so sends its
+/// Acct-Stop). Returns whether the signal was delivered.
+fn terminate_pppd(pid: u32) -> bool {
+    let Ok(p) = i32::try_from(pid) else { return false };
+    if p <= 1 || pid == std::process::id() {
+        return false;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGTERM).is_ok()
+}
+
+/// Plans, applies and verifies `desired` within `scope`. In a dry run nothing is changed.
+pub fn converge<B: Backends>(b: &mut B, cfg: &Config, desired: &Desired, scope: &Scope, dry_run: bool) -> Result<Outcome> {
+    if !dry_run {
+        b.nft().ensure_base(&cfg.policy.walled_garden)?;
+    }
+    let view = read_view(b, scope)?;
+    let plan = planner::plan(desired, &view, scope);
+    let mut out = Outcome {
+        steps: plan.describe(),
+        sessions: desired.sessions.iter().map(SessionReport::of).collect(),
+        ..Default::default()
+    };
+    out.plan = plan;
+    if dry_run {
+        return Ok(out);
+    }
+    let ifnames: Vec<String> = desired.sessions.iter().map(|s| s.ifname.clone()).collect();
+    b.sysctl().ensure(&ifnames)?;
+    apply_plan(b, &out.plan, &mut out.terminated)?;
+    out.applied = true;
+    let after = read_view(b, scope)?;
+    let residue = planner::residue(desired, &after, scope);
+    if !residue.is_empty() {
+        return Err(Error::Verify(residue.describe().join("; ")));
+    }
+    Ok(out)
+}
+
+/// How long the gate waits for the apply lock when it must create `inet pppgate` first.
+pub const GATE_CREATE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The connect gate: adds `ip` to `connect_pending_v4`. Needs no lock when the table exists (it
+/// only ever adds a drop); when it does not (first connect after boot), the table is created
+/// under the apply lock, because a layout (re)build must not race a writer.
+pub fn gate<B: Backends>(b: &mut B, cfg: &Config, ip: Ipv4Addr) -> Result<()> {
+    let add = [SetChange { set: NftSet::Pending, ip, add: true }];
+    if b.nft().commit(&add).is_ok() {
+        return Ok(());
+    }
+    let _lock = crate::lock::Lock::acquire_within(&cfg.paths.apply_lock, "pppd-gate", GATE_CREATE_LOCK_WAIT)?;
+    b.nft().ensure_base(&cfg.policy.walled_garden)?;
+    b.nft().commit(&add)
+}
+
+/// Removes everything of one session: memberships (the gate too), shaping and its IFB, routes on
+/// its interface, rules from its address. Collects errors and keeps going.
+pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, ip: Ipv4Addr) -> Result<Outcome> {
+    let scope = Scope::Sessions { ifnames: BTreeSet::from([ifname.to_string()]), ips: BTreeSet::from([ip]) };
+    let mut errors: Vec<String> = Vec::new();
+    let mut out = Outcome::default();
+    let view = read_view(b, &scope)?;
+    let plan = planner::plan(&Desired::default(), &view, &scope);
+    out.steps = plan.describe();
+    for op in &plan.ops {
+        let single = Plan { ops: vec![op.clone()] };
+        if let Err(e) = apply_plan(b, &single, &mut out.terminated) {
+            errors.push(crate::error::one_line(&e));
+        }
+    }
+    // Shaping state that could not be read (a half-created IFB) is cleared regardless.
+    if let Err(e) = b.tc().clear(ifname) {
+        errors.push(crate::error::one_line(&e));
+    }
+    out.plan = plan;
+    out.applied = true;
+    if !errors.is_empty() {
+        return Err(Error::Verify(format!("cleanup of {ifname} incomplete: {}", errors.join("; "))));
+    }
+    Ok(out)
+}
+
+/// Builds desired sessions from mappings and their facts (`None` facts: the row is gone).
+pub fn desired_sessions(mappings: &[Mapping], facts: &[ConnectionFacts]) -> Vec<DesiredSession> {
+    let by_id: BTreeMap<i64, &ConnectionFacts> = facts.iter().map(|f| (f.id, f)).collect();
+    let mut seen_ip: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut out = Vec::new();
+    for m in mappings {
+        // Two VALID mappings claiming one address cannot both be right: the first wins, the
+        // other is left to the kernel's default drop.
+        if !seen_ip.insert(m.client_ip) {
+            tracing::error!(ifname = %m.ppp_if, client_ip = %m.client_ip, "two sessions claim the same client address");
+            continue;
+        }
+        out.push(DesiredSession {
+            ifname: m.ppp_if.clone(),
+            client_ip: m.client_ip,
+            connection_id: m.connection_id,
+            pppd_pid: Some(m.pppd_pid),
+            policy: decide(by_id.get(&m.connection_id).copied()),
+        });
+    }
+    out
+}
+
+/// The subnet policy-routing rules from SQL.
+pub fn subnet_pbr(client: &mut postgres::Client) -> Result<Vec<SubnetPbr>> {
+    let rows = client
+        .query(
+            "SELECT name, source::text, table_id, host(next_hop), dev, priority FROM pbr_rules
+             WHERE source IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .map_err(Error::from_sql)?;
+    rows.iter()
+        .map(|r| {
+            let src: String = r.get(1);
+            let via: String = r.get(3);
+            Ok(SubnetPbr {
+                name: r.get(0),
+                from: crate::config::parse_ipv4_net(&src).map_err(|e| Error::invalid("pbr source", src.clone(), e))?,
+                table: r.get::<_, i32>(2) as u32,
+                via: via.parse().map_err(|_| Error::invalid("pbr next hop", via.clone(), "not an IPv4 address"))?,
+                dev: r.get(4),
+                priority: r.get::<_, i32>(5) as u32,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,647 @@
+//! The planner: `diff(desired, kernel as read back) → Plan`, a pure function.
+//!
+//! Ordering keeps every session fail-closed while a plan is applied:
+//! 1. one nft transaction with every change that makes a session *more* restricted (into
+//!    blocked/pending, FULL → RESTRICTED, or leaving a set for good), so nothing passes longer than
+//!    its new policy allows;
+//! 2. removal of routes and rules that are no longer wanted;
+//! 3. tc changes (shaping installed before the session is opened);
+//! 4. new routes and rules;
+//! 5. one nft transaction with every change that *opens* a session (pending → FULL/RESTRICTED,
+//!    RESTRICTED → FULL). Releasing the connect gate is part of this last transaction: the gate
+//!    goes only after everything else is in place.
+//!
+//! Each session's membership change (leave the old set, join the new one) is in one transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::kernel::{ifb_name, NftSet, NftState, OwnedRoute, OwnedRule, SetChange, Shaping, TcState};
+use crate::policy::model::{PbrSpec, Policy, PolicyState};
+
+/// Main routing table id.
+pub const MAIN_TABLE: u32 = 254;
+
+/// One session's desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredSession {
+    pub ifname: String,
+    pub client_ip: Ipv4Addr,
+    pub connection_id: i64,
+    pub pppd_pid: Option<u32>,
+    pub policy: Policy,
+}
+
+/// A policy-routing rule for a whole source subnet (not tied to a session).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct SubnetPbr {
+    pub name: String,
+    pub from: Ipv4Net,
+    pub table: u32,
+    pub via: Ipv4Addr,
+    pub dev: String,
+    pub priority: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Desired {
+    pub sessions: Vec<DesiredSession>,
+    pub subnet_pbr: Vec<SubnetPbr>,
+}
+
+/// Everything pppgate owns in the kernel, as read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KernelView {
+    pub nft: NftState,
+    pub tc: TcState,
+    pub routes: Vec<OwnedRoute>,
+    pub rules: Vec<OwnedRule>,
+}
+
+/// What a plan may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Reconcile: everything pppgate owns; whatever is not desired is removed.
+    All,
+    /// Apply for some sessions: only objects of these interfaces / client addresses. Shared
+    /// objects (policy-routing tables' default routes) are added when missing, never removed.
+    Sessions { ifnames: BTreeSet<String>, ips: BTreeSet<Ipv4Addr> },
+}
+
+impl Scope {
+    pub fn of(sessions: &[DesiredSession]) -> Scope {
+        Scope::Sessions {
+            ifnames: sessions.iter().map(|s| s.ifname.clone()).collect(),
+            ips: sessions.iter().map(|s| s.client_ip).collect(),
+        }
+    }
+    fn has_ip(&self, ip: &Ipv4Addr) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Sessions { ips, .. } => ips.contains(ip),
+        }
+    }
+    fn has_if(&self, ifname: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Sessions { ifnames, .. } => ifnames.contains(ifname),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// One atomic nft transaction.
+    NftTransaction { changes: Vec<SetChange> },
+    RouteDel { route: OwnedRoute },
+    RuleDel { rule: OwnedRule },
+    TcSet { ifname: String, shaping: Shaping },
+    TcClear { ifname: String },
+    IfbRemove { ifb: String },
+    RouteAdd { route: OwnedRoute },
+    RuleAdd { rule: OwnedRule },
+    /// SQL says the session must end (pppd is signalled; it stays blocked until gone).
+    Terminate { ifname: String, connection_id: i64, pppd_pid: Option<u32> },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// One line per operation, for `--dry-run` and logs.
+    pub fn describe(&self) -> Vec<String> {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::NftTransaction { changes } => format!(
+                    "nft transaction: {}",
+                    changes
+                        .iter()
+                        .map(|c| format!("{} {} {}", if c.add { "add" } else { "del" }, c.ip, c.set.name()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Op::RouteDel { route } => format!("route del {}", route_text(route)),
+                Op::RouteAdd { route } => format!("route add {}", route_text(route)),
+                Op::RuleDel { rule } => format!("rule del {}", rule_text(rule)),
+                Op::RuleAdd { rule } => format!("rule add {}", rule_text(rule)),
+                Op::TcSet { ifname, shaping } => format!(
+                    "tc set {ifname} down {} up {}",
+                    rate_text(shaping.down_kbit),
+                    rate_text(shaping.up_kbit)
+                ),
+                Op::TcClear { ifname } => format!("tc clear {ifname}"),
+                Op::IfbRemove { ifb } => format!("ifb remove {ifb}"),
+                Op::Terminate { ifname, connection_id, .. } => {
+                    format!("terminate session on {ifname} (connection {connection_id})")
+                }
+            })
+            .collect()
+    }
+}
+
+fn rate_text(r: Option<u32>) -> String {
+    r.map(|k| format!("{k}kbit")).unwrap_or_else(|| "unlimited".into())
+}
+
+pub fn route_text(r: &OwnedRoute) -> String {
+    let mut s = r.dst.to_string();
+    if let Some(g) = r.gateway {
+        s.push_str(&format!(" via {g}"));
+    }
+    s.push_str(&format!(" dev {}", r.dev));
+    if r.table != MAIN_TABLE {
+        s.push_str(&format!(" table {}", r.table));
+    }
+    if let Some(m) = r.metric {
+        s.push_str(&format!(" metric {m}"));
+    }
+    s
+}
+
+pub fn rule_text(r: &OwnedRule) -> String {
+    format!("from {} lookup {} priority {}", r.from, r.table, r.priority)
+}
+
+/// How open a set is: higher passes more. A session moving to a lower rank is restricted first.
+fn openness(set: Option<NftSet>) -> u8 {
+    match set {
+        None | Some(NftSet::Pending) | Some(NftSet::Blocked) => 0,
+        Some(NftSet::Restricted) => 1,
+        Some(NftSet::Full) => 2,
+    }
+}
+
+/// The table default route a policy-routing spec needs.
+fn table_route(table: u32, via: Ipv4Addr, dev: &str) -> OwnedRoute {
+    OwnedRoute { dst: Ipv4Net::default(), gateway: Some(via), dev: dev.to_string(), table, metric: None }
+}
+
+/// Kernel objects one session wants.
+fn session_objects(s: &DesiredSession) -> (Vec<OwnedRoute>, Vec<OwnedRule>, Vec<OwnedRoute>) {
+    let mut routes = Vec::new();
+    let mut rules = Vec::new();
+    let mut table_routes = Vec::new();
+    if s.policy.state == PolicyState::Full {
+        for r in &s.policy.routes {
+            routes.push(OwnedRoute {
+                dst: r.dst,
+                gateway: r.gateway,
+                dev: s.ifname.clone(),
+                table: r.table.unwrap_or(MAIN_TABLE),
+                metric: r.metric,
+            });
+        }
+        for PbrSpec { table, via, dev, priority, .. } in &s.policy.pbr {
+            rules.push(OwnedRule {
+                from: Ipv4Net::new(s.client_ip, 32).expect("32 is a valid prefix"),
+                table: *table,
+                priority: *priority,
+            });
+            table_routes.push(table_route(*table, *via, dev));
+        }
+    }
+    (routes, rules, table_routes)
+}
+
+/// Computes the plan that turns `actual` into `desired` within `scope`.
+pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
+    let mut restrict: Vec<SetChange> = Vec::new();
+    let mut open: Vec<SetChange> = Vec::new();
+    let mut route_dels = Vec::new();
+    let mut rule_dels = Vec::new();
+    let mut tc_ops = Vec::new();
+    let mut route_adds = Vec::new();
+    let mut rule_adds = Vec::new();
+    let mut terminate = Vec::new();
+
+    // --- nft membership -------------------------------------------------------------------
+    let mut want_set: BTreeMap<Ipv4Addr, NftSet> = BTreeMap::new();
+    for s in &desired.sessions {
+        want_set.insert(s.client_ip, NftSet::for_state(s.policy.state));
+    }
+    let mut ips: BTreeSet<Ipv4Addr> = want_set.keys().copied().collect();
+    for members in actual.nft.members.values() {
+        ips.extend(members.iter().copied().filter(|ip| scope.has_ip(ip)));
+    }
+    for ip in ips {
+        let have = actual.nft.sets_of(ip);
+        let want = want_set.get(&ip).copied();
+        let mut changes: Vec<SetChange> = Vec::new();
+        for set in &have {
+            if Some(*set) != want {
+                changes.push(SetChange { set: *set, ip, add: false });
+            }
+        }
+        if let Some(w) = want {
+            if !have.contains(&w) {
+                changes.push(SetChange { set: w, ip, add: true });
+            }
+        }
+        if changes.is_empty() {
+            continue;
+        }
+        // The most open set the address is in now vs. the one it will be in.
+        let now_open = have.iter().map(|s| openness(Some(*s))).max().unwrap_or(0);
+        // Being in several sets at once: the drop rules win, so any pending/blocked membership
+        // means the address passes nothing now.
+        let now_open = if have.iter().any(|s| openness(Some(*s)) == 0) { 0 } else { now_open };
+        if openness(want) < now_open || want.is_none() {
+            restrict.extend(changes);
+        } else {
+            open.extend(changes);
+        }
+    }
+
+    // --- tc ---------------------------------------------------------------------------------
+    let mut want_tc: BTreeMap<&str, Shaping> = BTreeMap::new();
+    for s in &desired.sessions {
+        if matches!(s.policy.state, PolicyState::Full | PolicyState::Restricted) && !s.policy.speed.is_unlimited() {
+            want_tc.insert(&s.ifname, s.policy.speed.into());
+        }
+    }
+    let desired_ifs: BTreeSet<&str> = desired.sessions.iter().map(|s| s.ifname.as_str()).collect();
+    for (ifname, shaping) in &want_tc {
+        if actual.tc.shaping.get(*ifname) != Some(shaping) {
+            tc_ops.push(Op::TcSet { ifname: ifname.to_string(), shaping: *shaping });
+        }
+    }
+    for ifname in actual.tc.shaping.keys() {
+        if scope.has_if(ifname) && !want_tc.contains_key(ifname.as_str()) {
+            tc_ops.push(Op::TcClear { ifname: ifname.clone() });
+        }
+    }
+    // IFBs whose session is gone (and whose shaping entry did not already clear them).
+    let cleared: BTreeSet<String> = tc_ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::TcClear { ifname } => Some(ifb_name(ifname)),
+            _ => None,
+        })
+        .collect();
+    for ifb in &actual.tc.ifbs {
+        let owner = ifb.strip_prefix("pgi-").unwrap_or(ifb);
+        let wanted_up = want_tc.get(owner).is_some_and(|s| s.up_kbit.is_some());
+        if scope.has_if(owner) && !wanted_up && !cleared.contains(ifb) {
+            let owner_has_entry = actual.tc.shaping.contains_key(owner);
+            if !owner_has_entry || !desired_ifs.contains(owner) {
+                tc_ops.push(Op::IfbRemove { ifb: ifb.clone() });
+            }
+        }
+    }
+
+    // --- routes and rules --------------------------------------------------------------------
+    let mut want_routes: BTreeSet<OwnedRoute> = BTreeSet::new();
+    let mut want_rules: BTreeSet<OwnedRule> = BTreeSet::new();
+    let mut shared_routes: BTreeSet<OwnedRoute> = BTreeSet::new();
+    for s in &desired.sessions {
+        let (r, u, t) = session_objects(s);
+        want_routes.extend(r);
+        want_rules.extend(u);
+        shared_routes.extend(t);
+    }
+    if *scope == Scope::All {
+        for p in &desired.subnet_pbr {
+            want_rules.insert(OwnedRule { from: p.from, table: p.table, priority: p.priority });
+            shared_routes.insert(table_route(p.table, p.via, &p.dev));
+        }
+    }
+    // One default route per table: the first spec wins (pbr add refuses conflicting ones).
+    let mut per_table: BTreeMap<u32, OwnedRoute> = BTreeMap::new();
+    for r in shared_routes {
+        per_table.entry(r.table).or_insert(r);
+    }
+    let shared: BTreeSet<OwnedRoute> = per_table.into_values().collect();
+    let actual_routes: BTreeSet<&OwnedRoute> = actual.routes.iter().collect();
+    let actual_rules: BTreeSet<&OwnedRule> = actual.rules.iter().collect();
+
+    for r in want_routes.iter().chain(shared.iter()) {
+        if !actual_routes.contains(r) {
+            route_adds.push(Op::RouteAdd { route: r.clone() });
+        }
+    }
+    let shared_tables: BTreeSet<u32> = shared.iter().map(|r| r.table).collect();
+    for r in &actual.routes {
+        if want_routes.contains(r) || shared.contains(r) {
+            continue;
+        }
+        let is_table_default = r.dst == Ipv4Net::default() && r.gateway.is_some() && r.table != MAIN_TABLE;
+        let in_scope = match scope {
+            Scope::All => true,
+            // A table's default route belongs to policy routing, shared by sessions: in session
+            // scope it is replaced only when a wanted one for the same table differs.
+            Scope::Sessions { .. } if is_table_default => shared_tables.contains(&r.table),
+            Scope::Sessions { .. } => scope.has_if(&r.dev),
+        };
+        if in_scope {
+            route_dels.push(Op::RouteDel { route: r.clone() });
+        }
+    }
+    for u in &want_rules {
+        if !actual_rules.contains(u) {
+            rule_adds.push(Op::RuleAdd { rule: u.clone() });
+        }
+    }
+    for u in &actual.rules {
+        if want_rules.contains(u) {
+            continue;
+        }
+        let in_scope = match scope {
+            Scope::All => true,
+            Scope::Sessions { ips, .. } => u.from.prefix_len() == 32 && ips.contains(&u.from.addr()),
+        };
+        if in_scope {
+            rule_dels.push(Op::RuleDel { rule: u.clone() });
+        }
+    }
+
+    for s in &desired.sessions {
+        if s.policy.state == PolicyState::Terminate {
+            terminate.push(Op::Terminate {
+                ifname: s.ifname.clone(),
+                connection_id: s.connection_id,
+                pppd_pid: s.pppd_pid,
+            });
+        }
+    }
+
+    let mut ops = Vec::new();
+    if !restrict.is_empty() {
+        ops.push(Op::NftTransaction { changes: restrict });
+    }
+    ops.extend(route_dels);
+    ops.extend(rule_dels);
+    ops.extend(tc_ops);
+    ops.extend(route_adds);
+    ops.extend(rule_adds);
+    if !open.is_empty() {
+        ops.push(Op::NftTransaction { changes: open });
+    }
+    ops.extend(terminate);
+    Plan { ops }
+}
+
+/// A plan is verified when re-planning against the kernel read back after applying it finds
+/// nothing left to do (terminations excepted: they complete asynchronously).
+pub fn residue(desired: &Desired, after: &KernelView, scope: &Scope) -> Plan {
+    let mut p = plan(desired, after, scope);
+    p.ops.retain(|op| !matches!(op, Op::Terminate { .. }));
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{tests::facts, decide, Reason, RouteSpec, Speed};
+
+    fn sess(n: u8, state_facts: impl FnOnce(&mut crate::policy::model::ConnectionFacts)) -> DesiredSession {
+        let mut f = facts(n as i64);
+        state_facts(&mut f);
+        DesiredSession {
+            ifname: format!("ppp{n}"),
+            client_ip: Ipv4Addr::new(198, 51, 100, 10 + n),
+            connection_id: n as i64,
+            pppd_pid: Some(1000 + n as u32),
+            policy: decide(Some(&f)),
+        }
+    }
+
+    /// Applies a plan to a view the way the kernel would (the recording backend in miniature),
+    /// so tests can check that applying a plan converges.
+    fn simulate(view: &KernelView, plan: &Plan) -> KernelView {
+        let mut v = view.clone();
+        for op in &plan.ops {
+            match op {
+                Op::NftTransaction { changes } => {
+                    for c in changes {
+                        let m = v.nft.members.entry(c.set).or_default();
+                        if c.add {
+                            m.insert(c.ip);
+                        } else {
+                            m.remove(&c.ip);
+                        }
+                    }
+                }
+                Op::RouteAdd { route } => v.routes.push(route.clone()),
+                Op::RouteDel { route } => v.routes.retain(|r| r != route),
+                Op::RuleAdd { rule } => v.rules.push(rule.clone()),
+                Op::RuleDel { rule } => v.rules.retain(|r| r != rule),
+                Op::TcSet { ifname, shaping } => {
+                    v.tc.shaping.insert(ifname.clone(), *shaping);
+                    if shaping.up_kbit.is_some() {
+                        v.tc.ifbs.insert(ifb_name(ifname));
+                    } else {
+                        v.tc.ifbs.remove(&ifb_name(ifname));
+                    }
+                }
+                Op::TcClear { ifname } => {
+                    v.tc.shaping.remove(ifname);
+                    v.tc.ifbs.remove(&ifb_name(ifname));
+                }
+                Op::IfbRemove { ifb } => {
+                    v.tc.ifbs.remove(ifb);
+                }
+                Op::Terminate { .. } => {}
+            }
+        }
+        v.nft.members.retain(|_, m| !m.is_empty());
+        v
+    }
+
+    fn converge(desired: &Desired, view: &KernelView, scope: &Scope) -> KernelView {
+        let p = plan(desired, view, scope);
+        let after = simulate(view, &p);
+        assert!(residue(desired, &after, scope).is_empty(), "plan did not converge: {:?}", p.describe());
+        after
+    }
+
+    fn gated(ip: Ipv4Addr) -> KernelView {
+        let mut v = KernelView::default();
+        v.nft.members.entry(NftSet::Pending).or_default().insert(ip);
+        v
+    }
+
+    #[test]
+    fn connect_releases_the_gate_last_in_one_transaction() {
+        let s = sess(1, |_| {});
+        let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
+        let p = plan(&desired, &gated(s.client_ip), &Scope::of(&desired.sessions));
+        let d = p.describe();
+        assert_eq!(d.first().unwrap(), "tc set ppp1 down 8000kbit up 2000kbit");
+        assert_eq!(d[1], "route add 192.168.50.0/24 dev ppp1");
+        assert_eq!(d.last().unwrap(), "nft transaction: del 198.51.100.11 connect_pending_v4, add 198.51.100.11 full_v4");
+        assert_eq!(p.ops.len(), 3);
+    }
+
+    #[test]
+    fn nothing_to_do_when_converged() {
+        let desired = Desired { sessions: vec![sess(1, |_| {}), sess(2, |f| f.manual_block = true)], subnet_pbr: vec![] };
+        let after = converge(&desired, &KernelView::default(), &Scope::All);
+        assert!(plan(&desired, &after, &Scope::All).is_empty());
+        assert!(plan(&desired, &after, &Scope::of(&desired.sessions)).is_empty());
+    }
+
+    #[test]
+    fn every_state_transition_converges_and_restricts_first() {
+        type Edit = fn(&mut crate::policy::model::ConnectionFacts);
+        let states: Vec<(&str, Edit)> = vec![
+            ("full", |_| {}),
+            ("restricted", |f| f.status = crate::policy::model::Status::Preprovisioned),
+            ("blocked", |f| f.manual_block = true),
+            ("terminate", |f| f.status = crate::policy::model::Status::Disabled),
+        ];
+        for (from_name, from) in &states {
+            for (to_name, to) in &states {
+                let a = sess(1, *from);
+                let b = sess(1, *to);
+                let start = converge(&Desired { sessions: vec![a.clone()], subnet_pbr: vec![] }, &gated(a.client_ip), &Scope::All);
+                let desired = Desired { sessions: vec![b.clone()], subnet_pbr: vec![] };
+                let p = plan(&desired, &start, &Scope::of(&desired.sessions));
+                let after = converge(&desired, &start, &Scope::of(&desired.sessions));
+                let want = NftSet::for_state(b.policy.state);
+                assert_eq!(after.nft.sets_of(b.client_ip), BTreeSet::from([want]), "{from_name}->{to_name}");
+                // A transition to a more restrictive state puts its nft change first.
+                let restricting = openness(Some(want)) < openness(Some(NftSet::for_state(a.policy.state)));
+                if restricting {
+                    assert!(matches!(p.ops.first(), Some(Op::NftTransaction { .. })), "{from_name}->{to_name}: {:?}", p.describe());
+                }
+                let has_routes = after.routes.iter().any(|r| r.dev == "ppp1");
+                assert_eq!(has_routes, b.policy.state == PolicyState::Full, "{from_name}->{to_name}");
+                let shaped = after.tc.shaping.contains_key("ppp1");
+                assert_eq!(shaped, matches!(b.policy.state, PolicyState::Full | PolicyState::Restricted), "{from_name}->{to_name}");
+                let terminates = p.ops.iter().any(|o| matches!(o, Op::Terminate { .. }));
+                assert_eq!(terminates, *to_name == "terminate");
+            }
+        }
+    }
+
+    #[test]
+    fn speed_change_is_one_tc_set() {
+        let s = sess(1, |_| {});
+        let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
+        let start = converge(&desired, &gated(s.client_ip), &Scope::All);
+        let faster = sess(1, |f| f.rate_down_kbit = Some(20_000));
+        let p = plan(&Desired { sessions: vec![faster], subnet_pbr: vec![] }, &start, &Scope::All);
+        assert_eq!(p.describe(), vec!["tc set ppp1 down 20000kbit up 2000kbit"]);
+        let unlimited = sess(1, |f| {
+            f.rate_down_kbit = None;
+            f.rate_up_kbit = None
+        });
+        let p = plan(&Desired { sessions: vec![unlimited], subnet_pbr: vec![] }, &start, &Scope::All);
+        assert_eq!(p.describe(), vec!["tc clear ppp1"]);
+    }
+
+    #[test]
+    fn reconcile_removes_state_of_gone_sessions_only_in_scope_all() {
+        let a = sess(1, |_| {});
+        let b = sess(2, |f| f.pbr = vec![pbr()]);
+        let both = Desired { sessions: vec![a.clone(), b.clone()], subnet_pbr: vec![] };
+        let start = converge(&both, &KernelView::default(), &Scope::All);
+        assert!(start.rules.len() == 1 && start.routes.iter().any(|r| r.table == 100));
+        let only_a = Desired { sessions: vec![a.clone()], subnet_pbr: vec![] };
+        // Applying for session a does not touch b.
+        assert!(plan(&only_a, &start, &Scope::of(&only_a.sessions)).is_empty());
+        // Reconcile removes everything of b: membership, tc, IFB, routes, rule, table route.
+        let after = converge(&only_a, &start, &Scope::All);
+        assert!(after.nft.sets_of(b.client_ip).is_empty());
+        assert!(!after.tc.shaping.contains_key("ppp2"));
+        assert!(!after.tc.ifbs.contains("pgi-ppp2"));
+        assert!(after.routes.iter().all(|r| r.dev != "ppp2" && r.table != 100));
+        assert!(after.rules.is_empty());
+    }
+
+    fn pbr() -> PbrSpec {
+        PbrSpec { name: "ktn".into(), table: 100, via: Ipv4Addr::new(10, 100, 0, 40), dev: "wg0".into(), priority: 100 }
+    }
+
+    #[test]
+    fn drift_is_restored() {
+        let a = sess(1, |f| f.pbr = vec![pbr()]);
+        let desired = Desired { sessions: vec![a.clone()], subnet_pbr: vec![] };
+        let good = converge(&desired, &KernelView::default(), &Scope::All);
+        let mut drift = good.clone();
+        drift.nft.members.clear();
+        drift.tc.shaping.clear();
+        drift.routes.clear();
+        drift.rules.clear();
+        let after = converge(&desired, &drift, &Scope::All);
+        assert_eq!(after.nft, good.nft);
+        assert_eq!(after.tc, good.tc);
+        let sorted = |mut v: Vec<OwnedRoute>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(after.routes.clone()), sorted(good.routes.clone()));
+        assert_eq!(after.rules, good.rules);
+    }
+
+    #[test]
+    fn stray_memberships_and_double_membership_are_fixed() {
+        let a = sess(1, |_| {});
+        let mut v = KernelView::default();
+        v.nft.members.entry(NftSet::Full).or_default().insert(a.client_ip);
+        v.nft.members.entry(NftSet::Blocked).or_default().insert(a.client_ip);
+        v.nft.members.entry(NftSet::Pending).or_default().insert(Ipv4Addr::new(10, 9, 9, 9));
+        let desired = Desired { sessions: vec![a.clone()], subnet_pbr: vec![] };
+        let after = converge(&desired, &v, &Scope::All);
+        assert_eq!(after.nft.sets_of(a.client_ip), BTreeSet::from([NftSet::Full]));
+        assert!(after.nft.sets_of(Ipv4Addr::new(10, 9, 9, 9)).is_empty());
+    }
+
+    #[test]
+    fn subnet_pbr_only_in_reconcile() {
+        let desired = Desired {
+            sessions: vec![],
+            subnet_pbr: vec![SubnetPbr {
+                name: "ktn".into(),
+                from: "10.200.0.0/24".parse().unwrap(),
+                table: 100,
+                via: Ipv4Addr::new(10, 100, 0, 40),
+                dev: "wg0".into(),
+                priority: 100,
+            }],
+        };
+        let p = plan(&desired, &KernelView::default(), &Scope::All);
+        assert_eq!(
+            p.describe(),
+            vec!["route add 0.0.0.0/0 via 10.100.0.40 dev wg0 table 100", "rule add from 10.200.0.0/24 lookup 100 priority 100"]
+        );
+        let empty = Scope::Sessions { ifnames: BTreeSet::new(), ips: BTreeSet::new() };
+        assert!(plan(&desired, &KernelView::default(), &empty).is_empty());
+    }
+
+    #[test]
+    fn route_change_replaces_old_route() {
+        let a = sess(1, |_| {});
+        let desired = Desired { sessions: vec![a.clone()], subnet_pbr: vec![] };
+        let start = converge(&desired, &gated(a.client_ip), &Scope::All);
+        let moved = sess(1, |f| {
+            f.routes = vec![RouteSpec { dst: "192.168.60.0/24".parse().unwrap(), gateway: None, table: Some(200), metric: Some(5) }]
+        });
+        let p = plan(&Desired { sessions: vec![moved.clone()], subnet_pbr: vec![] }, &start, &Scope::of(&[moved]));
+        assert_eq!(
+            p.describe(),
+            vec!["route del 192.168.50.0/24 dev ppp1", "route add 192.168.60.0/24 dev ppp1 table 200 metric 5"]
+        );
+    }
+
+    #[test]
+    fn gated_policy_keeps_the_gate_and_nothing_else() {
+        let mut s = sess(1, |_| {});
+        s.policy = Policy::gated();
+        assert_eq!(s.policy.reason, Reason::Pending);
+        assert_eq!(s.policy.speed, Speed::default());
+        let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
+        assert!(plan(&desired, &gated(s.client_ip), &Scope::All).is_empty());
+    }
+}

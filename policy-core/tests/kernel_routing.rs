@@ -1,0 +1,192 @@
+//! Kernel tests of the routes, rules and sysctl backends, each in its own network namespace;
+//! assertions read the kernel back with `ip -j` and /proc via `cat`.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use policy_core::kernel::{OwnedRoute, OwnedRule, Routes, RoutesNetlink, Rules, RulesNetlink, Sysctl, SysctlProc};
+use serde_json::Value;
+
+fn veth(name: &str, addr: &str) {
+    let peer = format!("{name}p");
+    run(&["ip", "link", "add", name, "type", "veth", "peer", "name", &peer]);
+    run(&["ip", "link", "set", name, "up"]);
+    run(&["ip", "link", "set", &peer, "up"]);
+    run(&["ip", "addr", "add", addr, "dev", name]);
+}
+
+fn table_id(v: &Value) -> u32 {
+    match v.get("table").and_then(Value::as_str) {
+        None | Some("main") => 254,
+        Some("local") => 255,
+        Some("default") => 253,
+        Some(n) => n.parse().unwrap(),
+    }
+}
+
+/// `ip -j route show proto 77 table all`, as OwnedRoutes.
+fn tool_routes() -> BTreeSet<OwnedRoute> {
+    json(&["ip", "-j", "route", "show", "proto", "77", "table", "all"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let dst = match r["dst"].as_str().unwrap() {
+                "default" => "0.0.0.0/0".to_string(),
+                d if d.contains('/') => d.to_string(),
+                d => format!("{d}/32"),
+            };
+            OwnedRoute {
+                dst: dst.parse().unwrap(),
+                gateway: r.get("gateway").map(|g| g.as_str().unwrap().parse().unwrap()),
+                dev: r["dev"].as_str().unwrap().to_string(),
+                table: table_id(r),
+                metric: r.get("metric").map(|m| m.as_u64().unwrap() as u32),
+            }
+        })
+        .collect()
+}
+
+fn all_routes_text() -> String {
+    run(&["ip", "route", "show", "table", "all"])
+}
+
+fn route(dst: &str, gw: Option<&str>, dev: &str, table: u32, metric: Option<u32>) -> OwnedRoute {
+    OwnedRoute { dst: dst.parse().unwrap(), gateway: gw.map(|g| g.parse().unwrap()), dev: dev.into(), table, metric }
+}
+
+#[test]
+fn routes_add_read_delete() {
+    private_netns();
+    veth("ppp0", "10.0.0.1/24");
+    veth("ppp1", "10.1.0.1/24");
+    // Foreign routes, including ones with the same destination as ours.
+    run(&["ip", "route", "add", "192.168.50.0/24", "dev", "ppp1", "table", "100", "proto", "static"]);
+    run(&["ip", "route", "add", "198.51.100.0/24", "via", "10.1.0.2", "dev", "ppp1"]);
+
+    let mut routes = RoutesNetlink::new().unwrap();
+    assert!(routes.read().unwrap().is_empty(), "no route of ours yet");
+    let ours = vec![
+        route("192.168.50.0/24", None, "ppp0", 254, None),
+        route("192.168.60.0/24", Some("10.0.0.2"), "ppp0", 100, Some(10)),
+        route("0.0.0.0/0", Some("10.1.0.2"), "ppp1", 1000, None),
+        route("203.0.113.7/32", None, "ppp1", 70000, Some(5)),
+    ];
+    for r in &ours {
+        routes.add(r).unwrap();
+    }
+    let want: BTreeSet<OwnedRoute> = ours.iter().cloned().collect();
+    assert_eq!(tool_routes(), want);
+    assert_eq!(routes.read().unwrap().into_iter().collect::<BTreeSet<_>>(), want);
+
+    // Idempotent; a changed gateway replaces the route with the same key.
+    for r in &ours {
+        routes.add(r).unwrap();
+    }
+    assert_eq!(tool_routes(), want);
+    routes.add(&route("192.168.60.0/24", Some("10.0.0.3"), "ppp0", 100, Some(10))).unwrap();
+    let t = tool_routes();
+    assert_eq!(t.len(), 4);
+    assert!(t.contains(&route("192.168.60.0/24", Some("10.0.0.3"), "ppp0", 100, Some(10))));
+
+    // Errors: a missing device, host bits.
+    assert!(routes.add(&route("192.168.70.0/24", None, "ppp9", 254, None)).is_err());
+    assert!(routes.add(&route("192.168.70.1/24", None, "ppp0", 254, None)).is_err());
+
+    // Delete, twice; foreign routes stay.
+    for r in routes.read().unwrap() {
+        routes.del(&r).unwrap();
+        routes.del(&r).unwrap();
+    }
+    assert!(tool_routes().is_empty());
+    let text = all_routes_text();
+    assert!(text.contains("192.168.50.0/24 dev ppp1 table 100 proto static"), "{text}");
+    assert!(text.contains("198.51.100.0/24 via 10.1.0.2 dev ppp1"), "{text}");
+    // A foreign route with our key is not deleted by our del (protocol must match).
+    run(&["ip", "route", "add", "192.168.80.0/24", "dev", "ppp0"]);
+    routes.del(&route("192.168.80.0/24", None, "ppp0", 254, None)).unwrap();
+    assert!(all_routes_text().contains("192.168.80.0/24 dev ppp0"));
+
+    // A route whose device vanished is gone; deleting it is fine.
+    let r = route("192.168.90.0/24", None, "ppp1", 254, None);
+    routes.add(&r).unwrap();
+    run(&["ip", "link", "del", "ppp1"]);
+    routes.del(&r).unwrap();
+    assert!(tool_routes().is_empty());
+}
+
+fn tool_rules() -> BTreeSet<OwnedRule> {
+    json(&["ip", "-j", "-d", "rule", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["protocol"] == "77")
+        .map(|r| {
+            let src = r["src"].as_str().unwrap();
+            let len = r.get("srclen").map(|l| l.as_u64().unwrap()).unwrap_or(if src == "all" { 0 } else { 32 });
+            let src = if src == "all" { "0.0.0.0" } else { src };
+            OwnedRule { from: format!("{src}/{len}").parse().unwrap(), table: table_id(r), priority: r["priority"].as_u64().unwrap() as u32 }
+        })
+        .collect()
+}
+
+#[test]
+fn rules_add_read_delete() {
+    private_netns();
+    run(&["ip", "rule", "add", "from", "100.64.0.2", "lookup", "100", "priority", "1000"]);
+    let before = run(&["ip", "rule", "show"]);
+    let mut rules = RulesNetlink::new().unwrap();
+    assert!(rules.read().unwrap().is_empty());
+    let ours = vec![
+        OwnedRule { from: "100.64.0.2/32".parse().unwrap(), table: 100, priority: 1000 },
+        OwnedRule { from: "100.64.1.0/24".parse().unwrap(), table: 1000, priority: 1001 },
+        OwnedRule { from: "0.0.0.0/0".parse().unwrap(), table: 200, priority: 30000 },
+    ];
+    for r in &ours {
+        rules.add(r).unwrap();
+        rules.add(r).unwrap();
+    }
+    let want: BTreeSet<OwnedRule> = ours.iter().cloned().collect();
+    assert_eq!(tool_rules(), want, "each rule once");
+    assert_eq!(rules.read().unwrap().into_iter().collect::<BTreeSet<_>>(), want);
+    for r in &ours {
+        rules.del(r).unwrap();
+        rules.del(r).unwrap();
+    }
+    assert!(tool_rules().is_empty());
+    assert_eq!(run(&["ip", "rule", "show"]), before, "the foreign rule with the same key stays");
+}
+
+fn cat(path: &str) -> String {
+    run(&["cat", path]).trim().to_string()
+}
+
+#[test]
+fn sysctl_in_a_namespace() {
+    private_netns();
+    veth("ppp0", "10.0.0.1/24");
+    veth("ppp1", "10.1.0.1/24");
+    run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=0"]);
+    run(&["sysctl", "-q", "-w", "net.ipv4.conf.ppp0.rp_filter=1", "net.ipv4.conf.ppp1.rp_filter=0"]);
+    let names = vec!["ppp0".to_string(), "ppp1".to_string(), "ppp7".to_string()];
+    let mut s = SysctlProc::new();
+    let r = s.read(&names).unwrap();
+    assert!(!r.ok());
+    assert!(!r.ip_forward);
+    assert_eq!(r.rp_filter_all, 1);
+    assert_eq!(r.strict_interfaces(), vec!["ppp0", "ppp1"], "ppp1 is strict through all=1");
+    s.ensure(&names).unwrap();
+    assert_eq!(cat("/proc/sys/net/ipv4/ip_forward"), "1");
+    assert_eq!(cat("/proc/sys/net/ipv4/conf/all/rp_filter"), "2");
+    assert_eq!(cat("/proc/sys/net/ipv4/conf/default/rp_filter"), "0", "0 stays 0");
+    assert_eq!(cat("/proc/sys/net/ipv4/conf/ppp0/rp_filter"), "2");
+    assert_eq!(cat("/proc/sys/net/ipv4/conf/ppp1/rp_filter"), "0", "0 stays 0");
+    let r = s.read(&names).unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.rp_filter.get("ppp1"), Some(&2));
+    assert!(!r.rp_filter.contains_key("ppp7"));
+    s.ensure(&names).unwrap();
+    assert_eq!(cat("/proc/sys/net/ipv4/conf/all/rp_filter"), "2");
+}

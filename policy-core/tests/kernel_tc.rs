@@ -1,0 +1,220 @@
+//! Kernel tests of the tc backend, each in its own network namespace; assertions read the kernel
+//! back with `tc` and `ip`.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use policy_core::kernel::tc::TcNetlink;
+use policy_core::kernel::{Shaping, Tc};
+use serde_json::Value;
+
+/// A veth pair `name` ↔ `name`p, both up, with addresses so pings cross `name`'s egress.
+fn veth(name: &str, n: u8) {
+    let peer = format!("{name}p");
+    run(&["ip", "link", "add", name, "type", "veth", "peer", "name", &peer]);
+    run(&["ip", "link", "set", name, "up"]);
+    run(&["ip", "link", "set", &peer, "up"]);
+    run(&["ip", "addr", "add", &format!("10.{n}.0.1/24"), "dev", name]);
+}
+
+fn root_qdisc(dev: &str) -> Option<Value> {
+    tc_qdiscs(dev).into_iter().find(|q| q["root"] == true)
+}
+
+fn has_ingress(dev: &str) -> bool {
+    tc_qdiscs(dev).iter().any(|q| q["kind"] == "ingress")
+}
+
+fn redirect_target(dev: &str) -> Option<String> {
+    let filters = json(&["tc", "-j", "filter", "show", "dev", dev, "ingress"]);
+    filters.as_array()?.iter().find_map(|f| {
+        f["options"]["actions"].as_array()?.iter().find_map(|a| {
+            (a["kind"] == "mirred" && a["mirred_action"] == "redirect" && a["direction"] == "egress")
+                .then(|| a["to_dev"].as_str().unwrap().to_string())
+        })
+    })
+}
+
+fn htb_rate(dev: &str) -> Option<u64> {
+    let root = root_qdisc(dev)?;
+    if root["kind"] != "htb" || root["handle"] != "1:" {
+        return None;
+    }
+    tc_classes(dev).into_iter().find(|c| c.classid == "1:10").map(|c| {
+        assert_eq!(c.rate_bit, c.ceil_bit, "rate = ceil");
+        assert_eq!(c.linklayer.as_deref(), Some("ethernet"));
+        c.rate_bit
+    })
+}
+
+fn ifb_up(name: &str) -> bool {
+    let l = json(&["ip", "-j", "-d", "link", "show", name]);
+    let l = &l[0];
+    l["linkinfo"]["info_kind"] == "ifb" && l["flags"].as_array().unwrap().iter().any(|f| f == "UP")
+}
+
+/// What the tools say is installed, as a Shaping.
+fn tool_shaping(dev: &str) -> Shaping {
+    let down_kbit = htb_rate(dev).map(|b| (b / 1000) as u32);
+    let ifb = format!("pgi-{dev}");
+    let up_kbit = if has_ingress(dev) && redirect_target(dev).as_deref() == Some(ifb.as_str()) && ifb_up(&ifb) {
+        htb_rate(&ifb).map(|b| (b / 1000) as u32)
+    } else {
+        None
+    };
+    Shaping { down_kbit, up_kbit }
+}
+
+#[test]
+fn set_change_and_clear_one_interface() {
+    private_netns();
+    veth("ppp0", 0);
+    let mut tc = TcNetlink::new().unwrap();
+    assert_eq!(tc.read_one("ppp0").unwrap(), Shaping::default());
+
+    let s = Shaping { down_kbit: Some(10_000), up_kbit: Some(2_000) };
+    let t = Instant::now();
+    tc.set("ppp0", &s).unwrap();
+    println!("tc set (both directions, fresh, incl. ifb creation): {:?}", t.elapsed());
+    assert_eq!(tool_shaping("ppp0"), s);
+    assert_eq!(redirect_target("ppp0").as_deref(), Some("pgi-ppp0"));
+    assert!(ifb_up("pgi-ppp0"));
+    assert_eq!(tc.read_one("ppp0").unwrap(), s);
+    // Leaf queue sized for the rate.
+    let leaf = tc_qdiscs("ppp0").into_iter().find(|q| q["kind"] == "pfifo").expect("pfifo leaf");
+    assert_eq!(leaf["parent"], "1:10");
+
+    // Push some packets through the class, then change the rate: the class keeps its counters,
+    // i.e. the qdisc was changed in place, not replaced.
+    // A static neighbour: the pings leave through ppp0's qdisc (nobody answers; that is fine).
+    run(&["ip", "neigh", "replace", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "ppp0"]);
+    let _ = output(&["ping", "-c", "5", "-i", "0.01", "-W", "0.1", "-q", "10.0.0.2"]);
+    let before = tc_classes("ppp0").into_iter().find(|c| c.classid == "1:10").unwrap();
+    assert!(before.sent_packets >= 5, "{before:?}");
+    let s2 = Shaping { down_kbit: Some(25_000), up_kbit: Some(3_000) };
+    let t = Instant::now();
+    tc.set("ppp0", &s2).unwrap();
+    println!("tc set (rate change): {:?}", t.elapsed());
+    let after = tc_classes("ppp0").into_iter().find(|c| c.classid == "1:10").unwrap();
+    assert!(after.sent_packets >= before.sent_packets, "counters survived: {before:?} → {after:?}");
+    assert_eq!(tool_shaping("ppp0"), s2);
+    assert_eq!(tc.read_one("ppp0").unwrap(), s2);
+
+    // Idempotent.
+    let qdiscs = tc_qdiscs("ppp0");
+    tc.set("ppp0", &s2).unwrap();
+    assert_eq!(tc_qdiscs("ppp0").len(), qdiscs.len());
+    assert_eq!(json(&["tc", "-j", "filter", "show", "dev", "ppp0", "ingress"]).as_array().unwrap().len(), 3);
+
+    // Upload unlimited: ingress and ifb go, download stays.
+    tc.set("ppp0", &Shaping { down_kbit: Some(25_000), up_kbit: None }).unwrap();
+    assert!(!has_ingress("ppp0"));
+    assert!(!link_names().contains(&"pgi-ppp0".to_string()));
+    assert_eq!(tool_shaping("ppp0"), Shaping { down_kbit: Some(25_000), up_kbit: None });
+    // Download unlimited, upload limited.
+    tc.set("ppp0", &Shaping { down_kbit: None, up_kbit: Some(1_000) }).unwrap();
+    assert!(!matches!(root_qdisc("ppp0"), Some(q) if q["kind"] == "htb"), "root htb removed");
+    assert_eq!(tool_shaping("ppp0"), Shaping { down_kbit: None, up_kbit: Some(1_000) });
+    assert_eq!(tc.read_one("ppp0").unwrap(), Shaping { down_kbit: None, up_kbit: Some(1_000) });
+
+    let t = Instant::now();
+    tc.clear("ppp0").unwrap();
+    println!("tc clear: {:?}", t.elapsed());
+    assert_eq!(tool_shaping("ppp0"), Shaping::default());
+    assert!(!has_ingress("ppp0"));
+    assert!(!link_names().contains(&"pgi-ppp0".to_string()));
+    tc.clear("ppp0").unwrap();
+    assert_eq!(tc.read().unwrap(), Default::default());
+}
+
+#[test]
+fn several_interfaces_and_ifb_lifecycle() {
+    private_netns();
+    for i in 0..4u8 {
+        veth(&format!("ppp{i}"), i);
+    }
+    // A foreign interface with its own HTB: never read as pppgate's.
+    veth("eth9", 9);
+    run(&["tc", "qdisc", "add", "dev", "eth9", "root", "handle", "1:", "htb", "default", "10"]);
+    run(&["tc", "class", "add", "dev", "eth9", "parent", "1:", "classid", "1:10", "htb", "rate", "5mbit"]);
+
+    let mut tc = TcNetlink::new().unwrap();
+    let want = [
+        ("ppp0", Shaping { down_kbit: Some(1_000), up_kbit: Some(512) }),
+        ("ppp1", Shaping { down_kbit: Some(50_000), up_kbit: Some(10_000) }),
+        ("ppp2", Shaping { down_kbit: Some(100_000), up_kbit: None }),
+        ("ppp3", Shaping { down_kbit: None, up_kbit: Some(20_000) }),
+    ];
+    for (dev, s) in &want {
+        tc.set(dev, s).unwrap();
+    }
+    for (dev, s) in &want {
+        assert_eq!(&tool_shaping(dev), s, "{dev}");
+    }
+    let st = tc.read().unwrap();
+    assert_eq!(st.shaping.len(), 4, "{st:?}");
+    for (dev, s) in &want {
+        assert_eq!(&st.shaping[*dev], s);
+    }
+    assert_eq!(st.ifbs, ["pgi-ppp0", "pgi-ppp1", "pgi-ppp3"].iter().map(|s| s.to_string()).collect());
+
+    // Clearing one leaves the others alone.
+    tc.clear("ppp1").unwrap();
+    assert_eq!(tool_shaping("ppp1"), Shaping::default());
+    assert_eq!(tool_shaping("ppp0"), want[0].1);
+    assert_eq!(tool_shaping("ppp3"), want[3].1);
+    assert_eq!(htb_rate("eth9"), Some(5_000_000), "foreign qdisc untouched");
+
+    // A session interface vanishes (pppd exits): its qdiscs go with it, its IFB stays behind
+    // until clear() or remove_ifb() deletes it.
+    run(&["ip", "link", "del", "ppp0"]);
+    let st = tc.read().unwrap();
+    assert!(!st.shaping.contains_key("ppp0"));
+    assert!(st.ifbs.contains("pgi-ppp0"), "{st:?}");
+    tc.clear("ppp0").unwrap();
+    assert!(!link_names().contains(&"pgi-ppp0".to_string()));
+    run(&["ip", "link", "del", "ppp3"]);
+    tc.remove_ifb("pgi-ppp3").unwrap();
+    tc.remove_ifb("pgi-ppp3").unwrap();
+    assert!(!link_names().iter().any(|n| n.starts_with("pgi-")));
+    assert!(tc.remove_ifb("eth9").is_err(), "only pgi-* devices");
+
+    // A session interface whose name leaves no room for `pgi-<name>`: download shaping works,
+    // upload shaping is refused, reading never trips over it.
+    veth("ppp-long-name0", 5);
+    tc.set("ppp-long-name0", &Shaping { down_kbit: Some(3_000), up_kbit: None }).unwrap();
+    assert!(tc.set("ppp-long-name0", &Shaping { down_kbit: Some(3_000), up_kbit: Some(1_000) }).is_err());
+    assert_eq!(tc.read().unwrap().shaping["ppp-long-name0"], Shaping { down_kbit: Some(3_000), up_kbit: None });
+    tc.clear("ppp-long-name0").unwrap();
+    run(&["ip", "link", "del", "ppp-long-name0"]);
+
+    // Setting shaping on a missing interface is an error, not a silent no-op.
+    assert!(tc.set("ppp7", &Shaping { down_kbit: Some(1000), up_kbit: None }).is_err());
+    assert_eq!(tc.read().unwrap().shaping.keys().collect::<Vec<_>>(), vec!["ppp2"]);
+}
+
+#[test]
+fn repairs_partial_state() {
+    private_netns();
+    veth("ppp0", 0);
+    let mut tc = TcNetlink::new().unwrap();
+    let s = Shaping { down_kbit: Some(8_000), up_kbit: Some(4_000) };
+    tc.set("ppp0", &s).unwrap();
+    // Someone removes the redirect filter and downs the IFB: upload is no longer shaped.
+    run(&["tc", "filter", "del", "dev", "ppp0", "ingress"]);
+    run(&["ip", "link", "set", "pgi-ppp0", "down"]);
+    assert_eq!(tc.read_one("ppp0").unwrap(), Shaping { down_kbit: Some(8_000), up_kbit: None });
+    tc.set("ppp0", &s).unwrap();
+    assert_eq!(tool_shaping("ppp0"), s);
+    // Someone replaces the root qdisc.
+    run(&["tc", "qdisc", "replace", "dev", "ppp0", "root", "pfifo"]);
+    assert_eq!(tc.read_one("ppp0").unwrap().down_kbit, None);
+    tc.set("ppp0", &s).unwrap();
+    assert_eq!(tool_shaping("ppp0"), s);
+    // An IFB name taken by something else is refused.
+    run(&["ip", "link", "add", "pgi-ppp1", "type", "veth", "peer", "name", "pgx1"]);
+    veth("ppp1", 1);
+    assert!(tc.set("ppp1", &Shaping { down_kbit: None, up_kbit: Some(1000) }).is_err());
+}

@@ -1,0 +1,409 @@
+//! The session's life inside pppd (seed 004 §3/§4, D009 "no unpoliced window"):
+//!
+//! 1. **address hook** (before the interface is up, before any SQL): the client address enters
+//!    `connect_pending_v4`; if that fails the address is refused and the link never comes up.
+//! 2. **ip-up**: authenticated name → SQL lookup → mapping → apply this session's policy under the
+//!    single-writer lock; the gate is released in the same nft transaction that opens the session,
+//!    only after shaping, routes and rules are in place. A busy lock is retried from pppd timers
+//!    (never blocking pppd's loop) within a window read from SQL `settings` with a tight timeout
+//!    (fallback 10 s, hard cap 15 s). Anything failing ends the session through pppd's own path.
+//! 3. **ip-down** (and exit as a backstop when ip-down never ran): everything of this session is
+//!    removed (memberships including the gate, shaping and IFB, routes, rules), then the mapping.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use policy_core::config::{Config, APPLY_WINDOW_CAP};
+use policy_core::db;
+use policy_core::db::connections::LoginLookup;
+use policy_core::error::one_line;
+use policy_core::kernel::links::LinkSnapshot;
+use policy_core::kernel::{Backends, Netlink, Nft, NftSet, SetChange, Tc};
+use policy_core::lock::Lock;
+use policy_core::mapping::Mapping;
+use policy_core::policy::model::PolicyState;
+use policy_core::policy::planner::{Desired, DesiredSession, Scope};
+use policy_core::policy::{apply, engine};
+use policy_core::{procfs, Error};
+
+use crate::config;
+
+/// What the plugin knows about the link it serves.
+#[derive(Debug, Default)]
+struct Link {
+    ifname: Option<String>,
+    client_ip: Option<Ipv4Addr>,
+    login: Option<String>,
+    connection_id: Option<i64>,
+    /// Addresses this process put into connect_pending_v4.
+    gated: BTreeSet<Ipv4Addr>,
+    /// The mapping file this process wrote (removed on ip-down / exit).
+    mapping: Option<Mapping>,
+    /// The desired state computed at ip-up, applied (possibly after retries).
+    desired: Option<DesiredSession>,
+    /// When ip-up started (the connect-path clock) and when the apply window ends.
+    up_started: Option<Instant>,
+    deadline: Option<Instant>,
+    attempts: u32,
+    retry: Option<shim::TimerId>,
+    applied: bool,
+    /// Reason the session is being ended, logged once.
+    failed: Option<String>,
+    cleaned: bool,
+}
+
+thread_local! {
+    static LINK: RefCell<Link> = RefCell::new(Link::default());
+}
+
+fn with_link<T>(f: impl FnOnce(&mut Link) -> T) -> T {
+    LINK.with(|l| f(&mut l.borrow_mut()))
+}
+
+/// Ends the session (fail closed) and logs the reason once.
+pub(crate) fn fail_closed(reason: &str) {
+    let first = with_link(|l| {
+        if let Some(t) = l.retry.take() {
+            shim::cancel(t);
+        }
+        if l.failed.is_some() {
+            false
+        } else {
+            l.failed = Some(reason.to_string());
+            true
+        }
+    });
+    if first {
+        let (ifname, login) = with_link(|l| (l.ifname.clone(), l.login.clone()));
+        shim::log(
+            shim::Level::Error,
+            &format!(
+                "ending session on {} (user {}): {reason} (fail closed)",
+                ifname.as_deref().unwrap_or("?"),
+                login.as_deref().map(|s| format!("{s:?}")).unwrap_or_else(|| "unknown".into()),
+            ),
+        );
+    }
+    shim::end_link(shim::ExitCode::FatalError, &format!("pppgate: {reason}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The gate
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn address_hook(peer: Ipv4Addr, previous: Option<shim::AddrVerdict>) -> shim::AddrVerdict {
+    if previous == Some(shim::AddrVerdict::Refuse) {
+        return shim::AddrVerdict::Refuse;
+    }
+    if with_link(|l| l.gated.contains(&peer)) {
+        return previous.unwrap_or(shim::AddrVerdict::NoOpinion);
+    }
+    match set_gate(peer) {
+        Ok(()) => previous.unwrap_or(shim::AddrVerdict::NoOpinion),
+        Err(e) => {
+            shim::log(
+                shim::Level::Error,
+                &format!("refusing peer address {peer}: the connect gate cannot be set: {e} (fail closed)"),
+            );
+            shim::AddrVerdict::Refuse
+        }
+    }
+}
+
+fn set_gate(ip: Ipv4Addr) -> Result<(), String> {
+    let cfg = config().ok_or("no configuration loaded")?;
+    let mut b = Netlink::new().map_err(|e| one_line(&e))?;
+    engine::gate(&mut b, &cfg, ip).map_err(|e| one_line(&e))?;
+    with_link(|l| l.gated.insert(ip));
+    tracing::info!(client_ip = %ip, "connect gate set (connect_pending_v4)");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. ip-up
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn ip_up() {
+    let t0 = Instant::now();
+    with_link(|l| l.up_started = Some(t0));
+    let Some(cfg) = config() else {
+        fail_closed("no configuration loaded");
+        return;
+    };
+    let Some(ifname) = shim::ifname() else {
+        fail_closed("pppd reports no interface name");
+        return;
+    };
+    let peer = shim::peer_address();
+    let login = shim::peer_authname();
+    with_link(|l| {
+        l.ifname = Some(ifname.clone());
+        l.client_ip = peer;
+        l.login = login.clone();
+    });
+    let Some(client_ip) = peer else {
+        fail_closed("no peer IPv4 address negotiated");
+        return;
+    };
+    // Normally the address hook gated the address before the interface came up. If another
+    // plugin replaced the hook after our last check, gate now, before anything else.
+    if !with_link(|l| l.gated.contains(&client_ip)) {
+        shim::log(shim::Level::Warn, "the address hook did not run for this peer; gating at ip-up");
+        if let Err(e) = set_gate(client_ip) {
+            fail_closed(&format!("the connect gate cannot be set: {e}"));
+            return;
+        }
+    }
+    // The name pppd authenticated is the only trustworthy identity: pppd's `user` option is our
+    // own name towards the peer, so there is no fallback.
+    let Some(login) = login else {
+        fail_closed("the peer did not authenticate (no peer name); no mapping written, no policy applied");
+        return;
+    };
+    if !policy_core::mapping::valid_ifname(&ifname) {
+        fail_closed(&format!("interface name {ifname:?} is not usable"));
+        return;
+    }
+
+    let mut client = match db::connect(&cfg.database) {
+        Ok(c) => c,
+        Err(e) => {
+            fail_closed(&format!("database unavailable: {}", one_line(&e)));
+            return;
+        }
+    };
+    let facts = match db::connections::lookup_login(&mut client, &login) {
+        Ok(LoginLookup::Found(f)) => f,
+        Ok(LoginLookup::NotFound) => {
+            let why = db::connections::explain_login(&mut client, &login)
+                .unwrap_or_else(|e| format!("no usable vpn_connections row ({})", one_line(&e)));
+            fail_closed(&why);
+            return;
+        }
+        Ok(LoginLookup::Ambiguous(n)) => {
+            fail_closed(&format!("{n} vpn_connections rows match this login"));
+            return;
+        }
+        Err(e) => {
+            fail_closed(&format!("connection lookup failed: {}", one_line(&e)));
+            return;
+        }
+    };
+    drop(client);
+    with_link(|l| l.connection_id = Some(facts.id));
+
+    let start_ts = match procfs::own_start_epoch() {
+        Ok(t) => t,
+        Err(e) => {
+            fail_closed(&format!("cannot read pppd's start time: {e}"));
+            return;
+        }
+    };
+    let pid = shim::pppd_pid();
+    let up_ts = policy_core::lock::now_unix();
+    let mapping = Mapping {
+        connection_id: facts.id,
+        ppp_if: ifname.clone(),
+        client_ip,
+        start_ts,
+        pppd_pid: pid,
+        session_id: Some(format!("{}:{}:{}:{}", cfg.nas.identity, ifname, pid, up_ts)),
+        up_ts: Some(up_ts),
+    };
+    match mapping.write_atomic(&cfg.paths.sessions_dir) {
+        Ok(path) => {
+            tracing::info!(ifname = %ifname, user = %login, conn_id = facts.id, client_ip = %client_ip, pid,
+                "session mapped at {}", path.display());
+            with_link(|l| l.mapping = Some(mapping));
+        }
+        Err(e) => {
+            fail_closed(&format!("cannot write the session mapping: {}", one_line(&e)));
+            return;
+        }
+    }
+
+    let desired = apply::session_for_connect(&ifname, client_ip, pid, &facts);
+    if desired.policy.state == PolicyState::Terminate {
+        fail_closed(&format!("connection {} must not be online ({:?})", facts.id, desired.policy.reason));
+        return;
+    }
+    with_link(|l| l.desired = Some(desired));
+    attempt_apply(0);
+}
+
+/// One apply attempt; re-scheduled from a pppd timer while the lock is busy.
+fn attempt_apply(_: usize) {
+    with_link(|l| {
+        l.retry = None;
+        l.attempts += 1;
+    });
+    if with_link(|l| l.failed.is_some() || l.cleaned) {
+        return;
+    }
+    let Some(cfg) = config() else {
+        fail_closed("no configuration loaded");
+        return;
+    };
+    let Some(desired) = with_link(|l| l.desired.clone()) else { return };
+    let lock = match Lock::try_acquire(&cfg.paths.apply_lock, "pppd-connect") {
+        Ok(l) => l,
+        Err(Error::Locked { holder, .. }) => {
+            let deadline = with_link(|l| l.deadline).unwrap_or_else(|| {
+                let w = apply_window(&cfg);
+                let started = with_link(|l| l.up_started).unwrap_or_else(Instant::now);
+                let d = started + w;
+                with_link(|l| l.deadline = Some(d));
+                tracing::info!(window_ms = w.as_millis() as u64, "apply lock busy; retrying within the window");
+                d
+            });
+            let now = Instant::now();
+            if now >= deadline {
+                let who = holder.map(|h| format!(" by pid {} ({})", h.pid, h.what)).unwrap_or_default();
+                let attempts = with_link(|l| l.attempts);
+                fail_closed(&format!(
+                    "policy not applied: the apply lock stayed busy{who} for the whole window ({attempts} attempts)"
+                ));
+                return;
+            }
+            let attempts = with_link(|l| l.attempts);
+            let backoff = Duration::from_millis((10u64 << attempts.min(6)).min(250));
+            let wait = backoff.min(deadline - now).max(Duration::from_millis(1));
+            let t = shim::schedule(attempt_apply, 0, wait);
+            with_link(|l| l.retry = Some(t));
+            return;
+        }
+        Err(e) => {
+            fail_closed(&format!("cannot take the apply lock: {}", one_line(&e)));
+            return;
+        }
+    };
+    let result = (|| -> policy_core::Result<engine::Outcome> {
+        let mut b = Netlink::new()?;
+        let mut d = Desired { sessions: vec![desired.clone()], subnet_pbr: vec![] };
+        apply::validate(&cfg, &mut d)?;
+        let scope = Scope::of(&d.sessions);
+        engine::converge(&mut b, &cfg, &d, &scope, false)
+    })();
+    drop(lock);
+    match result {
+        Ok(out) => {
+            with_link(|l| l.applied = true);
+            let elapsed = with_link(|l| l.up_started).map(|t| t.elapsed()).unwrap_or_default();
+            let p = &desired.policy;
+            tracing::info!(
+                ifname = %desired.ifname, conn_id = desired.connection_id, state = %p.state,
+                down_kbit = p.speed.down_kbit.unwrap_or(0), up_kbit = p.speed.up_kbit.unwrap_or(0),
+                routes = p.routes.len(), pbr = p.pbr.len(), attempts = with_link(|l| l.attempts),
+                steps = out.steps.len(), gate_released_us = elapsed.as_micros() as u64,
+                "policy applied, connect gate released"
+            );
+        }
+        Err(e) => fail_closed(&format!("policy apply failed: {}", one_line(&e))),
+    }
+}
+
+/// The apply window: SQL `settings.connect_apply_window_s`, read with a tight timeout; when SQL
+/// is slow or down, the configured fallback at once. Never above 15 s.
+fn apply_window(cfg: &Config) -> Duration {
+    let t = cfg.connect.settings_timeout;
+    let from_sql = db::connect_with(&cfg.database, t, t)
+        .and_then(|mut c| db::settings::get(&mut c, db::settings::APPLY_WINDOW_KEY))
+        .ok()
+        .flatten()
+        .and_then(|v| db::settings::parse_apply_window(&v));
+    from_sql.unwrap_or(cfg.connect.apply_window_fallback).min(APPLY_WINDOW_CAP)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. ip-down and exit
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn ip_down() {
+    cleanup("ip-down");
+}
+
+pub(crate) fn on_exit(_status: i32) {
+    // Backstop: die() skips ip-down notifiers; a session that never came up still has its gate.
+    cleanup("exit");
+}
+
+/// Seconds the ip-down path waits for the apply lock before cleaning up without it (removals
+/// only, idempotent; the next reconcile converges whatever raced).
+const CLEANUP_LOCK_WAIT: Duration = Duration::from_millis(1500);
+
+fn cleanup(event: &str) {
+    if with_link(|l| std::mem::replace(&mut l.cleaned, true)) {
+        return;
+    }
+    if let Some(t) = with_link(|l| l.retry.take()) {
+        shim::cancel(t);
+    }
+    let Some(cfg) = config() else { return };
+    let (ifname, client_ip, gated, mapping) =
+        with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone()));
+    let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", CLEANUP_LOCK_WAIT) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!("cleaning up on {event} without the apply lock: {}", one_line(&e));
+            None
+        }
+    };
+    let errors = remove_kernel_state(ifname.as_deref(), client_ip, &gated);
+    drop(lock);
+    for e in &errors {
+        tracing::error!(event, "cleanup: {e}");
+    }
+    if let (Some(m), Some(ifname)) = (mapping, ifname.as_deref()) {
+        match Mapping::remove(&cfg.paths.sessions_dir, ifname) {
+            Ok(_) => tracing::info!(ifname = %ifname, conn_id = m.connection_id, "session mapping removed on {event}"),
+            Err(e) => tracing::error!(ifname = %ifname, "cannot remove the session mapping on {event}: {}", one_line(&e)),
+        }
+    }
+    if errors.is_empty() {
+        tracing::info!(ifname = ifname.as_deref().unwrap_or("-"), "session state removed on {event}");
+    }
+}
+
+/// Removes this session's kernel state. An address that another interface now carries as its
+/// peer belongs to a newer session and is left alone.
+fn remove_kernel_state(ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated: &BTreeSet<Ipv4Addr>) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut b = match Netlink::new() {
+        Ok(b) => b,
+        Err(e) => return vec![one_line(&e)],
+    };
+    let links = LinkSnapshot::read().ok();
+    let owned_elsewhere = |ip: Ipv4Addr| {
+        links.as_ref().is_some_and(|s| {
+            s.by_name.values().any(|l| Some(l.name.as_str()) != ifname && l.peers.contains(&ip))
+        })
+    };
+    let mut ips: BTreeSet<Ipv4Addr> = gated.clone();
+    ips.extend(client_ip);
+    for ip in ips {
+        if owned_elsewhere(ip) {
+            tracing::warn!(client_ip = %ip, "address now belongs to another session; leaving its state");
+            continue;
+        }
+        let ifn = if Some(ip) == client_ip { ifname.unwrap_or("") } else { "" };
+        let res = if ifn.is_empty() {
+            let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange { set: *set, ip, add: false }).collect();
+            b.nft().commit(&all)
+        } else {
+            engine::disconnect(&mut b, ifn, ip).map(|_| ())
+        };
+        if let Err(e) = res {
+            errors.push(one_line(&e));
+        }
+    }
+    if client_ip.is_none() {
+        if let Some(ifn) = ifname {
+            if let Err(e) = b.tc().clear(ifn) {
+                errors.push(one_line(&e));
+            }
+        }
+    }
+    errors
+}

@@ -1,0 +1,728 @@
+//! `pppgate apply`, `reconcile`, `routes`, `pbr`, `connection`, `sysctl`: the policy engine's
+//! verbs. Every change goes through SQL (the truth) and is applied at once to live sessions under
+//! the single-writer lock; the panel never calls nft/tc/ip itself.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use clap::{Args, Subcommand};
+use policy_core::config::{parse_ipv4_net, Config};
+use policy_core::kernel::lookup::route_get;
+use policy_core::kernel::{Backends, Netlink, Sysctl};
+use policy_core::lock::{self, Lock};
+use policy_core::policy::apply::{self, Report, Target};
+use policy_core::{db, mapping, rt_tables, Error, ExitCode};
+use serde_json::json;
+
+use crate::cli::{load_config, CmdResult, Failure, Global};
+
+/// Parses an id the way every verb must: a plain positive decimal integer, nothing else.
+pub fn parse_id(what: &'static str, s: &str) -> Result<i64, Failure> {
+    let ok = !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) && !(s.len() > 1 && s.starts_with('0'));
+    match s.parse::<i64>() {
+        Ok(v) if ok && v > 0 => Ok(v),
+        _ => Err(Error::invalid(what, s, "must be a plain positive integer").into()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// Apply the policy of one vpn_connection to its live sessions.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["customer_id", "reconcile_all"])]
+    pub connection_id: Option<String>,
+    /// Apply the policy of every connection of a customer.
+    #[arg(long, value_name = "ID", conflicts_with = "reconcile_all")]
+    pub customer_id: Option<String>,
+    /// Reconcile everything: live sessions get their policy, state of gone sessions is removed.
+    #[arg(long)]
+    pub reconcile_all: bool,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunOpts {
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Admin override: end a lock holder older than the TTL and take the lock (logged as alert).
+    #[arg(long)]
+    pub break_stale_lock: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    /// Boot mode (after service start): also ensure sysctls; never fails the boot on SQL down.
+    #[arg(long)]
+    pub boot: bool,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+/// Takes the apply lock (exit 75 when busy, reporting a holder older than the TTL).
+pub fn take_lock(cfg: &Config, what: &str, run: &RunOpts) -> Result<Lock, Failure> {
+    if run.break_stale_lock {
+        let (l, outcome) = lock::break_stale(&cfg.paths.apply_lock, what, cfg.policy.lock_ttl)?;
+        if let lock::BreakOutcome::Broken { holder } = outcome {
+            eprintln!("pppgate: ALERT: broke stale apply lock held by pid {} ({}) since {}", holder.pid, holder.what, holder.since);
+        }
+        return Ok(l);
+    }
+    match Lock::try_acquire(&cfg.paths.apply_lock, what) {
+        Ok(l) => Ok(l),
+        Err(Error::Locked { path, holder }) => {
+            let mut msg = format!("lock {} is busy", path.display());
+            if let Some(h) = &holder {
+                msg.push_str(&format!(" (held by pid {} '{}' for {}s)", h.pid, h.what, h.age().as_secs()));
+                if h.age() > cfg.policy.lock_ttl {
+                    msg.push_str(&format!(
+                        "; the holder is older than the TTL of {}s (stale?) — use --break-stale-lock to end it",
+                        cfg.policy.lock_ttl.as_secs()
+                    ));
+                }
+            }
+            Err(Failure { code: ExitCode::Locked, message: msg })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_report(g: &Global, r: &Report, dry_run: bool) {
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(r).expect("serializable"));
+        return;
+    }
+    for m in &r.malformed {
+        println!("malformed mapping (ignored, not a session): {m}");
+    }
+    for id in &r.not_live {
+        println!("connection {id}: no live session");
+    }
+    for s in &r.outcome.sessions {
+        let rate = |v: Option<u32>| v.map(|k| format!("{k}kbit")).unwrap_or_else(|| "unlimited".into());
+        println!(
+            "{} {} connection {}: {} ({:?}) down {} up {} routes {} pbr [{}]",
+            s.ifname,
+            s.client_ip,
+            s.connection_id,
+            s.state,
+            s.reason,
+            rate(s.down_kbit),
+            rate(s.up_kbit),
+            s.routes,
+            s.pbr.join(",")
+        );
+    }
+    if r.outcome.steps.is_empty() {
+        println!("nothing to do");
+    }
+    for step in &r.outcome.steps {
+        println!("{}{step}", if dry_run { "would: " } else { "did: " });
+    }
+    for t in &r.outcome.terminated {
+        println!("terminated session on {t}");
+    }
+    if let Some(e) = &r.sql_unavailable {
+        println!("SQL unavailable ({e}): only state of sessions that no longer exist was removed");
+    }
+}
+
+pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
+    let target = match (&a.connection_id, &a.customer_id, a.reconcile_all) {
+        (Some(id), None, false) => Some(Target::Connection(parse_id("connection id", id)?)),
+        (None, Some(id), false) => Some(Target::Customer(parse_id("customer id", id)?)),
+        (None, None, true) => None,
+        _ => {
+            return Err(Failure {
+                code: ExitCode::Usage,
+                message: "give one of --connection-id, --customer-id, --reconcile-all".into(),
+            })
+        }
+    };
+    let cfg = load_config(g)?;
+    match target {
+        Some(t) => {
+            let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "apply", &a.run)?) };
+            let mut b = Netlink::new()?;
+            let r = apply::apply(&cfg, &mut b, &t, a.run.dry_run)?;
+            print_report(g, &r, a.run.dry_run);
+            Ok(())
+        }
+        None => reconcile_cmd(g, &ReconcileArgs { boot: false, run: a.run.clone() }),
+    }
+}
+
+pub fn reconcile_cmd(g: &Global, a: &ReconcileArgs) -> CmdResult {
+    let cfg = load_config(g)?;
+    let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "reconcile", &a.run)?) };
+    let mut b = Netlink::new()?;
+    if a.boot && !a.run.dry_run {
+        // Sessions interfaces inherit conf.default; make forwarding right before anything else.
+        b.sysctl().ensure(&[])?;
+    }
+    let r = apply::reconcile(&cfg, &mut b, a.run.dry_run)?;
+    print_report(g, &r, a.run.dry_run);
+    if r.sql_unavailable.is_some() && !a.boot {
+        return Err(Failure { code: ExitCode::SqlUnavailable, message: String::new() });
+    }
+    if !r.malformed.is_empty() {
+        return Err(Failure { code: ExitCode::DataErr, message: format!("{} malformed mapping file(s)", r.malformed.len()) });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// routes
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Subcommand, Debug)]
+pub enum RoutesCmd {
+    /// Adds a per-user route (stored in SQL, applied at once to a live session).
+    Add(RouteAddArgs),
+    /// Deletes a per-user route.
+    Del(RouteDelArgs),
+    /// Lists routes.
+    List {
+        #[arg(long, value_name = "ID")]
+        connection_id: Option<String>,
+    },
+    /// Applies routes to live sessions (one connection, or all).
+    Apply {
+        #[arg(long, value_name = "ID")]
+        connection_id: Option<String>,
+        #[command(flatten)]
+        run: RunOpts,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RouteAddArgs {
+    #[arg(long, value_name = "ID")]
+    pub connection_id: String,
+    /// Destination network behind the client (CIDR).
+    #[arg(long)]
+    pub dst: String,
+    /// Next hop; default and only reachable choice on a point-to-point link: the peer.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Routing table (number or name from rt_tables); default main.
+    #[arg(long)]
+    pub table: Option<String>,
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Store only; do not apply to a live session now.
+    #[arg(long)]
+    pub no_apply: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RouteDelArgs {
+    #[arg(long, value_name = "ID")]
+    pub connection_id: String,
+    #[arg(long)]
+    pub dst: String,
+    #[arg(long)]
+    pub table: Option<String>,
+    #[arg(long)]
+    pub no_apply: bool,
+}
+
+fn parse_net(s: &str) -> Result<ipnet::Ipv4Net, Failure> {
+    parse_ipv4_net(s).map_err(|e| Error::invalid("CIDR", s, e).into())
+}
+
+fn parse_ip(what: &'static str, s: &str) -> Result<Ipv4Addr, Failure> {
+    let a = Ipv4Addr::from_str(s.trim()).map_err(|_| Failure::from(Error::invalid(what, s, "not an IPv4 address")))?;
+    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+        return Err(Error::invalid(what, s, "not a usable unicast address").into());
+    }
+    Ok(a)
+}
+
+fn parse_u32(what: &'static str, s: &str, max: u32) -> Result<u32, Failure> {
+    match s.parse::<u32>() {
+        Ok(v) if s.bytes().all(|b| b.is_ascii_digit()) && v <= max => Ok(v),
+        _ => Err(Error::invalid(what, s, format!("must be an integer between 0 and {max}")).into()),
+    }
+}
+
+fn table_arg(cfg: &Config, t: Option<&str>) -> Result<Option<u32>, Failure> {
+    match t {
+        None => Ok(None),
+        Some(t) => {
+            let id = rt_tables::resolve(&cfg.paths.rt_tables, t)?;
+            if id == 255 {
+                return Err(Error::invalid("routing table", t, "the local table is not for per-user routes").into());
+            }
+            Ok(if id == 254 { None } else { Some(id) })
+        }
+    }
+}
+
+/// Applies the policy of one connection now when it has a live session (lock busy: exit 75,
+/// the SQL change stays and the next apply/reconcile picks it up).
+fn apply_now(g: &Global, cfg: &Config, conn: i64, run: &RunOpts) -> CmdResult {
+    let _lock = if run.dry_run { None } else { Some(take_lock(cfg, "apply", run)?) };
+    let mut b = Netlink::new()?;
+    let r = apply::apply(cfg, &mut b, &Target::Connection(conn), run.dry_run)?;
+    if !g.json {
+        print_report(g, &r, run.dry_run);
+    }
+    Ok(())
+}
+
+pub fn routes_cmd(g: &Global, c: &RoutesCmd) -> CmdResult {
+    let cfg = load_config(g)?;
+    match c {
+        RoutesCmd::Add(a) => {
+            let conn = parse_id("connection id", &a.connection_id)?;
+            let dst = parse_net(&a.dst)?;
+            if dst.prefix_len() == 0 {
+                return Err(Error::invalid("CIDR", &a.dst, "a default route per user is not allowed; use pbr").into());
+            }
+            let gw = a.gateway.as_deref().map(|s| parse_ip("gateway", s)).transpose()?;
+            let table = table_arg(&cfg, a.table.as_deref())?;
+            let metric = a.metric.as_deref().map(|m| parse_u32("metric", m, 1_000_000)).transpose()?;
+            let mut client = db::connect(&cfg.database)?;
+            if !db::connections::exists(&mut client, conn)? {
+                return Err(Error::NotFound { what: "connection", id: conn.to_string() }.into());
+            }
+            if let Some(gw) = gw {
+                check_gateway_reach(&cfg, conn, gw)?;
+            }
+            let changed = db::routes::add(&mut client, conn, dst, gw, table, metric)?;
+            drop(client);
+            if g.json {
+                println!("{}", json!({"connection_id": conn, "dst": dst.to_string(), "changed": changed}));
+            } else {
+                println!("route {dst} for connection {conn}: {}", if changed { "stored" } else { "already present" });
+            }
+            if !a.no_apply {
+                apply_now(g, &cfg, conn, &RunOpts { dry_run: false, break_stale_lock: false })?;
+            }
+            Ok(())
+        }
+        RoutesCmd::Del(a) => {
+            let conn = parse_id("connection id", &a.connection_id)?;
+            let dst = parse_net(&a.dst)?;
+            let table = table_arg(&cfg, a.table.as_deref())?;
+            let mut client = db::connect(&cfg.database)?;
+            let removed = db::routes::del(&mut client, conn, dst, table)?;
+            drop(client);
+            if g.json {
+                println!("{}", json!({"connection_id": conn, "dst": dst.to_string(), "removed": removed}));
+            } else {
+                println!("route {dst} for connection {conn}: {}", if removed { "removed" } else { "was not there" });
+            }
+            if !a.no_apply {
+                apply_now(g, &cfg, conn, &RunOpts { dry_run: false, break_stale_lock: false })?;
+            }
+            Ok(())
+        }
+        RoutesCmd::List { connection_id } => {
+            let conn = connection_id.as_deref().map(|s| parse_id("connection id", s)).transpose()?;
+            let mut client = db::connect(&cfg.database)?;
+            let rows = db::routes::list(&mut client, conn)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&rows).expect("serializable"));
+            } else {
+                for r in rows {
+                    let mut line = format!("connection {} {}", r.connection_id, r.destination);
+                    match r.gateway {
+                        Some(gw) => line.push_str(&format!(" via {gw}")),
+                        None => line.push_str(" via peer"),
+                    }
+                    if let Some(t) = r.table {
+                        line.push_str(&format!(" table {t}"));
+                    }
+                    if let Some(m) = r.metric {
+                        line.push_str(&format!(" metric {m}"));
+                    }
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+        RoutesCmd::Apply { connection_id, run } => match connection_id {
+            Some(id) => apply_now(g, &cfg, parse_id("connection id", id)?, run),
+            None => reconcile_cmd(g, &ReconcileArgs { boot: false, run: run.clone() }),
+        },
+    }
+}
+
+/// A gateway on a point-to-point link is reachable only if it is the peer: the connection's live
+/// session address.
+fn check_gateway_reach(cfg: &Config, conn: i64, gw: Ipv4Addr) -> Result<(), Failure> {
+    let (valid, _) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
+    let peers: Vec<Ipv4Addr> = valid.iter().filter(|m| m.connection_id == conn).map(|m| m.client_ip).collect();
+    if peers.contains(&gw) {
+        return Ok(());
+    }
+    let why = if peers.is_empty() {
+        "the connection has no live session whose peer it is; omit --gateway to route via the peer".to_string()
+    } else {
+        format!("not reachable over the session's point-to-point link (peer {})", peers[0])
+    };
+    Err(Error::invalid("gateway", gw.to_string(), why).into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// pbr
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Subcommand, Debug)]
+pub enum PbrCmd {
+    /// Adds (or changes) a named policy-routing rule and applies it.
+    Add(PbrAddArgs),
+    /// Deletes a rule and removes it from the kernel.
+    Del {
+        name: String,
+        #[command(flatten)]
+        run: RunOpts,
+    },
+    /// Lists rules.
+    List,
+    /// Shows the kernel's route lookup for traffic from an address (like `ip route get`).
+    Check {
+        /// Source address (a client or an address of a PBR subnet).
+        ip: String,
+        /// Destination to look up.
+        #[arg(long, default_value = "192.0.2.200")]
+        dst: String,
+        /// Interface the traffic arrives on (default: the live session's interface for the address).
+        #[arg(long)]
+        iif: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PbrAddArgs {
+    /// Rule name ([A-Za-z0-9_.-], up to 64).
+    pub name: String,
+    /// Source subnet.
+    #[arg(long, conflicts_with = "connection_id")]
+    pub from: Option<String>,
+    /// Or: the live sessions of one connection.
+    #[arg(long, value_name = "ID")]
+    pub connection_id: Option<String>,
+    /// Routing table (number or rt_tables name; not main/local/default).
+    #[arg(long)]
+    pub table: String,
+    /// Next hop of the table's default route.
+    #[arg(long)]
+    pub via: String,
+    /// Interface of the next hop.
+    #[arg(long)]
+    pub dev: String,
+    /// `ip rule` priority (1..32765).
+    #[arg(long)]
+    pub priority: String,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
+    let cfg = load_config(g)?;
+    match c {
+        PbrCmd::Add(a) => {
+            if a.name.is_empty() || a.name.len() > 64 || !a.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+                return Err(Error::invalid("rule name", &a.name, "must be 1-64 characters of [A-Za-z0-9_.-]").into());
+            }
+            let source = a.from.as_deref().map(parse_net).transpose()?;
+            let connection_id = a.connection_id.as_deref().map(|s| parse_id("connection id", s)).transpose()?;
+            if source.is_none() == connection_id.is_none() {
+                return Err(Failure { code: ExitCode::Usage, message: "give exactly one of --from or --connection-id".into() });
+            }
+            let table = rt_tables::resolve(&cfg.paths.rt_tables, &a.table)?;
+            if [253, 254, 255].contains(&table) {
+                return Err(Error::invalid("routing table", &a.table, "default/main/local cannot be used for policy routing").into());
+            }
+            let via = parse_ip("next hop", &a.via)?;
+            if !policy_core::mapping::valid_ifname(&a.dev) {
+                return Err(Error::invalid("interface", &a.dev, "not a valid interface name").into());
+            }
+            let priority = parse_u32("priority", &a.priority, 32765)?;
+            if priority == 0 {
+                return Err(Error::invalid("priority", &a.priority, "must be between 1 and 32765").into());
+            }
+            let mut client = db::connect(&cfg.database)?;
+            if let Some(c) = connection_id {
+                if !db::connections::exists(&mut client, c)? {
+                    return Err(Error::NotFound { what: "connection", id: c.to_string() }.into());
+                }
+            }
+            let changed = db::pbr::upsert(
+                &mut client,
+                &db::pbr::NewPbr { name: a.name.clone(), source, connection_id, table, via, dev: a.dev.clone(), priority },
+            )?;
+            drop(client);
+            if !g.json {
+                println!("pbr rule {}: {}", a.name, if changed { "stored" } else { "unchanged" });
+            }
+            match connection_id {
+                Some(c) => apply_now(g, &cfg, c, &a.run),
+                None => reconcile_cmd(g, &ReconcileArgs { boot: false, run: a.run.clone() }),
+            }
+        }
+        PbrCmd::Del { name, run } => {
+            let mut client = db::connect(&cfg.database)?;
+            let gone = db::pbr::delete(&mut client, name)?;
+            drop(client);
+            let Some(row) = gone else {
+                if !g.json {
+                    println!("pbr rule {name}: was not there");
+                }
+                return Ok(());
+            };
+            if !g.json {
+                println!("pbr rule {name}: removed");
+            }
+            match row.connection_id {
+                Some(c) => apply_now(g, &cfg, c, run),
+                None => reconcile_cmd(g, &ReconcileArgs { boot: false, run: run.clone() }),
+            }
+        }
+        PbrCmd::List => {
+            let mut client = db::connect(&cfg.database)?;
+            let rows = db::pbr::list(&mut client)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&rows).expect("serializable"));
+            } else {
+                for r in rows {
+                    let from = match (r.source, r.connection_id) {
+                        (Some(s), _) => s.to_string(),
+                        (None, Some(c)) => format!("connection {c}"),
+                        _ => "?".into(),
+                    };
+                    println!("{} from {from} table {} via {} dev {} priority {}", r.name, r.table, r.via, r.dev, r.priority);
+                }
+            }
+            Ok(())
+        }
+        PbrCmd::Check { ip, dst, iif } => {
+            let src = parse_ip("address", ip)?;
+            let dst = parse_ip("destination", dst)?;
+            let iif = match iif {
+                Some(i) => Some(i.clone()),
+                None => {
+                    let (valid, _) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
+                    valid.into_iter().find(|m| m.client_ip == src).map(|m| m.ppp_if)
+                }
+            };
+            let r = route_get(dst, Some(src), iif.as_deref())?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("serializable"));
+            } else {
+                println!("{r}");
+            }
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// connection (the panel's SQL changes, applied at once) and sysctl
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Subcommand, Debug)]
+pub enum ConnectionCmd {
+    /// Creates a vpn_connection (admin and lab use; panels usually write SQL themselves).
+    Add(ConnAddArgs),
+    /// Changes policy facts of a connection and applies them to its live session at once.
+    Set(ConnSetArgs),
+    /// Shows a connection's facts and the policy they give.
+    Show { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct ConnAddArgs {
+    #[arg(long)]
+    pub login: String,
+    #[arg(long, default_value = "CLAIMED")]
+    pub status: String,
+    #[arg(long, value_name = "ID")]
+    pub customer_id: Option<String>,
+    #[arg(long)]
+    pub down_kbit: Option<String>,
+    #[arg(long)]
+    pub up_kbit: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnSetArgs {
+    pub id: String,
+    /// Download rate in kbit/s, or `none`.
+    #[arg(long)]
+    pub down_kbit: Option<String>,
+    /// Upload rate in kbit/s, or `none`.
+    #[arg(long)]
+    pub up_kbit: Option<String>,
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Quota in bytes per period, or `none`.
+    #[arg(long)]
+    pub quota_bytes: Option<String>,
+    /// Expiry as Unix seconds, or `none`.
+    #[arg(long)]
+    pub expires_at: Option<String>,
+    #[arg(long, conflicts_with = "unblock")]
+    pub block: bool,
+    #[arg(long)]
+    pub unblock: bool,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+fn parse_rate(cfg: &Config, s: &str) -> Result<Option<i32>, Failure> {
+    if s == "none" {
+        return Ok(None);
+    }
+    let v = parse_u32("rate", s, u32::MAX)?;
+    if v < 8 || v > cfg.policy.max_rate_kbit {
+        return Err(Error::invalid("rate", s, format!("must be between 8 and {} kbit/s", cfg.policy.max_rate_kbit)).into());
+    }
+    Ok(Some(v as i32))
+}
+
+fn parse_status(s: &str) -> Result<String, Failure> {
+    policy_core::policy::model::Status::from_str(s)
+        .map(|_| s.to_string())
+        .map_err(|_| Error::invalid("status", s, "not one of PREPROVISIONED CLAIMED SUSPENDED UNCLAIMED DISABLED DELETED").into())
+}
+
+pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
+    let cfg = load_config(g)?;
+    match c {
+        ConnectionCmd::Add(a) => {
+            if a.login.is_empty() || a.login.len() > 253 || a.login.chars().any(|c| c.is_control()) {
+                return Err(Error::invalid("login", &a.login, "must be 1-253 printable characters").into());
+            }
+            let status = parse_status(&a.status)?;
+            let customer = a.customer_id.as_deref().map(|s| parse_id("customer id", s)).transpose()?;
+            let down = a.down_kbit.as_deref().map(|s| parse_rate(&cfg, s)).transpose()?.flatten();
+            let up = a.up_kbit.as_deref().map(|s| parse_rate(&cfg, s)).transpose()?.flatten();
+            let mut client = db::connect(&cfg.database)?;
+            let row = client
+                .query_one(
+                    "INSERT INTO vpn_connections (subaccount_login, status, customer_id, rate_down_kbit, rate_up_kbit)
+                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    &[&a.login, &status, &customer, &down, &up],
+                )
+                .map_err(|e| match e.code() {
+                    Some(c) if *c == postgres::error::SqlState::UNIQUE_VIOLATION => {
+                        Failure::from(Error::invalid("login", &a.login, "already exists (subaccount_login is unique)"))
+                    }
+                    _ => Failure::from(Error::from_sql(e)),
+                })?;
+            let id: i64 = row.get(0);
+            if g.json {
+                println!("{}", json!({ "id": id }));
+            } else {
+                println!("{id}");
+            }
+            Ok(())
+        }
+        ConnectionCmd::Set(a) => {
+            let id = parse_id("connection id", &a.id)?;
+            let mut sets: Vec<String> = Vec::new();
+            let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
+            let mut push = |col: &str, v: Box<dyn postgres::types::ToSql + Sync>| {
+                params.push(v);
+                sets.push(format!("{col} = ${}", params.len()));
+            };
+            if let Some(s) = &a.down_kbit {
+                push("rate_down_kbit", Box::new(parse_rate(&cfg, s)?));
+            }
+            if let Some(s) = &a.up_kbit {
+                push("rate_up_kbit", Box::new(parse_rate(&cfg, s)?));
+            }
+            if let Some(s) = &a.status {
+                push("status", Box::new(parse_status(s)?));
+            }
+            if let Some(s) = &a.quota_bytes {
+                let v: Option<i64> = if s == "none" {
+                    None
+                } else {
+                    Some(s.parse::<i64>().ok().filter(|v| *v >= 0 && s.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| Failure::from(Error::invalid("quota", s, "bytes as a non-negative integer, or none")))?)
+                };
+                push("quota_bytes", Box::new(v));
+            }
+            if let Some(s) = &a.expires_at {
+                let v: Option<f64> = if s == "none" {
+                    None
+                } else {
+                    Some(s.parse::<i64>().map_err(|_| Failure::from(Error::invalid("expiry", s, "Unix seconds, or none")))? as f64)
+                };
+                params.push(Box::new(v));
+                sets.push(format!("expires_at = to_timestamp(${})", params.len()));
+            }
+            if a.block || a.unblock {
+                params.push(Box::new(a.block));
+                sets.push(format!("manual_block = ${}", params.len()));
+            }
+            if sets.is_empty() {
+                return Err(Failure { code: ExitCode::Usage, message: "nothing to change".into() });
+            }
+            params.push(Box::new(id));
+            let sql = format!("UPDATE vpn_connections SET {}, updated_at = now() WHERE id = ${}", sets.join(", "), params.len());
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
+            let mut client = db::connect(&cfg.database)?;
+            let n = client.execute(&sql, &refs).map_err(Error::from_sql)?;
+            drop(client);
+            if n == 0 {
+                return Err(Error::NotFound { what: "connection", id: id.to_string() }.into());
+            }
+            apply_now(g, &cfg, id, &a.run)
+        }
+        ConnectionCmd::Show { id } => {
+            let id = parse_id("connection id", id)?;
+            let mut client = db::connect(&cfg.database)?;
+            let facts = db::connections::facts_by_ids(&mut client, &[id])?;
+            let Some(f) = facts.into_iter().next() else {
+                return Err(Error::NotFound { what: "connection", id: id.to_string() }.into());
+            };
+            let p = policy_core::policy::model::decide(Some(&f));
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&json!({ "facts": f, "policy": p })).expect("serializable"));
+            } else {
+                println!("connection {} login {:?} status {:?}: {} ({:?})", f.id, f.login, f.status, p.state, p.reason);
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SysctlCmd {
+    /// Reports ip_forward and rp_filter (exit 1 when not as pppgate needs them).
+    Check,
+    /// Sets ip_forward=1 and loose rp_filter on live session interfaces.
+    Ensure,
+}
+
+pub fn sysctl_cmd(g: &Global, c: &SysctlCmd) -> CmdResult {
+    let cfg = load_config(g)?;
+    let (valid, _) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
+    let ifs: Vec<String> = valid.iter().map(|m| m.ppp_if.clone()).collect();
+    let mut b = Netlink::new()?;
+    if matches!(c, SysctlCmd::Ensure) {
+        b.sysctl().ensure(&ifs)?;
+    }
+    let r = b.sysctl().read(&ifs)?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&r).expect("serializable"));
+    } else {
+        println!("net.ipv4.ip_forward = {}", u8::from(r.ip_forward));
+        println!("net.ipv4.conf.all.rp_filter = {}", r.rp_filter_all);
+        println!("net.ipv4.conf.default.rp_filter = {}", r.rp_filter_default);
+        for (i, v) in &r.rp_filter {
+            println!("rp_filter {i} = {v}{}", if *v == 1 { " (strict: asymmetric routes drop)" } else { "" });
+        }
+    }
+    if r.ok() {
+        Ok(())
+    } else {
+        Err(Failure { code: ExitCode::Internal, message: "forwarding sysctls are not as pppgate needs them".into() })
+    }
+}

@@ -1,0 +1,58 @@
+//! `pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]...`: runs one lab scenario
+//! from the command line (the tests call `pppgate_lab::Lab::run` directly). Prints the run
+//! directory; exits non-zero with the harness's error when the run fails.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pppgate_lab::{Lab, LabOptions};
+
+const USAGE: &str = "usage: pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]...";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some("run"), Some(scenario)) = (args.first().map(|s| s.as_str()), args.get(1)) else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(64);
+    };
+    let mut opts = LabOptions::default();
+    let mut rest = args[2..].iter();
+    while let Some(a) = rest.next() {
+        if a == "--follow" {
+            opts.follow = true;
+            continue;
+        }
+        match (a.as_str(), rest.next()) {
+            ("--timeout", Some(v)) => match v.parse::<u64>() {
+                Ok(s) => opts.timeout = Duration::from_secs(s),
+                Err(_) => {
+                    eprintln!("pppgate-lab: --timeout takes whole seconds, not {v:?}");
+                    return ExitCode::from(64);
+                }
+            },
+            ("--env", Some(kv)) => match kv.split_once('=') {
+                Some((k, v)) => opts.env.push((k.to_string(), v.to_string())),
+                None => {
+                    eprintln!("pppgate-lab: --env takes KEY=VALUE, not {kv:?}");
+                    return ExitCode::from(64);
+                }
+            },
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(64);
+            }
+        }
+    }
+    match Lab::run(scenario, &opts) {
+        Ok(run) => {
+            println!("{}", run.dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pppgate-lab: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

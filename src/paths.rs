@@ -1,0 +1,82 @@
+//! Where things are on the host: the checkout, cargo's target directory, the built artifacts the
+//! guest runs, and the lab's own cache and run directories under `target/lab/`.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{LabError, Result};
+
+/// The checkout this harness was built from (the workspace root).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` when set, else `<repo>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                repo_root().join(d)
+            }
+        }
+        _ => repo_root().join("target"),
+    }
+}
+
+/// `target/lab/`: cached initramfs images and per-run output.
+pub fn lab_dir() -> PathBuf {
+    target_dir().join("lab")
+}
+
+pub fn runs_dir() -> PathBuf {
+    lab_dir().join("runs")
+}
+
+pub fn scenario_path(name: &str) -> PathBuf {
+    repo_root().join("tests/lab/scenarios").join(format!("{name}.sh"))
+}
+
+pub fn guest_dir() -> PathBuf {
+    repo_root().join("tests/lab/guest")
+}
+
+/// The programs under test, as `cargo build --release --workspace` leaves them.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// `libpppgate.so`, loaded by the LNS's pppd with `plugin <path>`.
+    pub plugin: PathBuf,
+    /// The `pppgate` companion binary.
+    pub pppgate: PathBuf,
+}
+
+pub const BUILD_COMMAND: &str = "cargo build --release --workspace";
+
+impl Artifacts {
+    /// The release artifacts of this checkout, `$PPPGATE_LAB_ARTIFACTS` (a directory) overriding.
+    pub fn locate() -> Artifacts {
+        let dir = std::env::var_os("PPPGATE_LAB_ARTIFACTS")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target_dir().join("release"));
+        Artifacts { plugin: dir.join("libpppgate.so"), pppgate: dir.join("pppgate") }
+    }
+
+    /// Fails with the build command when an artifact is missing. The lab never builds: a test
+    /// that started cargo from inside cargo would fight over the target directory's lock.
+    pub fn check(&self) -> Result<()> {
+        for p in [&self.plugin, &self.pppgate] {
+            if !p.is_file() {
+                return Err(LabError::MissingArtifact { path: p.clone(), build: BUILD_COMMAND.to_string() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A path as the guest sees it: the host's root is mounted at the guest's root, so host paths
+/// are guest paths, provided they are absolute and canonical.
+pub fn guest_path(p: &Path) -> Result<PathBuf> {
+    p.canonicalize().map_err(LabError::io("cannot resolve a path the guest needs", p))
+}

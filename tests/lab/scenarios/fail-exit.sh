@@ -1,0 +1,5 @@
+# Harness test: a scenario whose setup fails; the harness must report the exit status and logs.
+. "$LAB_LIB"
+lab_init
+fact fail.started yes
+die "fail-exit: failing on purpose"

@@ -1,0 +1,97 @@
+//! The plugin inside the real pppd 2.4.9 of the build machine (no PPP in this kernel: pppd stops
+//! after option parsing, which is where plugins load and where our option is validated).
+//!
+//! Needs `cargo build --release -p pppgate-plugin` and `scripts/build-pppd-variants.sh` (the test
+//! command runs both first); a missing artifact fails the test with the command to build it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn artifact(rel: &str, build: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
+    let p = target.join(rel);
+    assert!(p.exists(), "{} is missing; build it first with: {build}", p.display());
+    p
+}
+
+fn plugin() -> PathBuf {
+    artifact("release/libpppgate.so", "cargo build --release -p pppgate-plugin")
+}
+
+/// Runs pppd with a pseudo-terminal as stdin (pppd wants a tty when no device is given) and
+/// returns (exit code, combined output).
+fn pppd(args: &str) -> (i32, String) {
+    assert!(Path::new("/usr/sbin/pppd").exists(), "pppd is not installed (apt-get install ppp)");
+    let out = Command::new("script")
+        .args(["-qec", &format!("/usr/sbin/pppd file /dev/null {args}"), "/dev/null"])
+        .output()
+        .expect("run pppd under script(1)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn plugin_loads_into_real_pppd() {
+    let so = plugin();
+    let (_, out) = pppd(&format!("plugin {} dryrun", so.display()));
+    assert!(out.contains(&format!("Plugin {} loaded.", so.display())), "pppd output:\n{out}");
+    assert!(out.contains("pppgate: pppgate ") && out.contains("loaded (pppd 2.4.9 API 2.4)"), "{out}");
+    assert!(!out.contains("is for pppd version"), "{out}");
+}
+
+#[test]
+fn exported_version_matches_installed_pppd() {
+    let so = plugin();
+    let bytes = std::fs::read(&so).unwrap();
+    let hdr = std::fs::read_to_string("/usr/include/pppd/patchlevel.h").unwrap();
+    let version = hdr.lines().find_map(|l| l.strip_prefix("#define VERSION")).unwrap().trim().trim_matches('"');
+    let needle = format!("{version}\0");
+    assert!(bytes.windows(needle.len()).any(|w| w == needle.as_bytes()));
+    let syms = Command::new("nm").args(["-D", "--defined-only"]).arg(&so).output().unwrap();
+    let syms = String::from_utf8_lossy(&syms.stdout);
+    assert!(syms.lines().any(|l| l.ends_with(" T plugin_init")), "{syms}");
+    assert!(syms.lines().any(|l| l.ends_with(" R pppd_version")), "{syms}");
+}
+
+#[test]
+fn mismatched_version_is_refused_by_pppd() {
+    let so = artifact("pppd-variants/libpppgate-mismatch.so", "scripts/build-pppd-variants.sh");
+    let (code, out) = pppd(&format!("plugin {} dryrun", so.display()));
+    assert!(out.contains("is for pppd version 2.4.9-mismatch, this is 2.4.9"), "pppd output:\n{out}");
+    assert!(!out.contains("pppgate: pppgate "), "the plugin must not have initialised:\n{out}");
+    assert_eq!(code, 2, "pppd exits with EXIT_OPTION_ERROR:\n{out}");
+}
+
+#[test]
+fn missing_config_makes_pppd_refuse_to_start() {
+    let so = plugin();
+    let (code, out) = pppd(&format!("plugin {} pppgate-config /nonexistent/pppgate.toml dryrun", so.display()));
+    assert!(out.contains("pppgate-config: failed to read /nonexistent/pppgate.toml"), "{out}");
+    assert_eq!(code, 2, "{out}");
+}
+
+#[test]
+fn invalid_config_makes_pppd_refuse_to_start_with_every_problem() {
+    let so = plugin();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[database]\ndsn = \"host=/tmp dbname=x\"\n[nas]\nidentity = \"a b\"\nip = \"nope\"\n").unwrap();
+    let (code, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), cfg.display()));
+    assert!(out.contains("nas.identity") && out.contains("nas.ip"), "{out}");
+    assert_eq!(code, 2, "{out}");
+}
+
+#[test]
+fn the_2_5_build_uses_the_2_5_api() {
+    let so = artifact("pppd-variants/libpppgate-pppd-2.5.so", "scripts/build-pppd-variants.sh");
+    let syms = Command::new("nm").arg("-D").arg(&so).output().unwrap();
+    let syms = String::from_utf8_lossy(&syms.stdout);
+    for needed in ["ppp_add_notify", "ppp_ifname", "ppp_set_status", "ppp_timeout"] {
+        assert!(syms.lines().any(|l| l.trim_end().ends_with(&format!("U {needed}"))), "{needed} not imported:\n{syms}");
+    }
+    assert!(std::fs::read(&so).unwrap().windows(6).any(|w| w == b"2.5.2\0"), "pppd_version is not 2.5.2");
+}
