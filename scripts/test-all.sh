@@ -20,6 +20,7 @@ PACKAGES=(
   qemu-system-x86 linux-image-amd64 busybox-static  # the lab VM: emulator, guest kernel + modules, initramfs shell
   iproute2 iputils-ping nftables kmod util-linux procps  # namespaces, ping, nft, modprobe, setpriv, sysctl
   iperf3 socat tcpdump                            # traffic tests
+  python3                                         # TUN helpers of the accounting kernel tests
 )
 
 log() { printf '[test-all %(%H:%M:%S)T] %s\n' -1 "$*"; }

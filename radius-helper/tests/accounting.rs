@@ -530,3 +530,24 @@ fn auto_mode_without_a_radius_row_waits_then_owns_the_row() {
     let own = lab.own_radacct(&p.session_key()).expect("the last entry writes pppgate's own row");
     assert_eq!((own.0, own.1, own.2), (p.counters().0, p.counters().1, true));
 }
+
+#[test]
+fn canonical_name_vpn_accounting_collector_runs_the_collector() {
+    let lab = Lab::new("own");
+    let conn = lab.add_connection("alice", None, "month");
+    let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    lab.write_mapping(&p.mapping(conn, None));
+    p.rx(2, 1000);
+    let link = lab.tmp.path().join("vpn-accounting-collector");
+    std::os::unix::fs::symlink(support::pppgate_bin(), &link).unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns.name])
+        .arg(&link)
+        .arg("-c")
+        .arg(&lab.config)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_sql_matches_kernel(&lab, &p, conn);
+}

@@ -1,6 +1,6 @@
 //! Turning counter readings into deltas, one direction at a time.
 //!
-//! The rules (docs/ARCHITECTURE.md, "Accounting"):
+//! The rules (docs/accounting.md, "Counter edge cases"):
 //! * a session the state has never seen starts from a baseline of 0: the interface was created
 //!   with the session, so all its bytes are the session's. (If the state was lost, SQL derives
 //!   usage from the growth of the session's total over what it already holds, so nothing is

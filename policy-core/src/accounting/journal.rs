@@ -388,3 +388,26 @@ impl Journal {
         self.state.sessions.values().map(|s| s.session.connection_id).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, nas: &str, entries: usize) -> (PathBuf, Batch) {
+        let e = crate::accounting::spool::tests::entry("k", 1);
+        (
+            PathBuf::from(format!("/x/{seq}")),
+            Batch { seq, batch_id: format!("{nas}:i:{seq}"), nas_identity: nas.into(), collected_at: 0, entries: vec![e; entries] },
+        )
+    }
+
+    #[test]
+    fn chunks_merge_consecutive_records_within_limits() {
+        let sizes = |c: &Vec<Vec<(PathBuf, Batch)>>| c.iter().map(|c| c.iter().map(|r| r.1.seq).collect::<Vec<_>>()).collect::<Vec<_>>();
+        let c = chunk(vec![rec(1, "a", 4), rec(2, "a", 4), rec(3, "a", 4), rec(4, "b", 1), rec(5, "a", 20)], 10);
+        assert_eq!(sizes(&c), vec![vec![1, 2], vec![3], vec![4], vec![5]]);
+        let many: Vec<_> = (1..=(CHUNK_RECORDS as u64 + 1)).map(|s| rec(s, "a", 1)).collect();
+        assert_eq!(chunk(many, usize::MAX).iter().map(Vec::len).collect::<Vec<_>>(), vec![CHUNK_RECORDS, 1]);
+        assert!(chunk(Vec::new(), 10).is_empty());
+    }
+}

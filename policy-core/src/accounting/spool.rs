@@ -314,7 +314,7 @@ impl AcctDir {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::accounting::counters::Octets;
     use crate::accounting::record::{Entry, SessionInfo, Stop};

@@ -2,7 +2,7 @@
 //! one statement per chunk of journal records (one round trip, atomic: data-modifying CTEs over
 //! `unnest` of typed arrays, sent with `query_typed`, so there is no separate prepare).
 //!
-//! Idempotency, twice over (docs/ARCHITECTURE.md, "Accounting"):
+//! Idempotency, twice over (docs/accounting.md):
 //! * the batch ids are inserted with `ON CONFLICT DO NOTHING`, and only entries of batches that
 //!   were inserted now are applied: a replay whose earlier commit reached the database is a no-op;
 //! * every write is absolute or derived from absolute values: session totals and radacct octets

@@ -133,9 +133,8 @@ impl Peer {
 
     /// Packets to the client.
     pub fn tx(&mut self, count: u32, size: u32) {
-        self.cmd(&format!("tx {count} {size}"));
-        // Let the drain thread empty the queue so the counters are settled.
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let out = self.cmd(&format!("tx {count} {size}"));
+        assert_eq!(out.trim(), format!("ok tx {count}"), "the device counted every packet");
     }
 
     /// A new TUN device of the same name under the same process (new ifindex).

@@ -5,8 +5,8 @@ its counters on command. Its own PID and start time play PPPD_PID and START_TS.
 stdin commands (one per line, each answered with "ok ..." on stdout):
   rx <count> <size>   write <count> IPv4/UDP packets of <size> bytes into the TUN fd: the
                       interface's rx counters grow by count*size (received from the "client")
-  tx <count> <size>   send <count> UDP datagrams to the peer through the interface: tx grows
-                      by count*(size+28) unless the queue drops some (the test reads the kernel)
+  tx <count> <size>   send <count> UDP datagrams to the peer through the interface and wait
+                      until the device counted them: tx grows by count*(size+28)
   recreate            close the TUN fd and open a new device of the same name (new ifindex)
   quit
 """
@@ -28,6 +28,11 @@ def open_tun(name):
     fd = os.open("/dev/net/tun", os.O_RDWR)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
     return fd
+
+
+def tx_packets(name):
+    with open("/sys/class/net/%s/statistics/tx_packets" % name) as f:
+        return int(f.read())
 
 
 def checksum(data):
@@ -97,9 +102,15 @@ def main():
             print("ok rx %d" % (n * size), flush=True)
         elif cmd[0] == "tx":
             n, size = int(cmd[1]), int(cmd[2])
+            # A TUN device counts tx when its reader takes the packet: wait for the drain thread,
+            # so the counters are settled when we answer.
+            before = tx_packets(name)
             for _ in range(n):
                 sock.sendto(b"t" * size, (peer, 9))
-            print("ok tx", flush=True)
+            deadline = time.time() + 5
+            while tx_packets(name) < before + n and time.time() < deadline:
+                time.sleep(0.005)
+            print("ok tx %d" % (tx_packets(name) - before), flush=True)
         elif cmd[0] == "recreate":
             tun.recreate()
             print("ok recreate", flush=True)
