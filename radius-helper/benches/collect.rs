@@ -136,9 +136,9 @@ fn bench_size(n: usize) {
     )
     .unwrap();
     let ids: Vec<i64> = c.query("SELECT id FROM vpn_connections ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
-    for i in 0..n {
+    for (i, id) in ids.iter().enumerate() {
         Mapping {
-            connection_id: ids[i],
+            connection_id: *id,
             ppp_if: format!("ppp{i}"),
             client_ip: peer_ip(i),
             start_ts,

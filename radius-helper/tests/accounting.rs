@@ -551,3 +551,30 @@ fn canonical_name_vpn_accounting_collector_runs_the_collector() {
     assert!(out.status.success(), "{out:?}");
     assert_sql_matches_kernel(&lab, &p, conn);
 }
+
+#[test]
+fn final_flush_prefers_the_interface_counters_and_falls_back_to_pppds() {
+    let lab = Lab::new("own");
+    let conn = lab.add_connection("alice", None, "month");
+    let other = lab.add_connection("bob", None, "month");
+    let mut a = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    let mut b = Peer::spawn(&lab.ns, "ppp1", LOCAL, client(3));
+    lab.write_mapping(&a.mapping(conn, None));
+    lab.write_mapping(&b.mapping(other, None));
+    a.rx(4, 1000);
+    b.rx(4, 1000);
+    lab.collect().ok();
+    a.rx(2, 700);
+    // pppd's figures are ignored while the session's interface can be read.
+    lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp0", "--rx-bytes", "1", "--tx-bytes", "1"], None).ok();
+    assert_sql_matches_kernel(&lab, &a, conn);
+    // The interface is gone: pppd's figures are all there is.
+    let (rx, tx) = b.counters();
+    let b_key = b.session_key();
+    b.kill();
+    let (frx, ftx) = (rx + 5000, tx + 7);
+    let r = lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp1", "--rx-bytes", &frx.to_string(), "--tx-bytes", &ftx.to_string()], None).ok();
+    assert_eq!(r["outcome"]["outcome"], "committed");
+    assert_eq!(lab.session_totals(&b_key), Some((frx, ftx)));
+    assert_eq!(lab.usage(other), (frx, ftx));
+}

@@ -191,7 +191,8 @@ impl Journal {
                 continue;
             }
             let prev = self.state.sessions.get(key);
-            let a = advance(prev.map(|p| p.previous()), m.reading, None, m.wraps_32);
+            let (reading, ifindex, wraps_32) = m.best_reading(prev.and_then(|p| p.ifindex));
+            let a = advance(prev.map(|p| p.previous()), reading, ifindex, wraps_32);
             if a.observation == Observation::Backwards {
                 warn!(session = %key, ppp_if = %m.session.ppp_if, "final counters are below the last reading; no negative usage counted");
             }

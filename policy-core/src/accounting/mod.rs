@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::lock::{now_unix, Lock};
 use crate::mapping::Mapping;
 use journal::{Journal, ReplayLimits};
-use record::{FinalMarker, SessionInfo, Stop};
+use record::{FinalMarker, KernelReading, SessionInfo, Stop};
 use spool::AcctDir;
 
 /// A session's identity in pppgate's tables and files.
@@ -129,7 +129,9 @@ impl Step {
     }
 }
 
-/// ip-down's final counters, from pppd's own link statistics.
+/// ip-down's final counters, from pppd's own link statistics. [`final_flush`] also reads the
+/// interface's 64-bit counters itself while the interface exists and prefers them (the same source
+/// as the collector's readings); pppd's figures are the fallback when the interface is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinalCounters {
     /// Octets received from the client (Acct-Input-Octets).
@@ -205,6 +207,7 @@ pub fn final_flush_with(cfg: &Config, mapping: &Mapping, counters: FinalCounters
         session,
         reading: Octets::new(counters.rx_bytes, counters.tx_bytes),
         wraps_32: counters.wraps_32,
+        kernel: kernel_reading(&mapping.ppp_if),
         stop: Stop { at: now, cause: counters.terminate_cause.unwrap_or_else(|| "User-Request".into()) },
     };
     dir.write_marker(&marker)?;
@@ -245,6 +248,14 @@ pub fn final_flush_with(cfg: &Config, mapping: &Mapping, counters: FinalCounters
         FinalOutcome::Committed
     };
     Ok(FinalReport { session_key: key, outcome, delta, elapsed_ms: elapsed(t0) })
+}
+
+/// The interface's own 64-bit counters, if it still exists (one RTM_GETLINK, no dump).
+fn kernel_reading(ppp_if: &str) -> Option<KernelReading> {
+    let mut sock = crate::kernel::netlink::Socket::open(crate::kernel::netlink::Family::Route).ok()?;
+    let link = crate::kernel::links::get_link(&mut sock, ppp_if).ok()??;
+    let c = link.counters?;
+    Some(KernelReading { ifindex: link.index, octets: Octets::new(c.rx_bytes, c.tx_bytes) })
 }
 
 #[cfg(test)]

@@ -81,14 +81,61 @@ pub struct Batch {
     pub entries: Vec<Entry>,
 }
 
+/// A reading of the interface's own 64-bit counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelReading {
+    pub ifindex: u32,
+    pub octets: Octets,
+}
+
 /// Left in `final/` by ip-down: the session's last counters, absolute, so whoever holds the
 /// collector lock can compute the last delta against the baseline current at that time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinalMarker {
     pub session: SessionInfo,
+    /// pppd's own link statistics.
     pub reading: Octets,
-    /// The reading is pppd 2.4's 32-bit link statistics (extended against the baseline).
+    /// `reading` is pppd 2.4's 32-bit link statistics (extended against the baseline).
     pub wraps_32: bool,
+    /// The interface's 64-bit counters at ip-down, when it still existed: the same source as
+    /// the collector's readings, so preferred whenever it is the session's interface.
+    #[serde(default)]
+    pub kernel: Option<KernelReading>,
     pub stop: Stop,
+}
+
+impl FinalMarker {
+    /// The reading to use against the previous state: the kernel's when it comes from the
+    /// interface the session was read on (or the session was never read), else pppd's.
+    pub fn best_reading(&self, prev_ifindex: Option<u32>) -> (Octets, Option<u32>, bool) {
+        match (self.kernel, prev_ifindex) {
+            (Some(k), None) => (k.octets, Some(k.ifindex), false),
+            (Some(k), Some(i)) if i == k.ifindex => (k.octets, Some(k.ifindex), false),
+            _ => (self.reading, None, self.wraps_32),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_marker_prefers_the_sessions_own_interface() {
+        let m = FinalMarker {
+            session: SessionInfo { key: "k".into(), connection_id: 1, ppp_if: "ppp0".into(),
+                                   client_ip: Ipv4Addr::new(10, 0, 0, 2), pppd_pid: 9, start_ts: 1, up_ts: None },
+            reading: Octets::new(5, 6),
+            wraps_32: true,
+            kernel: Some(KernelReading { ifindex: 4, octets: Octets::new(50, 60) }),
+            stop: Stop { at: 2, cause: "User-Request".into() },
+        };
+        assert_eq!(m.best_reading(None), (Octets::new(50, 60), Some(4), false));
+        assert_eq!(m.best_reading(Some(4)), (Octets::new(50, 60), Some(4), false));
+        assert_eq!(m.best_reading(Some(7)), (Octets::new(5, 6), None, true), "another interface: pppd's figures");
+        let gone = FinalMarker { kernel: None, ..m };
+        assert_eq!(gone.best_reading(Some(4)), (Octets::new(5, 6), None, true));
+    }
 }

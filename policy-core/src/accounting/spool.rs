@@ -414,6 +414,7 @@ pub(crate) mod tests {
             session: entry("lns-1:ppp0:4242:1700000000", 5).session,
             reading: Octets::new(10, 20),
             wraps_32: true,
+            kernel: None,
             stop: Stop { at: 1_700_000_900, cause: "User-Request".into() },
         };
         let p = d.write_marker(&m).unwrap();
