@@ -72,6 +72,8 @@ pub struct BatchSummary {
 pub struct Timings {
     pub open_ms: f64,
     pub read_ms: f64,
+    /// Part of `read_ms`: the netlink dump of links and addresses.
+    pub netlink_ms: f64,
     pub spool_ms: f64,
     pub sql_ms: f64,
     pub quota_ms: f64,
@@ -116,7 +118,7 @@ pub fn collect(cfg: &Config, opts: &Options) -> Result<Report> {
     let mut entries = j.close_finals()?;
     counts.closed_final = entries.len();
     let closing: BTreeSet<String> = entries.iter().map(|e| e.session.key.clone()).collect();
-    let (live, seen) = read_live(cfg, &j, &closing, now, &mut counts)?;
+    let (live, seen, t_netlink) = read_live(cfg, &j, &closing, now, &mut counts)?;
     entries.extend(live);
     let vanished = close_vanished(cfg, &j, &seen, &closing, now);
     counts.closed_vanished = vanished.len();
@@ -174,6 +176,7 @@ pub fn collect(cfg: &Config, opts: &Options) -> Result<Report> {
         timings: Timings {
             open_ms: ms(t_open),
             read_ms: ms(t_read - t_open),
+            netlink_ms: ms(t_netlink),
             spool_ms: ms(t_spool - t_read),
             sql_ms: ms(t_sql - t_spool),
             quota_ms: ms(total - t_sql),
@@ -190,8 +193,10 @@ fn read_live(
     closing: &BTreeSet<String>,
     now: i64,
     counts: &mut SessionCounts,
-) -> Result<(Vec<Entry>, BTreeSet<String>)> {
+) -> Result<(Vec<Entry>, BTreeSet<String>, Duration)> {
+    let t = Instant::now();
     let links = LinkSnapshot::read()?;
+    let t_netlink = t.elapsed();
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for scanned in mapping::scan(&cfg.paths.sessions_dir)? {
@@ -239,7 +244,7 @@ fn read_live(
         out.push(Entry { session: info, at: now, ifindex: Some(link.index), baseline: a.baseline, delta: a.delta, total, stop: None });
         counts.read += 1;
     }
-    Ok((out, seen))
+    Ok((out, seen, t_netlink))
 }
 
 /// Closing entries for sessions in the state that are neither VALID now nor closing by marker,

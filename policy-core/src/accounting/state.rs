@@ -22,8 +22,11 @@ pub const STATE_MAGIC: &str = "pppgate-acct-state";
 pub const STATE_VERSION: u32 = 1;
 pub const STATE_FILE: &str = "state";
 
-/// How long a closed session's tombstone is kept.
-pub const CLOSED_RETENTION_S: i64 = 2 * 86_400;
+/// How long a closed session's tombstone is kept: far longer than a deferred final marker or a
+/// mapping that outlives its ip-down can be late, short enough that a busy concentrator's state
+/// file stays small. (SQL's absolute totals would keep even a re-opened session from counting
+/// twice; the tombstone keeps it from being re-opened at all.)
+pub const CLOSED_RETENTION_S: i64 = 6 * 3600;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

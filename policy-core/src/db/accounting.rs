@@ -290,8 +290,9 @@ SELECT c.id, c.quota_bytes,
                                   WHEN 'month' THEN date_trunc('month', current_date)::date
                                   ELSE DATE '1970-01-01' END), 0)::bigint,
        (SELECT count(*) FROM pruned)
-FROM vpn_connections c
-WHERE c.id = ANY($1) AND (c.quota_bytes IS NOT NULL OR c.id = ANY($4))
+FROM unnest($1::int8[]) AS a(id)
+JOIN vpn_connections c ON c.id = a.id
+WHERE c.quota_bytes IS NOT NULL OR c.id = ANY($4)
 ORDER BY c.id
 "#;
 
