@@ -133,6 +133,11 @@ pub fn collect(cfg: &Config, opts: &Options) -> Result<Report> {
     let n_entries = entries.len();
     let appended = j.append(cfg, entries, now, opts.step)?;
     let batch = appended.map(|(seq, _)| BatchSummary { seq, entries: n_entries, delta });
+    match j.compact(now) {
+        Ok(0) => {}
+        Ok(n) => info!(records = n, pending = j.pending.len(), "spooled accounting compacted per past hour"),
+        Err(e) => warn!(error = %one_line(&e), "cannot compact the spool; records are kept as they are"),
+    }
     let t_spool = t0.elapsed();
 
     let mut replay = ReplaySummary::default();

@@ -11,6 +11,8 @@ use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use super::counters::{advance, Observation};
+#[cfg(test)]
+use super::counters::Octets;
 use super::record::{Batch, Entry};
 use super::spool::AcctDir;
 use super::state::State;
@@ -77,6 +79,49 @@ pub(crate) struct ReplayOutcome {
     /// The connection, when the database is usable for further queries.
     pub client: Option<postgres::Client>,
     pub error: Option<Error>,
+}
+
+/// Pending records beyond this many are compacted per past hour ([`Journal::compact`]).
+pub const COMPACT_AFTER: usize = 12;
+
+fn hour(at: i64) -> i64 {
+    at.div_euclid(3600)
+}
+
+/// The hour every entry of the record was read in, if they share one.
+fn record_hour(b: &Batch) -> Option<i64> {
+    let h = hour(b.entries.first()?.at);
+    b.entries.iter().all(|e| hour(e.at) == h).then_some(h)
+}
+
+/// One record holding each session's last entry of `records` (in order), under a batch id no
+/// original record has. Deltas are summed (they are informational).
+fn merge(records: &[(PathBuf, Batch)]) -> Batch {
+    let first = &records[0].1;
+    let last = &records[records.len() - 1].1;
+    let mut order: Vec<String> = Vec::new();
+    let mut by_key: std::collections::HashMap<String, Entry> = std::collections::HashMap::new();
+    for (_, b) in records {
+        for e in &b.entries {
+            match by_key.get_mut(&e.session.key) {
+                Some(prev) => {
+                    let delta = prev.delta.saturating_add(e.delta);
+                    *prev = Entry { delta, ..e.clone() };
+                }
+                None => {
+                    order.push(e.session.key.clone());
+                    by_key.insert(e.session.key.clone(), e.clone());
+                }
+            }
+        }
+    }
+    Batch {
+        seq: last.seq,
+        batch_id: format!("{}-{}", first.batch_id, last.seq),
+        nas_identity: last.nas_identity.clone(),
+        collected_at: last.collected_at,
+        entries: order.into_iter().map(|k| by_key.remove(&k).expect("inserted")).collect(),
+    }
 }
 
 /// Splits records into statements: consecutive records of one NAS identity, at most
@@ -245,6 +290,71 @@ impl Journal {
         Ok(appended)
     }
 
+    /// Keeps a long outage's journal bounded: once more than [`COMPACT_AFTER`] records are
+    /// pending, the records of each past hour (consecutive, one NAS identity, every entry read in
+    /// that hour) are merged into one, keeping each session's last entry. Safe by construction:
+    /// the merged record replaces the hour's last file atomically under a new batch id, then the
+    /// others are deleted; until then both exist and replaying both counts nothing twice (SQL
+    /// takes absolute totals). Usage stays on the right day: an hour never spans two days in a
+    /// time zone with a whole-hour offset (elsewhere at most one hour's usage may land on the
+    /// adjacent day). Returns how many records were folded away.
+    pub fn compact(&mut self, now: i64) -> Result<usize> {
+        if self.pending.len() <= COMPACT_AFTER {
+            return Ok(0);
+        }
+        let current = hour(now);
+        let pending = std::mem::take(&mut self.pending);
+        let mut out: Vec<(PathBuf, Batch)> = Vec::with_capacity(pending.len());
+        let mut folded = 0;
+        let mut group: Vec<(PathBuf, Batch)> = Vec::new();
+        let mut result = Ok(());
+        for rec in pending {
+            let joins = match (group.last(), record_hour(&rec.1)) {
+                (Some(last), Some(h)) => {
+                    h < current && record_hour(&last.1) == Some(h) && last.1.nas_identity == rec.1.nas_identity
+                }
+                _ => false,
+            };
+            if !joins {
+                if result.is_ok() {
+                    result = self.fold(&mut group, &mut out, &mut folded);
+                } else {
+                    out.append(&mut group);
+                }
+            }
+            group.push(rec);
+        }
+        if result.is_ok() {
+            result = self.fold(&mut group, &mut out, &mut folded);
+        } else {
+            out.append(&mut group);
+        }
+        self.pending = out;
+        result.map(|_| folded)
+    }
+
+    /// Writes one merged record for `group` (when it has several) and moves it to `out`.
+    fn fold(&self, group: &mut Vec<(PathBuf, Batch)>, out: &mut Vec<(PathBuf, Batch)>, folded: &mut usize) -> Result<()> {
+        if group.len() < 2 {
+            out.append(group);
+            return Ok(());
+        }
+        let merged = merge(group);
+        if let Err(e) = self.dir.append(&merged) {
+            out.append(group);
+            return Err(e);
+        }
+        let last_path = group.last().expect("two or more").0.clone();
+        for (path, _) in &group[..group.len() - 1] {
+            self.dir.remove(path)?;
+        }
+        self.dir.sync_spool()?;
+        *folded += group.len() - 1;
+        group.clear();
+        out.push((last_path, merged));
+        Ok(())
+    }
+
     /// Replays pending records into SQL, oldest first, merged into as few statements as the
     /// chunk limits allow; each committed record is deleted. Stops at `deadline` (checked between
     /// statements). Records not committed stay spooled. A record that fails for a reason other
@@ -400,6 +510,58 @@ mod tests {
             PathBuf::from(format!("/x/{seq}")),
             Batch { seq, batch_id: format!("{nas}:i:{seq}"), nas_identity: nas.into(), collected_at: 0, entries: vec![e; entries] },
         )
+    }
+
+    fn entry_at(key: &str, total: u64, at: i64) -> Entry {
+        let mut e = crate::accounting::spool::tests::entry(key, total);
+        e.at = at;
+        e.delta = Octets::new(1, 0);
+        e
+    }
+
+    #[test]
+    fn compaction_folds_past_hours_and_keeps_each_sessions_last_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = AcctDir::open(t.path()).unwrap();
+        let h0 = 1_800_000_000 / 3600 * 3600;
+        let mut pending = Vec::new();
+        // 10 records in hour h0, 5 in h0+1 (the current hour), a session closing in h0.
+        for k in 0..15u64 {
+            let at = if k < 10 { h0 + 60 * k as i64 } else { h0 + 3600 + 60 * k as i64 };
+            let mut entries = vec![entry_at("a", 100 + k, at)];
+            if k < 3 {
+                entries.push(entry_at("b", 10 + k, at));
+            }
+            if k == 3 {
+                let mut e = entry_at("b", 13, at);
+                e.stop = Some(crate::accounting::record::Stop { at, cause: "User-Request".into() });
+                entries.push(e);
+            }
+            let b = Batch { seq: k + 1, batch_id: format!("n:i:{}", k + 1), nas_identity: "n".into(), collected_at: at, entries };
+            pending.push((dir.append(&b).unwrap(), b));
+        }
+        let mut j = Journal {
+            dir: dir.clone(),
+            state: State::fresh(0),
+            pending,
+            markers_consumed: Vec::new(),
+            quarantined: Vec::new(),
+            rolled_forward: 0,
+            state_dirty: false,
+        };
+        assert_eq!(j.compact(h0 + 3600 + 900).unwrap(), 9);
+        assert_eq!(j.pending.len(), 6, "one record for the past hour, the current hour untouched");
+        let m = &j.pending[0].1;
+        assert_eq!((m.seq, m.batch_id.as_str()), (10, "n:i:1-10"));
+        let a = m.entries.iter().find(|e| e.session.key == "a").unwrap();
+        assert_eq!((a.total.rx, a.delta.rx), (109, 10));
+        let b = m.entries.iter().find(|e| e.session.key == "b").unwrap();
+        assert!(b.stop.is_some() && b.total.rx == 13, "the closing entry is kept");
+        // On disk exactly what is pending, readable.
+        let scan = dir.scan().unwrap();
+        assert_eq!(scan.records.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+                   j.pending.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>());
+        assert_eq!(j.compact(h0 + 3600 + 900).unwrap(), 0, "below the threshold now");
     }
 
     #[test]
