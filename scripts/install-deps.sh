@@ -14,6 +14,7 @@ PACKAGES=(
   qemu-system-x86 linux-image-amd64 busybox-static  # the lab VM: emulator, guest kernel + modules, initramfs shell
   iproute2 iputils-ping nftables kmod util-linux procps  # namespaces, ping, nft, modprobe, setpriv, sysctl
   iperf3 socat tcpdump                            # traffic tests
+  python3                                         # TUN helpers of the accounting kernel tests
   bsdutils binutils dpkg apt                      # script(1) for pppd_load; nm, dpkg-deb, apt-get for build-pppd-variants.sh
 )
 

@@ -7,8 +7,9 @@
 //!    only after shaping, routes and rules are in place. A busy lock is retried from pppd timers
 //!    (never blocking pppd's loop) within a window read from SQL `settings` with a tight timeout
 //!    (fallback 10 s, hard cap 15 s). Anything failing ends the session through pppd's own path.
-//! 3. **ip-down** (and exit as a backstop when ip-down never ran): everything of this session is
-//!    removed (memberships including the gate, shaping and IFB, routes, rules), then the mapping.
+//! 3. **ip-down** (and exit as a backstop when ip-down never ran): the final accounting flush,
+//!    then everything of this session is removed (memberships including the gate, shaping and
+//!    IFB, routes, rules), then the mapping.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -360,6 +361,9 @@ fn cleanup(event: &str) {
     let Some(cfg) = config() else { return };
     let (ifname, client_ip, gated, mapping) =
         with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone()));
+    if let Some(m) = &mapping {
+        final_accounting(&cfg, m, event);
+    }
     let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", CLEANUP_LOCK_WAIT) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -380,6 +384,28 @@ fn cleanup(event: &str) {
     }
     if errors.is_empty() {
         tracing::info!(ifname = ifname.as_deref().unwrap_or("-"), "session state removed on {event}");
+    }
+}
+
+/// Seed 004 §4.1: the final accounting flush, before the cleanup and before the mapping goes
+/// (docs/accounting.md). Bounded; whatever happens, the final counters are on disk for the
+/// collector once the marker is written.
+fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str) {
+    let stats = shim::link_stats();
+    let counters = policy_core::accounting::FinalCounters {
+        rx_bytes: stats.as_ref().map_or(0, |s| s.bytes_in),
+        tx_bytes: stats.as_ref().map_or(0, |s| s.bytes_out),
+        // pppd 2.4's link_stats are 32 bits wide (final_flush prefers the interface's own
+        // 64-bit counters anyway while the interface exists).
+        wraps_32: shim::PPPD_API == "2.4",
+        terminate_cause: None,
+    };
+    let (rx, tx) = (counters.rx_bytes, counters.tx_bytes);
+    match policy_core::accounting::final_flush(cfg, m, counters) {
+        Ok(r) => tracing::info!(session = %r.session_key, outcome = ?r.outcome, ms = r.elapsed_ms,
+            "final accounting on {event}"),
+        Err(e) => tracing::error!(ifname = %m.ppp_if, conn_id = m.connection_id, rx, tx,
+            "final accounting failed on {event}: {}", one_line(&e)),
     }
 }
 

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod collect;
 mod policy_cmd;
 mod sessions;
 mod syslog;
