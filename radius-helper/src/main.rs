@@ -6,6 +6,7 @@
 
 mod cli;
 mod policy_cmd;
+mod test_hook;
 
 fn main() -> std::process::ExitCode {
     cli::main()

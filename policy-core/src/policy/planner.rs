@@ -187,6 +187,13 @@ fn table_route(table: u32, via: Ipv4Addr, dev: &str) -> OwnedRoute {
     OwnedRoute { dst: Ipv4Net::default(), gateway: Some(via), dev: dev.to_string(), table, metric: None }
 }
 
+/// What the kernel identifies an IPv4 route by (a metric of 0 is no metric).
+type RouteKey = (Ipv4Net, u32, Option<u32>);
+
+fn route_key(r: &OwnedRoute) -> RouteKey {
+    (r.dst, r.table, r.metric.filter(|m| *m != 0))
+}
+
 /// Kernel objects one session wants.
 fn session_objects(s: &DesiredSession) -> (Vec<OwnedRoute>, Vec<OwnedRule>, Vec<OwnedRoute>) {
     let mut routes = Vec::new();
@@ -199,7 +206,8 @@ fn session_objects(s: &DesiredSession) -> (Vec<OwnedRoute>, Vec<OwnedRule>, Vec<
                 gateway: r.gateway,
                 dev: s.ifname.clone(),
                 table: r.table.unwrap_or(MAIN_TABLE),
-                metric: r.metric,
+                // The kernel reports priority 0 as no priority at all.
+                metric: r.metric.filter(|m| *m != 0),
             });
         }
         for PbrSpec { table, via, dev, priority, .. } in &s.policy.pbr {
@@ -301,15 +309,28 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
     }
 
     // --- routes and rules --------------------------------------------------------------------
-    let mut want_routes: BTreeSet<OwnedRoute> = BTreeSet::new();
+    // The kernel keeps one route per (destination, table, metric): adding a second replaces the
+    // first. Two sessions wanting the same destination (one login online twice, or two users
+    // given the same subnet) would take it from each other on every run and never verify, so
+    // the first session in desired order keeps it; in session scope, a route that an interface
+    // outside the scope holds stays where it is.
+    let mut by_key: BTreeMap<RouteKey, OwnedRoute> = BTreeMap::new();
     let mut want_rules: BTreeSet<OwnedRule> = BTreeSet::new();
     let mut shared_routes: BTreeSet<OwnedRoute> = BTreeSet::new();
     for s in &desired.sessions {
         let (r, u, t) = session_objects(s);
-        want_routes.extend(r);
+        for route in r {
+            by_key.entry(route_key(&route)).or_insert(route);
+        }
         want_rules.extend(u);
         shared_routes.extend(t);
     }
+    if let Scope::Sessions { .. } = scope {
+        by_key.retain(|k, want| {
+            !actual.routes.iter().any(|a| route_key(a) == *k && a.dev != want.dev && !scope.has_if(&a.dev))
+        });
+    }
+    let want_routes: BTreeSet<OwnedRoute> = by_key.into_values().collect();
     if *scope == Scope::All {
         for p in &desired.subnet_pbr {
             want_rules.insert(OwnedRule { from: p.from, table: p.table, priority: p.priority });
@@ -633,6 +654,27 @@ mod tests {
             p.describe(),
             vec!["route del 192.168.50.0/24 dev ppp1", "route add 192.168.60.0/24 dev ppp1 table 200 metric 5"]
         );
+    }
+
+    #[test]
+    fn one_route_per_kernel_key() {
+        let route = RouteSpec { dst: "10.10.0.0/24".parse().unwrap(), gateway: None, table: None, metric: Some(0) };
+        let a = sess(1, |f| f.routes = vec![route.clone()]);
+        let mut b = sess(2, |f| f.routes = vec![route.clone()]);
+        b.connection_id = 1;
+        let desired = Desired { sessions: vec![a.clone(), b.clone()], subnet_pbr: vec![] };
+        let after = converge(&desired, &KernelView::default(), &Scope::All);
+        let r: Vec<&OwnedRoute> = after.routes.iter().filter(|r| r.dst.to_string() == "10.10.0.0/24").collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].dev.as_str(), r[0].metric), ("ppp1", None), "first session wins; metric 0 is none");
+        // Applying for the second session alone does not take the route from the first.
+        let only_b = Desired { sessions: vec![b.clone()], subnet_pbr: vec![] };
+        assert!(plan(&only_b, &after, &Scope::of(&only_b.sessions)).ops.iter().all(|o| !matches!(o, Op::RouteAdd { .. })));
+        // When the first session is gone, the second gets it.
+        let mut gone = after.clone();
+        gone.routes.retain(|r| r.dev != "ppp1");
+        let after = converge(&only_b, &gone, &Scope::All);
+        assert!(after.routes.iter().any(|r| r.dev == "ppp2" && r.dst.to_string() == "10.10.0.0/24"));
     }
 
     #[test]

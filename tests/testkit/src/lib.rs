@@ -12,19 +12,21 @@
 //! * [`session`]: fake sessions that are VALID by `policy_core::mapping::valid_sessions`: a live
 //!   process, an interface `pppN` carrying `local peer CLIENT_IP`, and a mapping file.
 //!
-//! Everything here needs root (network namespaces, `runuser` to the postgres user). Without it
+//! Everything here needs root (network namespaces, PostgreSQL run as the postgres user). Without it
 //! the helpers panic with a message saying so: a test that cannot run must fail, never skip.
 
 #![forbid(unsafe_code)]
 
 pub mod env;
+pub mod fixtures;
 pub mod kernel;
 pub mod netns;
 pub mod pg;
 pub mod session;
 pub mod traffic;
 
-pub use env::{Cli, CliOut, TestEnv};
+pub use env::{Cli, CliOut, EnvOptions, TestEnv};
+pub use fixtures::{add_connection, add_customer, add_route};
 pub use kernel::*;
 pub use netns::*;
 pub use pg::PgServer;

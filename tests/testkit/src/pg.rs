@@ -67,13 +67,21 @@ fn postgres_tempdir(prefix: &str) -> TempDir {
     d
 }
 
+/// A command run as the postgres user. `CommandExt::uid/gid` instead of `runuser`: no PAM, so
+/// nothing touches a controlling terminal (a background test run would be stopped by SIGTTOU).
+fn postgres_command(program: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = postgres_ids();
+    let mut c = Command::new(program);
+    c.uid(uid.as_raw()).gid(gid.as_raw()).current_dir("/").stdin(Stdio::null());
+    c
+}
+
 fn as_postgres(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .args(args)
-        .stdin(Stdio::null())
+    let out = postgres_command(args[0])
+        .args(&args[1..])
         .output()
-        .map_err(|e| format!("cannot run runuser: {e}"))?;
+        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -87,17 +95,17 @@ fn as_postgres(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Removes `dir` (stopping a server on `data` first) once this test process has exited.
+/// Removes `dir` (stopping a server on `data` first) once this test process has exited. Runs as
+/// the postgres user, who owns both.
 fn spawn_reaper(data: Option<&Path>, dir: &Path) -> Option<Child> {
-    let script = r#"while kill -0 "$0" 2>/dev/null; do sleep 1; done
-if [ -n "$1" ]; then runuser -u postgres -- "$3/pg_ctl" -D "$1" -m immediate stop >/dev/null 2>&1; fi
+    let script = r#"while [ -d "/proc/$0" ]; do sleep 1; done
+if [ -n "$1" ]; then "$3/pg_ctl" -D "$1" -m immediate stop >/dev/null 2>&1; fi
 rm -rf "$2""#;
-    Command::new("sh")
+    postgres_command("sh")
         .args(["-c", script, &std::process::id().to_string()])
         .arg(data.map(|d| d.as_os_str()).unwrap_or_default())
         .arg(dir)
         .arg(PG_BIN)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -271,6 +279,7 @@ impl PgServer {
 
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(pg_bin("psql"))
+            .env("PGCONNECT_TIMEOUT", "5")
             .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.dir.path())
             .args(["-U", "postgres", "-d", "postgres", "-c", sql])
