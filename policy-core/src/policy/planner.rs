@@ -4,7 +4,7 @@
 //! 1. one nft transaction with every change that makes a session *more* restricted (into
 //!    blocked/pending, FULL → RESTRICTED, or leaving a set for good), so nothing passes longer than
 //!    its new policy allows;
-//! 2. removal of routes and rules that are no longer wanted;
+//! 2. removal of rules, then routes, that are no longer wanted;
 //! 3. tc changes (shaping installed before the session is opened);
 //! 4. new routes and rules;
 //! 5. one nft transaction with every change that *opens* a session (pending → FULL/RESTRICTED,
@@ -351,28 +351,13 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             route_adds.push(Op::RouteAdd { route: r.clone() });
         }
     }
-    let shared_tables: BTreeSet<u32> = shared.iter().map(|r| r.table).collect();
-    for r in &actual.routes {
-        if want_routes.contains(r) || shared.contains(r) {
-            continue;
-        }
-        let is_table_default = r.dst == Ipv4Net::default() && r.gateway.is_some() && r.table != MAIN_TABLE;
-        let in_scope = match scope {
-            Scope::All => true,
-            // A table's default route belongs to policy routing, shared by sessions: in session
-            // scope it is replaced only when a wanted one for the same table differs.
-            Scope::Sessions { .. } if is_table_default => shared_tables.contains(&r.table),
-            Scope::Sessions { .. } => scope.has_if(&r.dev),
-        };
-        if in_scope {
-            route_dels.push(Op::RouteDel { route: r.clone() });
-        }
-    }
     for u in &want_rules {
         if !actual_rules.contains(u) {
             rule_adds.push(Op::RuleAdd { rule: u.clone() });
         }
     }
+    // Tables some rule still points at once this plan is applied.
+    let mut tables_in_use: BTreeSet<u32> = want_rules.iter().map(|u| u.table).collect();
     for u in &actual.rules {
         if want_rules.contains(u) {
             continue;
@@ -383,6 +368,28 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
         };
         if in_scope {
             rule_dels.push(Op::RuleDel { rule: u.clone() });
+        } else {
+            tables_in_use.insert(u.table);
+        }
+    }
+    let shared_tables: BTreeSet<u32> = shared.iter().map(|r| r.table).collect();
+    for r in &actual.routes {
+        if want_routes.contains(r) || shared.contains(r) {
+            continue;
+        }
+        let is_table_default = r.dst == Ipv4Net::default() && r.gateway.is_some() && r.table != MAIN_TABLE;
+        let in_scope = match scope {
+            Scope::All => true,
+            // A table's default route belongs to policy routing, shared by sessions and subnet
+            // rules: in session scope it is replaced when a wanted one for the same table
+            // differs, and removed once no rule points at the table any more.
+            Scope::Sessions { .. } if is_table_default => {
+                shared_tables.contains(&r.table) || !tables_in_use.contains(&r.table)
+            }
+            Scope::Sessions { .. } => scope.has_if(&r.dev),
+        };
+        if in_scope {
+            route_dels.push(Op::RouteDel { route: r.clone() });
         }
     }
 
@@ -400,8 +407,9 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
     if !restrict.is_empty() {
         ops.push(Op::NftTransaction { changes: restrict });
     }
-    ops.extend(route_dels);
+    // Rules before routes: a rule never points at a table whose default route is already gone.
     ops.extend(rule_dels);
+    ops.extend(route_dels);
     ops.extend(tc_ops);
     ops.extend(route_adds);
     ops.extend(rule_adds);
@@ -579,6 +587,26 @@ mod tests {
         assert!(!after.tc.ifbs.contains("pgi-ppp2"));
         assert!(after.routes.iter().all(|r| r.dev != "ppp2" && r.table != 100));
         assert!(after.rules.is_empty());
+    }
+
+    #[test]
+    fn table_route_goes_with_the_last_rule_pointing_at_it() {
+        let a = sess(1, |f| f.pbr = vec![pbr()]);
+        let b = sess(2, |f| f.pbr = vec![pbr()]);
+        let both = Desired { sessions: vec![a.clone(), b.clone()], subnet_pbr: vec![] };
+        let start = converge(&both, &KernelView::default(), &Scope::All);
+        // a loses its policy routing: its rule goes, the table route stays (b still uses it).
+        let a_plain = sess(1, |_| {});
+        let only = Desired { sessions: vec![a_plain.clone()], subnet_pbr: vec![] };
+        let after = converge(&only, &start, &Scope::of(&only.sessions));
+        assert_eq!(after.rules.len(), 1);
+        assert!(after.routes.iter().any(|r| r.table == 100));
+        // b loses it too: the last rule and the table's default route go.
+        let b_plain = sess(2, |_| {});
+        let only = Desired { sessions: vec![b_plain.clone()], subnet_pbr: vec![] };
+        let after = converge(&only, &after, &Scope::of(&only.sessions));
+        assert!(after.rules.is_empty());
+        assert!(after.routes.iter().all(|r| r.table != 100), "{:?}", after.routes);
     }
 
     fn pbr() -> PbrSpec {

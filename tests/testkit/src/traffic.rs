@@ -37,12 +37,16 @@ pub fn tcp(ns: &NetNs, src: &str, dst: &str, port: u16, expect: bool) -> Check {
     Check { label: format!("tcp {src} → {dst}:{port}"), expect, child }
 }
 
-/// A burst of UDP datagrams from `src` to `dst:port` (always "passes": it only makes packets for
-/// far-side counters to count).
+/// `count` UDP datagrams from `src` to `dst:port`, one each (it only makes packets for far-side
+/// counters to count; nothing needs to answer).
 pub fn udp_burst(ns: &NetNs, src: &str, dst: &str, port: u16, count: u32) {
-    let script = format!("for i in $(seq {count}); do echo x; done");
+    let script = "import socket, sys\n\
+                  s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                  s.bind((sys.argv[1], 0))\n\
+                  for _ in range(int(sys.argv[4])): s.sendto(b'x', (sys.argv[2], int(sys.argv[3])))\n";
     let out = ns
-        .command(&["sh", "-c", &format!("{script} | socat -u - UDP:{dst}:{port},bind={src}")])
+        .command(&["python3", "-c", script, src, dst, &port.to_string(), &count.to_string()])
+        .stdin(Stdio::null())
         .output()
         .expect("udp burst");
     assert!(out.status.success(), "udp burst from {src}: {}", String::from_utf8_lossy(&out.stderr));
