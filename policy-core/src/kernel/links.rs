@@ -97,9 +97,24 @@ impl LinkSnapshot {
     }
 
     pub fn read_with(sock: &mut Socket) -> Result<LinkSnapshot> {
+        Self::read_inner(sock, false)
+    }
+
+    /// Like [`LinkSnapshot::read`] without the counters (`counters` is `None`): the kernel skips
+    /// the statistics blocks, which are most of a link dump's size (VALID checks need names and
+    /// addresses only).
+    pub fn read_lean() -> Result<LinkSnapshot> {
+        let mut sock = Socket::open(Family::Route)?;
+        Self::read_inner(&mut sock, true)
+    }
+
+    fn read_inner(sock: &mut Socket, lean: bool) -> Result<LinkSnapshot> {
         let mut snap = LinkSnapshot::default();
         let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
-        let req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP).bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0));
+        let mut req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP).bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0));
+        if lean {
+            req = req.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        }
         for (ty, payload) in sock.dump("dump links", req)? {
             if ty != RTM_NEWLINK {
                 continue;
@@ -170,9 +185,40 @@ pub fn get_link_msg(name: &str) -> MsgBuilder {
 }
 
 const IFLA_EXT_MASK: u16 = 29;
+/// `IFLA_EXT_MASK` flag: leave the statistics out of link messages.
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 
-/// Every link of the current namespace (one dump).
+/// Every link of the current namespace (one dump, without counters: `counters` is `None`).
 pub fn dump_links(sock: &mut Socket) -> Result<Vec<Link>> {
-    let req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP).bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0));
+    let req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP)
+        .bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0))
+        .attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
     Ok(sock.dump("dump links", req)?.iter().filter(|(ty, _)| *ty == RTM_NEWLINK).filter_map(|(_, p)| parse_link(p)).collect())
+}
+
+/// Names of the links with these indexes (one round trip; gone ones are left out).
+pub fn names_of(sock: &mut Socket, indexes: &[u32]) -> Result<BTreeMap<u32, String>> {
+    let mut out = BTreeMap::new();
+    for chunk in indexes.chunks(96) {
+        let reqs = chunk
+            .iter()
+            .map(|i| {
+                MsgBuilder::new(RTM_GETLINK, 0)
+                    .bytes(&ifinfomsg(libc::AF_UNSPEC as u8, *i as i32, 0, 0))
+                    .attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+            })
+            .collect();
+        for (i, a) in chunk.iter().zip(sock.transact("get links", reqs)?) {
+            match a {
+                Ok(msgs) => {
+                    if let Some(l) = msgs.iter().filter(|(t, _)| *t == RTM_NEWLINK).find_map(|(_, p)| parse_link(p)) {
+                        out.insert(*i, l.name);
+                    }
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) => {}
+                Err(source) => return Err(crate::error::Error::Netlink { op: format!("get link {i}"), source }),
+            }
+        }
+    }
+    Ok(out)
 }

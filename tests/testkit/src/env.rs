@@ -58,7 +58,14 @@ impl TestEnv {
     }
 
     pub fn with(dsn: &str, o: EnvOptions) -> TestEnv {
-        let dir = tempfile::Builder::new().prefix("pppgate-env-").tempdir().expect("temp dir");
+        // On tmpfs when there is one, like /run on a concentrator (an fsync there costs nothing).
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::Builder::new().prefix("pppgate-env-").tempdir_in(shm)
+        } else {
+            tempfile::Builder::new().prefix("pppgate-env-").tempdir()
+        }
+        .expect("temp dir");
         let root = dir.path();
         let run = root.join("run");
         let sessions_dir = run.join("vpn-sessions");
