@@ -134,7 +134,7 @@ fn reconcile_in_process(cfg: &Config) -> (Timings, usize) {
 fn read_breakdown(cfg: &Config) {
     use policy_core::kernel::{Nft, Routes, Rules, Tc};
     let mut k = Netlink::new().unwrap();
-    let mut time = |label: &str, f: &mut dyn FnMut()| {
+    let time = |label: &str, f: &mut dyn FnMut()| {
         let mut v: Vec<Duration> = (0..3)
             .map(|_| {
                 let t = Instant::now();
@@ -167,6 +167,7 @@ fn read_breakdown(cfg: &Config) {
     time("| rules.read", &mut || {
         k.rules.read().unwrap();
     });
+
     println!();
 }
 
@@ -214,6 +215,7 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
     let start_ts = policy_core::procfs::own_start_epoch().unwrap();
     let (mut gate, mut sql, mut map, mut locked, mut total, mut down) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut inner = Vec::new();
+    let mut close = Vec::new();
     for i in 0..iters {
         let n = base + i;
         let ifname = format!("ppp{n}");
@@ -233,28 +235,31 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
         let m = Mapping { connection_id: facts.id, ppp_if: ifname.clone(), client_ip: ip, start_ts, pppd_pid: pid, session_id: None, up_ts: None };
         m.write_atomic(&env.sessions_dir).unwrap();
         let t3 = Instant::now();
-        // 3. apply under the single-writer lock
+        // 3. apply under the single-writer lock (backends closed after it, as pppgate.so does)
+        let mut b = Netlink::new().unwrap();
         {
             let _lock = Lock::try_acquire(&cfg.paths.apply_lock, "pppd-connect").unwrap();
-            let mut b = Netlink::new().unwrap();
             let mut d = Desired { sessions: vec![apply::session_for_connect(&ifname, ip, pid, &facts)], subnet_pbr: vec![] };
             apply::validate(cfg, &mut d).unwrap();
             let scope = Scope::of(&d.sessions);
             inner.push(engine::converge(&mut b, cfg, &d, &scope, false).unwrap().timings);
         }
         let t4 = Instant::now();
+        drop(b);
+        close.push(t4.elapsed());
         gate.push(t1 - t0);
         sql.push(t2 - t1);
         map.push(t3 - t2);
         locked.push(t4 - t3);
-        total.push(t4 - t0);
+        total.push(t4 - t0 + *close.last().unwrap());
         // ip-down
         let t5 = Instant::now();
+        let mut b = Netlink::new().unwrap();
         {
             let _lock = Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", Duration::from_millis(1500)).unwrap();
-            let mut b = Netlink::new().unwrap();
             engine::disconnect(&mut b, &ifname, ip).unwrap();
         }
+        drop(b);
         Mapping::remove(&env.sessions_dir, &ifname).unwrap();
         down.push(t5.elapsed());
     }
@@ -263,8 +268,19 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
     stats("gate (address hook)", &gate);
     stats("SQL connect + lookup", &sql);
     stats("mapping write (fsync)", &map);
-    stats("apply under the lock (converge)", &locked);
-    phases("  converge (median)", &median_timings(&inner));
+    stats("apply under the lock (lock, converge)", &locked);
+    phases("  converge (median per phase)", &median_timings(&inner));
+    let mut tot: Vec<Duration> = inner.iter().map(|t| Duration::from_micros(t.total_us())).collect();
+    let mut app: Vec<Duration> = inner.iter().map(|t| Duration::from_micros(t.apply_us)).collect();
+    println!(
+        "    converge total median {:.3} ms p90 {:.3} ms; its apply phase p10 {:.3} median {:.3} p90 {:.3} ms",
+        ms(pct(&mut tot, 0.5)),
+        ms(pct(&mut tot, 0.9)),
+        ms(pct(&mut app, 0.1)),
+        ms(pct(&mut app, 0.5)),
+        ms(pct(&mut app, 0.9))
+    );
+    stats("backends closed after the lock", &close);
     stats("total up", &total);
     stats("ip-down (lock, disconnect, mapping)", &down);
     let mut l = locked.clone();

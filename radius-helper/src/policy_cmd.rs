@@ -159,8 +159,10 @@ pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
     let cfg = load_config(g)?;
     match target {
         Some(t) => {
-            let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "apply", &a.run)?) };
+            // Backends first, so they are dropped after the lock: closing the nfnetlink socket
+            // after a commit waits for an RCU grace period (8-16 ms), which need not hold the lock.
             let mut b = test_hook::kernel()?;
+            let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "apply", &a.run)?) };
             let r = apply::apply(&cfg, &mut b, &t, a.run.dry_run)?;
             print_report(g, &r, a.run.dry_run);
             Ok(())
@@ -171,8 +173,8 @@ pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
 
 pub fn reconcile_cmd(g: &Global, a: &ReconcileArgs) -> CmdResult {
     let cfg = load_config(g)?;
-    let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "reconcile", &a.run)?) };
     let mut b = test_hook::kernel()?;
+    let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "reconcile", &a.run)?) };
     if a.boot && !a.run.dry_run {
         // Sessions interfaces inherit conf.default; make forwarding right before anything else.
         b.sysctl().ensure(&[])?;
@@ -279,8 +281,8 @@ fn table_arg(cfg: &Config, t: Option<&str>) -> Result<Option<u32>, Failure> {
 /// Applies the policy of one connection now when it has a live session (lock busy: exit 75,
 /// the SQL change stays and the next apply/reconcile picks it up).
 fn apply_now(g: &Global, cfg: &Config, conn: i64, run: &RunOpts) -> CmdResult {
-    let _lock = if run.dry_run { None } else { Some(take_lock(cfg, "apply", run)?) };
     let mut b = test_hook::kernel()?;
+    let _lock = if run.dry_run { None } else { Some(take_lock(cfg, "apply", run)?) };
     let r = apply::apply(cfg, &mut b, &Target::Connection(conn), run.dry_run)?;
     if !g.json {
         print_report(g, &r, run.dry_run);
