@@ -287,7 +287,7 @@ pub struct Checked {
 
 /// Scans `dir` and checks each parseable mapping. Returns (checked mappings, malformed files).
 pub fn scan_checked(dir: &Path) -> Result<(Vec<Checked>, Vec<Error>)> {
-    let links = crate::kernel::links::LinkSnapshot::read_lean()?;
+    let links = crate::kernel::links::LinkSnapshot::read_addresses()?;
     let boot = procfs::boot_time().map_err(|source| Error::Read { path: "/proc/stat".into(), source })?;
     let mut ok = Vec::new();
     let mut bad = Vec::new();
@@ -305,8 +305,28 @@ pub fn scan_checked(dir: &Path) -> Result<(Vec<Checked>, Vec<Error>)> {
 
 /// VALID mappings only (DESIGN.md): the one definition every component uses.
 pub fn valid_sessions(dir: &Path) -> Result<(Vec<Mapping>, Vec<Error>)> {
-    let (checked, bad) = scan_checked(dir)?;
-    Ok((checked.into_iter().filter(|c| c.validity.is_valid()).map(|c| c.mapping).collect(), bad))
+    valid_sessions_where(dir, |_| true)
+}
+
+/// VALID mappings among those `want` selects; the others are parsed (malformed files are still
+/// reported) but not checked, so an apply for one connection does not read /proc for every
+/// session on the box.
+pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Result<(Vec<Mapping>, Vec<Error>)> {
+    let mut wanted = Vec::new();
+    let mut bad = Vec::new();
+    for s in scan(dir)? {
+        match s.mapping {
+            Ok(m) if want(&m) => wanted.push(m),
+            Ok(_) => {}
+            Err(e) => bad.push(e),
+        }
+    }
+    if wanted.is_empty() {
+        return Ok((wanted, bad));
+    }
+    let links = crate::kernel::links::LinkSnapshot::read_addresses()?;
+    let boot = procfs::boot_time().map_err(|source| Error::Read { path: "/proc/stat".into(), source })?;
+    Ok((wanted.into_iter().filter(|m| m.validity_since(&links, boot).is_valid()).collect(), bad))
 }
 
 fn parse_positive_i64(s: &str) -> Option<i64> {

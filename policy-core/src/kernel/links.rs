@@ -23,6 +23,7 @@ pub const IFLA_INFO_KIND: u16 = 1;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_LABEL: u16 = 3;
 
 pub const IFF_UP: u32 = 0x1;
 
@@ -106,6 +107,46 @@ impl LinkSnapshot {
     pub fn read_lean() -> Result<LinkSnapshot> {
         let mut sock = Socket::open(Family::Route)?;
         Self::read_inner(&mut sock, true)
+    }
+
+    /// Interfaces as their IPv4 addresses describe them: one address dump (small messages, no
+    /// link dump), names from `IFA_LABEL`, no kind, flags or counters. An interface without any
+    /// IPv4 address is absent here — what VALID needs, since such an interface cannot carry
+    /// CLIENT_IP as its peer either. On a box with 10,000 sessions (and their IFBs) this is ~10×
+    /// cheaper than a link dump.
+    pub fn read_addresses() -> Result<LinkSnapshot> {
+        let mut sock = Socket::open(Family::Route)?;
+        let mut snap = LinkSnapshot::default();
+        let mut ifa = [0u8; 8];
+        ifa[0] = libc::AF_INET as u8;
+        let req = MsgBuilder::new(RTM_GETADDR, NLM_F_DUMP).bytes(&ifa);
+        for (ty, payload) in sock.dump("dump addresses", req)? {
+            if ty != RTM_NEWADDR || payload.len() < 8 || payload[0] != libc::AF_INET as u8 {
+                continue;
+            }
+            let index = u32::from_ne_bytes(payload[4..8].try_into().unwrap());
+            let (mut address, mut local, mut label) = (None, None, None);
+            for (t, d) in attrs(&payload[8..]) {
+                let ip = d.get(..4).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                match t {
+                    IFA_ADDRESS => address = ip,
+                    IFA_LOCAL => local = ip,
+                    IFA_LABEL => label = Some(netlink::attr_str(d)),
+                    _ => {}
+                }
+            }
+            let Some(name) = label.filter(|n| !n.is_empty()) else { continue };
+            let link = snap.by_name.entry(name.clone()).or_insert_with(|| Link { index, name, ..Default::default() });
+            if let Some(l) = local {
+                link.locals.push(l);
+            }
+            if let (Some(a), Some(l)) = (address, local) {
+                if a != l {
+                    link.peers.push(a);
+                }
+            }
+        }
+        Ok(snap)
     }
 
     fn read_inner(sock: &mut Socket, lean: bool) -> Result<LinkSnapshot> {

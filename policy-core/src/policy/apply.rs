@@ -97,8 +97,7 @@ pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: boo
     };
     let mut sql_us = micros(t_sql);
     let t0 = Instant::now();
-    let (valid, bad) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
-    let live: Vec<Mapping> = valid.into_iter().filter(|m| ids.contains(&m.connection_id)).collect();
+    let (live, bad) = mapping::valid_sessions_where(&cfg.paths.sessions_dir, |m| ids.contains(&m.connection_id))?;
     let live_ids: BTreeSet<i64> = live.iter().map(|m| m.connection_id).collect();
     let scan_us = micros(t0);
     let t0 = Instant::now();
