@@ -294,19 +294,24 @@ fn attempt_apply(_: usize) {
         }
     };
     let t_apply = Instant::now();
+    let mut backends: Option<Netlink> = None;
     let result = (|| -> policy_core::Result<engine::Outcome> {
-        let mut b = Netlink::new()?;
+        let b = backends.insert(Netlink::new()?);
         let mut d = Desired { sessions: vec![desired.clone()], subnet_pbr: vec![] };
         apply::validate(&cfg, &mut d)?;
         let scope = Scope::of(&d.sessions);
-        engine::converge(&mut b, &cfg, &d, &scope, false)
+        engine::converge(b, &cfg, &d, &scope, false)
     })();
+    // The gate was released by the last nft transaction of the plan, inside converge.
+    let elapsed = with_link(|l| l.up_started).map(|t| t.elapsed()).unwrap_or_default();
+    let apply_us = t_apply.elapsed().as_micros() as u64;
     drop(lock);
+    // Closing the nfnetlink socket after a commit waits for nf_tables' deferred destroy work (an
+    // RCU grace period, 8-16 ms measured): done after the lock is released, not while holding it.
+    drop(backends);
     match result {
         Ok(out) => {
             with_link(|l| l.applied = true);
-            let elapsed = with_link(|l| l.up_started).map(|t| t.elapsed()).unwrap_or_default();
-            let apply_us = t_apply.elapsed().as_micros() as u64;
             let (sql_us, mapping_us) = with_link(|l| (l.sql_us, l.mapping_us));
             let p = &desired.policy;
             tracing::info!(
@@ -371,8 +376,14 @@ fn cleanup(event: &str) {
             None
         }
     };
-    let errors = remove_kernel_state(ifname.as_deref(), client_ip, &gated);
+    let mut backends = Netlink::new();
+    let errors = match backends.as_mut() {
+        Ok(b) => remove_kernel_state(b, ifname.as_deref(), client_ip, &gated),
+        Err(e) => vec![one_line(e)],
+    };
     drop(lock);
+    // See attempt_apply: the socket close waits for an RCU grace period; not under the lock.
+    drop(backends);
     for e in &errors {
         tracing::error!(event, "cleanup: {e}");
     }
@@ -411,12 +422,8 @@ fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str)
 
 /// Removes this session's kernel state. An address that another interface now carries as its
 /// peer belongs to a newer session and is left alone.
-fn remove_kernel_state(ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated: &BTreeSet<Ipv4Addr>) -> Vec<String> {
+fn remove_kernel_state(b: &mut Netlink, ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated: &BTreeSet<Ipv4Addr>) -> Vec<String> {
     let mut errors = Vec::new();
-    let mut b = match Netlink::new() {
-        Ok(b) => b,
-        Err(e) => return vec![one_line(&e)],
-    };
     let links = LinkSnapshot::read().ok();
     let owned_elsewhere = |ip: Ipv4Addr| {
         links.as_ref().is_some_and(|s| {
@@ -435,7 +442,7 @@ fn remove_kernel_state(ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated:
             let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange { set: *set, ip, add: false }).collect();
             b.nft().commit(&all)
         } else {
-            engine::disconnect(&mut b, ifn, ip).map(|_| ())
+            engine::disconnect(b, ifn, ip).map(|_| ())
         };
         if let Err(e) = res {
             errors.push(one_line(&e));
