@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds pppgate and runs every test, as CI does (root, a fresh Debian 12 clone, CI=true, no
 # stdin): installs the Debian packages the build and the tests use, then
-#   cargo build --release --workspace
+#   cargo build --release --workspace (+ scripts/build-pppd-variants.sh)
 #   cargo test --release --workspace
 # The lab tests (tests/lab_*.rs) boot Debian's kernel under qemu (TCG) with the host's root over
 # 9p; they run the release artifacts this script builds first. Nothing global is started: every
@@ -20,6 +20,7 @@ PACKAGES=(
   qemu-system-x86 linux-image-amd64 busybox-static  # the lab VM: emulator, guest kernel + modules, initramfs shell
   iproute2 iputils-ping nftables kmod util-linux procps  # namespaces, ping, nft, modprobe, setpriv, sysctl
   iperf3 socat tcpdump                            # traffic tests
+  bsdutils binutils dpkg apt                      # script(1) for pppd_load; nm, dpkg-deb, apt-get for build-pppd-variants.sh
 )
 
 log() { printf '[test-all %(%H:%M:%S)T] %s\n' -1 "$*"; }
@@ -57,6 +58,10 @@ log "$(cargo --version), $(rustc --version)"
 start=$SECONDS
 log "cargo build --release --workspace"
 cargo build --release --workspace
+if [ -x scripts/build-pppd-variants.sh ]; then
+  log "scripts/build-pppd-variants.sh (plugin builds for tests/pppd_load.rs)"
+  scripts/build-pppd-variants.sh
+fi
 log "build took $((SECONDS - start)) s"
 
 start=$SECONDS

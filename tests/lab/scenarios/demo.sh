@@ -1,6 +1,7 @@
 # README demo (scripts/lab-demo.sh): a user dials in over real L2TP through pppgate.so, the
 # session mapping appears, traffic crosses the tunnel, the user hangs up and the mapping is gone;
 # then a user without a vpn_connections row is refused.
+# shellcheck source=tests/lab/guest/lib.sh
 . "$LAB_LIB"
 lab_init
 
