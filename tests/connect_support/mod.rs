@@ -1,8 +1,9 @@
 //! Reading what `tests/lab/guest/connect.sh` leaves next to lib.sh's snapshots, for
 //! tests/lab_connect.rs and benches/lab_connect_path.rs: srv's kernel state
-//! (`snap/<name>/kernel/`: `ip -j` links, routes, rules, `tc -j` qdiscs and filters, HTB classes
-//! as text, forwarding sysctls), the nft sets and counters in `snap/<name>/srv-nft.json`, the UDP
-//! probe's logs (`traffic/`), and the plugin's `key=value` log lines. Everything here reads raw
+//! (`snap/<name>/kernel/`: `nft -j` ruleset with sets and counters, `ip -j` links, routes, rules,
+//! `tc -j` qdiscs and filters, HTB classes as text, forwarding sysctls, the sessions directory's
+//! names, the case's LNS pppd log), the UDP probe's logs (`traffic/`), and the plugin's
+//! `key=value` log lines. Everything here reads raw
 //! kernel output; nothing asks pppgate.
 
 #![allow(dead_code)]
@@ -42,10 +43,14 @@ pub struct Kernel {
     pub sysctl: BTreeMap<String, String>,
     /// `nft -j list ruleset` of srv.
     pub nft: Value,
+    /// File names in /run/vpn-sessions.
+    pub sessions: Vec<String>,
+    /// The LNS pppd log of the case so far.
+    pub lns_log: String,
 }
 
 impl Kernel {
-    /// `snap_dir` is `<run>/snap/<name>`.
+    /// `snap_dir` is `<run>/snap/<name>` (ksnap's files are in its `kernel/`).
     #[track_caller]
     pub fn load(snap_dir: &Path) -> Kernel {
         let k = snap_dir.join("kernel");
@@ -73,8 +78,9 @@ impl Kernel {
                 _ => {}
             }
         }
-        let nft_path = snap_dir.join("srv-nft.json");
-        let nft = if nft_path.is_file() { json(&nft_path) } else { Value::Null };
+        let nft = json(&k.join("nft.json"));
+        let sessions = read(&k.join("sessions.txt")).lines().map(String::from).collect();
+        let lns_log = read(&k.join("pppd-lns.log"));
         Kernel {
             dir: snap_dir.to_path_buf(),
             links: arr(&json(&k.join("links.json"))),
@@ -85,6 +91,8 @@ impl Kernel {
             filters,
             sysctl,
             nft,
+            sessions,
+            lns_log,
         }
     }
 
@@ -283,6 +291,7 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[allow(unused_imports)]
     use super::*;
 
     #[test]

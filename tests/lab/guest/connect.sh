@@ -251,12 +251,16 @@ pppgate_counters() {
   done < <(ip netns exec srv nft list table inet pppgate 2> /dev/null)
 }
 
-# ksnap NAME: srv's shaping, links, routes, rules and forwarding sysctls into
-# /out/snap/NAME/kernel/ (call after `snap NAME`, which has the nft ruleset and addresses).
+# ksnap NAME: srv's nft ruleset, shaping, links, routes, rules and forwarding sysctls, the names
+# in the sessions directory and the LNS pppd log of the current case into /out/snap/NAME/kernel/
+# (cheaper than `snap`, which adds addresses, processes, mappings and the database).
 # Classes are text: iproute2 6.1 prints HTB classes as text even with -j.
 ksnap() {
   local d="$LAB_OUT/snap/$1/kernel" dev
   mkdir -p "$d"
+  ip netns exec srv nft -j list ruleset > "$d/nft.json"
+  ls "$SESSIONS_DIR" > "$d/sessions.txt" 2>&1 || true
+  lns_log_since "${CASE_LOG_MARK:-0}" > "$d/pppd-lns.log"
   ip -n srv -j -d -s link show > "$d/links.json"
   tc -n srv -j -s qdisc show > "$d/qdisc.json"
   ip -n srv -j route show table all > "$d/routes.json"
@@ -403,8 +407,8 @@ iperf_start() {
   nap 0.5
 }
 
-# iperf_run TAG NAME down|up SECONDS: TCP transfer; fact TAG.kbit (receiver's rate) and the JSON
-# in /out/traffic/TAG.json.
+# iperf_run TAG NAME down|up SECONDS: TCP transfer; fact TAG.kbit and IPERF_KBIT (the receiver's
+# rate), the JSON in /out/traffic/TAG.json.
 iperf_run() {
   local tag=$1 name=$2 dir=$3 secs=$4 ip rev= kbit
   ip=$(client_get "$name" client_ip)
@@ -416,4 +420,5 @@ iperf_run() {
     printf "%d\n", $j->{end}{sum_received}{bits_per_second} / 1000' < "$CL_TRAFFIC/$tag.json") ||
     die "cannot read the iperf3 result $tag"
   fact "$tag.kbit" "$kbit"
+  IPERF_KBIT=$kbit
 }
