@@ -12,6 +12,8 @@
 //!   for the hook: pppd's fork of /etc/ppp/ip-up and run-parts (so the ratio flatters the hook).
 //! * idle: the LNS pppd's private memory (smaps_rollup Private_*) and threads with and without the
 //!   plugin, and open database connections (pg_stat_activity) while sessions idle.
+//! * PostgreSQL's side of the plugin's sql phase, from its own log (statement durations, session
+//!   time from backend start to exit).
 //!
 //! Run (root; after `cargo build --release --workspace`):
 //! `cargo bench --bench lab_connect_path` — 50 connects each (`PPPGATE_BENCH_CONNECTS` overrides).
@@ -77,6 +79,29 @@ fn line(out: &mut String, what: &str, s: &Stats) {
     );
 }
 
+/// From PostgreSQL's log of the plugin's sessions (`app=pppgate`): per backend, the sum of its
+/// statement durations and its session time, in µs.
+fn postgres_side(log: &str) -> (Vec<u64>, Vec<u64>) {
+    use std::collections::BTreeMap;
+    let mut stmt: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sessions = Vec::new();
+    for l in log.lines().filter(|l| l.contains(" app=pppgate ")) {
+        let Some(pid) = l.split('[').nth(1).and_then(|r| r.split(']').next()) else { continue };
+        if let Some(d) = l.split("duration: ").nth(1).and_then(|r| r.split(" ms").next()).and_then(|v| v.parse::<f64>().ok()) {
+            *stmt.entry(pid.to_string()).or_default() += (d * 1000.0) as u64;
+        }
+        if let Some(t) = l.split("session time: ").nth(1).and_then(|r| r.split_whitespace().next()) {
+            // H:MM:SS.mmm
+            let p: Vec<&str> = t.split(':').collect();
+            if let [h, m, s] = p.as_slice() {
+                let secs = h.parse::<f64>().unwrap_or(0.0) * 3600.0 + m.parse::<f64>().unwrap_or(0.0) * 60.0 + s.parse::<f64>().unwrap_or(0.0);
+                sessions.push((secs * 1e6) as u64);
+            }
+        }
+    }
+    (stmt.into_values().collect(), sessions)
+}
+
 fn main() {
     let n = connects();
     let opts = LabOptions::default()
@@ -100,6 +125,12 @@ fn main() {
     line(&mut out, "  apply (lock, kernel, verify)", &stats(field("apply_us")));
     let retried = applied.iter().filter(|a| a["attempts"] != "1").count();
     let _ = writeln!(out, "  connects that needed more than one apply attempt: {retried}");
+    let (statements, sessions) = postgres_side(&run.read("logs/bench-plugin-postgres.log"));
+    if !statements.is_empty() && !sessions.is_empty() {
+        let _ = writeln!(out, "  PostgreSQL's side of the sql phase (its own log, app=pppgate):");
+        line(&mut out, "    statements per session", &stats(statements));
+        line(&mut out, "    backend session (start → exit)", &stats(sessions));
+    }
 
     // The shell hook.
     let _ = writeln!(out, "shell hook (psql + nft + tc + ip; check: {}; {} ms wall):", f.expect("bench.hook_check"), f.expect("bench.hook_wall_ms"));

@@ -9,6 +9,8 @@
 #            moment it releases the gate, plus its whole up and down halves (bench/hook.tsv)
 #   idle     the LNS pppd's private memory and threads at idle with and without the plugin, its
 #            sockets, and whether any database connection is open (facts idle.*)
+#   server   PostgreSQL's own log of the plugin's sessions (statement durations, session time) to
+#            split the plugin's sql phase (logs/bench-plugin-postgres.log)
 . "$LAB_LIB"
 . "$LAB_REPO/tests/lab/guest/connect.sh"
 lab_init
@@ -81,6 +83,14 @@ client_hangup c1
 client_wait_down c1 20
 
 # --- the plugin: BENCH_CONNECTS connects ----------------------------------------------------------
+# PostgreSQL logs each session's statements with their durations and its whole session time
+# (backend start to exit), so the plugin's sql phase can be split into server and client time.
+sql "alter system set log_min_duration_statement = 0"
+sql "alter system set log_connections = on"
+sql "alter system set log_disconnections = on"
+sql "alter system set log_line_prefix = '%m [%p] app=%a '"
+sql "select pg_reload_conf()" > /dev/null
+pg_mark=$(stat -c %s "$PG_SOCK/postgres.log")
 mark=$(lns_log_mark)
 t0=$(uptime_ms)
 for ((i = 1; i <= BENCH_CONNECTS; i++)); do
@@ -88,6 +98,7 @@ for ((i = 1; i <= BENCH_CONNECTS; i++)); do
 done
 fact bench.plugin_wall_ms $(( $(uptime_ms) - t0 ))
 lns_log_since "$mark" > "$LAB_OUT/logs/bench-plugin-lns.log"
+tail -c +$((pg_mark + 1)) "$PG_SOCK/postgres.log" > "$LAB_OUT/logs/bench-plugin-postgres.log"
 
 # --- idle without the plugin, and the shell hook on that session ---------------------------------
 lns_stop
