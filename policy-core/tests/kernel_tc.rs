@@ -78,6 +78,23 @@ fn set_change_and_clear_one_interface() {
     assert_eq!(tc.read().unwrap(), Default::default());
 }
 
+/// A device that only has the upload IFB's name (here a veth) is not pppgate's: upload shaping
+/// refuses it, and neither a change nor a clear deletes it (the lab's apply-failure case found
+/// the clear deleting it).
+#[test]
+fn a_foreign_device_with_the_ifb_name_is_left_alone() {
+    private_netns();
+    veth("ppp0", 0);
+    run(&["ip", "link", "add", "pgi-ppp0", "type", "veth", "peer", "name", "pgi-x"]);
+    let mut tc = TcNetlink::new().unwrap();
+    let e = tc.set("ppp0", &Shaping { down_kbit: Some(1_000), up_kbit: Some(500) }).unwrap_err();
+    assert!(format!("{e}").contains("pgi-ppp0"), "{e}");
+    tc.set("ppp0", &Shaping { down_kbit: Some(1_000), up_kbit: None }).unwrap();
+    tc.clear("ppp0").unwrap();
+    assert_eq!(tool_shaping("ppp0"), Shaping::default());
+    assert!(link_names().contains(&"pgi-ppp0".to_string()), "the foreign pgi-ppp0 was deleted: {:?}", link_names());
+}
+
 #[test]
 fn several_interfaces_and_ifb_lifecycle() {
     private_netns();

@@ -56,6 +56,10 @@ struct Link {
     /// Reason the session is being ended, logged once.
     failed: Option<String>,
     cleaned: bool,
+    /// `inet pppgate` was checked (or created) before the network phase.
+    table_checked: bool,
+    /// The apply lock stayed busy for the whole window: the cleanup does not wait for it again.
+    lock_exhausted: bool,
 }
 
 thread_local! {
@@ -91,6 +95,37 @@ pub(crate) fn fail_closed(reason: &str) {
         );
     }
     shim::end_link(shim::ExitCode::FatalError, &format!("pppgate: {reason}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 0. The table, before any network protocol can bring the interface up
+// ---------------------------------------------------------------------------------------------
+
+/// Makes sure `inet pppgate` exists before the network phase. Its forward chain drops what comes
+/// from a ppp interface without a policed address; without the table nothing does, and IPv6CP
+/// brings the interface up before IPCP asks for the address (where the gate would create the
+/// table): the first session after boot forwarded IPv4 from whatever source the client picked
+/// until then (seen in the lab, tests/lab_connect.rs). Present: one netlink probe. Missing:
+/// created under the apply lock (bounded wait), else the link is ended.
+pub(crate) fn ensure_table() {
+    if with_link(|l| std::mem::replace(&mut l.table_checked, true)) {
+        return;
+    }
+    let Some(cfg) = config() else {
+        fail_closed("no configuration loaded");
+        return;
+    };
+    let res = (|| -> policy_core::Result<()> {
+        let mut b = Netlink::new()?;
+        if b.nft().probe()?.table {
+            return Ok(());
+        }
+        let _lock = Lock::acquire_within(&cfg.paths.apply_lock, "pppd-table", engine::GATE_CREATE_LOCK_WAIT)?;
+        b.nft().ensure_base(&cfg.policy.walled_garden)
+    })();
+    if let Err(e) = res {
+        fail_closed(&format!("the nft table inet pppgate cannot be created: {}", one_line(&e)));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,7 +310,10 @@ fn attempt_apply(_: usize) {
             let now = Instant::now();
             if now >= deadline {
                 let who = holder.map(|h| format!(" by pid {} ({})", h.pid, h.what)).unwrap_or_default();
-                let attempts = with_link(|l| l.attempts);
+                let attempts = with_link(|l| {
+                    l.lock_exhausted = true;
+                    l.attempts
+                });
                 fail_closed(&format!(
                     "policy not applied: the apply lock stayed busy{who} for the whole window ({attempts} attempts)"
                 ));
@@ -364,12 +402,15 @@ fn cleanup(event: &str) {
         shim::cancel(t);
     }
     let Some(cfg) = config() else { return };
-    let (ifname, client_ip, gated, mapping) =
-        with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone()));
+    let (ifname, client_ip, gated, mapping, exhausted) =
+        with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone(), l.lock_exhausted));
     if let Some(m) = &mapping {
         final_accounting(&cfg, m, event);
     }
-    let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", CLEANUP_LOCK_WAIT) {
+    // pppd runs ip-down notifiers before it sends the LCP Terminate-Request: after a window the
+    // lock stayed busy for, waiting for it again would only delay the end of the session.
+    let wait = if exhausted { Duration::ZERO } else { CLEANUP_LOCK_WAIT };
+    let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", wait) {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!("cleaning up on {event} without the apply lock: {}", one_line(&e));

@@ -491,7 +491,11 @@ impl TcNetlink {
             }
         }
         if let Some(ifb) = &inst.ifb {
-            if let Err(e) = self.delete_link(ifb.index, &ifb.name) {
+            // A device that merely carries the IFB's name is not ours: never delete it.
+            if ifb.kind.as_deref() != Some("ifb") {
+                tracing::warn!(dev = %ifb.name, kind = ifb.kind.as_deref().unwrap_or("none"),
+                    "leaving a device that has an upload IFB's name but is not an ifb");
+            } else if let Err(e) = self.delete_link(ifb.index, &ifb.name) {
                 errors.push(e);
             }
         }
