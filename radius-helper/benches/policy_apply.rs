@@ -148,7 +148,7 @@ fn read_breakdown(cfg: &Config) {
     time("scan", &mut || {
         policy_core::mapping::scan(&cfg.paths.sessions_dir).unwrap();
     });
-    time("| links+addrs", &mut || {
+    time("| full link+addr dump (collector's)", &mut || {
         policy_core::kernel::links::LinkSnapshot::read().unwrap();
     });
     time("| valid_sessions", &mut || {

@@ -20,22 +20,22 @@ use policy_core::kernel::{
 use policy_core::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashAt {
-    AfterNft,
-    AfterTc,
-    AfterRoute,
+pub enum CrashAfter {
+    Nft,
+    Tc,
+    Route,
 }
 
 /// The crash point asked for (debug builds only).
-fn crash_point() -> Option<CrashAt> {
+fn crash_point() -> Option<CrashAfter> {
     if !cfg!(debug_assertions) {
         return None;
     }
     let v = std::env::var("PPPGATE_TEST_CRASH_AT").ok()?;
     match v.as_str() {
-        "apply:after-nft" => Some(CrashAt::AfterNft),
-        "apply:after-tc" => Some(CrashAt::AfterTc),
-        "apply:after-route" => Some(CrashAt::AfterRoute),
+        "apply:after-nft" => Some(CrashAfter::Nft),
+        "apply:after-tc" => Some(CrashAfter::Tc),
+        "apply:after-route" => Some(CrashAfter::Route),
         other => {
             eprintln!("pppgate: ignoring unknown PPPGATE_TEST_CRASH_AT={other:?}");
             None
@@ -43,7 +43,7 @@ fn crash_point() -> Option<CrashAt> {
     }
 }
 
-fn crash_if(armed: Option<CrashAt>, here: CrashAt) {
+fn crash_if(armed: Option<CrashAfter>, here: CrashAfter) {
     if armed == Some(here) {
         eprintln!("pppgate: PPPGATE_TEST_CRASH_AT: SIGKILL at {here:?}");
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
@@ -78,7 +78,7 @@ pub fn kernel() -> Result<Kernel> {
 #[derive(Debug)]
 pub struct HookNft {
     inner: NftNetlink,
-    crash: Option<CrashAt>,
+    crash: Option<CrashAfter>,
 }
 
 impl Nft for HookNft {
@@ -93,7 +93,7 @@ impl Nft for HookNft {
     }
     fn commit(&mut self, changes: &[SetChange]) -> Result<()> {
         self.inner.commit(changes)?;
-        crash_if(self.crash, CrashAt::AfterNft);
+        crash_if(self.crash, CrashAfter::Nft);
         Ok(())
     }
 }
@@ -101,7 +101,7 @@ impl Nft for HookNft {
 #[derive(Debug)]
 pub struct HookTc {
     inner: TcNetlink,
-    crash: Option<CrashAt>,
+    crash: Option<CrashAfter>,
 }
 
 impl Tc for HookTc {
@@ -113,12 +113,12 @@ impl Tc for HookTc {
     }
     fn set(&mut self, ifname: &str, shaping: &Shaping) -> Result<()> {
         self.inner.set(ifname, shaping)?;
-        crash_if(self.crash, CrashAt::AfterTc);
+        crash_if(self.crash, CrashAfter::Tc);
         Ok(())
     }
     fn clear(&mut self, ifname: &str) -> Result<()> {
         self.inner.clear(ifname)?;
-        crash_if(self.crash, CrashAt::AfterTc);
+        crash_if(self.crash, CrashAfter::Tc);
         Ok(())
     }
     fn remove_ifb(&mut self, ifb: &str) -> Result<()> {
@@ -129,7 +129,7 @@ impl Tc for HookTc {
 #[derive(Debug)]
 pub struct HookRoutes {
     inner: RoutesNetlink,
-    crash: Option<CrashAt>,
+    crash: Option<CrashAfter>,
 }
 
 impl Routes for HookRoutes {
@@ -138,7 +138,7 @@ impl Routes for HookRoutes {
     }
     fn add(&mut self, r: &OwnedRoute) -> Result<()> {
         self.inner.add(r)?;
-        crash_if(self.crash, CrashAt::AfterRoute);
+        crash_if(self.crash, CrashAfter::Route);
         Ok(())
     }
     fn del(&mut self, r: &OwnedRoute) -> Result<()> {

@@ -455,14 +455,17 @@ fn malformed_mapping_is_reported_and_fails_closed() {
 // the single-writer lock and crashes
 // ---------------------------------------------------------------------------------------------
 
-/// Holds the apply lock from another process (`flock -o LOCK sleep`): the flock process holds it.
+/// Holds the apply lock from another process (`flock --no-fork LOCK sleep`: the process we spawn
+/// is the one holding it, so killing it releases the lock and leaves nothing behind).
 fn hold_lock(path: &std::path::Path) -> Bg {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let child = Command::new("flock")
-        .arg("-o")
+        .arg("--no-fork")
         .arg(path)
         .args(["sleep", "1000"])
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("flock");
     let held = wait_until(Duration::from_secs(5), || {

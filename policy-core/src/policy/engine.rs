@@ -32,9 +32,9 @@ pub struct Outcome {
     pub timings: Timings,
 }
 
-/// Time per phase of one run, in microseconds. `scan` (mapping files + VALID) and `sql` (connect
-/// + facts) are filled by the callers in `apply`; the engine fills the rest. `verify` is 0 when
-/// there was nothing to apply (the view just read is the view after).
+/// Time per phase of one run, in microseconds. `scan` (mapping files and VALID) and `sql`
+/// (connect and facts) are filled by the callers in `apply`; the engine fills the rest. `verify`
+/// is 0 when there was nothing to apply (the view just read is the view after).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Timings {
     pub scan_us: u64,
