@@ -4,6 +4,7 @@
 //! | file | source |
 //! |---|---|
 //! | `srv-addr.json`, `cli-addr.json`, `inet-addr.json` | `ip -n <ns> -j addr show` |
+//! | `srv-nft.json` | `nft -j list ruleset` in srv (the LNS, where pppd and so the plugin run) |
 //! | `netns/<ns>` | `readlink /proc/self/ns/net` inside the namespace |
 //! | `procs/<pid>/{stat,cmdline,netns}` | raw copies of `/proc/<pid>/stat`, `cmdline`, `ns/net` link, for every pppd and xl2tpd |
 //! | `sessions/<file>` | copies of `/run/vpn-sessions/*` (plus `sessions/.listed` so an empty dir is visible) |
@@ -115,6 +116,8 @@ pub struct Snapshot {
     pub lns_events: Vec<Event>,
     pub lac_events: Vec<Event>,
     pub lns_log: String,
+    /// `nft -j list ruleset` of srv, if nft answered.
+    pub srv_nft: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +269,7 @@ impl Snapshot {
             lns_events: events("lns-events.log")?,
             lac_events: events("lac-events.log")?,
             lns_log: read(&dir.join("pppd-lns.log"))?,
+            srv_nft: fs::read_to_string(dir.join("srv-nft.json")).ok().and_then(|t| serde_json::from_str(&t).ok()),
         })
     }
 

@@ -65,6 +65,7 @@ struct RawPaths {
     accounting_dir: Option<PathBuf>,
     audit_log: Option<PathBuf>,
     rt_tables: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +152,8 @@ pub struct Paths {
     pub accounting_dir: PathBuf,
     pub audit_log: PathBuf,
     pub rt_tables: PathBuf,
+    /// pppgate's volatile state (outage markers): /run/pppgate.
+    pub run_dir: PathBuf,
 }
 
 impl Default for Paths {
@@ -162,6 +165,7 @@ impl Default for Paths {
             accounting_dir: "/var/lib/vpn-accounting".into(),
             audit_log: "/var/log/pppgate/audit.log".into(),
             rt_tables: "/etc/iproute2/rt_tables".into(),
+            run_dir: "/run/pppgate".into(),
         }
     }
 }
@@ -390,6 +394,7 @@ impl Config {
             accounting_dir: p.accounting_dir.unwrap_or(d.accounting_dir),
             audit_log: p.audit_log.unwrap_or(d.audit_log),
             rt_tables: p.rt_tables.unwrap_or(d.rt_tables),
+            run_dir: p.run_dir.unwrap_or(d.run_dir),
         };
         for (name, v) in [
             ("paths.sessions_dir", &paths.sessions_dir),
@@ -398,6 +403,7 @@ impl Config {
             ("paths.accounting_dir", &paths.accounting_dir),
             ("paths.audit_log", &paths.audit_log),
             ("paths.rt_tables", &paths.rt_tables),
+            ("paths.run_dir", &paths.run_dir),
         ] {
             if !v.is_absolute() {
                 problems.push(format!("{name}: {} is not an absolute path", v.display()));

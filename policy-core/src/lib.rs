@@ -4,14 +4,19 @@
 #![forbid(unsafe_code)]
 
 pub mod accounting;
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod hardcut;
+pub mod janitor;
 pub mod kernel;
 pub mod lock;
 pub mod mapping;
+pub mod outage;
 pub mod policy;
 pub mod procfs;
+pub mod radius;
 pub mod rt_tables;
 
 pub use error::{Error, ExitCode, Result};

@@ -50,6 +50,9 @@ struct Link {
     attempts: u32,
     retry: Option<shim::TimerId>,
     applied: bool,
+    /// Connect-path phase timings (µs): SQL lookup, mapping write.
+    sql_us: u64,
+    mapping_us: u64,
     /// Reason the session is being ended, logged once.
     failed: Option<String>,
     cleaned: bool,
@@ -168,10 +171,11 @@ pub(crate) fn ip_up() {
         return;
     }
 
+    let t_sql = Instant::now();
     let mut client = match db::connect(&cfg.database) {
         Ok(c) => c,
         Err(e) => {
-            fail_closed(&format!("database unavailable: {}", one_line(&e)));
+            fail_closed(&one_line(&e));
             return;
         }
     };
@@ -193,7 +197,12 @@ pub(crate) fn ip_up() {
         }
     };
     drop(client);
-    with_link(|l| l.connection_id = Some(facts.id));
+    let sql_us = t_sql.elapsed().as_micros() as u64;
+    with_link(|l| {
+        l.connection_id = Some(facts.id);
+        l.sql_us = sql_us;
+    });
+    let t_map = Instant::now();
 
     let start_ts = match procfs::own_start_epoch() {
         Ok(t) => t,
@@ -217,7 +226,11 @@ pub(crate) fn ip_up() {
         Ok(path) => {
             tracing::info!(ifname = %ifname, user = %login, conn_id = facts.id, client_ip = %client_ip, pid,
                 "session mapped at {}", path.display());
-            with_link(|l| l.mapping = Some(mapping));
+            let mapping_us = t_map.elapsed().as_micros() as u64;
+            with_link(|l| {
+                l.mapping = Some(mapping);
+                l.mapping_us = mapping_us;
+            });
         }
         Err(e) => {
             fail_closed(&format!("cannot write the session mapping: {}", one_line(&e)));
@@ -280,6 +293,7 @@ fn attempt_apply(_: usize) {
             return;
         }
     };
+    let t_apply = Instant::now();
     let result = (|| -> policy_core::Result<engine::Outcome> {
         let mut b = Netlink::new()?;
         let mut d = Desired { sessions: vec![desired.clone()], subnet_pbr: vec![] };
@@ -292,12 +306,15 @@ fn attempt_apply(_: usize) {
         Ok(out) => {
             with_link(|l| l.applied = true);
             let elapsed = with_link(|l| l.up_started).map(|t| t.elapsed()).unwrap_or_default();
+            let apply_us = t_apply.elapsed().as_micros() as u64;
+            let (sql_us, mapping_us) = with_link(|l| (l.sql_us, l.mapping_us));
             let p = &desired.policy;
             tracing::info!(
                 ifname = %desired.ifname, conn_id = desired.connection_id, state = %p.state,
                 down_kbit = p.speed.down_kbit.unwrap_or(0), up_kbit = p.speed.up_kbit.unwrap_or(0),
                 routes = p.routes.len(), pbr = p.pbr.len(), attempts = with_link(|l| l.attempts),
-                steps = out.steps.len(), gate_released_us = elapsed.as_micros() as u64,
+                steps = out.steps.len(), sql_us, mapping_us, apply_us,
+                gate_released_us = elapsed.as_micros() as u64,
                 "policy applied, connect gate released"
             );
         }

@@ -53,6 +53,14 @@ pub enum Cmd {
     /// Forwarding sysctls.
     #[command(subcommand)]
     Sysctl(policy_cmd::SysctlCmd),
+    /// Closes this NAS's stale radacct / pppgate_sessions rows (no VALID mapping behind them).
+    Janitor(crate::sessions::JanitorArgs),
+    /// FreeRADIUS hooks: checkrad and rlm_exec (their own exit codes).
+    #[command(subcommand)]
+    Radius(crate::sessions::RadiusCmd),
+    /// Live sessions: kill (admin hardcut), list, show.
+    #[command(subcommand)]
+    Session(crate::sessions::SessionCmd),
     /// Accounting collector: read session counters, spool, commit to SQL (vpn-accounting-collector).
     Collect,
     /// ip-down's final accounting flush for one session.
@@ -95,10 +103,15 @@ pub fn main() -> ProcExit {
         Err(e) => {
             let usage = e.use_stderr();
             let _ = e.print();
-            return ProcExit::from(if usage { ExitCode::Usage.code() } else { 0 });
+            // FreeRADIUS reads checkrad/rlm_exec codes: a usage error there is "error"/"fail".
+            let code = if argv.iter().skip(1).any(|a| a == "radius") { crate::sessions::RADIUS_FAIL } else { ExitCode::Usage.code() };
+            return ProcExit::from(if usage { code } else { 0 });
         }
     };
     init_logging();
+    if let Cmd::Radius(r) = &cli.cmd {
+        return ProcExit::from(crate::sessions::radius(&cli.global, r));
+    }
     match run(&cli) {
         Ok(()) => ProcExit::SUCCESS,
         Err(f) => {
@@ -118,6 +131,8 @@ fn crate_multicall(mut argv: Vec<String>) -> Vec<String> {
         "vpn-accounting-collector" => Some(&["collect"]),
         "vpn-session-kill" => Some(&["session", "kill"]),
         "vpn-stale-session-janitor" => Some(&["janitor"]),
+        // radiusd.conf `checkrad = ` execs with argv[0] "checkrad".
+        "checkrad" => Some(&["radius", "checkrad"]),
         _ => None,
     };
     if let Some(v) = verb {
@@ -132,7 +147,24 @@ fn crate_multicall(mut argv: Vec<String>) -> Vec<String> {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PPPGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    if crate::syslog::stderr_is_dev_null() {
+        // FreeRADIUS runs hooks with stderr on /dev/null (unless debugging): log to syslog.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(crate::syslog::Syslog)
+            .with_target(false)
+            .with_ansi(false)
+            .without_time()
+            .try_init();
+        return;
+    }
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 pub fn load_config(g: &Global) -> Result<Config, Failure> {
@@ -148,6 +180,9 @@ fn run(cli: &Cli) -> CmdResult {
         Cmd::Connection(c) => policy_cmd::connection_cmd(&cli.global, c),
         Cmd::Sysctl(c) => policy_cmd::sysctl_cmd(&cli.global, c),
         Cmd::Config(ConfigCmd::Check) => config_check(&cli.global),
+        Cmd::Janitor(a) => crate::sessions::janitor(&cli.global, a),
+        Cmd::Radius(_) => unreachable!("handled in main"),
+        Cmd::Session(c) => crate::sessions::session(&cli.global, c),
         Cmd::Collect => crate::collect::collect(&cli.global),
         Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),
         Cmd::Db(DbCmd::Migrate) => {

@@ -7,6 +7,8 @@
 mod cli;
 mod collect;
 mod policy_cmd;
+mod sessions;
+mod syslog;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -695,7 +695,7 @@ pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
 
 #[derive(Subcommand, Debug)]
 pub enum SysctlCmd {
-    /// Reports ip_forward and rp_filter (exit 1 when not as pppgate needs them).
+    /// Reports ip_forward and rp_filter (exit 70 when not as pppgate needs them).
     Check,
     /// Sets ip_forward=1 and loose rp_filter on live session interfaces.
     Ensure,

@@ -6,6 +6,7 @@ pub mod accounting;
 pub mod connections;
 pub mod migrate;
 pub mod pbr;
+pub mod radacct;
 pub mod routes;
 pub mod settings;
 

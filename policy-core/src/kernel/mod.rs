@@ -11,6 +11,7 @@ pub mod links;
 pub mod lookup;
 pub mod netlink;
 pub mod nft;
+pub mod peers;
 pub mod route;
 pub mod rule;
 pub mod sysctl;

@@ -14,6 +14,7 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 [ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
 [ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
 [ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
+# shellcheck disable=SC1091
 . /out/lab.env
 echo "lab: running scenario $LAB_SCENARIO_NAME" > /dev/console
 cd /

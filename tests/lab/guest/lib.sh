@@ -752,6 +752,7 @@ snap() {
     ip -n "$ns" -j addr show > "$d/$ns-addr.json"
     cp "$LAB_TMP/netns/$ns" "$d/netns/$ns"
   done
+  ip netns exec srv nft -j list ruleset > "$d/srv-nft.json" 2> "$d/srv-nft.err" || true
   for p in /proc/[0-9]*; do
     read -r comm 2> /dev/null < "$p/comm" || continue
     case $comm in pppd | xl2tpd) ;; *) continue ;; esac

@@ -1,6 +1,7 @@
 # README demo (scripts/lab-demo.sh): a user dials in over real L2TP through pppgate.so, the
 # session mapping appears, traffic crosses the tunnel, the user hangs up and the mapping is gone;
 # then a user without a vpn_connections row is refused.
+# shellcheck source=tests/lab/guest/lib.sh
 . "$LAB_LIB"
 lab_init
 
@@ -37,6 +38,9 @@ show cat "$SESSIONS_DIR/$lns_if.env"
 
 say "pppgate's lines in the LNS pppd log"
 show grep '^pppgate:' "$LAB_TMP/pppd-lns.log"
+
+say "pppgate's nft table on the LNS"
+show ip netns exec srv nft list table inet pppgate
 
 say "traffic across the tunnel"
 show ip netns exec cli ping -c 2 -W 2 "$PPP_LOCAL"

@@ -9,6 +9,7 @@
 #   norow       carol authenticates (pap-secrets) but has no row: terminated, snap norow-after
 #   disabled    dave's row is DISABLED: terminated, snap disabled-after
 #   pgdown      PostgreSQL stopped, alice connects: terminated, snap pgdown-after (last case)
+# shellcheck source=tests/lab/guest/lib.sh
 . "$LAB_LIB"
 lab_init
 

@@ -1,4 +1,5 @@
 # Harness test: a scenario that never finishes; the harness must kill qemu at its deadline.
+# shellcheck source=tests/lab/guest/lib.sh
 . "$LAB_LIB"
 lab_init
 fact hang.started yes

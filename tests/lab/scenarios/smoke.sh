@@ -1,4 +1,5 @@
 # Harness smoke test: the guest sees the artifacts, loads the PPP/L2TP modules, and records facts.
+# shellcheck source=tests/lab/guest/lib.sh
 . "$LAB_LIB"
 lab_init
 fact smoke.kernel "$(uname -r)"

@@ -1,0 +1,230 @@
+//! FreeRADIUS integration: the checkrad replacement, the rlm_exec Simultaneous-Use hook, and the
+//! two encodings they depend on (rlm_exec's environment values, rlm_sql's user-name escaping).
+//! docs/SESSIONS-RADIUS.md describes the wiring; packaging/freeradius/ ships the snippets.
+
+pub mod env;
+pub mod sqlname;
+
+use std::net::IpAddr;
+
+use postgres::Client;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::db::radacct;
+use crate::error::{Error, Result};
+use crate::janitor::{self, FinalCounters, Report, Rules, Scope, Verdict};
+
+/// checkrad's answer (FreeRADIUS `rad_check_ts`): exit 0 = not online (stale), 1 = online;
+/// 2 = error is every `Err`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    Stale,
+    Online,
+}
+
+impl Presence {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Presence::Stale => 0,
+            Presence::Online => 1,
+        }
+    }
+}
+
+/// The arguments FreeRADIUS passes: `checkrad <nas_type> <nas_ip> <nas_port> <user> <session_id>`,
+/// where user and session id are radacct's stored (escaped) values of the row in question.
+#[derive(Debug, Clone)]
+pub struct CheckradArgs {
+    pub nas_type: String,
+    pub nas_ip: String,
+    pub nas_port: String,
+    pub user: String,
+    pub session_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckradReport {
+    pub presence: Presence,
+    pub this_nas: bool,
+    /// The open rows the question is about, with their verdicts.
+    pub rows: Vec<janitor::RowReport>,
+    /// In the answer for this NAS: the janitor run for the user (stale rows closed).
+    pub janitor: Option<Report>,
+}
+
+/// Reverses rlm_sql's user-name escaping; `None` when `stored` is not something rlm_sql writes.
+pub fn sql_unescape(stored: &str) -> Option<Vec<u8>> {
+    let b = stored.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'=' => {
+                let hex = stored.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'\\' => {
+                out.push(match b.get(i + 1)? {
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    _ => return None,
+                });
+                i += 2;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    (sqlname::sql_username(&out) == stored).then_some(out)
+}
+
+/// Answers FreeRADIUS's checkrad question (see docs/SESSIONS-RADIUS.md):
+/// * this NAS: the on-demand janitor runs for the user (closing its stale rows here — the "zap");
+///   the row is online when one of the rows it names is still open and claimed by a VALID
+///   mapping (or too young to judge);
+/// * another NAS: online while the heartbeat of one of the named rows is recent; nothing is
+///   modified.
+///
+/// A row that no longer exists, or is already closed, is "not online".
+pub fn checkrad<S: FinalCounters>(cfg: &Config, client: &mut Client, args: &CheckradArgs, state: &S) -> Result<CheckradReport> {
+    let nas_ip: IpAddr = args
+        .nas_ip
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid("NAS address", args.nas_ip.clone(), "is not an IP address"))?;
+    let this_nas = nas_ip == IpAddr::V4(cfg.nas.ip);
+    let named = |r: &radacct::OpenRow| r.nas_ip == nas_ip && r.acct_session_id == args.session_id && r.username == args.user;
+    if this_nas {
+        let Some(login) = sql_unescape(&args.user) else {
+            tracing::warn!(user = %args.user, "checkrad: user name is not one rlm_sql writes; answering not online");
+            return Ok(CheckradReport { presence: Presence::Stale, this_nas, rows: vec![], janitor: None });
+        };
+        let report = janitor::run(cfg, client, &Scope::Login(login), state, false)?;
+        let rows: Vec<janitor::RowReport> = report.rows.iter().filter(|r| named(&r.row)).cloned().collect();
+        let online = rows.iter().any(|r| !r.closed && r.verdict.online());
+        let presence = if online { Presence::Online } else { Presence::Stale };
+        return Ok(CheckradReport { presence, this_nas, rows, janitor: Some(report) });
+    }
+    let rules = Rules::from_config(cfg);
+    let db_now = radacct::now(client)?;
+    let rows: Vec<janitor::RowReport> = radacct::open_rows_for_checkrad(client, nas_ip, &args.user, &args.session_id)?
+        .into_iter()
+        .map(|row| {
+            let verdict = janitor::classify(&row, &[], &rules, db_now);
+            janitor::RowReport { row, verdict, closed: false }
+        })
+        .collect();
+    let online = rows.iter().any(|r| r.verdict == Verdict::OtherNasAlive);
+    Ok(CheckradReport { presence: if online { Presence::Online } else { Presence::Stale }, this_nas, rows, janitor: None })
+}
+
+/// The hook's answer in rlm_exec's terms (mods-available/echo): exit 0 = ok, 1 = reject; every
+/// `Err` is 2 = fail. Never ok without a database answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookVerdict {
+    Ok,
+    Reject,
+}
+
+impl HookVerdict {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            HookVerdict::Ok => 0,
+            HookVerdict::Reject => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulReport {
+    pub verdict: HookVerdict,
+    /// Simultaneous-Use of the user, when FreeRADIUS passed it.
+    pub max: Option<u32>,
+    /// Sessions counted as online after the janitor ran.
+    pub online: usize,
+    pub janitor: Report,
+}
+
+/// `radius exec simultaneous-use`: runs the on-demand janitor for the User-Name, then — when the
+/// user has a Simultaneous-Use limit — counts the sessions that are still online the way
+/// checkrad would answer for each (this NAS: claimed by a VALID mapping or too young; other NAS:
+/// recent heartbeat; rows from before a NAS's Accounting-On not counted) and rejects at the limit.
+pub fn simultaneous_use<S: FinalCounters>(
+    cfg: &Config,
+    client: &mut Client,
+    login: &[u8],
+    max: Option<u32>,
+    state: &S,
+) -> Result<SimulReport> {
+    let report = janitor::run(cfg, client, &Scope::Login(login.to_vec()), state, false)?;
+    let online = report.online_rows();
+    let verdict = match max {
+        Some(m) if online >= m as usize => HookVerdict::Reject,
+        _ => HookVerdict::Ok,
+    };
+    Ok(SimulReport { verdict, max, online, janitor: report })
+}
+
+/// Parses the hook's `--max` value as FreeRADIUS expands `%{control:Simultaneous-Use}`: empty
+/// when the user has no limit, else a decimal count.
+pub fn parse_max(s: &str) -> Result<Option<u32>> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if !t.bytes().all(|b| b.is_ascii_digit()) || t.len() > 9 {
+        return Err(Error::invalid("Simultaneous-Use", s, "is not a decimal count"));
+    }
+    Ok(Some(t.parse().expect("checked digits")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn unescape_reverses_rlm_sql() {
+        assert_eq!(sql_unescape("alice").unwrap(), b"alice");
+        assert_eq!(sql_unescape("o=27brien").unwrap(), b"o'brien");
+        assert_eq!(sql_unescape("j\u{fc}rgen").unwrap(), "jürgen".as_bytes());
+        assert_eq!(sql_unescape("a\\tb").unwrap(), b"a\tb");
+        // Not rlm_sql's output: lowercase hex, a bare quote, '=' without hex.
+        assert_eq!(sql_unescape("o=2fx"), None);
+        assert_eq!(sql_unescape("o'brien"), None);
+        assert_eq!(sql_unescape("a=b"), None);
+        assert_eq!(sql_unescape("a="), None);
+        // =41 is 'A', which rlm_sql never escapes: not its output.
+        assert_eq!(sql_unescape("=41"), None);
+    }
+
+    #[test]
+    fn max_parsing() {
+        assert_eq!(parse_max("").unwrap(), None);
+        assert_eq!(parse_max("  ").unwrap(), None);
+        assert_eq!(parse_max("1").unwrap(), Some(1));
+        assert_eq!(parse_max("0").unwrap(), Some(0));
+        assert!(parse_max("-1").is_err());
+        assert!(parse_max("1x").is_err());
+        assert!(parse_max("9999999999").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn unescape_inverts_escape(v in proptest::collection::vec(1u8..=255, 0..40)) {
+            prop_assume!(!v.iter().any(|b| matches!(b, b'\n' | b'\r' | b'\t')));
+            let s = sqlname::sql_username(&v);
+            prop_assert_eq!(sql_unescape(&s), Some(v));
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! Verbs around sessions and FreeRADIUS: `janitor`, `radius checkrad`, `radius exec
+//! simultaneous-use`, `session kill|list|show`. docs/SESSIONS-RADIUS.md describes them.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use policy_core::config::{Config, Paths};
+use policy_core::db::{self, radacct};
+use policy_core::error::one_line;
+use policy_core::janitor::{self, NoAccountingState, Scope};
+use policy_core::mapping;
+use policy_core::outage::{Outage, Transition};
+use policy_core::radius::env::RadiusEnv;
+use policy_core::radius::{self, CheckradArgs};
+use policy_core::kernel::Netlink;
+use policy_core::lock::Lock;
+use policy_core::policy::apply;
+use policy_core::{audit, hardcut, Error, ExitCode};
+use postgres::Client;
+use serde::Serialize;
+
+use crate::cli::{load_config, CmdResult, Failure, Global};
+
+/// Connect and statement timeouts of the FreeRADIUS-facing verbs: they must answer well inside
+/// rlm_exec's 10 s (and checkrad's wait), whatever the configuration says.
+const HOOK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const HOOK_STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Args, Debug)]
+pub struct JanitorArgs {
+    /// Only this User-Name (the on-demand path, e.g. FreeRADIUS before Simultaneous-Use).
+    #[arg(long, value_name = "USER_NAME", allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
+    pub subaccount_login: Option<OsString>,
+    /// Sleep this long first (the boot janitor: lets ip-up rebuild /run/vpn-sessions), 0..=3600.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub boot_delay: Option<u64>,
+    /// Classify and report; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RadiusCmd {
+    /// checkrad replacement for radiusd.conf (`checkrad = `): exit 0 = not online (stale),
+    /// 1 = online, 2 = error.
+    Checkrad {
+        /// NAS type from clients.conf / the nas table (informational).
+        #[arg(allow_hyphen_values = true)]
+        nas_type: String,
+        #[arg(allow_hyphen_values = true)]
+        nas_ip: String,
+        #[arg(allow_hyphen_values = true)]
+        nas_port: String,
+        /// radacct.username of the row (as stored).
+        #[arg(allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
+        user: OsString,
+        /// radacct.acctsessionid of the row.
+        #[arg(allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
+        session_id: OsString,
+    },
+    /// rlm_exec hooks (exit codes as rlm_exec reads them: 0 ok, 1 reject, 2 fail).
+    #[command(subcommand)]
+    Exec(ExecCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExecCmd {
+    /// Reads USER_NAME from FreeRADIUS's environment, runs the on-demand janitor for it, and
+    /// rejects when the user is at its Simultaneous-Use limit (`--max=%{control:Simultaneous-Use}`).
+    SimultaneousUse {
+        /// The user's Simultaneous-Use; empty or absent: no limit (janitor only).
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
+        max: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCmd {
+    /// Ends every live session of a connection (kill first, then reconcile); audited.
+    Kill {
+        /// vpn_connection_id: a plain positive decimal integer.
+        #[arg(allow_hyphen_values = true, value_parser = clap::value_parser!(OsString))]
+        id: Option<OsString>,
+        /// Seconds pppd gets to exit after SIGTERM before SIGKILL (1..=60).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
+        timeout: u64,
+    },
+    /// Lists the session mappings with their validity.
+    List,
+    /// One connection: its mappings, and its open radacct / pppgate_sessions rows on this NAS.
+    Show {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database access with outage bookkeeping (seed 004 §7.4)
+
+/// Runs `f` on a fresh connection. An unreachable database is logged once per outage (marker in
+/// paths.run_dir) and its return to service once; repeated failures stay quiet.
+fn with_db<T>(
+    cfg: &Config,
+    component: &str,
+    timeouts: Option<(Duration, Duration)>,
+    f: impl FnOnce(&mut Client) -> policy_core::Result<T>,
+) -> policy_core::Result<T> {
+    let outage = Outage::new(&cfg.paths.run_dir, component);
+    let (ct, st) = timeouts.unwrap_or((cfg.database.connect_timeout, cfg.database.statement_timeout));
+    let res = db::connect_with(&cfg.database, ct, st).and_then(|mut c| f(&mut c));
+    match &res {
+        Err(e) if e.exit_code() == ExitCode::SqlUnavailable => match outage.failed() {
+            Transition::Began => {
+                tracing::warn!(component, "database unavailable: {}; skipping until it is back (logged once per outage)", one_line(e))
+            }
+            _ => tracing::debug!(component, "database still unavailable"),
+        },
+        _ => {
+            if let Transition::Ended { since } = outage.succeeded() {
+                let outage_s = policy_core::lock::now_unix() - since;
+                tracing::info!(component, outage_s, "database reachable again");
+            }
+        }
+    }
+    res
+}
+
+/// An error already logged by [`with_db`] (database unavailable): exit 69, no further message.
+fn quiet_or_loud(e: Error) -> Failure {
+    if e.exit_code() == ExitCode::SqlUnavailable {
+        Failure { code: ExitCode::SqlUnavailable, message: String::new() }
+    } else {
+        Failure::from(e)
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// janitor
+
+pub fn janitor(g: &Global, a: &JanitorArgs) -> CmdResult {
+    let cfg = load_config(g)?;
+    if let Some(s) = a.boot_delay {
+        tracing::info!(delay_s = s, "boot janitor: waiting before the global sweep");
+        std::thread::sleep(Duration::from_secs(s));
+    }
+    let scope = match &a.subaccount_login {
+        None => Scope::All,
+        Some(l) if l.is_empty() => return Err(Error::invalid("subaccount login", "", "is empty").into()),
+        Some(l) => Scope::Login(l.as_bytes().to_vec()),
+    };
+    let t0 = Instant::now();
+    let report = with_db(&cfg, "janitor", None, |c| janitor::run(&cfg, c, &scope, &NoAccountingState, a.dry_run))
+        .map_err(quiet_or_loud)?;
+    let elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(scope = report.scope, closed = report.radacct.closed, sessions_closed = report.sessions.closed,
+        live = report.radacct.live, too_young = report.radacct.too_young, elapsed_ms, "janitor done");
+    if g.json {
+        print_json(&report);
+    } else {
+        let what = if report.dry_run { "would close" } else { "closed" };
+        println!(
+            "{what} {} stale radacct row(s) and {} pppgate session(s) of NAS {} ({}); {} live, {} too young to judge",
+            if report.dry_run { report.radacct.stale } else { report.radacct.closed },
+            if report.dry_run { report.sessions.stale } else { report.sessions.closed },
+            report.nas_identity,
+            report.nas_ip,
+            report.radacct.live,
+            report.radacct.too_young,
+        );
+        for r in report.rows.iter().filter(|r| r.closed || (report.dry_run && matches!(r.verdict, janitor::Verdict::Stale { .. }))) {
+            println!(
+                "  radacct {} user {} ip {} started {}",
+                r.row.radacctid,
+                r.row.username,
+                r.row.framed_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                r.row.start.map(audit::rfc3339).unwrap_or_else(|| "-".into())
+            );
+        }
+        for m in &report.malformed_mappings {
+            println!("  malformed mapping: {m}");
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// radius
+
+/// Exit code for a FreeRADIUS-facing failure (checkrad: 2 = error; rlm_exec: 2 = fail), also for
+/// usage errors of those verbs.
+pub const RADIUS_FAIL: u8 = 2;
+
+/// Runs a FreeRADIUS-facing verb; returns its exit code (never the admin codes).
+pub fn radius(g: &Global, cmd: &RadiusCmd) -> u8 {
+    match cmd {
+        RadiusCmd::Checkrad { nas_type, nas_ip, nas_port, user, session_id } => {
+            let args = CheckradArgs {
+                nas_type: nas_type.clone(),
+                nas_ip: nas_ip.clone(),
+                nas_port: nas_port.clone(),
+                user: user.to_string_lossy().into_owned(),
+                session_id: session_id.to_string_lossy().into_owned(),
+            };
+            checkrad(g, &args)
+        }
+        RadiusCmd::Exec(ExecCmd::SimultaneousUse { max }) => simultaneous_use(g, max.as_deref()),
+    }
+}
+
+fn checkrad(g: &Global, args: &CheckradArgs) -> u8 {
+    let cfg = match Config::load(&g.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("checkrad: {}", one_line(&e));
+            return RADIUS_FAIL;
+        }
+    };
+    let res = with_db(&cfg, "checkrad", Some((HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT)), |c| {
+        radius::checkrad(&cfg, c, args, &NoAccountingState)
+    });
+    match res {
+        Ok(r) => {
+            tracing::info!(nas_ip = %args.nas_ip, user = %args.user, session_id = %args.session_id,
+                presence = ?r.presence, this_nas = r.this_nas, "checkrad answered");
+            if g.json {
+                print_json(&r);
+            }
+            r.presence.exit_code()
+        }
+        Err(e) => {
+            if e.exit_code() != ExitCode::SqlUnavailable {
+                tracing::error!(user = %args.user, "checkrad failed: {}", one_line(&e));
+            }
+            RADIUS_FAIL
+        }
+    }
+}
+
+fn simultaneous_use(g: &Global, max: Option<&str>) -> u8 {
+    // stdout is FreeRADIUS's module failure message on fail/reject; keep it to one line.
+    let fail = |msg: String| {
+        println!("pppgate: {msg}");
+        RADIUS_FAIL
+    };
+    let max = match radius::parse_max(max.unwrap_or("")) {
+        Ok(m) => m,
+        Err(e) => return fail(one_line(&e)),
+    };
+    let env = RadiusEnv::from_process();
+    let login = match env.get("User-Name") {
+        None => return fail("USER_NAME is not in the environment (rlm_exec needs input_pairs = request, shell_escape = yes)".into()),
+        Some(Err(e)) => return fail(format!("USER_NAME is malformed: {e}")),
+        Some(Ok(v)) if v.is_empty() => return fail("USER_NAME is empty".into()),
+        Some(Ok(v)) => v.clone(),
+    };
+    let cfg = match Config::load(&g.config) {
+        Ok(c) => c,
+        Err(e) => return fail(one_line(&e)),
+    };
+    let res = with_db(&cfg, "radius-exec", Some((HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT)), |c| {
+        radius::simultaneous_use(&cfg, c, &login, max, &NoAccountingState)
+    });
+    match res {
+        Ok(r) => {
+            let user = String::from_utf8_lossy(&login);
+            tracing::info!(user = %user, max = ?r.max, online = r.online, closed = r.janitor.radacct.closed,
+                verdict = ?r.verdict, "simultaneous-use hook");
+            if g.json {
+                print_json(&r);
+            } else if r.verdict == radius::HookVerdict::Reject {
+                println!("pppgate: {} of {} allowed sessions online", r.online, r.max.unwrap_or(0));
+            }
+            r.verdict.exit_code()
+        }
+        Err(e) if e.exit_code() == ExitCode::SqlUnavailable => fail("database unavailable (fail closed)".into()),
+        Err(e) => {
+            tracing::error!("simultaneous-use hook failed: {}", one_line(&e));
+            fail(one_line(&e))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// session
+
+pub fn session(g: &Global, cmd: &SessionCmd) -> CmdResult {
+    match cmd {
+        SessionCmd::Kill { id, timeout } => session_kill(g, id.as_ref(), *timeout),
+        SessionCmd::List => session_list(g),
+        SessionCmd::Show { id } => session_show(g, id),
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "reconcile", rename_all = "snake_case")]
+enum ReconcileOutcome {
+    Done {
+        steps: Vec<String>,
+        /// SQL was unreachable: only state of sessions that no longer exist was removed.
+        sql_unavailable: Option<String>,
+    },
+    Failed {
+        error: String,
+        #[serde(skip)]
+        code: ExitCode,
+    },
+}
+
+/// How long the kill waits for the apply lock before reporting it busy (exit 75).
+const KILL_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Seed 004 §8.1: after the kill, reconcile so nft/tc are deterministically right — under the
+/// apply lock, with the real kernel backends. Without SQL the reconcile still removes the state
+/// of sessions that no longer exist (exactly what a kill needs) and says so.
+fn reconcile_after_kill(cfg: &Config) -> ReconcileOutcome {
+    let res = Lock::acquire_within(&cfg.paths.apply_lock, "session-kill", KILL_LOCK_WAIT).and_then(|_lock| {
+        let mut b = Netlink::new()?;
+        apply::reconcile(cfg, &mut b, false)
+    });
+    match res {
+        Ok(r) => ReconcileOutcome::Done { steps: r.outcome.steps, sql_unavailable: r.sql_unavailable },
+        Err(e) => {
+            tracing::error!("reconcile after session kill failed: {}", one_line(&e));
+            ReconcileOutcome::Failed { error: one_line(&e), code: e.exit_code() }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct KillResult {
+    connection_id: i64,
+    #[serde(flatten)]
+    kill: hardcut::KillReport,
+    mappings_removed: Vec<String>,
+    reconcile: ReconcileOutcome,
+    /// The on-demand janitor for the connection's login (rows whose Stop never came).
+    janitor: Option<janitor::Report>,
+    locks_removed: Option<u64>,
+    warnings: Vec<String>,
+}
+
+fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
+    let raw_text = raw.map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
+    let args: Vec<String> = raw.map(|_| raw_text.clone()).into_iter().collect();
+    let cfg = Config::load(&g.config);
+    let (audit_path, nas) = match &cfg {
+        Ok(c) => (c.paths.audit_log.clone(), c.nas.identity.clone()),
+        Err(_) => (Paths::default().audit_log, "unknown".to_string()),
+    };
+    let finish = |result: String, code: ExitCode, cfg: Option<&Config>| {
+        let rec = audit::Record::new(&nas, "session-kill", args.clone(), result, code.code());
+        if let Err(e) = audit::append(&audit_path, &rec) {
+            tracing::error!("cannot write the audit log: {}", one_line(&e));
+        }
+        if let Some(cfg) = cfg {
+            let r = db::connect_with(&cfg.database, HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT)
+                .and_then(|mut c| audit::insert(&mut c, &rec));
+            if let Err(e) = r {
+                tracing::warn!("audit row not written to pppgate_audit: {}", one_line(&e));
+            }
+        }
+    };
+
+    let id = match raw.map(|r| r.to_str()) {
+        None => Err(Error::invalid("vpn_connection_id", "", "is missing")),
+        Some(None) => Err(Error::invalid("vpn_connection_id", raw_text.clone(), "is not valid UTF-8")),
+        Some(Some(s)) => hardcut::parse_connection_id(s),
+    };
+    let id = match id {
+        Ok(id) => id,
+        Err(e) => {
+            finish(format!("refused: {}", one_line(&e)), e.exit_code(), cfg.as_ref().ok());
+            return Err(e.into());
+        }
+    };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            finish(format!("failed: {}", one_line(&e)), e.exit_code(), None);
+            return Err(e.into());
+        }
+    };
+
+    let opts = hardcut::KillOptions { term_timeout: Duration::from_secs(timeout), ..Default::default() };
+    let kill = match hardcut::kill_connection(&cfg.paths.sessions_dir, id, &opts) {
+        Ok(k) => k,
+        Err(e) => {
+            finish(format!("failed before killing: {}", one_line(&e)), e.exit_code(), Some(&cfg));
+            return Err(e.into());
+        }
+    };
+    let mappings_removed = hardcut::remove_dead_mappings(&cfg.paths.sessions_dir, id);
+    let reconcile = reconcile_after_kill(&cfg);
+
+    // Database follow-up, best effort: rows whose Stop never came (SIGKILL), pppgate_sessions,
+    // and the spec's active_session_locks where a deployment has that table.
+    let mut warnings = Vec::new();
+    let follow = db::connect_with(&cfg.database, HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT).and_then(|mut c| {
+        let login = db::connections::login_of(&mut c, id)?;
+        let report = match &login {
+            Some(l) => Some(janitor::run(&cfg, &mut c, &Scope::Login(l.as_bytes().to_vec()), &NoAccountingState, false)?),
+            None => None,
+        };
+        let locks = remove_session_locks(&mut c, id)?;
+        Ok((report, locks))
+    });
+    let (janitor_report, locks_removed) = match follow {
+        Ok(v) => v,
+        Err(e) => {
+            warnings.push(format!("database follow-up skipped: {}", one_line(&e)));
+            (None, None)
+        }
+    };
+
+    let ok = kill.all_ended();
+    let reconcile_failed = match &reconcile {
+        ReconcileOutcome::Failed { error, code } => Some((error.clone(), *code)),
+        ReconcileOutcome::Done { .. } => None,
+    };
+    let summary: Vec<String> = kill
+        .sessions
+        .iter()
+        .map(|k| format!("{} pid {} {}", k.mapping.ppp_if, k.mapping.pppd_pid, outcome_text(&k.outcome)))
+        .collect();
+    let mut result = if kill.sessions.is_empty() {
+        "no live session".to_string()
+    } else if ok {
+        format!("ended: {}", summary.join(", "))
+    } else {
+        format!("FAILED: {}", summary.join(", "))
+    };
+    if let Some((e, _)) = &reconcile_failed {
+        result.push_str(&format!("; reconcile failed: {e}"));
+    }
+    let code = match (&reconcile_failed, ok) {
+        (_, false) => ExitCode::Internal,
+        (Some((_, c)), true) => *c,
+        (None, true) => ExitCode::Ok,
+    };
+    tracing::info!(conn_id = id, sessions = kill.sessions.len(), ok, "session kill: {result}");
+    let out = KillResult {
+        connection_id: id,
+        kill,
+        mappings_removed,
+        reconcile,
+        janitor: janitor_report,
+        locks_removed,
+        warnings,
+    };
+    finish(result.clone(), code, Some(&cfg));
+    if g.json {
+        print_json(&out);
+    } else {
+        println!("connection {id}: {result}");
+        for w in &out.warnings {
+            println!("  warning: {w}");
+        }
+    }
+    if code == ExitCode::Ok {
+        Ok(())
+    } else {
+        Err(Failure { code, message: format!("connection {id}: {result}") })
+    }
+}
+
+fn outcome_text(o: &hardcut::KillOutcome) -> String {
+    match o {
+        hardcut::KillOutcome::Terminated { after_ms } => format!("terminated after {after_ms} ms"),
+        hardcut::KillOutcome::Killed { after_ms } => format!("killed with SIGKILL after {after_ms} ms (no Accounting-Stop)"),
+        hardcut::KillOutcome::AlreadyGone => "already gone".into(),
+        hardcut::KillOutcome::Failed { error } => format!("not ended: {error}"),
+    }
+}
+
+/// Seed 004 §8.1 "Locks (active_session_locks) best-effort entfernen (falls vorhanden)": pppgate's
+/// schema has no such table; a deployment that has one (keyed by `vpn_connection_id` or
+/// `connection_id`) gets the connection's rows removed.
+fn remove_session_locks(c: &mut Client, id: i64) -> policy_core::Result<Option<u64>> {
+    use postgres::types::Type;
+    let col = c
+        .query_typed(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_name = 'active_session_locks' AND table_schema = current_schema()
+               AND column_name IN ('vpn_connection_id', 'connection_id') ORDER BY column_name DESC LIMIT 1",
+            &[],
+        )
+        .map_err(Error::from_sql)?;
+    let Some(col) = col.first().map(|r| r.get::<_, String>(0)) else { return Ok(None) };
+    // The column name comes from the catalog and is one of two fixed identifiers.
+    let sql = if col == "vpn_connection_id" {
+        "DELETE FROM active_session_locks WHERE vpn_connection_id = $1"
+    } else {
+        "DELETE FROM active_session_locks WHERE connection_id = $1"
+    };
+    let n = c.execute_typed(sql, &[(&id, Type::INT8)]).map_err(Error::from_sql)?;
+    Ok(Some(n))
+}
+
+#[derive(Debug, Serialize)]
+struct ListedSession {
+    #[serde(flatten)]
+    mapping: mapping::Mapping,
+    #[serde(flatten)]
+    validity: mapping::Validity,
+    login: Option<String>,
+    since: String,
+}
+
+fn listed(checked: Vec<mapping::Checked>, logins: &std::collections::BTreeMap<i64, String>) -> Vec<ListedSession> {
+    checked
+        .into_iter()
+        .map(|c| ListedSession {
+            login: logins.get(&c.mapping.connection_id).cloned(),
+            since: audit::rfc3339(c.mapping.up_ts.unwrap_or(c.mapping.start_ts)),
+            mapping: c.mapping,
+            validity: c.validity,
+        })
+        .collect()
+}
+
+fn session_list(g: &Global) -> CmdResult {
+    let cfg = load_config(g)?;
+    let (checked, bad) = mapping::scan_checked(&cfg.paths.sessions_dir)?;
+    let ids: Vec<i64> = checked.iter().map(|c| c.mapping.connection_id).collect();
+    let logins = db::connect_with(&cfg.database, HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT)
+        .and_then(|mut c| radacct::logins_of(&mut c, &ids))
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_else(|e| {
+            tracing::warn!("logins not shown: {}", one_line(&e));
+            Default::default()
+        });
+    let sessions = listed(checked, &logins);
+    let malformed: Vec<String> = bad.iter().map(|e| one_line(e)).collect();
+    if g.json {
+        print_json(&serde_json::json!({ "sessions": sessions, "malformed": malformed }));
+    } else {
+        for s in &sessions {
+            println!(
+                "{:<8} conn {:<8} {:<24} {:<15} pid {:<8} since {}  {}",
+                s.mapping.ppp_if,
+                s.mapping.connection_id,
+                s.login.as_deref().unwrap_or("?"),
+                s.mapping.client_ip,
+                s.mapping.pppd_pid,
+                s.since,
+                if s.validity.is_valid() { "VALID".to_string() } else { format!("not valid: {}", s.validity.reason()) }
+            );
+        }
+        for m in &malformed {
+            println!("malformed: {m}");
+        }
+    }
+    Ok(())
+}
+
+fn session_show(g: &Global, raw: &str) -> CmdResult {
+    let id = hardcut::parse_connection_id(raw)?;
+    let cfg = load_config(g)?;
+    let (checked, _) = mapping::scan_checked(&cfg.paths.sessions_dir)?;
+    let mine: Vec<mapping::Checked> = checked.into_iter().filter(|c| c.mapping.connection_id == id).collect();
+    let db_part = db::connect_with(&cfg.database, HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT).and_then(|mut c| {
+        let login = db::connections::login_of(&mut c, id)?;
+        let rows = match &login {
+            Some(l) => radacct::open_rows_of_user(&mut c, &radius::sqlname::sql_username(l.as_bytes()))?,
+            None => vec![],
+        };
+        let sessions = radacct::open_sessions(&mut c, &cfg.nas.identity, Some((Some(id), login.as_deref())))?;
+        Ok((login, rows, sessions))
+    });
+    let (login, rows, open_sessions, db_error) = match db_part {
+        Ok((l, r, s)) => (l, r, s, None),
+        Err(e) => (None, vec![], vec![], Some(one_line(&e))),
+    };
+    let logins = login.iter().map(|l| (id, l.clone())).collect();
+    let sessions = listed(mine, &logins);
+    if g.json {
+        print_json(&serde_json::json!({
+            "connection_id": id,
+            "login": login,
+            "sessions": sessions,
+            "open_radacct": rows,
+            "open_pppgate_sessions": open_sessions,
+            "database_error": db_error,
+        }));
+    } else {
+        println!("connection {id} login {}", login.as_deref().unwrap_or("?"));
+        for s in &sessions {
+            println!(
+                "  {} {} pid {} since {} {}",
+                s.mapping.ppp_if,
+                s.mapping.client_ip,
+                s.mapping.pppd_pid,
+                s.since,
+                if s.validity.is_valid() { "VALID" } else { s.validity.reason() }
+            );
+        }
+        for r in &rows {
+            println!(
+                "  radacct {} nas {} ip {} started {}",
+                r.radacctid,
+                r.nas_ip,
+                r.framed_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                r.start.map(audit::rfc3339).unwrap_or_else(|| "-".into())
+            );
+        }
+        if let Some(e) = db_error {
+            println!("  database: {e}");
+        }
+    }
+    Ok(())
+}
