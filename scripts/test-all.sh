@@ -25,6 +25,6 @@ bash scripts/build-pppd-variants.sh
 log "build took $((SECONDS - start)) s"
 
 start=$SECONDS
-log "cargo test --release --workspace"
-cargo test --release --workspace
+log "cargo test --release --workspace --no-fail-fast"
+cargo test --release --workspace --no-fail-fast
 log "tests took $((SECONDS - start)) s"

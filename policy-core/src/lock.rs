@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -107,11 +107,51 @@ impl Lock {
     }
 }
 
-/// The holder recorded in the lock file (may be stale when nobody holds the lock).
+/// Who holds the lock on `path`, as the kernel says (/proc/locks). The record in the file names
+/// the holder only when that process really holds the lock: the file keeps the last pppgate
+/// holder's record after it let go, and another program holding the lock (an operator's
+/// flock(1), a shell hook) writes none. Such a holder is reported with its `comm` and, as
+/// `since`, its start time (the lock was taken at or after it). When /proc/locks cannot be read,
+/// the record is all there is.
 pub fn holder(path: &Path) -> Option<Holder> {
     let mut s = String::new();
-    File::open(path).ok()?.read_to_string(&mut s).ok()?;
-    Holder::parse(&s)
+    let recorded = File::open(path).ok().and_then(|mut f| f.read_to_string(&mut s).ok()).and_then(|_| Holder::parse(&s));
+    let meta = std::fs::metadata(path).ok()?;
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else { return recorded };
+    let pids = flock_holders(&locks, dev_major(meta.dev()), dev_minor(meta.dev()), meta.ino());
+    match recorded {
+        Some(h) if pids.contains(&h.pid) => Some(h),
+        _ => {
+            let pid = *pids.first()?;
+            let (since, what) = match crate::procfs::stat(pid) {
+                Ok(Some(st)) => (crate::procfs::process_start_epoch(pid).ok().flatten().unwrap_or_else(now_unix), st.comm),
+                _ => (now_unix(), "unknown".to_string()),
+            };
+            Some(Holder { pid, since, what })
+        }
+    }
+}
+
+/// glibc's `major()`/`minor()` of a `st_dev`.
+fn dev_major(dev: u64) -> u64 {
+    ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)
+}
+
+fn dev_minor(dev: u64) -> u64 {
+    (dev & 0xff) | ((dev >> 12) & !0xff)
+}
+
+/// Pids holding a FLOCK on the file `major:minor:inode` according to /proc/locks
+/// (`1: FLOCK  ADVISORY  WRITE 543 00:1d:9 0 EOF`; waiters, `1: -> FLOCK ...`, are skipped).
+fn flock_holders(locks: &str, major: u64, minor: u64, ino: u64) -> Vec<u32> {
+    let want = format!("{major:02x}:{minor:02x}:{ino}");
+    locks
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str())).then(|| f.get(4)?.parse().ok()).flatten()
+        })
+        .collect()
 }
 
 /// What `--break-stale-lock` did.
@@ -125,8 +165,8 @@ pub enum BreakOutcome {
 }
 
 /// Admin override: ends a holder that has held the lock longer than `ttl` and takes the lock.
-/// Refuses a holder younger than the TTL, one whose pid does not match the lock file, and pppd
-/// itself (a session is ended with `session kill`, not by breaking a lock).
+/// A holder younger than the TTL is not stale: the lock is simply busy (`Error::Locked`, exit 75).
+/// Refuses a holder whose pid does not match the lock file, and pppd itself (a session is ended with `session kill`, not by breaking a lock).
 pub fn break_stale(path: &Path, what: &str, ttl: Duration) -> Result<(Lock, BreakOutcome)> {
     match Lock::try_acquire(path, what) {
         Ok(l) => return Ok((l, BreakOutcome::Free)),
@@ -137,11 +177,8 @@ pub fn break_stale(path: &Path, what: &str, ttl: Duration) -> Result<(Lock, Brea
         return Err(Error::invalid("lock holder", path.display().to_string(), "lock is held but records no holder"));
     };
     if h.age() < ttl {
-        return Err(Error::invalid(
-            "lock holder",
-            format!("pid {}", h.pid),
-            format!("held for {}s, not older than the TTL of {}s", h.age().as_secs(), ttl.as_secs()),
-        ));
+        // Not stale, just busy: the same answer as without the override (exit 75, retry later).
+        return Err(Error::Locked { path: path.into(), holder: Some(h) });
     }
     let comm = crate::procfs::stat(h.pid).ok().flatten().map(|s| s.comm).unwrap_or_default();
     if comm == "pppd" {
@@ -195,7 +232,30 @@ mod tests {
         let p = dir.path().join("x.lock");
         let _l = Lock::try_acquire(&p, "apply").unwrap();
         let e = break_stale(&p, "admin", Duration::from_secs(60)).unwrap_err();
-        assert!(e.to_string().contains("not older than the TTL"), "{e}");
+        assert!(matches!(&e, Error::Locked { holder: Some(h), .. } if h.what == "apply"), "{e}");
+        assert_eq!(e.exit_code(), crate::ExitCode::Locked, "busy, not bad input");
+    }
+
+    #[test]
+    fn a_stale_record_is_not_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        drop(Lock::try_acquire(&p, "apply").unwrap());
+        // The file still says "pid=<us> what=apply"; nobody holds the lock.
+        assert!(std::fs::read_to_string(&p).unwrap().contains("what=apply"));
+        assert_eq!(holder(&p), None);
+    }
+
+    #[test]
+    fn proc_locks_lines() {
+        let t = "1: FLOCK  ADVISORY  WRITE 543 00:1d:9 0 EOF\n\
+                 1: -> FLOCK  ADVISORY  WRITE 600 00:1d:9 0 EOF\n\
+                 2: POSIX  ADVISORY  WRITE 700 00:1d:9 0 EOF\n\
+                 3: FLOCK  ADVISORY  WRITE 800 fd:01:9 0 EOF\n";
+        assert_eq!(flock_holders(t, 0, 0x1d, 9), vec![543]);
+        assert_eq!(flock_holders(t, 0xfd, 1, 9), vec![800]);
+        assert_eq!(flock_holders(t, 0, 0x1d, 10), Vec::<u32>::new());
+        assert_eq!((dev_major(0xfd01), dev_minor(0xfd01)), (0xfd, 1));
     }
 
     #[test]

@@ -66,8 +66,14 @@ pub fn stat(pid: u32) -> std::io::Result<Option<ProcStat>> {
 
 /// The start time of `pid` in Unix seconds, or `None` when it is not running.
 pub fn process_start_epoch(pid: u32) -> std::io::Result<Option<i64>> {
+    process_start_epoch_since(pid, boot_time()?)
+}
+
+/// [`process_start_epoch`] with the boot time already read (a scan of many mappings reads
+/// /proc/stat once, not once per session).
+pub fn process_start_epoch_since(pid: u32, boot_time: i64) -> std::io::Result<Option<i64>> {
     let Some(s) = stat(pid)? else { return Ok(None) };
-    Ok(Some(boot_time()? + (s.start_ticks as i64) / clock_ticks()))
+    Ok(Some(boot_time + (s.start_ticks as i64) / clock_ticks()))
 }
 
 /// Our own start time in Unix seconds (pppd's, when called inside the plugin).

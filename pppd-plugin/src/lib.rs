@@ -69,6 +69,10 @@ fn on_phase(p: shim::Phase) {
             shim::fatal(&format!("pppgate: refusing to start: {e}"));
         }
     }
+    // Before the network phase opens IPCP/IPv6CP (either may bring the interface up).
+    if matches!(p, shim::Phase::Establish | shim::Phase::Authenticate | shim::Phase::Network) {
+        session::ensure_table();
+    }
 }
 
 /// The loaded configuration, if any.

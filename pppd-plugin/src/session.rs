@@ -56,6 +56,10 @@ struct Link {
     /// Reason the session is being ended, logged once.
     failed: Option<String>,
     cleaned: bool,
+    /// `inet pppgate` was checked (or created) before the network phase.
+    table_checked: bool,
+    /// The apply lock stayed busy for the whole window: the cleanup does not wait for it again.
+    lock_exhausted: bool,
 }
 
 thread_local! {
@@ -91,6 +95,37 @@ pub(crate) fn fail_closed(reason: &str) {
         );
     }
     shim::end_link(shim::ExitCode::FatalError, &format!("pppgate: {reason}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 0. The table, before any network protocol can bring the interface up
+// ---------------------------------------------------------------------------------------------
+
+/// Makes sure `inet pppgate` exists before the network phase. Its forward chain drops what comes
+/// from a ppp interface without a policed address; without the table nothing does, and IPv6CP
+/// brings the interface up before IPCP asks for the address (where the gate would create the
+/// table): the first session after boot forwarded IPv4 from whatever source the client picked
+/// until then (seen in the lab, tests/lab_connect.rs). Present: one netlink probe. Missing:
+/// created under the apply lock (bounded wait), else the link is ended.
+pub(crate) fn ensure_table() {
+    if with_link(|l| std::mem::replace(&mut l.table_checked, true)) {
+        return;
+    }
+    let Some(cfg) = config() else {
+        fail_closed("no configuration loaded");
+        return;
+    };
+    let res = (|| -> policy_core::Result<()> {
+        let mut b = Netlink::new()?;
+        if b.nft().probe()?.table {
+            return Ok(());
+        }
+        let _lock = Lock::acquire_within(&cfg.paths.apply_lock, "pppd-table", engine::GATE_CREATE_LOCK_WAIT)?;
+        b.nft().ensure_base(&cfg.policy.walled_garden)
+    })();
+    if let Err(e) = res {
+        fail_closed(&format!("the nft table inet pppgate cannot be created: {}", one_line(&e)));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,7 +310,10 @@ fn attempt_apply(_: usize) {
             let now = Instant::now();
             if now >= deadline {
                 let who = holder.map(|h| format!(" by pid {} ({})", h.pid, h.what)).unwrap_or_default();
-                let attempts = with_link(|l| l.attempts);
+                let attempts = with_link(|l| {
+                    l.lock_exhausted = true;
+                    l.attempts
+                });
                 fail_closed(&format!(
                     "policy not applied: the apply lock stayed busy{who} for the whole window ({attempts} attempts)"
                 ));
@@ -294,19 +332,24 @@ fn attempt_apply(_: usize) {
         }
     };
     let t_apply = Instant::now();
+    let mut backends: Option<Netlink> = None;
     let result = (|| -> policy_core::Result<engine::Outcome> {
-        let mut b = Netlink::new()?;
+        let b = backends.insert(Netlink::new()?);
         let mut d = Desired { sessions: vec![desired.clone()], subnet_pbr: vec![] };
         apply::validate(&cfg, &mut d)?;
         let scope = Scope::of(&d.sessions);
-        engine::converge(&mut b, &cfg, &d, &scope, false)
+        engine::converge(b, &cfg, &d, &scope, false)
     })();
+    // The gate was released by the last nft transaction of the plan, inside converge.
+    let elapsed = with_link(|l| l.up_started).map(|t| t.elapsed()).unwrap_or_default();
+    let apply_us = t_apply.elapsed().as_micros() as u64;
     drop(lock);
+    // Closing the nfnetlink socket after a commit waits for nf_tables' deferred destroy work (an
+    // RCU grace period, 8-16 ms measured): done after the lock is released, not while holding it.
+    drop(backends);
     match result {
         Ok(out) => {
             with_link(|l| l.applied = true);
-            let elapsed = with_link(|l| l.up_started).map(|t| t.elapsed()).unwrap_or_default();
-            let apply_us = t_apply.elapsed().as_micros() as u64;
             let (sql_us, mapping_us) = with_link(|l| (l.sql_us, l.mapping_us));
             let p = &desired.policy;
             tracing::info!(
@@ -359,20 +402,29 @@ fn cleanup(event: &str) {
         shim::cancel(t);
     }
     let Some(cfg) = config() else { return };
-    let (ifname, client_ip, gated, mapping) =
-        with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone()));
+    let (ifname, client_ip, gated, mapping, exhausted) =
+        with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone(), l.lock_exhausted));
     if let Some(m) = &mapping {
         final_accounting(&cfg, m, event);
     }
-    let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", CLEANUP_LOCK_WAIT) {
+    // pppd runs ip-down notifiers before it sends the LCP Terminate-Request: after a window the
+    // lock stayed busy for, waiting for it again would only delay the end of the session.
+    let wait = if exhausted { Duration::ZERO } else { CLEANUP_LOCK_WAIT };
+    let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", wait) {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!("cleaning up on {event} without the apply lock: {}", one_line(&e));
             None
         }
     };
-    let errors = remove_kernel_state(ifname.as_deref(), client_ip, &gated);
+    let mut backends = Netlink::new();
+    let errors = match backends.as_mut() {
+        Ok(b) => remove_kernel_state(b, ifname.as_deref(), client_ip, &gated),
+        Err(e) => vec![one_line(e)],
+    };
     drop(lock);
+    // See attempt_apply: the socket close waits for an RCU grace period; not under the lock.
+    drop(backends);
     for e in &errors {
         tracing::error!(event, "cleanup: {e}");
     }
@@ -411,12 +463,8 @@ fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str)
 
 /// Removes this session's kernel state. An address that another interface now carries as its
 /// peer belongs to a newer session and is left alone.
-fn remove_kernel_state(ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated: &BTreeSet<Ipv4Addr>) -> Vec<String> {
+fn remove_kernel_state(b: &mut Netlink, ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated: &BTreeSet<Ipv4Addr>) -> Vec<String> {
     let mut errors = Vec::new();
-    let mut b = match Netlink::new() {
-        Ok(b) => b,
-        Err(e) => return vec![one_line(&e)],
-    };
     let links = LinkSnapshot::read().ok();
     let owned_elsewhere = |ip: Ipv4Addr| {
         links.as_ref().is_some_and(|s| {
@@ -435,7 +483,7 @@ fn remove_kernel_state(ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated:
             let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange { set: *set, ip, add: false }).collect();
             b.nft().commit(&all)
         } else {
-            engine::disconnect(&mut b, ifn, ip).map(|_| ())
+            engine::disconnect(b, ifn, ip).map(|_| ())
         };
         if let Err(e) = res {
             errors.push(one_line(&e));

@@ -9,6 +9,7 @@ mod collect;
 mod policy_cmd;
 mod sessions;
 mod syslog;
+mod test_hook;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -38,7 +38,12 @@ pub const NLA_F_NET_BYTEORDER: u16 = 0x4000;
 pub const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
 
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
-const RECV_BUF: usize = 1 << 20;
+/// The receive buffer a socket starts with. The kernel's dump datagrams are at most 32 KiB and
+/// single replies are small; a larger datagram grows the buffer (its size is peeked first). Not a
+/// megabyte up front: the plugin opens several sockets per pppd event, and zeroing a megabyte for
+/// each kept ~4.5 MB of private memory in every pppd and cost a memset per socket (measured in
+/// the lab, benches/lab_connect_path.rs).
+const RECV_BUF: usize = 64 << 10;
 
 pub fn align4(n: usize) -> usize {
     (n + 3) & !3
@@ -280,6 +285,19 @@ impl Socket {
 
     fn recv_raw(&mut self, op: &str) -> Result<usize> {
         loop {
+            // MSG_PEEK | MSG_TRUNC: the next datagram's whole length, without taking it.
+            match recv(self.fd.as_raw_fd(), &mut [], MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC) {
+                Ok(n) if n > self.buf.len() => self.buf.resize(n, 0),
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EAGAIN) => {
+                    return Err(Error::Netlink {
+                        op: op.into(),
+                        source: io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel"),
+                    })
+                }
+                Err(e) => return Err(sys(op, e)),
+            }
             match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
                 Ok(n) => return Ok(n),
                 Err(nix::Error::EINTR) => continue,

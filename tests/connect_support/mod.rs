@@ -1,0 +1,321 @@
+//! Reading what `tests/lab/guest/connect.sh` leaves next to lib.sh's snapshots, for
+//! tests/lab_connect.rs and benches/lab_connect_path.rs: srv's kernel state
+//! (`snap/<name>/kernel/`: `nft -j` ruleset with sets and counters, `ip -j` links, routes, rules,
+//! `tc -j` qdiscs and filters, HTB classes as text, forwarding sysctls, the sessions directory's
+//! names, the case's LNS pppd log), the UDP probe's logs (`traffic/`), and the plugin's
+//! `key=value` log lines. Everything here reads raw
+//! kernel output; nothing asks pppgate.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("cannot read lab output {}: {e}", p.display()))
+}
+
+fn json(p: &Path) -> Value {
+    serde_json::from_str(&read(p)).unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
+}
+
+fn arr(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// srv's kernel state as `ksnap` (connect.sh) and `snap` (lib.sh) recorded it.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub dir: PathBuf,
+    pub links: Vec<Value>,
+    pub qdiscs: Vec<Value>,
+    pub routes: Vec<Value>,
+    pub rules: Vec<Value>,
+    /// `tc -s class show dev X` text by device.
+    pub classes: BTreeMap<String, String>,
+    /// `tc -j filter show dev X ingress` by device.
+    pub filters: BTreeMap<String, Value>,
+    /// `rp_filter <dev>` and `ip_forward` values.
+    pub sysctl: BTreeMap<String, String>,
+    /// `nft -j list ruleset` of srv.
+    pub nft: Value,
+    /// File names in /run/vpn-sessions.
+    pub sessions: Vec<String>,
+    /// The LNS pppd log of the case so far.
+    pub lns_log: String,
+}
+
+impl Kernel {
+    /// `snap_dir` is `<run>/snap/<name>` (ksnap's files are in its `kernel/`).
+    #[track_caller]
+    pub fn load(snap_dir: &Path) -> Kernel {
+        let k = snap_dir.join("kernel");
+        assert!(k.is_dir(), "{}: no kernel snapshot (ksnap was not run)", snap_dir.display());
+        let mut classes = BTreeMap::new();
+        let mut filters = BTreeMap::new();
+        for e in fs::read_dir(&k).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(dev) = name.strip_prefix("class-").and_then(|n| n.strip_suffix(".txt")) {
+                classes.insert(dev.to_string(), read(&e.path()));
+            } else if let Some(dev) = name.strip_prefix("filter-").and_then(|n| n.strip_suffix(".json")) {
+                filters.insert(dev.to_string(), json(&e.path()));
+            }
+        }
+        let mut sysctl = BTreeMap::new();
+        for line in read(&k.join("sysctl.txt")).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                ["ip_forward", v] => {
+                    sysctl.insert("ip_forward".to_string(), v.to_string());
+                }
+                ["rp_filter", dev, v] => {
+                    sysctl.insert(format!("rp_filter.{dev}"), v.to_string());
+                }
+                _ => {}
+            }
+        }
+        let nft = json(&k.join("nft.json"));
+        let sessions = read(&k.join("sessions.txt")).lines().map(String::from).collect();
+        let lns_log = read(&k.join("pppd-lns.log"));
+        Kernel {
+            dir: snap_dir.to_path_buf(),
+            links: arr(&json(&k.join("links.json"))),
+            qdiscs: arr(&json(&k.join("qdisc.json"))),
+            routes: arr(&json(&k.join("routes.json"))),
+            rules: arr(&json(&k.join("rules.json"))),
+            classes,
+            filters,
+            sysctl,
+            nft,
+            sessions,
+            lns_log,
+        }
+    }
+
+    pub fn link_names(&self) -> Vec<String> {
+        self.links.iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect()
+    }
+
+    pub fn link(&self, name: &str) -> Option<&Value> {
+        self.links.iter().find(|l| l["ifname"] == name)
+    }
+
+    pub fn link_kind(&self, name: &str) -> Option<String> {
+        self.link(name)?["linkinfo"]["info_kind"].as_str().map(String::from)
+    }
+
+    pub fn link_up(&self, name: &str) -> bool {
+        self.link(name).is_some_and(|l| arr(&l["flags"]).iter().any(|f| f == "UP"))
+    }
+
+    /// Devices named `pgi-*` (pppgate's upload IFBs, or whatever took such a name).
+    pub fn pgi_devices(&self) -> Vec<String> {
+        self.link_names().into_iter().filter(|n| n.starts_with("pgi-")).collect()
+    }
+
+    pub fn ppp_links(&self) -> Vec<String> {
+        self.link_names().into_iter().filter(|n| n.starts_with("ppp")).collect()
+    }
+
+    pub fn qdiscs_of(&self, dev: &str) -> Vec<&Value> {
+        self.qdiscs.iter().filter(|q| q["dev"] == dev).collect()
+    }
+
+    /// The root qdisc's (kind, handle) of `dev`.
+    pub fn root_qdisc(&self, dev: &str) -> Option<(String, String)> {
+        self.qdiscs_of(dev).into_iter().find(|q| q["root"] == true).map(|q| {
+            (q["kind"].as_str().unwrap_or("").to_string(), q["handle"].as_str().unwrap_or("").to_string())
+        })
+    }
+
+    pub fn has_root_htb(&self, dev: &str) -> bool {
+        self.root_qdisc(dev) == Some(("htb".into(), "1:".into()))
+    }
+
+    pub fn has_ingress(&self, dev: &str) -> bool {
+        self.qdiscs_of(dev).iter().any(|q| q["kind"] == "ingress")
+    }
+
+    /// Where `dev`'s ingress u32 filter redirects to (mirred egress redirect).
+    pub fn redirect_target(&self, dev: &str) -> Option<String> {
+        arr(self.filters.get(dev)?).iter().find_map(|f| {
+            arr(&f["options"]["actions"]).iter().find_map(|a| {
+                (a["kind"] == "mirred" && a["mirred_action"] == "redirect" && a["direction"] == "egress")
+                    .then(|| a["to_dev"].as_str().unwrap_or("").to_string())
+            })
+        })
+    }
+
+    fn class_1_10(&self, dev: &str) -> Option<&str> {
+        let text = self.classes.get(dev)?;
+        let start = text.find("class htb 1:10 ")?;
+        Some(&text[start..])
+    }
+
+    /// The rate of HTB class 1:10 on `dev`, in kbit/s (parsed from `tc class show` text).
+    pub fn htb_rate_kbit(&self, dev: &str) -> Option<u64> {
+        let c = self.class_1_10(dev)?;
+        let rate = c.split_whitespace().skip_while(|w| *w != "rate").nth(1)?;
+        parse_tc_rate_kbit(rate)
+    }
+
+    /// Packets HTB class 1:10 on `dev` sent (`Sent B bytes N pkt`).
+    pub fn htb_sent_pkts(&self, dev: &str) -> Option<u64> {
+        let c = self.class_1_10(dev)?;
+        let w: Vec<&str> = c.split_whitespace().collect();
+        let i = w.iter().position(|x| *x == "Sent")?;
+        (w.get(i + 2) == Some(&"bytes") && w.get(i + 4).is_some_and(|p| p.starts_with("pkt"))).then_some(())?;
+        w.get(i + 3)?.parse().ok()
+    }
+
+    /// Routes with protocol 77 (pppgate's).
+    pub fn pppgate_routes(&self) -> Vec<&Value> {
+        self.routes.iter().filter(|r| r["protocol"] == "77").collect()
+    }
+
+    pub fn pppgate_rules(&self) -> Vec<&Value> {
+        self.rules.iter().filter(|r| r["protocol"] == "77").collect()
+    }
+
+    pub fn sysctl(&self, key: &str) -> Option<&str> {
+        self.sysctl.get(key).map(String::as_str)
+    }
+
+    /// The elements of set `name` in `inet pppgate`; `None` when the set does not exist.
+    pub fn set_members(&self, name: &str) -> Option<Vec<String>> {
+        let set = arr(&self.nft["nftables"]).into_iter().find_map(|o| {
+            let s = &o["set"];
+            (s["table"] == "pppgate" && s["family"] == "inet" && s["name"] == name).then(|| s.clone())
+        })?;
+        Some(arr(&set["elem"]).iter().filter_map(|e| e.as_str().map(String::from)).collect())
+    }
+
+    /// The state sets holding `ip`.
+    pub fn sets_of(&self, ip: Ipv4Addr) -> Vec<String> {
+        let ip = ip.to_string();
+        ["connect_pending_v4", "full_v4", "restricted_v4", "blocked_v4"]
+            .iter()
+            .filter(|s| self.set_members(s).unwrap_or_default().contains(&ip))
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Packets counted by the commented counter rule `comment` of `inet pppgate`.
+    pub fn counter(&self, comment: &str) -> Option<u64> {
+        arr(&self.nft["nftables"]).iter().find_map(|o| {
+            let r = &o["rule"];
+            (r["table"] == "pppgate" && r["comment"] == comment)
+                .then(|| arr(&r["expr"]).iter().find_map(|e| e["counter"]["packets"].as_u64()))
+                .flatten()
+        })
+    }
+}
+
+/// `2Mbit`, `500Kbit`, `1500bit` → kbit/s.
+pub fn parse_tc_rate_kbit(s: &str) -> Option<u64> {
+    let digits: String = s.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let v: f64 = digits.parse().ok()?;
+    let unit = &s[digits.len()..];
+    let kbit = match unit {
+        "bit" => v / 1000.0,
+        "Kbit" => v,
+        "Mbit" => v * 1000.0,
+        "Gbit" => v * 1_000_000.0,
+        _ => return None,
+    };
+    Some(kbit.round() as u64)
+}
+
+/// One datagram the far side received: `seq sent_us recv_us source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub seq: u64,
+    pub sent_us: u64,
+    pub recv_us: u64,
+    pub src: String,
+}
+
+pub fn received(run_dir: &Path, tag: &str) -> Vec<Received> {
+    let p = run_dir.join(format!("traffic/{tag}-recv.log"));
+    read(&p)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{}: bad line {l:?}", p.display()));
+            Received { seq: n(0), sent_us: n(1), recv_us: n(2), src: f.get(3).unwrap_or(&"").to_string() }
+        })
+        .collect()
+}
+
+/// `nft monitor` lines with their stamps (µs, CLOCK_MONOTONIC, read at or after the change).
+pub fn monitor(run_dir: &Path, tag: &str) -> Vec<(u64, String)> {
+    let p = run_dir.join(format!("traffic/{tag}-nft-monitor.log"));
+    read(&p)
+        .lines()
+        .filter_map(|l| {
+            let (t, rest) = l.split_once(' ')?;
+            Some((t.parse().ok()?, rest.to_string()))
+        })
+        .collect()
+}
+
+/// The `key=value` fields of a plugin log line (values may be quoted).
+pub fn fields(line: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for w in line.split_whitespace() {
+        if let Some((k, v)) = w.split_once('=') {
+            if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                m.insert(k.to_string(), v.trim_matches('"').to_string());
+            }
+        }
+    }
+    m
+}
+
+/// The plugin's "policy applied, connect gate released" lines of a pppd log, as fields.
+pub fn applied_lines(log: &str) -> Vec<BTreeMap<String, String>> {
+    log.lines().filter(|l| l.starts_with("pppgate: policy applied, connect gate released")).map(fields).collect()
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    assert!(!sorted.is_empty());
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)]
+    use super::*;
+
+    #[test]
+    fn tc_rates() {
+        assert_eq!(parse_tc_rate_kbit("2Mbit"), Some(2000));
+        assert_eq!(parse_tc_rate_kbit("500Kbit"), Some(500));
+        assert_eq!(parse_tc_rate_kbit("1500bit"), Some(2));
+        assert_eq!(parse_tc_rate_kbit("2.5Mbit"), Some(2500));
+        assert_eq!(parse_tc_rate_kbit("fast"), None);
+    }
+
+    #[test]
+    fn plugin_fields() {
+        let f = fields("pppgate: policy applied, connect gate released ifname=ppp0 conn_id=1 state=FULL sql_us=166190 x=\"a\"");
+        assert_eq!(f["ifname"], "ppp0");
+        assert_eq!(f["sql_us"], "166190");
+        assert_eq!(f["x"], "a");
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=50).collect();
+        assert_eq!(percentile(&v, 50.0), 25);
+        assert_eq!(percentile(&v, 99.0), 50);
+        assert_eq!(percentile(&[7], 99.0), 7);
+    }
+}

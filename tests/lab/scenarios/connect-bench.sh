@@ -1,0 +1,155 @@
+# Connect-path benchmark (benches/lab_connect_path.rs prints the figures; nothing is asserted):
+#
+#   plugin   BENCH_CONNECTS real L2TP connects through pppgate.so, one at a time, each hung up
+#            before the next; the plugin's own line gives notifier entry → gate released and its
+#            phases (logs/bench-plugin-lns.log)
+#   hook     in the same run, the same work done by an ip-up.d shell hook (shell-hook.sh: psql +
+#            nft + tc + ip), BENCH_CONNECTS times on a live session of the same kind (a real L2TP
+#            session of a pppd without the plugin), timed from just before the hook starts to the
+#            moment it releases the gate, plus its whole up and down halves (bench/hook.tsv)
+#   idle     the LNS pppd's private memory and threads at idle with and without the plugin, its
+#            sockets, and whether any database connection is open (facts idle.*)
+#   server   PostgreSQL's own log of the plugin's sessions (statement durations, session time) to
+#            split the plugin's sql phase (logs/bench-plugin-postgres.log)
+. "$LAB_LIB"
+. "$LAB_REPO/tests/lab/guest/connect.sh"
+lab_init
+cl_init
+
+: "${BENCH_CONNECTS:=50}"
+HOOK="$LAB_REPO/tests/lab/guest/shell-hook.sh"
+BENCH=$LAB_OUT/bench
+mkdir -p "$BENCH"
+
+pg_start
+pppgate_configure
+pppgate_migrate
+net_setup
+pg_srv() { ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" "$@"; }
+# The same policy as the connect scenario's alice: both rates, a route, policy routing.
+ID=$(pg_srv connection add --login bench --status CLAIMED --down-kbit 2000 --up-kbit 1000)
+pg_srv routes add --connection-id "$ID" --dst 10.99.0.0/24 > /dev/null
+pg_srv pbr add bench-out --connection-id "$ID" --table 100 --via "$UPLINK_INET" --dev v-up --priority 1000 > /dev/null
+lns_user bench pw-bench
+LNS_PPPD_EXTRA="lcp-restart 1"
+lns_start
+client_add c1 bench pw-bench
+client_opt c1 "lcp-restart 1"
+fact bench.connects "$BENCH_CONNECTS"
+fact bench.guest_cpus "$(nproc)"
+
+# idle_facts PREFIX PID: private memory, RSS, threads and sockets of a pppd at idle, and the
+# database connections open at that moment.
+idle_facts() {
+  local p=$1 pid=$2 k v _u priv=0 rss=0 threads= socks=0 fd
+  while read -r k v _u; do
+    case $k in
+      Private_Clean: | Private_Dirty: | Private_Hugetlb:) priv=$((priv + v)) ;;
+      Rss:) rss=$v ;;
+    esac
+  done < "/proc/$pid/smaps_rollup"
+  while read -r k v _u; do
+    [ "$k" = Threads: ] && threads=$v
+  done < "/proc/$pid/status"
+  for fd in /proc/"$pid"/fd/*; do
+    [[ $(readlink "$fd") == socket:* ]] && socks=$((socks + 1))
+  done
+  cp "/proc/$pid/smaps_rollup" "$BENCH/$p-smaps_rollup"
+  ls -l "/proc/$pid/fd" > "$BENCH/$p-fds" 2>&1
+  ip netns exec srv ss -xanp > "$BENCH/$p-ss-x" 2>&1
+  fact "$p.private_kb" "$priv"
+  fact "$p.rss_kb" "$rss"
+  fact "$p.threads" "$threads"
+  fact "$p.sockets" "$socks"
+  fact "$p.pg_unix_sockets" "$(grep "pid=$pid," "$BENCH/$p-ss-x" | grep -c 'PGSQL' || true)"
+  fact "$p.db_clients" "$(sql "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()")"
+  sql "select pid, application_name, state, backend_start from pg_stat_activity where backend_type = 'client backend'" \
+    > "$BENCH/$p-pg_stat_activity"
+}
+
+cycle() {
+  client_connect c1
+  client_wait_up c1 40
+  client_hangup c1
+  client_wait_down c1 20
+}
+
+# --- idle, with the plugin (also the warm-up connect: the table is created here) ---------------
+client_connect c1
+client_wait_up c1 40
+nap 3
+idle_facts idle.plugin "$(client_get c1 lns_pid)"
+client_hangup c1
+client_wait_down c1 20
+
+# --- the plugin: BENCH_CONNECTS connects ----------------------------------------------------------
+# PostgreSQL logs each session's statements with their durations and its whole session time
+# (backend start to exit), so the plugin's sql phase can be split into server and client time.
+sql "alter system set log_min_duration_statement = 0"
+sql "alter system set log_connections = on"
+sql "alter system set log_disconnections = on"
+sql "alter system set log_line_prefix = '%m [%p] app=%a '"
+sql "select pg_reload_conf()" > /dev/null
+pg_mark=$(stat -c %s "$PG_SOCK/postgres.log")
+mark=$(lns_log_mark)
+t0=$(uptime_ms)
+for ((i = 1; i <= BENCH_CONNECTS; i++)); do
+  cycle
+done
+fact bench.plugin_wall_ms $(( $(uptime_ms) - t0 ))
+lns_log_since "$mark" > "$LAB_OUT/logs/bench-plugin-lns.log"
+tail -c +$((pg_mark + 1)) "$PG_SOCK/postgres.log" > "$LAB_OUT/logs/bench-plugin-postgres.log"
+
+# --- idle without the plugin, and the shell hook on that session ---------------------------------
+lns_stop
+LNS_PLUGIN=0
+lns_start
+client_connect c1
+client_wait_up c1 40
+nap 3
+idle_facts idle.noplugin "$(client_get c1 lns_pid)"
+IF=$(client_get c1 lns_if)
+IP=$(client_get c1 client_ip)
+PID=$(client_get c1 lns_pid)
+pg_bin
+export PSQL="$PG_BIN/psql -X -h $PG_SOCK -U postgres -d $PG_DB" HOOK_STAMP="$BENCH/hook-ungate"
+: > "$HOOK_STAMP"
+
+# One run, checked against the kernel: the hook does the work it claims to.
+ip netns exec srv env PPPD_PID="$PID" bash "$HOOK" up "$IF" "$IP" bench
+ok=yes
+nft_has full_v4 "$IP" || ok="no full_v4"
+! nft_has connect_pending_v4 "$IP" || ok="still gated"
+tc -n srv class show dev "$IF" | grep -q 'rate 2Mbit' || ok="no download class"
+tc -n srv class show dev "pgi-$IF" | grep -q 'rate 1Mbit' || ok="no upload class"
+ip -n srv rule show | grep -q "from $IP lookup 100" || ok="no rule"
+ip -n srv route show dev "$IF" | grep -q '10.99.0.0/24' || ok="no route"
+[ -s "$SESSIONS_DIR/$IF.env" ] || ok="no mapping"
+ip netns exec srv env PPPD_PID="$PID" bash "$HOOK" down "$IF" "$IP" bench
+nft_has full_v4 "$IP" && ok="full_v4 left"
+ip -n srv link show "pgi-$IF" > /dev/null 2>&1 && ok="ifb left"
+fact bench.hook_check "$ok"
+: > "$HOOK_STAMP"
+
+# The timed runs, driven from inside srv (pppd's namespace) so `ip netns exec` is not counted.
+cat > "$LAB_TMP/hook-driver.sh" <<'EOF'
+set -eu
+n=$1 hook=$2 if=$3 ip=$4 out=$5
+for ((i = 1; i <= n; i++)); do
+  t0=$EPOCHREALTIME
+  bash "$hook" up "$if" "$ip" bench
+  t1=$EPOCHREALTIME
+  bash "$hook" down "$if" "$ip" bench
+  t2=$EPOCHREALTIME
+  echo "$t0 $t1 $t2" >> "$out"
+done
+EOF
+: > "$BENCH/hook-times"
+t0=$(uptime_ms)
+ip netns exec srv env PPPD_PID="$PID" bash "$LAB_TMP/hook-driver.sh" "$BENCH_CONNECTS" "$HOOK" "$IF" "$IP" "$BENCH/hook-times"
+fact bench.hook_wall_ms $(( $(uptime_ms) - t0 ))
+# hook.tsv: start, gate released, up half done, down half done (Unix seconds, µs resolution).
+paste -d' ' "$BENCH/hook-times" "$HOOK_STAMP" | awk '{ print $1, $4, $2, $3 }' > "$BENCH/hook.tsv"
+client_hangup c1
+client_wait_down c1 20
+fact bench.loadavg "$(cat /proc/loadavg)"
