@@ -257,6 +257,13 @@ pub struct Scanned {
 /// Reads every `*.env` in `dir` (a missing directory is empty). Malformed files are returned as
 /// errors, never skipped silently and never treated as sessions.
 pub fn scan(dir: &Path) -> Result<Vec<Scanned>> {
+    let mut paths = scan_paths(dir)?;
+    paths.sort();
+    Ok(paths.into_iter().map(|path| Scanned { mapping: Mapping::read(&path), path }).collect())
+}
+
+/// The mapping files of `dir` (`*.env`, not hidden; temp files are hidden), unsorted.
+pub fn scan_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -270,11 +277,8 @@ pub fn scan(dir: &Path) -> Result<Vec<Scanned>> {
         if name.starts_with('.') || !name.ends_with(".env") {
             continue;
         }
-        let path = entry.path();
-        let mapping = Mapping::read(&path);
-        out.push(Scanned { path, mapping });
+        out.push(entry.path());
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 

@@ -87,7 +87,7 @@ fn db_outage_spools_then_catches_up_exactly_and_logs_once() {
         }
     }
     assert_eq!(outage_lines, 1, "one log line per outage, not per run");
-    assert!(lab.acct_dir.join("outage").exists());
+    assert!(lab.acct_dir.join("sql-outage.accounting").exists());
 
     lab.pg.start();
     let r = lab.collect().ok();
@@ -96,7 +96,7 @@ fn db_outage_spools_then_catches_up_exactly_and_logs_once() {
     assert_sql_matches_kernel(&lab, &p1, c1);
     assert_sql_matches_kernel(&lab, &p2, c2);
     assert_eq!(lab.spool_records(), 0);
-    assert!(!lab.acct_dir.join("outage").exists());
+    assert!(!lab.acct_dir.join("sql-outage.accounting").exists());
 
     let before = lab.snapshot();
     lab.collect().ok();

@@ -20,6 +20,7 @@ use super::Step;
 use crate::config::Config;
 use crate::db;
 use crate::error::{one_line, Error, Result};
+use crate::outage::Transition;
 
 /// Entries per SQL statement when replaying (several journal records are merged into one).
 pub const CHUNK_ENTRIES: usize = 25_000;
@@ -466,17 +467,15 @@ impl Journal {
         Ok(())
     }
 
-    /// Records (and logs once) that the database is unreachable.
+    /// Records (and logs once per outage) that the database is unreachable.
     fn unavailable(&self, e: &Error, now: i64) -> DbStatus {
-        match self.dir.outage_since() {
-            Some(since) => {
+        match self.dir.outage().failed() {
+            Transition::Ongoing => {
+                let since = self.dir.outage_since().unwrap_or(now);
                 debug!(since, pending = self.pending.len(), "database still unavailable; accounting stays spooled");
                 DbStatus::Unavailable { since, first: false }
             }
-            None => {
-                if let Err(w) = self.dir.set_outage(now) {
-                    warn!(error = %one_line(&w), "cannot record the database outage");
-                }
+            _ => {
                 error!(pending = self.pending.len(), dir = %self.dir.root.display(), error = %one_line(e),
                     "database unavailable; accounting is spooled until it is back (logged once per outage)");
                 DbStatus::Unavailable { since: now, first: true }
@@ -485,12 +484,8 @@ impl Journal {
     }
 
     fn back_online(&self, now: i64) {
-        if let Some(since) = self.dir.outage_since() {
-            match self.dir.clear_outage() {
-                Ok(()) => info!(since, seconds = now - since, pending = self.pending.len(),
-                    "database reachable again; replaying spooled accounting"),
-                Err(e) => warn!(error = %one_line(&e), "cannot clear the database outage record"),
-            }
+        if let Transition::Ended { since } = self.dir.outage().succeeded() {
+            info!(since, seconds = now - since, pending = self.pending.len(), "database reachable again; replaying spooled accounting");
         }
     }
 

@@ -5,7 +5,7 @@
 //! spool/<seq, 20 digits>.batch   journal records not yet known to be in SQL, replayed in order
 //! spool/bad/                     records and markers that could not be read, kept for forensics
 //! final/<pid>-<start>-<if>.final final markers written by ip-down (possibly without the lock)
-//! outage                         present while the database is unreachable (one log line each)
+//! sql-outage.accounting          present while the database is unreachable (crate::outage)
 //! quota                          connections last seen over their quota
 //! ```
 //!
@@ -290,26 +290,16 @@ impl AcctDir {
         sync_dir(&self.finals)
     }
 
-    pub fn outage_path(&self) -> PathBuf {
-        self.root.join("outage")
+    /// The database-outage marker of accounting ([`crate::outage`], kept here in the
+    /// accounting directory rather than /run: the spool it explains lives here too).
+    pub fn outage(&self) -> crate::outage::Outage {
+        crate::outage::Outage::new(&self.root, "accounting")
     }
 
     /// Since when the database has been unreachable, if an outage is recorded.
     pub fn outage_since(&self) -> Option<i64> {
-        let text = fs::read_to_string(self.outage_path()).ok()?;
+        let text = fs::read_to_string(self.outage().path()).ok()?;
         text.lines().find_map(|l| l.strip_prefix("since=")).and_then(|v| v.trim().parse().ok()).or(Some(0))
-    }
-
-    pub fn set_outage(&self, since: i64) -> Result<()> {
-        write_durable(&self.root, "outage", format!("since={since}\n").as_bytes()).map(|_| ())
-    }
-
-    pub fn clear_outage(&self) -> Result<()> {
-        match fs::remove_file(self.outage_path()) {
-            Ok(()) => sync_dir(&self.root),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Write { path: self.outage_path(), source }),
-        }
     }
 }
 
@@ -425,14 +415,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn outage_flag() {
+    fn outage_marker_lives_in_the_accounting_directory() {
         let t = tempfile::tempdir().unwrap();
         let d = AcctDir::open(t.path()).unwrap();
         assert_eq!(d.outage_since(), None);
-        d.set_outage(123).unwrap();
-        assert_eq!(d.outage_since(), Some(123));
-        d.clear_outage().unwrap();
-        d.clear_outage().unwrap();
+        assert_eq!(d.outage().failed(), crate::outage::Transition::Began);
+        assert!(d.outage_since().is_some_and(|s| s > 0));
+        assert_eq!(d.outage().path(), t.path().join("sql-outage.accounting"));
+        assert!(matches!(d.outage().succeeded(), crate::outage::Transition::Ended { .. }));
         assert_eq!(d.outage_since(), None);
     }
 
