@@ -257,6 +257,7 @@ pub(crate) fn ip_up() {
         session_id: Some(format!("{}:{}:{}:{}", cfg.nas.identity, ifname, pid, up_ts)),
         up_ts: Some(up_ts),
     };
+    note_replaced_mapping(&cfg.paths.sessions_dir, &ifname, pid);
     match mapping.write_atomic(&cfg.paths.sessions_dir) {
         Ok(path) => {
             tracing::info!(ifname = %ifname, user = %login, conn_id = facts.id, client_ip = %client_ip, pid,
@@ -280,6 +281,22 @@ pub(crate) fn ip_up() {
     }
     with_link(|l| l.desired = Some(desired));
     attempt_apply(0);
+}
+
+/// A mapping file already present for our interface belongs to an earlier session on a reused
+/// interface name (this pppd owns the interface now): it is replaced atomically, and what it was
+/// is logged in one line, a malformed one with the reason it does not parse.
+fn note_replaced_mapping(dir: &std::path::Path, ifname: &str, pid: u32) {
+    let path = dir.join(Mapping::file_name(ifname));
+    if !path.exists() {
+        return;
+    }
+    match Mapping::read(&path) {
+        Ok(old) if old.pppd_pid == pid => {}
+        Ok(old) => tracing::warn!(ifname = %ifname, old_pid = old.pppd_pid, old_conn_id = old.connection_id,
+            "replacing the stale mapping {} of an earlier session", path.display()),
+        Err(e) => tracing::warn!(ifname = %ifname, "replacing a malformed mapping file: {}", one_line(&e)),
+    }
 }
 
 /// One apply attempt; re-scheduled from a pppd timer while the lock is busy.

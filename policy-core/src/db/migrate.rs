@@ -300,12 +300,17 @@ fn ensure_version_table(client: &mut Client) -> Result<()> {
 
 /// Current version (0 when pppgate's schema was never migrated).
 pub fn current_version(client: &mut Client) -> Result<i32> {
+    // Two statements: PostgreSQL resolves table names when it parses, even in a CASE branch
+    // that is never taken, so one query would fail on a database never migrated.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('pppgate_schema') IS NOT NULL", &[])
+        .map_err(Error::from_sql)?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
     let row = client
-        .query_one(
-            "SELECT CASE WHEN to_regclass('pppgate_schema') IS NULL THEN 0
-                    ELSE (SELECT COALESCE(max(version), 0) FROM pppgate_schema) END",
-            &[],
-        )
+        .query_one("SELECT COALESCE(max(version), 0) FROM pppgate_schema", &[])
         .map_err(Error::from_sql)?;
     Ok(row.get(0))
 }
