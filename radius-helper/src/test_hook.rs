@@ -1,10 +1,11 @@
 //! The kernel backends the policy verbs use, with one test hook.
 //!
-//! TEST HOOK (debug builds only): `PPPGATE_TEST_CRASH_AT=<point>` makes `pppgate` kill itself
-//! with SIGKILL at a point inside an apply, so tests prove that a crash mid-apply leaves every
-//! session at least as restricted as before and that the next reconcile converges. The variable
-//! is read only when built with debug assertions (`cargo test` builds); a release build never
-//! looks at it. Points:
+//! TEST HOOK: `PPPGATE_TEST_CRASH_AT=<point>` makes `pppgate` kill itself with SIGKILL at a
+//! point inside an apply, so tests prove that a crash mid-apply leaves every session at least as
+//! restricted as before and that the next reconcile converges. Like the collector's crash points
+//! (same variable) it is read in every build — the tests run the release binary — and it can only
+//! make the process that is given it die at the named point; it never changes what is applied.
+//! Points:
 //! * `apply:after-nft` — right after the first nft transaction is committed;
 //! * `apply:after-tc` — right after the first tc change (set or clear);
 //! * `apply:after-route` — right after the first route is added.
@@ -26,11 +27,8 @@ pub enum CrashAfter {
     Route,
 }
 
-/// The crash point asked for (debug builds only).
+/// The crash point asked for.
 fn crash_point() -> Option<CrashAfter> {
-    if !cfg!(debug_assertions) {
-        return None;
-    }
     let v = std::env::var("PPPGATE_TEST_CRASH_AT").ok()?;
     match v.as_str() {
         "apply:after-nft" => Some(CrashAfter::Nft),
