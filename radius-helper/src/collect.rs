@@ -7,6 +7,9 @@ use policy_core::accounting::{self, DbStatus, FinalCounters, QuotaChange, Step};
 use policy_core::config::Config;
 use policy_core::error::one_line;
 use policy_core::kernel::links::LinkSnapshot;
+use policy_core::kernel::Netlink;
+use policy_core::lock::Lock;
+use policy_core::policy::apply::{self, Target};
 use policy_core::mapping::Mapping;
 use policy_core::{Error, ExitCode};
 
@@ -48,7 +51,7 @@ pub fn collect(g: &Global) -> CmdResult {
             serde_json::to_value(&report.db).ok().and_then(|v| v["status"].as_str().map(str::to_string)).unwrap_or_default(),
         );
     }
-    reapply_quota_changes(&cfg, &report.quota_changes);
+    let quota = reapply_quota_changes(&cfg, &report.quota_changes);
     if let Some(e) = &report.db_error {
         return Err(match &report.db {
             // Logged by the collector when the outage began; later runs stay quiet.
@@ -56,6 +59,7 @@ pub fn collect(g: &Global) -> CmdResult {
             _ => Failure { code: e.exit_code(), message: one_line(e) },
         });
     }
+    quota?;
     if !report.quarantined.is_empty() {
         return Err(Failure {
             code: ExitCode::DataErr,
@@ -69,12 +73,49 @@ pub fn collect(g: &Global) -> CmdResult {
     Ok(())
 }
 
-/// Hook point for the policy engine: connections whose quota state changed in this run get
-/// their policy re-applied (RESTRICTED when over, back to their normal state when not).
-fn reapply_quota_changes(_cfg: &Config, changes: &[QuotaChange]) {
+/// How long the collector waits for the apply lock to re-apply quota changes. It is not on the
+/// connect path; if the lock stays busy, the next reconcile (which reads the same usage) converges.
+const QUOTA_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connections whose quota state changed in this run get their policy re-applied at once, under
+/// the apply lock (RESTRICTED when over, back to their normal state when not): the same apply as
+/// `pppgate apply --connection-id`, so the engine decides from SQL.
+fn reapply_quota_changes(cfg: &Config, changes: &[QuotaChange]) -> Result<(), Failure> {
+    if changes.is_empty() {
+        return Ok(());
+    }
     for c in changes {
         tracing::info!(conn_id = c.connection_id, over = c.over, used = c.used_bytes, quota = ?c.quota_bytes,
-            "quota state changed; policy re-apply needed");
+            "quota state changed; re-applying policy");
+    }
+    let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "collect-quota", QUOTA_LOCK_WAIT) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("quota re-apply deferred to the next reconcile: {}", one_line(&e));
+            return Err(e.into());
+        }
+    };
+    let mut b = Netlink::new()?;
+    let mut first_err: Option<Error> = None;
+    for c in changes {
+        match apply::apply(cfg, &mut b, &Target::Connection(c.connection_id), false) {
+            Ok(r) => {
+                for s in &r.outcome.sessions {
+                    tracing::info!(conn_id = c.connection_id, ifname = %s.ifname, state = %s.state, "quota: policy applied");
+                }
+            }
+            Err(e) => {
+                tracing::error!(conn_id = c.connection_id, "quota re-apply failed: {}", one_line(&e));
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    drop(lock);
+    // Closing the nfnetlink socket waits for the kernel's deferred work; not under the lock.
+    drop(b);
+    match first_err {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }
 

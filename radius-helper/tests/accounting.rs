@@ -361,6 +361,10 @@ fn quota_crossing_is_reported_once() {
     assert_eq!(changes.len(), 1, "{r}");
     assert_eq!(changes[0]["connection_id"], conn);
     assert_eq!(changes[0]["over"], true);
+    // The same collector run re-applied the policy: the session is RESTRICTED now (read back from
+    // the kernel), its neighbour untouched.
+    assert_eq!(nft_sets_of(&lab, client(2)), vec!["restricted_v4"], "over quota → restricted in the same run");
+    assert!(nft_sets_of(&lab, client(3)).is_empty(), "a session whose quota did not change is not touched");
     p.rx(1, 1000);
     let r = lab.collect().ok();
     assert_eq!(r["quota_changes"], serde_json::json!([]), "reported once, not every run");
@@ -368,6 +372,31 @@ fn quota_crossing_is_reported_once() {
     lab.pg.client().execute("UPDATE vpn_connections SET quota_bytes = 100000000 WHERE id = $1", &[&conn]).unwrap();
     let r = lab.collect().ok();
     assert_eq!(r["quota_changes"][0]["over"], false);
+    assert_eq!(nft_sets_of(&lab, client(2)), vec!["full_v4"], "quota raised → FULL again in the same run");
+}
+
+/// The pppgate state sets holding `ip`, as `nft` lists them in the lab's namespace.
+fn nft_sets_of(lab: &Lab, ip: std::net::Ipv4Addr) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns.name, "nft", "-j", "list", "table", "inet", "pppgate"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut sets = Vec::new();
+    for item in v["nftables"].as_array().unwrap() {
+        let Some(set) = item.get("set") else { continue };
+        let name = set["name"].as_str().unwrap();
+        if !name.ends_with("_v4") || name.starts_with("garden") {
+            continue;
+        }
+        if set["elem"].as_array().is_some_and(|e| e.iter().any(|x| x.as_str() == Some(&ip.to_string()))) {
+            sets.push(name.to_string());
+        }
+    }
+    sets
 }
 
 #[test]
