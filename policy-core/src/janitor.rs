@@ -90,8 +90,8 @@ pub struct FinalUsage {
     pub last_seen: Option<i64>,
 }
 
-/// Where final counters come from. The accounting collector (/var/lib/vpn-accounting) implements
-/// this; until it is wired in, [`NoAccountingState`] keeps what interim updates stored.
+/// Where final counters come from: the collector's state in /var/lib/vpn-accounting
+/// (`accounting::LazyStateView`); [`NoAccountingState`] keeps what SQL already has.
 pub trait FinalCounters {
     fn final_counters(&self, session: &EndedSession<'_>) -> Option<FinalUsage>;
 }

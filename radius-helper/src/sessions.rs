@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use policy_core::config::{Config, Paths};
 use policy_core::db::{self, radacct};
 use policy_core::error::one_line;
-use policy_core::janitor::{self, NoAccountingState, Scope};
+use policy_core::accounting::LazyStateView;
+use policy_core::janitor::{self, Scope};
 use policy_core::mapping;
 use policy_core::outage::{Outage, Transition};
 use policy_core::radius::env::RadiusEnv;
@@ -155,7 +156,7 @@ pub fn janitor(g: &Global, a: &JanitorArgs) -> CmdResult {
         Some(l) => Scope::Login(l.as_bytes().to_vec()),
     };
     let t0 = Instant::now();
-    let report = with_db(&cfg, "janitor", None, |c| janitor::run(&cfg, c, &scope, &NoAccountingState, a.dry_run))
+    let report = with_db(&cfg, "janitor", None, |c| janitor::run(&cfg, c, &scope, &LazyStateView::new(&cfg), a.dry_run))
         .map_err(quiet_or_loud)?;
     let elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(scope = report.scope, closed = report.radacct.closed, sessions_closed = report.sessions.closed,
@@ -222,7 +223,7 @@ fn checkrad(g: &Global, args: &CheckradArgs) -> u8 {
         }
     };
     let res = with_db(&cfg, "checkrad", Some((HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT)), |c| {
-        radius::checkrad(&cfg, c, args, &NoAccountingState)
+        radius::checkrad(&cfg, c, args, &LazyStateView::new(&cfg))
     });
     match res {
         Ok(r) => {
@@ -264,7 +265,7 @@ fn simultaneous_use(g: &Global, max: Option<&str>) -> u8 {
         Err(e) => return fail(one_line(&e)),
     };
     let res = with_db(&cfg, "radius-exec", Some((HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT)), |c| {
-        radius::simultaneous_use(&cfg, c, &login, max, &NoAccountingState)
+        radius::simultaneous_use(&cfg, c, &login, max, &LazyStateView::new(&cfg))
     });
     match res {
         Ok(r) => {
@@ -404,7 +405,7 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
     let follow = db::connect_with(&cfg.database, HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT).and_then(|mut c| {
         let login = db::connections::login_of(&mut c, id)?;
         let report = match &login {
-            Some(l) => Some(janitor::run(&cfg, &mut c, &Scope::Login(l.as_bytes().to_vec()), &NoAccountingState, false)?),
+            Some(l) => Some(janitor::run(&cfg, &mut c, &Scope::Login(l.as_bytes().to_vec()), &LazyStateView::new(&cfg), false)?),
             None => None,
         };
         let locks = remove_session_locks(&mut c, id)?;

@@ -31,6 +31,7 @@ pub mod quota;
 pub mod record;
 pub mod spool;
 pub mod state;
+pub mod view;
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ pub use collector::{collect, Options, Report};
 pub use counters::Octets;
 pub use journal::{DbStatus, Quarantined, ReplaySummary};
 pub use quota::QuotaChange;
+pub use view::{LazyStateView, StateView};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
