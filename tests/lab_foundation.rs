@@ -129,6 +129,21 @@ fn concurrent_sessions_each_get_their_own_mapping() {
 }
 
 #[test]
+fn a_malformed_leftover_mapping_is_replaced_and_logged() {
+    let run = run();
+    run.expect_case("malformed");
+    let up = run.snapshot("malformed-up");
+    // The garbage files for the other ppp names are not sessions; alice's replaced hers.
+    let (ifname, _) = assert_mapped(&up, "alice");
+    let lines = up.plugin_log_lines();
+    assert!(
+        lines.iter().any(|l| l.contains("replacing a malformed mapping file") && l.contains(&format!("{ifname}.env"))),
+        "the plugin did not say it replaced the malformed {ifname}.env: {lines:#?}"
+    );
+    assert_no_session_left(&run.snapshot("malformed-down"));
+}
+
+#[test]
 fn a_second_row_for_the_same_login_is_refused() {
     let run = run();
     run.expect_case("unique");

@@ -95,3 +95,31 @@ fn the_2_5_build_uses_the_2_5_api() {
     }
     assert!(std::fs::read(&so).unwrap().windows(6).any(|w| w == b"2.5.2\0"), "pppd_version is not 2.5.2");
 }
+
+#[test]
+fn world_readable_secrets_make_pppd_refuse_to_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let so = plugin();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::write(&secrets, "db_password = \"s3cret\"\n").unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("pppgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\ndsn = \"host=/tmp dbname=x user=y\"\nsecrets_file = \"{}\"\n[nas]\nidentity = \"lns-1\"\nip = \"192.0.2.1\"\n",
+            secrets.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), cfg.display()));
+    assert!(out.contains("has mode 0644") && out.contains("chmod 600"), "{out}");
+    assert!(!out.contains("s3cret"), "the secret leaked into pppd's output:\n{out}");
+    assert_eq!(code, 2, "{out}");
+    // Unreadable (missing) secrets file: refused too.
+    std::fs::remove_file(&secrets).unwrap();
+    let (code, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), cfg.display()));
+    assert!(out.contains("database.secrets_file: cannot read"), "{out}");
+    assert_eq!(code, 2, "{out}");
+}

@@ -130,7 +130,7 @@ impl Error {
             Error::Config { .. } | Error::SchemaTooOld { .. } | Error::SchemaTooNew { .. } => {
                 ExitCode::Config
             }
-            Error::Mapping { .. } | Error::InvalidInput { .. } | Error::NotFound { .. } => {
+            Error::Mapping { .. } | Error::InvalidInput { .. } | Error::NotFound { .. } | Error::Spool { .. } => {
                 ExitCode::DataErr
             }
             Error::SqlUnavailable(_) => ExitCode::SqlUnavailable,

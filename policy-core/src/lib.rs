@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounting;
 pub mod audit;
 pub mod config;
 pub mod db;

@@ -165,8 +165,8 @@ pub enum BreakOutcome {
 }
 
 /// Admin override: ends a holder that has held the lock longer than `ttl` and takes the lock.
-/// Refuses a holder younger than the TTL, one whose pid does not match the lock file, and pppd
-/// itself (a session is ended with `session kill`, not by breaking a lock).
+/// A holder younger than the TTL is not stale: the lock is simply busy (`Error::Locked`, exit 75).
+/// Refuses a holder whose pid does not match the lock file, and pppd itself (a session is ended with `session kill`, not by breaking a lock).
 pub fn break_stale(path: &Path, what: &str, ttl: Duration) -> Result<(Lock, BreakOutcome)> {
     match Lock::try_acquire(path, what) {
         Ok(l) => return Ok((l, BreakOutcome::Free)),
@@ -177,11 +177,8 @@ pub fn break_stale(path: &Path, what: &str, ttl: Duration) -> Result<(Lock, Brea
         return Err(Error::invalid("lock holder", path.display().to_string(), "lock is held but records no holder"));
     };
     if h.age() < ttl {
-        return Err(Error::invalid(
-            "lock holder",
-            format!("pid {}", h.pid),
-            format!("held for {}s, not older than the TTL of {}s", h.age().as_secs(), ttl.as_secs()),
-        ));
+        // Not stale, just busy: the same answer as without the override (exit 75, retry later).
+        return Err(Error::Locked { path: path.into(), holder: Some(h) });
     }
     let comm = crate::procfs::stat(h.pid).ok().flatten().map(|s| s.comm).unwrap_or_default();
     if comm == "pppd" {
@@ -235,7 +232,8 @@ mod tests {
         let p = dir.path().join("x.lock");
         let _l = Lock::try_acquire(&p, "apply").unwrap();
         let e = break_stale(&p, "admin", Duration::from_secs(60)).unwrap_err();
-        assert!(e.to_string().contains("not older than the TTL"), "{e}");
+        assert!(matches!(&e, Error::Locked { holder: Some(h), .. } if h.what == "apply"), "{e}");
+        assert_eq!(e.exit_code(), crate::ExitCode::Locked, "busy, not bad input");
     }
 
     #[test]

@@ -199,7 +199,15 @@ impl Mapping {
     /// Whether this mapping describes a live session (DESIGN.md): PPPD_PID is alive, that
     /// process started at START_TS, and PPP_IF exists carrying CLIENT_IP as its peer address.
     pub fn validity(&self, links: &crate::kernel::links::LinkSnapshot) -> Validity {
-        match procfs::process_start_epoch(self.pppd_pid) {
+        match procfs::boot_time() {
+            Ok(boot) => self.validity_since(links, boot),
+            Err(_) => Validity::ProcessGone,
+        }
+    }
+
+    /// [`Mapping::validity`] with the boot time already read (`procfs::boot_time`).
+    pub fn validity_since(&self, links: &crate::kernel::links::LinkSnapshot, boot_time: i64) -> Validity {
+        match procfs::process_start_epoch_since(self.pppd_pid, boot_time) {
             Ok(Some(t)) if (t - self.start_ts).abs() <= procfs::START_TS_TOLERANCE => {}
             Ok(Some(t)) => return Validity::PidReused { actual_start: t },
             Ok(None) => return Validity::ProcessGone,
@@ -249,6 +257,13 @@ pub struct Scanned {
 /// Reads every `*.env` in `dir` (a missing directory is empty). Malformed files are returned as
 /// errors, never skipped silently and never treated as sessions.
 pub fn scan(dir: &Path) -> Result<Vec<Scanned>> {
+    let mut paths = scan_paths(dir)?;
+    paths.sort();
+    Ok(paths.into_iter().map(|path| Scanned { mapping: Mapping::read(&path), path }).collect())
+}
+
+/// The mapping files of `dir` (`*.env`, not hidden; temp files are hidden), unsorted.
+pub fn scan_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -262,11 +277,8 @@ pub fn scan(dir: &Path) -> Result<Vec<Scanned>> {
         if name.starts_with('.') || !name.ends_with(".env") {
             continue;
         }
-        let path = entry.path();
-        let mapping = Mapping::read(&path);
-        out.push(Scanned { path, mapping });
+        out.push(entry.path());
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
@@ -279,13 +291,14 @@ pub struct Checked {
 
 /// Scans `dir` and checks each parseable mapping. Returns (checked mappings, malformed files).
 pub fn scan_checked(dir: &Path) -> Result<(Vec<Checked>, Vec<Error>)> {
-    let links = crate::kernel::links::LinkSnapshot::read()?;
+    let links = crate::kernel::links::LinkSnapshot::read_addresses()?;
+    let boot = procfs::boot_time().map_err(|source| Error::Read { path: "/proc/stat".into(), source })?;
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     for s in scan(dir)? {
         match s.mapping {
             Ok(m) => {
-                let validity = m.validity(&links);
+                let validity = m.validity_since(&links, boot);
                 ok.push(Checked { mapping: m, validity });
             }
             Err(e) => bad.push(e),
@@ -296,8 +309,28 @@ pub fn scan_checked(dir: &Path) -> Result<(Vec<Checked>, Vec<Error>)> {
 
 /// VALID mappings only (DESIGN.md): the one definition every component uses.
 pub fn valid_sessions(dir: &Path) -> Result<(Vec<Mapping>, Vec<Error>)> {
-    let (checked, bad) = scan_checked(dir)?;
-    Ok((checked.into_iter().filter(|c| c.validity.is_valid()).map(|c| c.mapping).collect(), bad))
+    valid_sessions_where(dir, |_| true)
+}
+
+/// VALID mappings among those `want` selects; the others are parsed (malformed files are still
+/// reported) but not checked, so an apply for one connection does not read /proc for every
+/// session on the box.
+pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Result<(Vec<Mapping>, Vec<Error>)> {
+    let mut wanted = Vec::new();
+    let mut bad = Vec::new();
+    for s in scan(dir)? {
+        match s.mapping {
+            Ok(m) if want(&m) => wanted.push(m),
+            Ok(_) => {}
+            Err(e) => bad.push(e),
+        }
+    }
+    if wanted.is_empty() {
+        return Ok((wanted, bad));
+    }
+    let links = crate::kernel::links::LinkSnapshot::read_addresses()?;
+    let boot = procfs::boot_time().map_err(|source| Error::Read { path: "/proc/stat".into(), source })?;
+    Ok((wanted.into_iter().filter(|m| m.validity_since(&links, boot).is_valid()).collect(), bad))
 }
 
 fn parse_positive_i64(s: &str) -> Option<i64> {

@@ -1,7 +1,8 @@
 //! Facts about processes from /proc: is a PID alive, and when did it start.
 
 use std::fs;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// START_TS comparisons allow this many seconds of difference: the boot time the kernel reports
 /// in /proc/stat can move by a second when the wall clock is adjusted.
@@ -14,12 +15,23 @@ fn clock_ticks() -> i64 {
     })
 }
 
-/// Boot time in Unix seconds (`btime` in /proc/stat).
+/// Boot time in Unix seconds (`btime` in /proc/stat), re-read at most once a second: checking
+/// 10,000 mappings would otherwise read /proc/stat 10,000 times (a third of a collector run).
 pub fn boot_time() -> std::io::Result<i64> {
+    static CACHE: Mutex<Option<(Instant, i64)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, v)) = *cache {
+        if at.elapsed() < Duration::from_secs(1) {
+            return Ok(v);
+        }
+    }
     let stat = fs::read_to_string("/proc/stat")?;
-    stat.lines()
+    let v = stat
+        .lines()
         .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<i64>().ok()))
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no btime in /proc/stat"))
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no btime in /proc/stat"))?;
+    *cache = Some((Instant::now(), v));
+    Ok(v)
 }
 
 /// Fields of /proc/<pid>/stat we use.
@@ -54,8 +66,14 @@ pub fn stat(pid: u32) -> std::io::Result<Option<ProcStat>> {
 
 /// The start time of `pid` in Unix seconds, or `None` when it is not running.
 pub fn process_start_epoch(pid: u32) -> std::io::Result<Option<i64>> {
+    process_start_epoch_since(pid, boot_time()?)
+}
+
+/// [`process_start_epoch`] with the boot time already read (a scan of many mappings reads
+/// /proc/stat once, not once per session).
+pub fn process_start_epoch_since(pid: u32, boot_time: i64) -> std::io::Result<Option<i64>> {
     let Some(s) = stat(pid)? else { return Ok(None) };
-    Ok(Some(boot_time()? + (s.start_ticks as i64) / clock_ticks()))
+    Ok(Some(boot_time + (s.start_ticks as i64) / clock_ticks()))
 }
 
 /// Our own start time in Unix seconds (pppd's, when called inside the plugin).

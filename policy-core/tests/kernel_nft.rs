@@ -1,13 +1,11 @@
 //! Kernel tests of the nftables backend, each in its own network namespace; assertions read the
 //! kernel back with `nft -j`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use common::*;
+use pppgate_testkit::*;
 use policy_core::config::GardenEntry;
 use policy_core::kernel::nft::{normalize_garden, NftNetlink, LAYOUT_COMMENT};
 use policy_core::kernel::{Nft, NftSet, SetChange};

@@ -1,13 +1,10 @@
 //! Kernel tests of the routes, rules and sysctl backends, each in its own network namespace;
 //! assertions read the kernel back with `ip -j` and /proc via `cat`.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use pppgate_testkit::*;
 use policy_core::kernel::{OwnedRoute, OwnedRule, Routes, RoutesNetlink, Rules, RulesNetlink, Sysctl, SysctlProc};
-use serde_json::Value;
 
 fn veth(name: &str, addr: &str) {
     let peer = format!("{name}p");
@@ -15,38 +12,6 @@ fn veth(name: &str, addr: &str) {
     run(&["ip", "link", "set", name, "up"]);
     run(&["ip", "link", "set", &peer, "up"]);
     run(&["ip", "addr", "add", addr, "dev", name]);
-}
-
-fn table_id(v: &Value) -> u32 {
-    match v.get("table").and_then(Value::as_str) {
-        None | Some("main") => 254,
-        Some("local") => 255,
-        Some("default") => 253,
-        Some(n) => n.parse().unwrap(),
-    }
-}
-
-/// `ip -j route show proto 77 table all`, as OwnedRoutes.
-fn tool_routes() -> BTreeSet<OwnedRoute> {
-    json(&["ip", "-j", "route", "show", "proto", "77", "table", "all"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let dst = match r["dst"].as_str().unwrap() {
-                "default" => "0.0.0.0/0".to_string(),
-                d if d.contains('/') => d.to_string(),
-                d => format!("{d}/32"),
-            };
-            OwnedRoute {
-                dst: dst.parse().unwrap(),
-                gateway: r.get("gateway").map(|g| g.as_str().unwrap().parse().unwrap()),
-                dev: r["dev"].as_str().unwrap().to_string(),
-                table: table_id(r),
-                metric: r.get("metric").map(|m| m.as_u64().unwrap() as u32),
-            }
-        })
-        .collect()
 }
 
 fn all_routes_text() -> String {
@@ -115,21 +80,6 @@ fn routes_add_read_delete() {
     run(&["ip", "link", "del", "ppp1"]);
     routes.del(&r).unwrap();
     assert!(tool_routes().is_empty());
-}
-
-fn tool_rules() -> BTreeSet<OwnedRule> {
-    json(&["ip", "-j", "-d", "rule", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["protocol"] == "77")
-        .map(|r| {
-            let src = r["src"].as_str().unwrap();
-            let len = r.get("srclen").map(|l| l.as_u64().unwrap()).unwrap_or(if src == "all" { 0 } else { 32 });
-            let src = if src == "all" { "0.0.0.0" } else { src };
-            OwnedRule { from: format!("{src}/{len}").parse().unwrap(), table: table_id(r), priority: r["priority"].as_u64().unwrap() as u32 }
-        })
-        .collect()
 }
 
 #[test]

@@ -1,14 +1,11 @@
 //! Kernel tests of the tc backend, each in its own network namespace; assertions read the kernel
 //! back with `tc` and `ip`.
 
-mod common;
-
 use std::time::Instant;
 
-use common::*;
+use pppgate_testkit::*;
 use policy_core::kernel::tc::TcNetlink;
 use policy_core::kernel::{Shaping, Tc};
-use serde_json::Value;
 
 /// A veth pair `name` ↔ `name`p, both up, with addresses so pings cross `name`'s egress.
 fn veth(name: &str, n: u8) {
@@ -17,54 +14,6 @@ fn veth(name: &str, n: u8) {
     run(&["ip", "link", "set", name, "up"]);
     run(&["ip", "link", "set", &peer, "up"]);
     run(&["ip", "addr", "add", &format!("10.{n}.0.1/24"), "dev", name]);
-}
-
-fn root_qdisc(dev: &str) -> Option<Value> {
-    tc_qdiscs(dev).into_iter().find(|q| q["root"] == true)
-}
-
-fn has_ingress(dev: &str) -> bool {
-    tc_qdiscs(dev).iter().any(|q| q["kind"] == "ingress")
-}
-
-fn redirect_target(dev: &str) -> Option<String> {
-    let filters = json(&["tc", "-j", "filter", "show", "dev", dev, "ingress"]);
-    filters.as_array()?.iter().find_map(|f| {
-        f["options"]["actions"].as_array()?.iter().find_map(|a| {
-            (a["kind"] == "mirred" && a["mirred_action"] == "redirect" && a["direction"] == "egress")
-                .then(|| a["to_dev"].as_str().unwrap().to_string())
-        })
-    })
-}
-
-fn htb_rate(dev: &str) -> Option<u64> {
-    let root = root_qdisc(dev)?;
-    if root["kind"] != "htb" || root["handle"] != "1:" {
-        return None;
-    }
-    tc_classes(dev).into_iter().find(|c| c.classid == "1:10").map(|c| {
-        assert_eq!(c.rate_bit, c.ceil_bit, "rate = ceil");
-        assert_eq!(c.linklayer.as_deref(), Some("ethernet"));
-        c.rate_bit
-    })
-}
-
-fn ifb_up(name: &str) -> bool {
-    let l = json(&["ip", "-j", "-d", "link", "show", name]);
-    let l = &l[0];
-    l["linkinfo"]["info_kind"] == "ifb" && l["flags"].as_array().unwrap().iter().any(|f| f == "UP")
-}
-
-/// What the tools say is installed, as a Shaping.
-fn tool_shaping(dev: &str) -> Shaping {
-    let down_kbit = htb_rate(dev).map(|b| (b / 1000) as u32);
-    let ifb = format!("pgi-{dev}");
-    let up_kbit = if has_ingress(dev) && redirect_target(dev).as_deref() == Some(ifb.as_str()) && ifb_up(&ifb) {
-        htb_rate(&ifb).map(|b| (b / 1000) as u32)
-    } else {
-        None
-    };
-    Shaping { down_kbit, up_kbit }
 }
 
 #[test]

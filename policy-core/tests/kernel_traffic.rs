@@ -11,13 +11,11 @@
 //! What passes is proven at the far side: an nft table in the internet namespace counts the
 //! packets that arrive from each client address.
 
-mod common;
-
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::*;
+use pppgate_testkit::*;
 use policy_core::config::GardenEntry;
 use policy_core::kernel::{Netlink, Nft, NftSet, SetChange, Shaping, Sysctl, Tc};
 use serde_json::Value;
@@ -26,14 +24,6 @@ struct Topology {
     client: NetNs,
     inet: NetNs,
     _servers: Vec<Bg>,
-}
-
-/// Turns off segmentation offload on a veth end so packets are wire-sized, as on a real PPP
-/// link (HTB would otherwise meter 64 KiB TSO super-packets).
-fn no_gso(args_prefix: &[&str], dev: &str) {
-    let mut v: Vec<&str> = args_prefix.to_vec();
-    v.extend_from_slice(&["ip", "link", "set", dev, "gso_max_segs", "1", "gso_max_size", "1514"]);
-    run(&v);
 }
 
 fn topology() -> Topology {
@@ -98,70 +88,7 @@ fn garden() -> Vec<GardenEntry> {
 }
 
 fn far_counter(inet: &NetNs, comment: &str) -> u64 {
-    let v = inet.json(&["nft", "-j", "list", "table", "ip", "probe"]);
-    for o in v["nftables"].as_array().unwrap() {
-        if let Some(r) = o.get("rule") {
-            if r.get("comment").and_then(Value::as_str) == Some(comment) {
-                for e in r["expr"].as_array().unwrap() {
-                    if let Some(c) = e.get("counter") {
-                        return c["packets"].as_u64().unwrap();
-                    }
-                }
-            }
-        }
-    }
-    panic!("no probe counter {comment}");
-}
-
-/// A connectivity check run in a namespace: ping or TCP connect from a source address.
-struct Check {
-    label: String,
-    expect: bool,
-    child: Child,
-}
-
-fn ping(ns: &NetNs, src: &str, dst: &str, expect: bool) -> Check {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", src, dst])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Check { label: format!("ping {src} → {dst}"), expect, child }
-}
-
-fn tcp(ns: &NetNs, src: &str, dst: &str, port: u16, expect: bool) -> Check {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "socat",
-            "-T2",
-            "-u",
-            &format!("TCP:{dst}:{port},bind={src},connect-timeout=1"),
-            "-",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Check { label: format!("tcp {src} → {dst}:{port}"), expect, child }
-}
-
-/// Runs checks in parallel and asserts each one's outcome.
-fn expect_all(checks: Vec<Check>) {
-    let mut failures = Vec::new();
-    for c in checks {
-        let out = c.child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let passed = out.status.success() && (c.label.starts_with("ping") || stdout.contains("ok"));
-        println!("{:<45} {}", c.label, if passed { "passes" } else { "blocked" });
-        if passed != c.expect {
-            failures.push(format!("{}: expected {}, got {}", c.label, if c.expect { "pass" } else { "drop" }, if passed { "pass" } else { "drop" }));
-        }
-    }
-    assert!(failures.is_empty(), "{failures:#?}");
+    ns_counter(inet, "ip", "probe", comment)
 }
 
 #[test]

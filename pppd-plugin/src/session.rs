@@ -7,8 +7,9 @@
 //!    only after shaping, routes and rules are in place. A busy lock is retried from pppd timers
 //!    (never blocking pppd's loop) within a window read from SQL `settings` with a tight timeout
 //!    (fallback 10 s, hard cap 15 s). Anything failing ends the session through pppd's own path.
-//! 3. **ip-down** (and exit as a backstop when ip-down never ran): everything of this session is
-//!    removed (memberships including the gate, shaping and IFB, routes, rules), then the mapping.
+//! 3. **ip-down** (and exit as a backstop when ip-down never ran): the final accounting flush,
+//!    then everything of this session is removed (memberships including the gate, shaping and
+//!    IFB, routes, rules), then the mapping.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -209,7 +210,7 @@ pub(crate) fn ip_up() {
     let mut client = match db::connect(&cfg.database) {
         Ok(c) => c,
         Err(e) => {
-            fail_closed(&format!("database unavailable: {}", one_line(&e)));
+            fail_closed(&one_line(&e));
             return;
         }
     };
@@ -256,6 +257,7 @@ pub(crate) fn ip_up() {
         session_id: Some(format!("{}:{}:{}:{}", cfg.nas.identity, ifname, pid, up_ts)),
         up_ts: Some(up_ts),
     };
+    note_replaced_mapping(&cfg.paths.sessions_dir, &ifname, pid);
     match mapping.write_atomic(&cfg.paths.sessions_dir) {
         Ok(path) => {
             tracing::info!(ifname = %ifname, user = %login, conn_id = facts.id, client_ip = %client_ip, pid,
@@ -279,6 +281,22 @@ pub(crate) fn ip_up() {
     }
     with_link(|l| l.desired = Some(desired));
     attempt_apply(0);
+}
+
+/// A mapping file already present for our interface belongs to an earlier session on a reused
+/// interface name (this pppd owns the interface now): it is replaced atomically, and what it was
+/// is logged in one line, a malformed one with the reason it does not parse.
+fn note_replaced_mapping(dir: &std::path::Path, ifname: &str, pid: u32) {
+    let path = dir.join(Mapping::file_name(ifname));
+    if !path.exists() {
+        return;
+    }
+    match Mapping::read(&path) {
+        Ok(old) if old.pppd_pid == pid => {}
+        Ok(old) => tracing::warn!(ifname = %ifname, old_pid = old.pppd_pid, old_conn_id = old.connection_id,
+            "replacing the stale mapping {} of an earlier session", path.display()),
+        Err(e) => tracing::warn!(ifname = %ifname, "replacing a malformed mapping file: {}", one_line(&e)),
+    }
 }
 
 /// One apply attempt; re-scheduled from a pppd timer while the lock is busy.
@@ -331,19 +349,24 @@ fn attempt_apply(_: usize) {
         }
     };
     let t_apply = Instant::now();
+    let mut backends: Option<Netlink> = None;
     let result = (|| -> policy_core::Result<engine::Outcome> {
-        let mut b = Netlink::new()?;
+        let b = backends.insert(Netlink::new()?);
         let mut d = Desired { sessions: vec![desired.clone()], subnet_pbr: vec![] };
         apply::validate(&cfg, &mut d)?;
         let scope = Scope::of(&d.sessions);
-        engine::converge(&mut b, &cfg, &d, &scope, false)
+        engine::converge(b, &cfg, &d, &scope, false)
     })();
+    // The gate was released by the last nft transaction of the plan, inside converge.
+    let elapsed = with_link(|l| l.up_started).map(|t| t.elapsed()).unwrap_or_default();
+    let apply_us = t_apply.elapsed().as_micros() as u64;
     drop(lock);
+    // Closing the nfnetlink socket after a commit waits for nf_tables' deferred destroy work (an
+    // RCU grace period, 8-16 ms measured): done after the lock is released, not while holding it.
+    drop(backends);
     match result {
         Ok(out) => {
             with_link(|l| l.applied = true);
-            let elapsed = with_link(|l| l.up_started).map(|t| t.elapsed()).unwrap_or_default();
-            let apply_us = t_apply.elapsed().as_micros() as u64;
             let (sql_us, mapping_us) = with_link(|l| (l.sql_us, l.mapping_us));
             let p = &desired.policy;
             tracing::info!(
@@ -398,6 +421,9 @@ fn cleanup(event: &str) {
     let Some(cfg) = config() else { return };
     let (ifname, client_ip, gated, mapping, exhausted) =
         with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone(), l.lock_exhausted));
+    if let Some(m) = &mapping {
+        final_accounting(&cfg, m, event);
+    }
     // pppd runs ip-down notifiers before it sends the LCP Terminate-Request: after a window the
     // lock stayed busy for, waiting for it again would only delay the end of the session.
     let wait = if exhausted { Duration::ZERO } else { CLEANUP_LOCK_WAIT };
@@ -408,8 +434,14 @@ fn cleanup(event: &str) {
             None
         }
     };
-    let errors = remove_kernel_state(ifname.as_deref(), client_ip, &gated);
+    let mut backends = Netlink::new();
+    let errors = match backends.as_mut() {
+        Ok(b) => remove_kernel_state(b, ifname.as_deref(), client_ip, &gated),
+        Err(e) => vec![one_line(e)],
+    };
     drop(lock);
+    // See attempt_apply: the socket close waits for an RCU grace period; not under the lock.
+    drop(backends);
     for e in &errors {
         tracing::error!(event, "cleanup: {e}");
     }
@@ -424,14 +456,32 @@ fn cleanup(event: &str) {
     }
 }
 
+/// Seed 004 §4.1: the final accounting flush, before the cleanup and before the mapping goes
+/// (docs/accounting.md). Bounded; whatever happens, the final counters are on disk for the
+/// collector once the marker is written.
+fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str) {
+    let stats = shim::link_stats();
+    let counters = policy_core::accounting::FinalCounters {
+        rx_bytes: stats.as_ref().map_or(0, |s| s.bytes_in),
+        tx_bytes: stats.as_ref().map_or(0, |s| s.bytes_out),
+        // pppd 2.4's link_stats are 32 bits wide (final_flush prefers the interface's own
+        // 64-bit counters anyway while the interface exists).
+        wraps_32: shim::PPPD_API == "2.4",
+        terminate_cause: None,
+    };
+    let (rx, tx) = (counters.rx_bytes, counters.tx_bytes);
+    match policy_core::accounting::final_flush(cfg, m, counters) {
+        Ok(r) => tracing::info!(session = %r.session_key, outcome = ?r.outcome, ms = r.elapsed_ms,
+            "final accounting on {event}"),
+        Err(e) => tracing::error!(ifname = %m.ppp_if, conn_id = m.connection_id, rx, tx,
+            "final accounting failed on {event}: {}", one_line(&e)),
+    }
+}
+
 /// Removes this session's kernel state. An address that another interface now carries as its
 /// peer belongs to a newer session and is left alone.
-fn remove_kernel_state(ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated: &BTreeSet<Ipv4Addr>) -> Vec<String> {
+fn remove_kernel_state(b: &mut Netlink, ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated: &BTreeSet<Ipv4Addr>) -> Vec<String> {
     let mut errors = Vec::new();
-    let mut b = match Netlink::new() {
-        Ok(b) => b,
-        Err(e) => return vec![one_line(&e)],
-    };
     let links = LinkSnapshot::read().ok();
     let owned_elsewhere = |ip: Ipv4Addr| {
         links.as_ref().is_some_and(|s| {
@@ -450,7 +500,7 @@ fn remove_kernel_state(ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated:
             let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange { set: *set, ip, add: false }).collect();
             b.nft().commit(&all)
         } else {
-            engine::disconnect(&mut b, ifn, ip).map(|_| ())
+            engine::disconnect(b, ifn, ip).map(|_| ())
         };
         if let Err(e) = res {
             errors.push(one_line(&e));

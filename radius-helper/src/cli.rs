@@ -61,6 +61,10 @@ pub enum Cmd {
     /// Live sessions: kill (admin hardcut), list, show.
     #[command(subcommand)]
     Session(crate::sessions::SessionCmd),
+    /// Accounting collector: read session counters, spool, commit to SQL (vpn-accounting-collector).
+    Collect,
+    /// ip-down's final accounting flush for one session.
+    FinalFlush(crate::collect::FinalFlushArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +183,8 @@ fn run(cli: &Cli) -> CmdResult {
         Cmd::Janitor(a) => crate::sessions::janitor(&cli.global, a),
         Cmd::Radius(_) => unreachable!("handled in main"),
         Cmd::Session(c) => crate::sessions::session(&cli.global, c),
+        Cmd::Collect => crate::collect::collect(&cli.global),
+        Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),
         Cmd::Db(DbCmd::Migrate) => {
             let cfg = load_config(&cli.global)?;
             let mut client = db::connect(&cfg.database)?;

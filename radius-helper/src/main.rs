@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod collect;
 mod policy_cmd;
 mod sessions;
 mod syslog;
+mod test_hook;
 
 fn main() -> std::process::ExitCode {
     cli::main()

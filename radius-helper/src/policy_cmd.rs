@@ -15,6 +15,7 @@ use policy_core::{db, mapping, rt_tables, Error, ExitCode};
 use serde_json::json;
 
 use crate::cli::{load_config, CmdResult, Failure, Global};
+use crate::test_hook;
 
 /// Parses an id the way every verb must: a plain positive decimal integer, nothing else.
 pub fn parse_id(what: &'static str, s: &str) -> Result<i64, Failure> {
@@ -28,10 +29,10 @@ pub fn parse_id(what: &'static str, s: &str) -> Result<i64, Failure> {
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
     /// Apply the policy of one vpn_connection to its live sessions.
-    #[arg(long, value_name = "ID", conflicts_with_all = ["customer_id", "reconcile_all"])]
+    #[arg(long, value_name = "ID", allow_hyphen_values = true, conflicts_with_all = ["customer_id", "reconcile_all"])]
     pub connection_id: Option<String>,
     /// Apply the policy of every connection of a customer.
-    #[arg(long, value_name = "ID", conflicts_with = "reconcile_all")]
+    #[arg(long, value_name = "ID", allow_hyphen_values = true, conflicts_with = "reconcile_all")]
     pub customer_id: Option<String>,
     /// Reconcile everything: live sessions get their policy, state of gone sessions is removed.
     #[arg(long)]
@@ -62,7 +63,23 @@ pub struct ReconcileArgs {
 /// Takes the apply lock (exit 75 when busy, reporting a holder older than the TTL).
 pub fn take_lock(cfg: &Config, what: &str, run: &RunOpts) -> Result<Lock, Failure> {
     if run.break_stale_lock {
-        let (l, outcome) = lock::break_stale(&cfg.paths.apply_lock, what, cfg.policy.lock_ttl)?;
+        let (l, outcome) = match lock::break_stale(&cfg.paths.apply_lock, what, cfg.policy.lock_ttl) {
+            Ok(x) => x,
+            Err(Error::Locked { path, holder }) => {
+                let who = holder
+                    .map(|h| format!(" (held by pid {} '{}' for {}s)", h.pid, h.what, h.age().as_secs()))
+                    .unwrap_or_default();
+                return Err(Failure {
+                    code: ExitCode::Locked,
+                    message: format!(
+                        "lock {} is busy{who}; the holder is not older than the TTL of {}s, so it is not broken",
+                        path.display(),
+                        cfg.policy.lock_ttl.as_secs()
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let lock::BreakOutcome::Broken { holder } = outcome {
             eprintln!("pppgate: ALERT: broke stale apply lock held by pid {} ({}) since {}", holder.pid, holder.what, holder.since);
         }
@@ -142,8 +159,10 @@ pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
     let cfg = load_config(g)?;
     match target {
         Some(t) => {
+            // Backends first, so they are dropped after the lock: closing the nfnetlink socket
+            // after a commit waits for an RCU grace period (8-16 ms), which need not hold the lock.
+            let mut b = test_hook::kernel()?;
             let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "apply", &a.run)?) };
-            let mut b = Netlink::new()?;
             let r = apply::apply(&cfg, &mut b, &t, a.run.dry_run)?;
             print_report(g, &r, a.run.dry_run);
             Ok(())
@@ -154,8 +173,8 @@ pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
 
 pub fn reconcile_cmd(g: &Global, a: &ReconcileArgs) -> CmdResult {
     let cfg = load_config(g)?;
+    let mut b = test_hook::kernel()?;
     let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "reconcile", &a.run)?) };
-    let mut b = Netlink::new()?;
     if a.boot && !a.run.dry_run {
         // Sessions interfaces inherit conf.default; make forwarding right before anything else.
         b.sysctl().ensure(&[])?;
@@ -183,12 +202,12 @@ pub enum RoutesCmd {
     Del(RouteDelArgs),
     /// Lists routes.
     List {
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
         connection_id: Option<String>,
     },
     /// Applies routes to live sessions (one connection, or all).
     Apply {
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
         connection_id: Option<String>,
         #[command(flatten)]
         run: RunOpts,
@@ -197,7 +216,7 @@ pub enum RoutesCmd {
 
 #[derive(Args, Debug)]
 pub struct RouteAddArgs {
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", allow_hyphen_values = true)]
     pub connection_id: String,
     /// Destination network behind the client (CIDR).
     #[arg(long)]
@@ -208,7 +227,7 @@ pub struct RouteAddArgs {
     /// Routing table (number or name from rt_tables); default main.
     #[arg(long)]
     pub table: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub metric: Option<String>,
     /// Store only; do not apply to a live session now.
     #[arg(long)]
@@ -217,7 +236,7 @@ pub struct RouteAddArgs {
 
 #[derive(Args, Debug)]
 pub struct RouteDelArgs {
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", allow_hyphen_values = true)]
     pub connection_id: String,
     #[arg(long)]
     pub dst: String,
@@ -262,8 +281,8 @@ fn table_arg(cfg: &Config, t: Option<&str>) -> Result<Option<u32>, Failure> {
 /// Applies the policy of one connection now when it has a live session (lock busy: exit 75,
 /// the SQL change stays and the next apply/reconcile picks it up).
 fn apply_now(g: &Global, cfg: &Config, conn: i64, run: &RunOpts) -> CmdResult {
+    let mut b = test_hook::kernel()?;
     let _lock = if run.dry_run { None } else { Some(take_lock(cfg, "apply", run)?) };
-    let mut b = Netlink::new()?;
     let r = apply::apply(cfg, &mut b, &Target::Connection(conn), run.dry_run)?;
     if !g.json {
         print_report(g, &r, run.dry_run);
@@ -289,6 +308,15 @@ pub fn routes_cmd(g: &Global, c: &RoutesCmd) -> CmdResult {
             }
             if let Some(gw) = gw {
                 check_gateway_reach(&cfg, conn, gw)?;
+            }
+            let others = db::routes::other_owners(&mut client, conn, dst, table)?;
+            if let Some(other) = others.first() {
+                return Err(Error::invalid(
+                    "route",
+                    dst.to_string(),
+                    format!("connection {other} already routes this destination in this table"),
+                )
+                .into());
             }
             let changed = db::routes::add(&mut client, conn, dst, gw, table, metric)?;
             drop(client);
@@ -403,7 +431,7 @@ pub struct PbrAddArgs {
     #[arg(long, conflicts_with = "connection_id")]
     pub from: Option<String>,
     /// Or: the live sessions of one connection.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", allow_hyphen_values = true)]
     pub connection_id: Option<String>,
     /// Routing table (number or rt_tables name; not main/local/default).
     #[arg(long)]
@@ -415,7 +443,7 @@ pub struct PbrAddArgs {
     #[arg(long)]
     pub dev: String,
     /// `ip rule` priority (1..32765).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub priority: String,
     #[command(flatten)]
     pub run: RunOpts,
@@ -531,7 +559,10 @@ pub enum ConnectionCmd {
     /// Changes policy facts of a connection and applies them to its live session at once.
     Set(ConnSetArgs),
     /// Shows a connection's facts and the policy they give.
-    Show { id: String },
+    Show {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -540,30 +571,31 @@ pub struct ConnAddArgs {
     pub login: String,
     #[arg(long, default_value = "CLAIMED")]
     pub status: String,
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", allow_hyphen_values = true)]
     pub customer_id: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub down_kbit: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub up_kbit: Option<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct ConnSetArgs {
+    #[arg(allow_hyphen_values = true)]
     pub id: String,
     /// Download rate in kbit/s, or `none`.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub down_kbit: Option<String>,
     /// Upload rate in kbit/s, or `none`.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub up_kbit: Option<String>,
     #[arg(long)]
     pub status: Option<String>,
     /// Quota in bytes per period, or `none`.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub quota_bytes: Option<String>,
     /// Expiry as Unix seconds, or `none`.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub expires_at: Option<String>,
     #[arg(long, conflicts_with = "unblock")]
     pub block: bool,
@@ -695,7 +727,7 @@ pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
 
 #[derive(Subcommand, Debug)]
 pub enum SysctlCmd {
-    /// Reports ip_forward and rp_filter (exit 1 when not as pppgate needs them).
+    /// Reports ip_forward and rp_filter (exit 70 when not as pppgate needs them).
     Check,
     /// Sets ip_forward=1 and loose rp_filter on live session interfaces.
     Ensure,

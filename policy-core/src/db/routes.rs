@@ -55,6 +55,21 @@ pub fn add(client: &mut Client, conn: i64, dst: Ipv4Net, gw: Option<Ipv4Addr>, t
     Ok(n > 0)
 }
 
+/// Other connections that already route `dst` in `table` (main when `None`). The kernel keeps
+/// one route per destination and table, so a second owner could never be applied.
+pub fn other_owners(client: &mut Client, conn: i64, dst: Ipv4Net, table: Option<u32>) -> Result<Vec<i64>> {
+    let dst_s = dst.to_string();
+    let table_i = table.map(|t| t as i64).unwrap_or(254);
+    let rows = client
+        .query(
+            "SELECT DISTINCT connection_id FROM vpn_routes WHERE connection_id <> $1 AND destination = $2::text::cidr
+               AND COALESCE(table_id, 254) = $3::bigint ORDER BY connection_id",
+            &[&conn, &dst_s, &table_i],
+        )
+        .map_err(Error::from_sql)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Deletes the route of `conn` to `dst` in `table` (main when `None`); `false` when absent.
 pub fn del(client: &mut Client, conn: i64, dst: Ipv4Net, table: Option<u32>) -> Result<bool> {
     let dst_s = dst.to_string();

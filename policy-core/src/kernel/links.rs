@@ -23,6 +23,7 @@ pub const IFLA_INFO_KIND: u16 = 1;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_LABEL: u16 = 3;
 
 pub const IFF_UP: u32 = 0x1;
 
@@ -97,9 +98,64 @@ impl LinkSnapshot {
     }
 
     pub fn read_with(sock: &mut Socket) -> Result<LinkSnapshot> {
+        Self::read_inner(sock, false)
+    }
+
+    /// Like [`LinkSnapshot::read`] without the counters (`counters` is `None`): the kernel skips
+    /// the statistics blocks, which are most of a link dump's size (VALID checks need names and
+    /// addresses only).
+    pub fn read_lean() -> Result<LinkSnapshot> {
+        let mut sock = Socket::open(Family::Route)?;
+        Self::read_inner(&mut sock, true)
+    }
+
+    /// Interfaces as their IPv4 addresses describe them: one address dump (small messages, no
+    /// link dump), names from `IFA_LABEL`, no kind, flags or counters. An interface without any
+    /// IPv4 address is absent here — what VALID needs, since such an interface cannot carry
+    /// CLIENT_IP as its peer either. On a box with 10,000 sessions (and their IFBs) this is ~10×
+    /// cheaper than a link dump.
+    pub fn read_addresses() -> Result<LinkSnapshot> {
+        let mut sock = Socket::open(Family::Route)?;
+        let mut snap = LinkSnapshot::default();
+        let mut ifa = [0u8; 8];
+        ifa[0] = libc::AF_INET as u8;
+        let req = MsgBuilder::new(RTM_GETADDR, NLM_F_DUMP).bytes(&ifa);
+        for (ty, payload) in sock.dump("dump addresses", req)? {
+            if ty != RTM_NEWADDR || payload.len() < 8 || payload[0] != libc::AF_INET as u8 {
+                continue;
+            }
+            let index = u32::from_ne_bytes(payload[4..8].try_into().unwrap());
+            let (mut address, mut local, mut label) = (None, None, None);
+            for (t, d) in attrs(&payload[8..]) {
+                let ip = d.get(..4).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                match t {
+                    IFA_ADDRESS => address = ip,
+                    IFA_LOCAL => local = ip,
+                    IFA_LABEL => label = Some(netlink::attr_str(d)),
+                    _ => {}
+                }
+            }
+            let Some(name) = label.filter(|n| !n.is_empty()) else { continue };
+            let link = snap.by_name.entry(name.clone()).or_insert_with(|| Link { index, name, ..Default::default() });
+            if let Some(l) = local {
+                link.locals.push(l);
+            }
+            if let (Some(a), Some(l)) = (address, local) {
+                if a != l {
+                    link.peers.push(a);
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    fn read_inner(sock: &mut Socket, lean: bool) -> Result<LinkSnapshot> {
         let mut snap = LinkSnapshot::default();
         let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
-        let req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP).bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0));
+        let mut req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP).bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0));
+        if lean {
+            req = req.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        }
         for (ty, payload) in sock.dump("dump links", req)? {
             if ty != RTM_NEWLINK {
                 continue;
@@ -170,9 +226,40 @@ pub fn get_link_msg(name: &str) -> MsgBuilder {
 }
 
 const IFLA_EXT_MASK: u16 = 29;
+/// `IFLA_EXT_MASK` flag: leave the statistics out of link messages.
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 
-/// Every link of the current namespace (one dump).
+/// Every link of the current namespace (one dump, without counters: `counters` is `None`).
 pub fn dump_links(sock: &mut Socket) -> Result<Vec<Link>> {
-    let req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP).bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0));
+    let req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP)
+        .bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0))
+        .attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
     Ok(sock.dump("dump links", req)?.iter().filter(|(ty, _)| *ty == RTM_NEWLINK).filter_map(|(_, p)| parse_link(p)).collect())
+}
+
+/// Names of the links with these indexes (one round trip; gone ones are left out).
+pub fn names_of(sock: &mut Socket, indexes: &[u32]) -> Result<BTreeMap<u32, String>> {
+    let mut out = BTreeMap::new();
+    for chunk in indexes.chunks(96) {
+        let reqs = chunk
+            .iter()
+            .map(|i| {
+                MsgBuilder::new(RTM_GETLINK, 0)
+                    .bytes(&ifinfomsg(libc::AF_UNSPEC as u8, *i as i32, 0, 0))
+                    .attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+            })
+            .collect();
+        for (i, a) in chunk.iter().zip(sock.transact("get links", reqs)?) {
+            match a {
+                Ok(msgs) => {
+                    if let Some(l) = msgs.iter().filter(|(t, _)| *t == RTM_NEWLINK).find_map(|(_, p)| parse_link(p)) {
+                        out.insert(*i, l.name);
+                    }
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) => {}
+                Err(source) => return Err(crate::error::Error::Netlink { op: format!("get link {i}"), source }),
+            }
+        }
+    }
+    Ok(out)
 }

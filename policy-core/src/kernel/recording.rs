@@ -12,7 +12,9 @@
 //! * sysctl: strict (1) becomes loose (2); 0 and 2 stay.
 //!
 //! Faults are injected with [`Recording::fail_when`]: a matching call is recorded, changes
-//! nothing and returns an error.
+//! nothing and returns an error. [`Recording::drop_when`] makes matching changes vanish silently
+//! (recorded, no effect, `Ok`): a kernel that acknowledges and does not do, which only the
+//! engine's read-back verification can catch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -100,6 +102,7 @@ pub struct Recording {
     pub kernel: FakeKernel,
     pub calls: Vec<Call>,
     faults: Vec<FaultFn>,
+    drops: Vec<FaultFn>,
 }
 
 impl std::fmt::Debug for Recording {
@@ -150,9 +153,16 @@ impl Recording {
         self.faults.push(Box::new(pred));
     }
 
-    /// Removes every fault.
+    /// Changes for which `pred` is true are acknowledged but have no effect from now on (reads
+    /// are never dropped).
+    pub fn drop_when(&mut self, pred: impl FnMut(&Call) -> bool + 'static) {
+        self.drops.push(Box::new(pred));
+    }
+
+    /// Removes every fault and every drop.
     pub fn heal(&mut self) {
         self.faults.clear();
+        self.drops.clear();
     }
 
     /// The calls that changed (or tried to change) something.
@@ -164,13 +174,16 @@ impl Recording {
         self.calls.clear();
     }
 
-    fn record(&mut self, call: Call) -> Result<()> {
+    /// Records a call; `Err` for an injected failure, `Ok(false)` when the change is to be
+    /// dropped silently, `Ok(true)` when it takes effect.
+    fn record(&mut self, call: Call) -> Result<bool> {
         let fail = self.faults.iter_mut().any(|f| f(&call));
+        let dropped = !fail && call.is_mutation() && self.drops.iter_mut().any(|f| f(&call));
         let err = fail.then(|| injected(&call));
         self.calls.push(call);
         match err {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(!dropped),
         }
     }
 
@@ -181,7 +194,9 @@ impl Recording {
 
 impl Nft for Recording {
     fn ensure_base(&mut self, garden: &[GardenEntry]) -> Result<()> {
-        self.record(Call::NftEnsureBase(garden.to_vec()))?;
+        if !self.record(Call::NftEnsureBase(garden.to_vec()))? {
+            return Ok(());
+        }
         let k = &mut self.kernel;
         k.nft_table = true;
         k.nft.base_ok = true;
@@ -213,7 +228,9 @@ impl Nft for Recording {
     }
 
     fn commit(&mut self, changes: &[SetChange]) -> Result<()> {
-        self.record(Call::NftCommit(changes.to_vec()))?;
+        if !self.record(Call::NftCommit(changes.to_vec()))? {
+            return Ok(());
+        }
         if changes.is_empty() {
             return Ok(());
         }
@@ -244,7 +261,9 @@ impl Tc for Recording {
     }
 
     fn set(&mut self, ifname: &str, shaping: &Shaping) -> Result<()> {
-        self.record(Call::TcSet(ifname.into(), *shaping))?;
+        if !self.record(Call::TcSet(ifname.into(), *shaping))? {
+            return Ok(());
+        }
         if !self.kernel.interfaces.contains(ifname) {
             return Err(Error::NotFound { what: "interface", id: ifname.into() });
         }
@@ -269,7 +288,9 @@ impl Tc for Recording {
     }
 
     fn clear(&mut self, ifname: &str) -> Result<()> {
-        self.record(Call::TcClear(ifname.into()))?;
+        if !self.record(Call::TcClear(ifname.into()))? {
+            return Ok(());
+        }
         self.kernel.tc.shaping.remove(ifname);
         if let Some(ifb) = ifb_for(ifname) {
             self.kernel.tc.ifbs.remove(&ifb);
@@ -278,7 +299,9 @@ impl Tc for Recording {
     }
 
     fn remove_ifb(&mut self, ifb: &str) -> Result<()> {
-        self.record(Call::TcRemoveIfb(ifb.into()))?;
+        if !self.record(Call::TcRemoveIfb(ifb.into()))? {
+            return Ok(());
+        }
         if !ifb.starts_with("pgi-") {
             return Err(Error::invalid("ifb device", ifb, "not a pppgate ifb (pgi-*)"));
         }
@@ -294,7 +317,9 @@ impl Routes for Recording {
     }
 
     fn add(&mut self, r: &OwnedRoute) -> Result<()> {
-        self.record(Call::RouteAdd(r.clone()))?;
+        if !self.record(Call::RouteAdd(r.clone()))? {
+            return Ok(());
+        }
         if !self.kernel.interfaces.contains(&r.dev) {
             return Err(Error::NotFound { what: "interface", id: r.dev.clone() });
         }
@@ -306,7 +331,9 @@ impl Routes for Recording {
     }
 
     fn del(&mut self, r: &OwnedRoute) -> Result<()> {
-        self.record(Call::RouteDel(r.clone()))?;
+        if !self.record(Call::RouteDel(r.clone()))? {
+            return Ok(());
+        }
         let metric = r.metric.filter(|m| *m != 0);
         let victim = self.kernel.routes.iter().find(|x| {
             x.dst == r.dst
@@ -329,13 +356,17 @@ impl Rules for Recording {
     }
 
     fn add(&mut self, r: &OwnedRule) -> Result<()> {
-        self.record(Call::RuleAdd(r.clone()))?;
+        if !self.record(Call::RuleAdd(r.clone()))? {
+            return Ok(());
+        }
         self.kernel.rules.insert(r.clone());
         Ok(())
     }
 
     fn del(&mut self, r: &OwnedRule) -> Result<()> {
-        self.record(Call::RuleDel(r.clone()))?;
+        if !self.record(Call::RuleDel(r.clone()))? {
+            return Ok(());
+        }
         self.kernel.rules.remove(r);
         Ok(())
     }
@@ -357,7 +388,9 @@ impl Sysctl for Recording {
     }
 
     fn ensure(&mut self, ifnames: &[String]) -> Result<()> {
-        self.record(Call::SysctlEnsure(ifnames.to_vec()))?;
+        if !self.record(Call::SysctlEnsure(ifnames.to_vec()))? {
+            return Ok(());
+        }
         let s = &mut self.kernel.sysctl;
         let loosen = |v: &mut u8| {
             if *v == 1 {

@@ -95,22 +95,30 @@ fn parse_route(payload: &[u8], names: &BTreeMap<u32, String>) -> Option<OwnedRou
     Some(OwnedRoute { dst: Ipv4Net::new(dst, hdr[1]).ok()?, gateway, dev, table, metric })
 }
 
+fn oif_of(payload: &[u8]) -> Option<u32> {
+    attrs(payload.get(12..)?).find(|(t, _)| *t == RTA_OIF).and_then(|(_, d)| netlink::attr_u32(d))
+}
+
 impl Routes for RoutesNetlink {
     /// Every IPv4 route with protocol 77, from all tables. A metric of 0 reads back as `None`
     /// (the kernel does not report priority 0).
     fn read(&mut self) -> Result<Vec<OwnedRoute>> {
-        let names: BTreeMap<u32, String> =
-            links::dump_links(&mut self.sock)?.into_iter().map(|l| (l.index, l.name)).collect();
         let mut hdr = [0u8; 12];
         hdr[0] = libc::AF_INET as u8;
         let req = MsgBuilder::new(RTM_GETROUTE, NLM_F_DUMP).bytes(&hdr);
-        let mut out: Vec<OwnedRoute> = self
+        let ours: Vec<Vec<u8>> = self
             .sock
             .dump("dump routes", req)?
-            .iter()
-            .filter(|(ty, _)| *ty == RTM_NEWROUTE)
-            .filter_map(|(_, p)| parse_route(p, &names))
+            .into_iter()
+            .filter(|(ty, p)| *ty == RTM_NEWROUTE && p.get(5) == Some(&RTPROT_PPPGATE))
+            .map(|(_, p)| p)
             .collect();
+        // Names only for the devices our routes use (not a dump of every link on the box).
+        let mut indexes: Vec<u32> = ours.iter().filter_map(|p| oif_of(p)).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let names = links::names_of(&mut self.sock, &indexes)?;
+        let mut out: Vec<OwnedRoute> = ours.iter().filter_map(|p| parse_route(p, &names)).collect();
         out.sort();
         Ok(out)
     }

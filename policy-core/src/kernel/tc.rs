@@ -19,10 +19,10 @@
 //! Ownership: the root HTB `1:` and the ingress qdisc on interfaces named `ppp*`, and the links
 //! named `pgi-*`. Nothing else is read as pppgate's or touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::links::{self, get_link_msg, ifinfomsg, parse_link, Link, IFF_UP, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO};
-use super::netlink::{self, attrs, Answer, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE};
+use super::netlink::{self, attrs, Answer, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE};
 use super::{ifb_name, Shaping, Tc, TcState};
 use crate::error::{Error, Result};
 
@@ -231,6 +231,15 @@ fn parse_qdisc(msgs: &[(u16, Vec<u8>)]) -> Option<(u32, String)> {
     let handle = u32::from_ne_bytes(p.get(8..12)?.try_into().ok()?);
     let kind = attrs(p.get(20..)?).find(|(t, _)| *t == TCA_KIND).map(|(_, d)| netlink::attr_str(d))?;
     Some((handle, kind))
+}
+
+/// (ifindex, handle, parent, kind) of a qdisc from a dump.
+fn parse_qdisc_dumped(p: &[u8]) -> Option<(u32, u32, u32, String)> {
+    let ifindex = i32::from_ne_bytes(p.get(4..8)?.try_into().ok()?) as u32;
+    let handle = u32::from_ne_bytes(p.get(8..12)?.try_into().ok()?);
+    let parent = u32::from_ne_bytes(p.get(12..16)?.try_into().ok()?);
+    let kind = attrs(p.get(20..)?).find(|(t, _)| *t == TCA_KIND).map(|(_, d)| netlink::attr_str(d))?;
+    Some((ifindex, handle, parent, kind))
 }
 
 /// The rate (bytes/s) of an HTB class reply.
@@ -507,22 +516,77 @@ fn first_error(errors: Vec<Error>) -> Result<()> {
 }
 
 impl Tc for TcNetlink {
+    /// One link dump and one qdisc dump find the interfaces that carry pppgate's root HTB or
+    /// ingress qdisc at all; only those are asked for their class and filter (a few gets per
+    /// shaped session instead of six per interface).
     fn read(&mut self) -> Result<TcState> {
         let all = links::dump_links(&mut self.sock)?;
         let by_name: BTreeMap<&str, &Link> = all.iter().map(|l| (l.name.as_str(), l)).collect();
+        let mut root_htb: BTreeSet<u32> = BTreeSet::new();
+        let mut ingress: BTreeSet<u32> = BTreeSet::new();
+        let req = MsgBuilder::new(RTM_GETQDISC, NLM_F_DUMP).bytes(&tcmsg(0, 0, 0, 0));
+        for (ty, p) in self.sock.dump("dump qdiscs", req)? {
+            if ty != RTM_NEWQDISC {
+                continue;
+            }
+            let Some((ifindex, handle, parent, kind)) = parse_qdisc_dumped(&p) else { continue };
+            if parent == TC_H_ROOT && handle == HTB_HANDLE && kind == "htb" {
+                root_htb.insert(ifindex);
+            } else if parent == TC_H_INGRESS && kind == "ingress" {
+                ingress.insert(ifindex);
+            }
+        }
         let mut state = TcState::default();
-        let mut items = Vec::new();
-        let mut names = Vec::new();
+        let mut items: Vec<(String, Installed)> = Vec::new();
         for l in &all {
             if l.name.starts_with(IFB_PREFIX) {
                 state.ifbs.insert(l.name.clone());
-            } else if l.name.starts_with(SESSION_PREFIX) {
+            } else if l.name.starts_with(SESSION_PREFIX) && (root_htb.contains(&l.index) || ingress.contains(&l.index)) {
                 let ifb = ifb_for(&l.name).and_then(|n| by_name.get(n.as_str()).map(|x| (*x).clone()));
-                items.push((l.index, ifb));
-                names.push(l.name.clone());
+                let inst = Installed {
+                    root_htb: root_htb.contains(&l.index),
+                    ingress: ingress.contains(&l.index),
+                    ifb_root_htb: ifb.as_ref().is_some_and(|i| root_htb.contains(&i.index)),
+                    ifb,
+                    ..Default::default()
+                };
+                items.push((l.name.clone(), inst));
             }
         }
-        for (name, inst) in names.into_iter().zip(self.inspect_many(&items)?) {
+        // The class of each root HTB, the redirect filter of each ingress, the IFB's class.
+        #[derive(Clone, Copy)]
+        enum Ask {
+            Class(usize),
+            Filter(usize),
+            IfbClass(usize),
+        }
+        let mut asks: Vec<(Ask, MsgBuilder)> = Vec::new();
+        for (i, (name, inst)) in items.iter().enumerate() {
+            let idx = by_name[name.as_str()].index;
+            if inst.root_htb {
+                asks.push((Ask::Class(i), get_class_msg(idx)));
+            }
+            if inst.ingress {
+                asks.push((Ask::Filter(i), get_filter_msg(idx)));
+                if let (Some(ifb), true) = (&inst.ifb, inst.ifb_root_htb) {
+                    asks.push((Ask::IfbClass(i), get_class_msg(ifb.index)));
+                }
+            }
+        }
+        let mut asks = asks.into_iter().peekable();
+        while asks.peek().is_some() {
+            let round: Vec<(Ask, MsgBuilder)> = asks.by_ref().take(GETS_PER_ROUND).collect();
+            let (tags, msgs): (Vec<Ask>, Vec<MsgBuilder>) = round.into_iter().unzip();
+            for (tag, answer) in tags.into_iter().zip(self.sock.transact("read tc", msgs)?) {
+                let m = answer_msgs("read tc", answer)?;
+                match tag {
+                    Ask::Class(i) => items[i].1.down_rate = parse_htb_class(&m),
+                    Ask::Filter(i) => items[i].1.redirect_to = parse_redirect(&m),
+                    Ask::IfbClass(i) => items[i].1.ifb_rate = parse_htb_class(&m),
+                }
+            }
+        }
+        for (name, inst) in items {
             let s = inst.shaping();
             if s != Shaping::default() {
                 state.shaping.insert(name, s);

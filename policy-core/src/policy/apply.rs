@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -11,7 +12,7 @@ use crate::db;
 use crate::error::{one_line, Error, Result};
 use crate::kernel::Backends;
 use crate::mapping::{self, Mapping};
-use crate::policy::engine::{self, Outcome};
+use crate::policy::engine::{self, micros, Outcome};
 use crate::policy::planner::{Desired, DesiredSession, Scope};
 
 /// What `apply` was asked to do.
@@ -78,6 +79,7 @@ fn malformed_names(bad: &[Error]) -> Vec<String> {
 
 /// Applies the policy of some connections to their live sessions.
 pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: bool) -> Result<Report> {
+    let t_sql = Instant::now();
     let mut client = db::connect(&cfg.database)?;
     let ids = match target {
         Target::Connection(id) => {
@@ -93,11 +95,15 @@ pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: boo
             db::connections::ids_of_customer(&mut client, *id)?
         }
     };
-    let (valid, bad) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
-    let live: Vec<Mapping> = valid.into_iter().filter(|m| ids.contains(&m.connection_id)).collect();
+    let mut sql_us = micros(t_sql);
+    let t0 = Instant::now();
+    let (live, bad) = mapping::valid_sessions_where(&cfg.paths.sessions_dir, |m| ids.contains(&m.connection_id))?;
     let live_ids: BTreeSet<i64> = live.iter().map(|m| m.connection_id).collect();
+    let scan_us = micros(t0);
+    let t0 = Instant::now();
     let facts = db::connections::facts_by_ids(&mut client, &live_ids.iter().copied().collect::<Vec<_>>())?;
     drop(client);
+    sql_us += micros(t0);
     let mut desired = Desired { sessions: engine::desired_sessions(&live, &facts), subnet_pbr: vec![] };
     validate(cfg, &mut desired)?;
     let mut report = Report {
@@ -110,6 +116,8 @@ pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: boo
     }
     let scope = Scope::of(&desired.sessions);
     report.outcome = engine::converge(b, cfg, &desired, &scope, dry_run)?;
+    report.outcome.timings.scan_us = scan_us;
+    report.outcome.timings.sql_us = sql_us;
     Ok(report)
 }
 
@@ -117,27 +125,35 @@ pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: boo
 /// is removed. With SQL unreachable only the second half runs (no guessing policies without SQL)
 /// and the report says so; the caller exits 69.
 pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<Report> {
+    let t0 = Instant::now();
     let (valid, bad) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
+    let scan_us = micros(t0);
     let mut report = Report { malformed: malformed_names(&bad), ..Default::default() };
     for e in &bad {
         tracing::error!("{}", one_line(e));
     }
+    let t0 = Instant::now();
     let sql = db::connect(&cfg.database).and_then(|mut c| {
         let ids: Vec<i64> = valid.iter().map(|m| m.connection_id).collect::<BTreeSet<_>>().into_iter().collect();
         let facts = db::connections::facts_by_ids(&mut c, &ids)?;
         let subnet = engine::subnet_pbr(&mut c)?;
         Ok((facts, subnet))
     });
+    let sql_us = micros(t0);
     match sql {
         Ok((facts, subnet_pbr)) => {
             let mut desired = Desired { sessions: engine::desired_sessions(&valid, &facts), subnet_pbr };
             validate(cfg, &mut desired)?;
             report.outcome = engine::converge(b, cfg, &desired, &Scope::All, dry_run)?;
+            report.outcome.timings.scan_us = scan_us;
+            report.outcome.timings.sql_us = sql_us;
             Ok(report)
         }
         Err(e) if e.is_transient() => {
             report.sql_unavailable = Some(one_line(&e));
             report.outcome = remove_gone_sessions(cfg, b, &valid, dry_run)?;
+            report.outcome.timings.scan_us = scan_us;
+            report.outcome.timings.sql_us = sql_us;
             Ok(report)
         }
         Err(e) => Err(e),

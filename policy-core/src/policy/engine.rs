@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -27,6 +28,34 @@ pub struct Outcome {
     pub sessions: Vec<SessionReport>,
     /// Sessions whose pppd was signalled because SQL says they must end.
     pub terminated: Vec<String>,
+    /// Where the time went (microseconds per phase).
+    pub timings: Timings,
+}
+
+/// Time per phase of one run, in microseconds. `scan` (mapping files and VALID) and `sql`
+/// (connect and facts) are filled by the callers in `apply`; the engine fills the rest. `verify`
+/// is 0 when there was nothing to apply (the view just read is the view after).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Timings {
+    pub scan_us: u64,
+    pub sql_us: u64,
+    /// `ensure_base` and reading what pppgate owns.
+    pub read_us: u64,
+    pub plan_us: u64,
+    /// Sysctls and the plan's changes.
+    pub apply_us: u64,
+    /// Reading back and re-planning.
+    pub verify_us: u64,
+}
+
+impl Timings {
+    pub fn total_us(&self) -> u64 {
+        self.scan_us + self.sql_us + self.read_us + self.plan_us + self.apply_us + self.verify_us
+    }
+}
+
+pub(crate) fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,10 +169,14 @@ fn terminate_pppd(pid: u32) -> bool {
 
 /// Plans, applies and verifies `desired` within `scope`. In a dry run nothing is changed.
 pub fn converge<B: Backends>(b: &mut B, cfg: &Config, desired: &Desired, scope: &Scope, dry_run: bool) -> Result<Outcome> {
+    let mut t = Timings::default();
+    let t0 = Instant::now();
     if !dry_run {
         b.nft().ensure_base(&cfg.policy.walled_garden)?;
     }
     let view = read_view(b, scope)?;
+    t.read_us = micros(t0);
+    let t0 = Instant::now();
     let plan = planner::plan(desired, &view, scope);
     let mut out = Outcome {
         steps: plan.describe(),
@@ -151,18 +184,29 @@ pub fn converge<B: Backends>(b: &mut B, cfg: &Config, desired: &Desired, scope: 
         ..Default::default()
     };
     out.plan = plan;
+    t.plan_us = micros(t0);
     if dry_run {
+        out.timings = t;
         return Ok(out);
     }
+    let t0 = Instant::now();
     let ifnames: Vec<String> = desired.sessions.iter().map(|s| s.ifname.clone()).collect();
     b.sysctl().ensure(&ifnames)?;
     apply_plan(b, &out.plan, &mut out.terminated)?;
     out.applied = true;
-    let after = read_view(b, scope)?;
-    let residue = planner::residue(desired, &after, scope);
-    if !residue.is_empty() {
-        return Err(Error::Verify(residue.describe().join("; ")));
+    t.apply_us = micros(t0);
+    // Nothing applied: the view just read is the view after, and re-planning it gives the same
+    // empty plan. Otherwise read back and re-plan; anything left is a verification error.
+    if !out.plan.is_empty() {
+        let t0 = Instant::now();
+        let after = read_view(b, scope)?;
+        let residue = planner::residue(desired, &after, scope);
+        t.verify_us = micros(t0);
+        if !residue.is_empty() {
+            return Err(Error::Verify(residue.describe().join("; ")));
+        }
     }
+    out.timings = t;
     Ok(out)
 }
 

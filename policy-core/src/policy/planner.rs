@@ -4,7 +4,7 @@
 //! 1. one nft transaction with every change that makes a session *more* restricted (into
 //!    blocked/pending, FULL → RESTRICTED, or leaving a set for good), so nothing passes longer than
 //!    its new policy allows;
-//! 2. removal of routes and rules that are no longer wanted;
+//! 2. removal of rules, then routes, that are no longer wanted;
 //! 3. tc changes (shaping installed before the session is opened);
 //! 4. new routes and rules;
 //! 5. one nft transaction with every change that *opens* a session (pending → FULL/RESTRICTED,
@@ -187,6 +187,13 @@ fn table_route(table: u32, via: Ipv4Addr, dev: &str) -> OwnedRoute {
     OwnedRoute { dst: Ipv4Net::default(), gateway: Some(via), dev: dev.to_string(), table, metric: None }
 }
 
+/// What the kernel identifies an IPv4 route by (a metric of 0 is no metric).
+type RouteKey = (Ipv4Net, u32, Option<u32>);
+
+fn route_key(r: &OwnedRoute) -> RouteKey {
+    (r.dst, r.table, r.metric.filter(|m| *m != 0))
+}
+
 /// Kernel objects one session wants.
 fn session_objects(s: &DesiredSession) -> (Vec<OwnedRoute>, Vec<OwnedRule>, Vec<OwnedRoute>) {
     let mut routes = Vec::new();
@@ -199,7 +206,8 @@ fn session_objects(s: &DesiredSession) -> (Vec<OwnedRoute>, Vec<OwnedRule>, Vec<
                 gateway: r.gateway,
                 dev: s.ifname.clone(),
                 table: r.table.unwrap_or(MAIN_TABLE),
-                metric: r.metric,
+                // The kernel reports priority 0 as no priority at all.
+                metric: r.metric.filter(|m| *m != 0),
             });
         }
         for PbrSpec { table, via, dev, priority, .. } in &s.policy.pbr {
@@ -301,15 +309,28 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
     }
 
     // --- routes and rules --------------------------------------------------------------------
-    let mut want_routes: BTreeSet<OwnedRoute> = BTreeSet::new();
+    // The kernel keeps one route per (destination, table, metric): adding a second replaces the
+    // first. Two sessions wanting the same destination (one login online twice, or two users
+    // given the same subnet) would take it from each other on every run and never verify, so
+    // the first session in desired order keeps it; in session scope, a route that an interface
+    // outside the scope holds stays where it is.
+    let mut by_key: BTreeMap<RouteKey, OwnedRoute> = BTreeMap::new();
     let mut want_rules: BTreeSet<OwnedRule> = BTreeSet::new();
     let mut shared_routes: BTreeSet<OwnedRoute> = BTreeSet::new();
     for s in &desired.sessions {
         let (r, u, t) = session_objects(s);
-        want_routes.extend(r);
+        for route in r {
+            by_key.entry(route_key(&route)).or_insert(route);
+        }
         want_rules.extend(u);
         shared_routes.extend(t);
     }
+    if let Scope::Sessions { .. } = scope {
+        by_key.retain(|k, want| {
+            !actual.routes.iter().any(|a| route_key(a) == *k && a.dev != want.dev && !scope.has_if(&a.dev))
+        });
+    }
+    let want_routes: BTreeSet<OwnedRoute> = by_key.into_values().collect();
     if *scope == Scope::All {
         for p in &desired.subnet_pbr {
             want_rules.insert(OwnedRule { from: p.from, table: p.table, priority: p.priority });
@@ -330,28 +351,13 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             route_adds.push(Op::RouteAdd { route: r.clone() });
         }
     }
-    let shared_tables: BTreeSet<u32> = shared.iter().map(|r| r.table).collect();
-    for r in &actual.routes {
-        if want_routes.contains(r) || shared.contains(r) {
-            continue;
-        }
-        let is_table_default = r.dst == Ipv4Net::default() && r.gateway.is_some() && r.table != MAIN_TABLE;
-        let in_scope = match scope {
-            Scope::All => true,
-            // A table's default route belongs to policy routing, shared by sessions: in session
-            // scope it is replaced only when a wanted one for the same table differs.
-            Scope::Sessions { .. } if is_table_default => shared_tables.contains(&r.table),
-            Scope::Sessions { .. } => scope.has_if(&r.dev),
-        };
-        if in_scope {
-            route_dels.push(Op::RouteDel { route: r.clone() });
-        }
-    }
     for u in &want_rules {
         if !actual_rules.contains(u) {
             rule_adds.push(Op::RuleAdd { rule: u.clone() });
         }
     }
+    // Tables some rule still points at once this plan is applied.
+    let mut tables_in_use: BTreeSet<u32> = want_rules.iter().map(|u| u.table).collect();
     for u in &actual.rules {
         if want_rules.contains(u) {
             continue;
@@ -362,6 +368,28 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
         };
         if in_scope {
             rule_dels.push(Op::RuleDel { rule: u.clone() });
+        } else {
+            tables_in_use.insert(u.table);
+        }
+    }
+    let shared_tables: BTreeSet<u32> = shared.iter().map(|r| r.table).collect();
+    for r in &actual.routes {
+        if want_routes.contains(r) || shared.contains(r) {
+            continue;
+        }
+        let is_table_default = r.dst == Ipv4Net::default() && r.gateway.is_some() && r.table != MAIN_TABLE;
+        let in_scope = match scope {
+            Scope::All => true,
+            // A table's default route belongs to policy routing, shared by sessions and subnet
+            // rules: in session scope it is replaced when a wanted one for the same table
+            // differs, and removed once no rule points at the table any more.
+            Scope::Sessions { .. } if is_table_default => {
+                shared_tables.contains(&r.table) || !tables_in_use.contains(&r.table)
+            }
+            Scope::Sessions { .. } => scope.has_if(&r.dev),
+        };
+        if in_scope {
+            route_dels.push(Op::RouteDel { route: r.clone() });
         }
     }
 
@@ -379,8 +407,9 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
     if !restrict.is_empty() {
         ops.push(Op::NftTransaction { changes: restrict });
     }
-    ops.extend(route_dels);
+    // Rules before routes: a rule never points at a table whose default route is already gone.
     ops.extend(rule_dels);
+    ops.extend(route_dels);
     ops.extend(tc_ops);
     ops.extend(route_adds);
     ops.extend(rule_adds);
@@ -560,6 +589,26 @@ mod tests {
         assert!(after.rules.is_empty());
     }
 
+    #[test]
+    fn table_route_goes_with_the_last_rule_pointing_at_it() {
+        let a = sess(1, |f| f.pbr = vec![pbr()]);
+        let b = sess(2, |f| f.pbr = vec![pbr()]);
+        let both = Desired { sessions: vec![a.clone(), b.clone()], subnet_pbr: vec![] };
+        let start = converge(&both, &KernelView::default(), &Scope::All);
+        // a loses its policy routing: its rule goes, the table route stays (b still uses it).
+        let a_plain = sess(1, |_| {});
+        let only = Desired { sessions: vec![a_plain.clone()], subnet_pbr: vec![] };
+        let after = converge(&only, &start, &Scope::of(&only.sessions));
+        assert_eq!(after.rules.len(), 1);
+        assert!(after.routes.iter().any(|r| r.table == 100));
+        // b loses it too: the last rule and the table's default route go.
+        let b_plain = sess(2, |_| {});
+        let only = Desired { sessions: vec![b_plain.clone()], subnet_pbr: vec![] };
+        let after = converge(&only, &after, &Scope::of(&only.sessions));
+        assert!(after.rules.is_empty());
+        assert!(after.routes.iter().all(|r| r.table != 100), "{:?}", after.routes);
+    }
+
     fn pbr() -> PbrSpec {
         PbrSpec { name: "ktn".into(), table: 100, via: Ipv4Addr::new(10, 100, 0, 40), dev: "wg0".into(), priority: 100 }
     }
@@ -633,6 +682,27 @@ mod tests {
             p.describe(),
             vec!["route del 192.168.50.0/24 dev ppp1", "route add 192.168.60.0/24 dev ppp1 table 200 metric 5"]
         );
+    }
+
+    #[test]
+    fn one_route_per_kernel_key() {
+        let route = RouteSpec { dst: "10.10.0.0/24".parse().unwrap(), gateway: None, table: None, metric: Some(0) };
+        let a = sess(1, |f| f.routes = vec![route.clone()]);
+        let mut b = sess(2, |f| f.routes = vec![route.clone()]);
+        b.connection_id = 1;
+        let desired = Desired { sessions: vec![a.clone(), b.clone()], subnet_pbr: vec![] };
+        let after = converge(&desired, &KernelView::default(), &Scope::All);
+        let r: Vec<&OwnedRoute> = after.routes.iter().filter(|r| r.dst.to_string() == "10.10.0.0/24").collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].dev.as_str(), r[0].metric), ("ppp1", None), "first session wins; metric 0 is none");
+        // Applying for the second session alone does not take the route from the first.
+        let only_b = Desired { sessions: vec![b.clone()], subnet_pbr: vec![] };
+        assert!(plan(&only_b, &after, &Scope::of(&only_b.sessions)).ops.iter().all(|o| !matches!(o, Op::RouteAdd { .. })));
+        // When the first session is gone, the second gets it.
+        let mut gone = after.clone();
+        gone.routes.retain(|r| r.dev != "ppp1");
+        let after = converge(&only_b, &gone, &Scope::All);
+        assert!(after.routes.iter().any(|r| r.dev == "ppp2" && r.dst.to_string() == "10.10.0.0/24"));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 #   unique      a second vpn_connections row for alice is refused by the database
 #   norow       carol authenticates (pap-secrets) but has no row: terminated, snap norow-after
 #   disabled    dave's row is DISABLED: terminated, snap disabled-after
+#   malformed   garbage mapping files for ppp0..ppp3 exist before alice connects: hers replaces
+#               one (logged), snap malformed-up; she disconnects: snap malformed-down
 #   pgdown      PostgreSQL stopped, alice connects: terminated, snap pgdown-after (last case)
 # shellcheck source=tests/lab/guest/lib.sh
 . "$LAB_LIB"
@@ -101,6 +103,28 @@ case_disabled() {
   snap disabled-after
 }
 
+case_malformed() {
+  local i
+  mkdir -p "$SESSIONS_DIR"
+  for i in 0 1 2 3; do
+    printf 'CONNECTION_ID=1; rm -rf /\ngarbage line\n' > "$SESSIONS_DIR/ppp$i.env"
+  done
+  client_add alice alice pw-alice
+  client_connect alice
+  client_wait_up alice 40
+  # The snapshot reader refuses garbage: drop the leftovers alice's session did not replace.
+  local mine
+  mine=$(client_get alice lns_if)
+  fact malformed.lns_if "$mine"
+  for i in 0 1 2 3; do
+    [ "ppp$i" = "$mine" ] || rm -f "$SESSIONS_DIR/ppp$i.env"
+  done
+  snap malformed-up
+  client_disconnect alice
+  client_wait_down alice 20
+  snap malformed-down
+}
+
 case_pgdown() {
   pg_stop
   fact pgdown.pg_running "$(pg_running && echo yes || echo no)"
@@ -114,4 +138,5 @@ run_case concurrent case_concurrent
 run_case unique case_unique
 run_case norow case_norow
 run_case disabled case_disabled
+run_case malformed case_malformed
 run_case pgdown case_pgdown

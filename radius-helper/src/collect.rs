@@ -1,0 +1,128 @@
+//! `pppgate collect` (`vpn-accounting-collector`) and `pppgate final-flush`.
+
+use std::io::IsTerminal;
+
+use clap::Args;
+use policy_core::accounting::{self, DbStatus, FinalCounters, QuotaChange, Step};
+use policy_core::config::Config;
+use policy_core::error::one_line;
+use policy_core::kernel::links::LinkSnapshot;
+use policy_core::mapping::Mapping;
+use policy_core::{Error, ExitCode};
+
+use crate::cli::{load_config, CmdResult, Failure, Global};
+
+/// Test hook: `PPPGATE_TEST_CRASH_AT=<step>` makes this process SIGKILL itself when the run
+/// reaches that step (after-read, after-spool, after-state, after-commit, replay-mid-delete,
+/// final-after-marker). Read here, in the binary only; the library and the plugin never look.
+fn crash_hook() -> impl Fn(Step) {
+    let at = std::env::var("PPPGATE_TEST_CRASH_AT").ok().and_then(|s| Step::from_name(&s));
+    move |step| {
+        if Some(step) == at {
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+            // SIGKILL cannot be caught; never continue past the crash point.
+            std::process::abort();
+        }
+    }
+}
+
+pub fn collect(g: &Global) -> CmdResult {
+    let cfg = load_config(g)?;
+    let hook = crash_hook();
+    let opts = accounting::Options { step: &hook, ..Default::default() };
+    let report = accounting::collect(&cfg, &opts)?;
+    if g.json {
+        println!("{}", serde_json::to_string(&report).expect("serializable"));
+    } else if std::io::stdout().is_terminal() {
+        let b = report.batch.as_ref();
+        println!(
+            "{} sessions read, {} closed, batch {} ({} entries, +{} rx / +{} tx octets), {} records committed, {} spooled, db {}",
+            report.sessions.read,
+            report.sessions.closed_final + report.sessions.closed_vanished,
+            b.map(|b| b.seq.to_string()).unwrap_or_else(|| "-".into()),
+            b.map(|b| b.entries).unwrap_or(0),
+            b.map(|b| b.delta.rx).unwrap_or(0),
+            b.map(|b| b.delta.tx).unwrap_or(0),
+            report.replay.records_applied,
+            report.replay.pending_after,
+            serde_json::to_value(&report.db).ok().and_then(|v| v["status"].as_str().map(str::to_string)).unwrap_or_default(),
+        );
+    }
+    reapply_quota_changes(&cfg, &report.quota_changes);
+    if let Some(e) = &report.db_error {
+        return Err(match &report.db {
+            // Logged by the collector when the outage began; later runs stay quiet.
+            DbStatus::Unavailable { .. } => Failure { code: ExitCode::SqlUnavailable, message: String::new() },
+            _ => Failure { code: e.exit_code(), message: one_line(e) },
+        });
+    }
+    if !report.quarantined.is_empty() {
+        return Err(Failure {
+            code: ExitCode::DataErr,
+            message: format!(
+                "{} unreadable accounting file(s) moved to {}; intact records were committed",
+                report.quarantined.len(),
+                cfg.paths.accounting_dir.join("spool/bad").display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Hook point for the policy engine: connections whose quota state changed in this run get
+/// their policy re-applied (RESTRICTED when over, back to their normal state when not).
+fn reapply_quota_changes(_cfg: &Config, changes: &[QuotaChange]) {
+    for c in changes {
+        tracing::info!(conn_id = c.connection_id, over = c.over, used = c.used_bytes, quota = ?c.quota_bytes,
+            "quota state changed; policy re-apply needed");
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct FinalFlushArgs {
+    /// The session's interface; its mapping is read from the sessions directory.
+    #[arg(long)]
+    pub ppp_if: String,
+    /// Final octets received from the client (default: the interface's counters now).
+    #[arg(long, requires = "tx_bytes")]
+    pub rx_bytes: Option<u64>,
+    /// Final octets sent to the client.
+    #[arg(long, requires = "rx_bytes")]
+    pub tx_bytes: Option<u64>,
+    /// The given counters are pppd 2.4's 32-bit link statistics.
+    #[arg(long)]
+    pub wraps_32: bool,
+    /// Acct-Terminate-Cause (default User-Request).
+    #[arg(long)]
+    pub cause: Option<String>,
+}
+
+/// ip-down's final flush, as a command (shell hooks, tests): the same code the plugin calls.
+pub fn final_flush(g: &Global, a: &FinalFlushArgs) -> CmdResult {
+    let cfg = load_config(g)?;
+    if !policy_core::mapping::valid_ifname(&a.ppp_if) {
+        return Err(Error::invalid("interface name", a.ppp_if.clone(), "not a valid interface name").into());
+    }
+    let mapping = Mapping::read(&cfg.paths.sessions_dir.join(Mapping::file_name(&a.ppp_if)))?;
+    let (rx, tx) = match (a.rx_bytes, a.tx_bytes) {
+        (Some(rx), Some(tx)) => (rx, tx),
+        _ => {
+            let links = LinkSnapshot::read()?;
+            let c = links
+                .get(&a.ppp_if)
+                .and_then(|l| l.counters)
+                .ok_or_else(|| Error::NotFound { what: "interface counters of", id: a.ppp_if.clone() })?;
+            (c.rx_bytes, c.tx_bytes)
+        }
+    };
+    let hook = crash_hook();
+    let counters = FinalCounters { rx_bytes: rx, tx_bytes: tx, wraps_32: a.wraps_32, terminate_cause: a.cause.clone() };
+    let report = accounting::final_flush_with(&cfg, &mapping, counters, &hook)?;
+    if g.json {
+        println!("{}", serde_json::to_string(&report).expect("serializable"));
+    } else {
+        println!("{}: {}", report.session_key, serde_json::to_value(&report.outcome).ok()
+            .and_then(|v| v["outcome"].as_str().map(str::to_string)).unwrap_or_default());
+    }
+    Ok(())
+}

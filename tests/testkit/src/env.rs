@@ -1,0 +1,227 @@
+//! A configuration whose every path lives in the test's temp dir, and a runner for the `pppgate`
+//! binary under test.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The walled garden tests use unless they say otherwise: a portal on tcp 8080 and DNS on one
+/// host, and a whole second host.
+pub const DEFAULT_GARDEN: [&str; 3] = ["198.51.100.53/32:tcp:8080", "198.51.100.53/32:udp:53", "198.51.100.54/32"];
+
+/// A test's own filesystem world: config file, sessions dir, locks, accounting dir, audit log and
+/// rt_tables, all inside one temp dir (removed on drop).
+pub struct TestEnv {
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub sessions_dir: PathBuf,
+    pub apply_lock: PathBuf,
+    pub collector_lock: PathBuf,
+    pub accounting_dir: PathBuf,
+    pub audit_log: PathBuf,
+    pub rt_tables: PathBuf,
+}
+
+/// Options of a [`TestEnv`]'s configuration.
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    pub garden: Vec<String>,
+    pub lock_ttl_s: u64,
+    pub max_rate_kbit: u32,
+    pub client_pool: Vec<String>,
+    /// Extra rt_tables entries (id → name); `main`, `local`, `default` are always there.
+    pub rt_tables: BTreeMap<u32, String>,
+    pub nas_identity: String,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        EnvOptions {
+            garden: DEFAULT_GARDEN.iter().map(|s| s.to_string()).collect(),
+            lock_ttl_s: 60,
+            max_rate_kbit: 10_000_000,
+            client_pool: vec!["100.64.0.0/10".into()],
+            rt_tables: BTreeMap::from([(100, "ktn".to_string()), (200, "isp2".to_string())]),
+            nas_identity: "lns-test".into(),
+        }
+    }
+}
+
+impl TestEnv {
+    /// An environment for the database at `dsn` with the default options.
+    pub fn new(dsn: &str) -> TestEnv {
+        Self::with(dsn, EnvOptions::default())
+    }
+
+    pub fn with(dsn: &str, o: EnvOptions) -> TestEnv {
+        // On tmpfs when there is one, like /run on a concentrator (an fsync there costs nothing).
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::Builder::new().prefix("pppgate-env-").tempdir_in(shm)
+        } else {
+            tempfile::Builder::new().prefix("pppgate-env-").tempdir()
+        }
+        .expect("temp dir");
+        let root = dir.path();
+        let run = root.join("run");
+        let sessions_dir = run.join("vpn-sessions");
+        let apply_lock = run.join("vpn-policy-apply.lock");
+        let collector_lock = run.join("vpn-accounting-collector.lock");
+        let accounting_dir = root.join("var/lib/vpn-accounting");
+        let audit_log = root.join("var/log/pppgate/audit.log");
+        let rt_tables = root.join("etc/iproute2/rt_tables");
+        for d in [&sessions_dir, &accounting_dir, &audit_log.parent().unwrap().to_path_buf(), &rt_tables.parent().unwrap().to_path_buf()] {
+            std::fs::create_dir_all(d).expect("create env dirs");
+        }
+        let mut rt = String::from("255\tlocal\n254\tmain\n253\tdefault\n0\tunspec\n");
+        for (id, name) in &o.rt_tables {
+            rt.push_str(&format!("{id}\t{name}\n"));
+        }
+        std::fs::write(&rt_tables, rt).expect("write rt_tables");
+        let list = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        let text = format!(
+            r#"# Written by pppgate-testkit: every path inside {root}.
+[database]
+dsn = "{dsn}"
+connect_timeout_ms = 2000
+statement_timeout_ms = 30000
+
+[nas]
+identity = "{nas}"
+ip = "192.0.2.1"
+
+[paths]
+sessions_dir = "{sessions}"
+apply_lock = "{apply_lock}"
+collector_lock = "{collector_lock}"
+accounting_dir = "{accounting}"
+audit_log = "{audit}"
+rt_tables = "{rt}"
+
+[policy]
+walled_garden = [{garden}]
+lock_ttl_s = {ttl}
+max_rate_kbit = {max_rate}
+client_pool = [{pool}]
+"#,
+            root = root.display(),
+            nas = o.nas_identity,
+            sessions = sessions_dir.display(),
+            apply_lock = apply_lock.display(),
+            collector_lock = collector_lock.display(),
+            accounting = accounting_dir.display(),
+            audit = audit_log.display(),
+            rt = rt_tables.display(),
+            garden = list(&o.garden),
+            ttl = o.lock_ttl_s,
+            max_rate = o.max_rate_kbit,
+            pool = list(&o.client_pool),
+        );
+        let config_path = root.join("etc/pppgate.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        TestEnv { dir, config_path, sessions_dir, apply_lock, collector_lock, accounting_dir, audit_log, rt_tables }
+    }
+
+    /// The configuration as pppgate loads it (panics when it does not validate).
+    pub fn config(&self) -> policy_core::config::Config {
+        policy_core::config::Config::load(&self.config_path)
+            .unwrap_or_else(|e| panic!("test config does not load: {}", policy_core::error::one_line(&e)))
+    }
+
+    /// A runner for the `pppgate` binary at `bin` with this environment's config.
+    pub fn cli(&self, bin: impl Into<PathBuf>) -> Cli {
+        Cli { bin: bin.into(), config: self.config_path.clone(), env: Vec::new() }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Runs the `pppgate` binary with `--config`.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    pub bin: PathBuf,
+    pub config: PathBuf,
+    /// Extra environment for every run.
+    pub env: Vec<(String, String)>,
+}
+
+/// What one run of the binary did.
+#[derive(Debug, Clone)]
+pub struct CliOut {
+    pub args: Vec<String>,
+    /// Exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Cli {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("PPPGATE_TEST_CRASH_AT").env("PPPGATE_LOG", "warn");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> CliOut {
+        self.run_env(args, &[])
+    }
+
+    /// Runs with extra environment variables for this run only.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOut {
+        let mut c = self.command(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let t0 = Instant::now();
+        let out = c.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
+        use std::os::unix::process::ExitStatusExt;
+        CliOut {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            code: out.status.code(),
+            signal: out.status.signal(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: t0.elapsed(),
+        }
+    }
+
+    /// Runs and asserts exit 0; returns the output.
+    pub fn ok(&self, args: &[&str]) -> CliOut {
+        self.run(args).expect_code(0)
+    }
+}
+
+impl CliOut {
+    /// Asserts the exit code (with the whole output in the message).
+    pub fn expect_code(self, code: i32) -> CliOut {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "pppgate {:?}: expected exit {code}, got {:?} (signal {:?})\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.code,
+            self.signal,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// stdout as JSON (panics when it does not parse).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("pppgate {:?} printed no JSON ({e}):\n{}", self.args, self.stdout))
+    }
+}
