@@ -30,6 +30,8 @@ ALICE=$(pg_srv connection add --login alice --status CLAIMED --down-kbit 2000 --
 pg_srv routes add --connection-id "$ALICE" --dst 10.99.0.0/24 > /dev/null
 pg_srv pbr add alice-out --connection-id "$ALICE" --table 100 --via "$UPLINK_INET" --dev v-up --priority 1000 > /dev/null
 settings_window 15
+# What the boot unit does: reconcile creates inet pppgate (sets, forward chain, default drop).
+pg_srv reconcile --boot > /dev/null
 lns_user alice pw-alice
 lns_user mallory pw-mallory
 lns_start
@@ -54,6 +56,7 @@ show grep '^pppgate:' "$LAB_TMP/pppd-lns.log"
 say "the lock is released: the policy is applied and the gate goes, in that order"
 lock_release
 wait_for 15 "alice's address in full_v4" nft_has full_v4 "$ip"
+client_wait_up alice 30
 sets
 show grep '^pppgate: policy applied' "$LAB_TMP/pppd-lns.log"
 
