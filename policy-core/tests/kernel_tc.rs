@@ -90,6 +90,8 @@ fn a_foreign_device_with_the_ifb_name_is_left_alone() {
     let e = tc.set("ppp0", &Shaping { down_kbit: Some(1_000), up_kbit: Some(500) }).unwrap_err();
     assert!(format!("{e}").contains("pgi-ppp0"), "{e}");
     tc.set("ppp0", &Shaping { down_kbit: Some(1_000), up_kbit: None }).unwrap();
+    // Not read back as pppgate's IFB either, so reconcile never plans to remove it.
+    assert!(tc.read().unwrap().ifbs.is_empty(), "a veth named pgi-ppp0 read as pppgate's ifb");
     tc.clear("ppp0").unwrap();
     assert_eq!(tool_shaping("ppp0"), Shaping::default());
     assert!(link_names().contains(&"pgi-ppp0".to_string()), "the foreign pgi-ppp0 was deleted: {:?}", link_names());

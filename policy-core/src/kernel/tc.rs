@@ -540,7 +540,11 @@ impl Tc for TcNetlink {
         let mut items: Vec<(String, Installed)> = Vec::new();
         for l in &all {
             if l.name.starts_with(IFB_PREFIX) {
-                state.ifbs.insert(l.name.clone());
+                // Only real IFBs are ours; a foreign device that happens to be named pgi-* is
+                // neither reported as state nor ever removed.
+                if l.kind.as_deref() == Some("ifb") {
+                    state.ifbs.insert(l.name.clone());
+                }
             } else if l.name.starts_with(SESSION_PREFIX) && (root_htb.contains(&l.index) || ingress.contains(&l.index)) {
                 let ifb = ifb_for(&l.name).and_then(|n| by_name.get(n.as_str()).map(|x| (*x).clone()));
                 let inst = Installed {
