@@ -464,12 +464,13 @@ fn install_options(opts: &[(&'static CStr, &'static CStr, OptionHandler)]) {
     let mut table: Vec<COption> = Vec::with_capacity(opts.len() + 1);
     for (i, (name, help, f)) in opts.iter().enumerate() {
         OPTIONS.with(|o| o.borrow_mut().push(((*name).into(), *f)));
-        let mut o = COption::default();
-        o.name = name.as_ptr() as *mut c_char;
-        o.type_ = ffi::opt_type_o_special;
-        o.addr = TRAMPOLINES[i] as *mut c_void;
-        o.description = help.as_ptr() as *mut c_char;
-        table.push(o);
+        table.push(COption {
+            name: name.as_ptr() as *mut c_char,
+            type_: ffi::opt_type_o_special,
+            addr: TRAMPOLINES[i] as *mut c_void,
+            description: help.as_ptr() as *mut c_char,
+            ..COption::default()
+        });
     }
     table.push(COption::default()); // terminator: name == NULL
     // pppd keeps the pointer for its lifetime: the table is leaked on purpose.
@@ -605,7 +606,7 @@ pub fn link_stats() -> Option<LinkStats> {
     {
         // SAFETY: link_stats / link_stats_valid are pppd globals read on pppd's thread.
         let (valid, s) = unsafe { (ffi::link_stats_valid, ffi::link_stats) };
-        (valid != 0).then(|| LinkStats {
+        (valid != 0).then_some(LinkStats {
             bytes_in: s.bytes_in as u64,
             bytes_out: s.bytes_out as u64,
             pkts_in: s.pkts_in,
@@ -676,8 +677,11 @@ pub fn set_status(code: ExitCode) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimerId(usize);
 
+/// A scheduled callback and its token.
+type Timer = (fn(usize), usize);
+
 thread_local! {
-    static TIMERS: RefCell<BTreeMap<usize, (fn(usize), usize)>> = const { RefCell::new(BTreeMap::new()) };
+    static TIMERS: RefCell<BTreeMap<usize, Timer>> = const { RefCell::new(BTreeMap::new()) };
     static NEXT_TIMER: Cell<usize> = const { Cell::new(1) };
 }
 

@@ -87,6 +87,7 @@ mod tests {
     use crate::accounting::record::SessionInfo;
     use crate::accounting::Octets;
 
+    #[allow(clippy::too_many_arguments)]
     fn st(key: &str, ifn: &str, pid: u32, ip: [u8; 4], up: i64, rx: u64, tx: u64, seen: i64) -> SessionState {
         SessionState {
             session: SessionInfo {

@@ -267,7 +267,7 @@ pub const MIGRATIONS: &[Migration] = &[
 /// The schema version this build needs and knows.
 pub const LATEST: i32 = 3;
 
-const ADVISORY_KEY: i64 = 0x7070_7067_6174_65; // "pppgate"
+const ADVISORY_KEY: i64 = 0x0070_7070_6761_7465; // "pppgate"
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Applied {

@@ -183,10 +183,9 @@ pub fn remove_gone_sessions<B: Backends>(cfg: &Config, b: &mut B, valid: &[Mappi
         }
     }
     for r in &view.routes {
-        if r.table == crate::policy::planner::MAIN_TABLE || r.dst != ipnet::Ipv4Net::default() {
-            if !live_ifs.contains(r.dev.as_str()) {
-                ifnames.insert(r.dev.clone());
-            }
+        let table_default = r.table != crate::policy::planner::MAIN_TABLE && r.dst == ipnet::Ipv4Net::default();
+        if !table_default && !live_ifs.contains(r.dev.as_str()) {
+            ifnames.insert(r.dev.clone());
         }
     }
     for u in &view.rules {

@@ -261,9 +261,11 @@ pub(crate) mod tests {
         assert_eq!(p.routes.len(), 1);
     }
 
+    type Edit = Box<dyn Fn(&mut ConnectionFacts)>;
+
     #[test]
     fn the_state_table() {
-        let cases: Vec<(Box<dyn Fn(&mut ConnectionFacts)>, PolicyState, Reason)> = vec![
+        let cases: Vec<(Edit, PolicyState, Reason)> = vec![
             (Box::new(|f| f.status = Status::Disabled), PolicyState::Terminate, Reason::Disabled),
             (Box::new(|f| f.status = Status::Deleted), PolicyState::Terminate, Reason::Deleted),
             (Box::new(|f| f.status = Status::Unclaimed), PolicyState::Terminate, Reason::Unclaimed),
