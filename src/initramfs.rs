@@ -90,7 +90,10 @@ pub fn ensure(kernel: &Kernel, cache_dir: &Path) -> Result<PathBuf> {
     }
     let bytes = cpio.finish();
 
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per process *and* call: parallel tests in one binary build it at the same time.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{seq}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(LabError::io("cannot write the initramfs", &tmp))?;
     f.write_all(&bytes).map_err(LabError::io("cannot write the initramfs", &tmp))?;
     drop(f);

@@ -585,6 +585,7 @@ mod tests {
                 pppd_pid: 4242,
                 session_id: None,
                 up_ts: None,
+                counters_base: None,
             },
             sql_username: Some(user.into()),
         }

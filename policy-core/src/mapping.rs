@@ -1,10 +1,15 @@
 //! Session mapping files: `/run/vpn-sessions/<ppp_if>.env` (seed 004 §2/§3).
 //!
 //! Format: one `KEY=VALUE` per line, written atomically (temp file, fsync, rename; mode 0640).
-//! Required: CONNECTION_ID, PPP_IF, CLIENT_IP, START_TS, PPPD_PID. Optional: SESSION_ID, UP_TS.
+//! Required: CONNECTION_ID, PPP_IF, CLIENT_IP, START_TS, PPPD_PID. Optional: SESSION_ID, UP_TS,
+//! RX_BASE + TX_BASE (both or neither).
 //! * START_TS is the start time of the pppd process (Unix seconds), so a PID reused by another
 //!   process is recognised: see [`Mapping::validity`].
 //! * UP_TS is when the session's IPCP came up (Unix seconds), used for session time.
+//! * RX_BASE/TX_BASE are the interface's octet counters when IPCP came up (the plugin reads them
+//!   in its ip-up notifier, right after pppd reset its own link statistics): accounting counts
+//!   from there, so its totals are pppd's own "Sent N bytes, received M bytes" (the IPCP/LCP
+//!   frames before are not the user's traffic). Absent: accounting counts from 0.
 //!
 //! The parser is strict: a missing or duplicate required key, a value that does not parse, or a
 //! line that is not `KEY=VALUE` makes the whole file malformed. Unknown keys are ignored so a
@@ -32,6 +37,8 @@ pub struct Mapping {
     pub pppd_pid: u32,
     pub session_id: Option<String>,
     pub up_ts: Option<i64>,
+    /// The interface's (rx, tx) octets when IPCP came up.
+    pub counters_base: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +90,9 @@ impl Mapping {
         }
         if let Some(t) = self.up_ts {
             s.push_str(&format!("UP_TS={t}\n"));
+        }
+        if let Some((rx, tx)) = self.counters_base {
+            s.push_str(&format!("RX_BASE={rx}\nTX_BASE={tx}\n"));
         }
         s
     }
@@ -136,7 +146,16 @@ impl Mapping {
             None => None,
             Some(s) => Some(parse_positive_i64(s).ok_or_else(|| bad("UP_TS", s))?),
         };
-        Ok(Mapping { connection_id, ppp_if: ppp_if.to_string(), client_ip, start_ts, pppd_pid, session_id, up_ts })
+        let counter = |k: &'static str| -> std::result::Result<Option<u64>, MappingError> {
+            kv.get(k).map(|s| parse_u64(s).ok_or_else(|| bad(k, s))).transpose()
+        };
+        let counters_base = match (counter("RX_BASE")?, counter("TX_BASE")?) {
+            (Some(rx), Some(tx)) => Some((rx, tx)),
+            (None, None) => None,
+            (Some(_), None) => return Err(MappingError::Missing("TX_BASE")),
+            (None, Some(_)) => return Err(MappingError::Missing("RX_BASE")),
+        };
+        Ok(Mapping { connection_id, ppp_if: ppp_if.to_string(), client_ip, start_ts, pppd_pid, session_id, up_ts, counters_base })
     }
 
     /// Reads and parses one mapping file; the file name must match PPP_IF.
@@ -333,6 +352,14 @@ pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Resu
     Ok((wanted.into_iter().filter(|m| m.validity_since(&links, boot).is_valid()).collect(), bad))
 }
 
+/// A decimal u64 without sign, spaces or leading zeros (0 itself is fine).
+fn parse_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse::<u64>().ok()
+}
+
 fn parse_positive_i64(s: &str) -> Option<i64> {
     if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
         return None;
@@ -360,6 +387,7 @@ mod tests {
             pppd_pid: 1234,
             session_id: Some("lns-1:ppp0:1732000000".into()),
             up_ts: Some(1_732_000_003),
+            counters_base: Some((180, 0)),
         }
     }
 
@@ -381,7 +409,7 @@ mod tests {
 
     #[test]
     fn minimal_file_has_the_five_keys() {
-        let m = Mapping { session_id: None, up_ts: None, ..sample() };
+        let m = Mapping { session_id: None, up_ts: None, counters_base: None, ..sample() };
         let text = m.render();
         for k in ["CONNECTION_ID=42", "PPP_IF=ppp0", "CLIENT_IP=198.51.100.10", "START_TS=1732000000", "PPPD_PID=1234"] {
             assert!(text.lines().any(|l| l == k), "{k} missing in {text}");
@@ -405,6 +433,11 @@ mod tests {
             (format!("{good}garbage line\n"), "not KEY=VALUE"),
             (format!("{good}PPP_IF=ppp1\n"), "twice"),
             (String::new(), "missing"),
+            (good.replace("TX_BASE=0\n", ""), "missing TX_BASE"),
+            (good.replace("RX_BASE=180\n", ""), "missing RX_BASE"),
+            (good.replace("RX_BASE=180", "RX_BASE=-1"), "RX_BASE"),
+            (good.replace("TX_BASE=0", "TX_BASE=00"), "TX_BASE"),
+            (good.replace("RX_BASE=180", "RX_BASE=18446744073709551616"), "RX_BASE"),
         ];
         for (text, expect) in cases {
             let e = Mapping::parse(&text).expect_err(&text);
@@ -440,9 +473,9 @@ mod tests {
         #[test]
         fn render_parse_round_trip(cid in 1i64..i64::MAX, pid in 2u32..4_194_304, ts in 1i64..4_000_000_000,
                                    ip in any::<u32>().prop_filter("usable", |v| *v != 0 && *v != u32::MAX),
-                                   unit in 0u32..100_000) {
+                                   unit in 0u32..100_000, base in proptest::option::of((any::<u64>(), any::<u64>()))) {
             let m = Mapping { connection_id: cid, ppp_if: format!("ppp{unit}"), client_ip: Ipv4Addr::from(ip),
-                              start_ts: ts, pppd_pid: pid, session_id: None, up_ts: Some(ts) };
+                              start_ts: ts, pppd_pid: pid, session_id: None, up_ts: Some(ts), counters_base: base };
             prop_assert_eq!(Mapping::parse(&m.render()).unwrap(), m);
         }
 

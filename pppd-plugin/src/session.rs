@@ -175,6 +175,9 @@ pub(crate) fn ip_up() {
         fail_closed("pppd reports no interface name");
         return;
     };
+    // First thing: the interface's counters right after pppd reset its link statistics (np_up
+    // runs just before this notifier). Accounting counts from here, as pppd does (RX_BASE).
+    let counters_base = policy_core::accounting::interface_octets(&ifname).map(|o| (o.rx, o.tx));
     let peer = shim::peer_address();
     let login = shim::peer_authname();
     with_link(|l| {
@@ -256,6 +259,7 @@ pub(crate) fn ip_up() {
         pppd_pid: pid,
         session_id: Some(format!("{}:{}:{}:{}", cfg.nas.identity, ifname, pid, up_ts)),
         up_ts: Some(up_ts),
+        counters_base,
     };
     note_replaced_mapping(&cfg.paths.sessions_dir, &ifname, pid);
     match mapping.write_atomic(&cfg.paths.sessions_dir) {
@@ -460,16 +464,16 @@ fn cleanup(event: &str) {
 /// (docs/accounting.md). Bounded; whatever happens, the final counters are on disk for the
 /// collector once the marker is written.
 fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str) {
+    // pppd took these in ipcp_down just before the notifiers ran: octets since IPCP came up,
+    // what pppd logs as "Sent N bytes, received M bytes" and radius.so reports.
     let stats = shim::link_stats();
     let counters = policy_core::accounting::FinalCounters {
-        rx_bytes: stats.as_ref().map_or(0, |s| s.bytes_in),
-        tx_bytes: stats.as_ref().map_or(0, |s| s.bytes_out),
-        // pppd 2.4's link_stats are 32 bits wide (final_flush prefers the interface's own
-        // 64-bit counters anyway while the interface exists).
+        pppd: stats.as_ref().map(|s| policy_core::accounting::Octets::new(s.bytes_in, s.bytes_out)),
+        // pppd 2.4's link_stats are 32 bits wide: extended against the interface's counters.
         wraps_32: shim::PPPD_API == "2.4",
         terminate_cause: None,
     };
-    let (rx, tx) = (counters.rx_bytes, counters.tx_bytes);
+    let (rx, tx) = stats.as_ref().map_or((0, 0), |s| (s.bytes_in, s.bytes_out));
     match policy_core::accounting::final_flush(cfg, m, counters) {
         Ok(r) => tracing::info!(session = %r.session_key, outcome = ?r.outcome, ms = r.elapsed_ms,
             "final accounting on {event}"),

@@ -156,6 +156,7 @@ fn bench_size(n: usize) {
             pppd_pid: pid,
             session_id: None,
             up_ts: Some(start_ts),
+            counters_base: None,
         }
         .write_atomic(&lab.sessions_dir)
         .unwrap();

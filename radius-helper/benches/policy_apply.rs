@@ -232,7 +232,7 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
         };
         drop(client);
         let t2 = Instant::now();
-        let m = Mapping { connection_id: facts.id, ppp_if: ifname.clone(), client_ip: ip, start_ts, pppd_pid: pid, session_id: None, up_ts: None };
+        let m = Mapping { connection_id: facts.id, ppp_if: ifname.clone(), client_ip: ip, start_ts, pppd_pid: pid, session_id: None, up_ts: None, counters_base: None };
         m.write_atomic(&env.sessions_dir).unwrap();
         let t3 = Instant::now();
         // 3. apply under the single-writer lock (backends closed after it, as pppgate.so does)

@@ -124,10 +124,11 @@ pub struct FinalFlushArgs {
     /// The session's interface; its mapping is read from the sessions directory.
     #[arg(long)]
     pub ppp_if: String,
-    /// Final octets received from the client (default: the interface's counters now).
+    /// pppd's final octets received from the client, since IPCP came up (an ip-down script's
+    /// BYTES_RCVD; default: the interface's counters now).
     #[arg(long, requires = "tx_bytes")]
     pub rx_bytes: Option<u64>,
-    /// Final octets sent to the client.
+    /// pppd's final octets sent to the client (BYTES_SENT).
     #[arg(long, requires = "rx_bytes")]
     pub tx_bytes: Option<u64>,
     /// The given counters are pppd 2.4's 32-bit link statistics.
@@ -145,19 +146,21 @@ pub fn final_flush(g: &Global, a: &FinalFlushArgs) -> CmdResult {
         return Err(Error::invalid("interface name", a.ppp_if.clone(), "not a valid interface name").into());
     }
     let mapping = Mapping::read(&cfg.paths.sessions_dir.join(Mapping::file_name(&a.ppp_if)))?;
-    let (rx, tx) = match (a.rx_bytes, a.tx_bytes) {
-        (Some(rx), Some(tx)) => (rx, tx),
+    // Given counters are pppd's figures (an ip-down script's BYTES_RCVD/BYTES_SENT); without
+    // them the interface's own counters decide (the interface must still exist).
+    let pppd = match (a.rx_bytes, a.tx_bytes) {
+        (Some(rx), Some(tx)) => Some(accounting::Octets::new(rx, tx)),
         _ => {
             let links = LinkSnapshot::read()?;
-            let c = links
+            links
                 .get(&a.ppp_if)
                 .and_then(|l| l.counters)
                 .ok_or_else(|| Error::NotFound { what: "interface counters of", id: a.ppp_if.clone() })?;
-            (c.rx_bytes, c.tx_bytes)
+            None
         }
     };
     let hook = crash_hook();
-    let counters = FinalCounters { rx_bytes: rx, tx_bytes: tx, wraps_32: a.wraps_32, terminate_cause: a.cause.clone() };
+    let counters = FinalCounters { pppd, wraps_32: a.wraps_32, terminate_cause: a.cause.clone() };
     let report = accounting::final_flush_with(&cfg, &mapping, counters, &hook)?;
     if g.json {
         println!("{}", serde_json::to_string(&report).expect("serializable"));

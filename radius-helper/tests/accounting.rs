@@ -6,6 +6,7 @@ mod support;
 
 use std::net::Ipv4Addr;
 
+use policy_core::mapping::Mapping;
 use support::{Lab, Peer};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -301,7 +302,11 @@ fn spool_from_a_newer_pppgate_is_refused_and_left_alone() {
     lab.write_mapping(&p.mapping(conn, None));
     p.rx(3, 1000);
     lab.collect().ok();
-    let newer = policy_core::accounting::codec::encode("pppgate-acct-batch", 2, b"{\"whatever\":1}");
+    let newer = policy_core::accounting::codec::encode(
+        "pppgate-acct-batch",
+        policy_core::accounting::spool::BATCH_VERSION + 1,
+        b"{\"whatever\":1}",
+    );
     let path = lab.acct_dir.join("spool/00000000000000000007.batch");
     std::fs::write(&path, &newer).unwrap();
     let state_before = std::fs::read(lab.acct_dir.join("state")).unwrap();
@@ -606,4 +611,56 @@ fn final_flush_prefers_the_interface_counters_and_falls_back_to_pppds() {
     assert_eq!(r["outcome"]["outcome"], "committed");
     assert_eq!(lab.session_totals(&b_key), Some((frx, ftx)));
     assert_eq!(lab.usage(other), (frx, ftx));
+}
+
+/// With RX_BASE/TX_BASE (the plugin's reading at IPCP-up) the session counts from there, like
+/// pppd; at ip-down pppd's own figure is the truth even when the interface moved a packet more
+/// after pppd took it, and even when the database was down from mid-session to after the end.
+#[test]
+fn a_session_with_an_ipcp_up_base_ends_on_pppds_own_figure_through_an_outage() {
+    let lab = Lab::new("own");
+    let conn = lab.add_connection("alice", None, "month");
+    let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    // LCP/IPCP before IPCP-up: on the interface, not the user's traffic.
+    p.rx(3, 60);
+    p.tx(2, 40);
+    let (brx, btx) = p.counters();
+    assert!(brx > 0 && btx > 0, "the negotiation moved the counters: {brx} {btx}");
+    let mapping = Mapping { counters_base: Some((brx as u64, btx as u64)), ..p.mapping(conn, None) };
+    lab.write_mapping(&mapping);
+
+    p.rx(10, 1000);
+    p.tx(4, 700);
+    let r = lab.collect().ok();
+    assert_eq!(r["sessions"]["new"], 1);
+    let (rx1, tx1) = p.counters();
+    assert_eq!(lab.session_totals(&p.session_key()), Some((rx1 - brx, tx1 - btx)), "counted from the base");
+    assert_eq!(lab.usage(conn), (rx1 - brx, tx1 - btx));
+
+    // The database goes away mid-session and comes back only after the session ended.
+    lab.pg.stop();
+    p.rx(6, 900);
+    p.tx(5, 300);
+    let r = lab.collect();
+    assert_eq!(r.code, Some(69), "{r:?}");
+    assert_eq!(r.json()["db"]["status"], "unavailable");
+    p.rx(2, 500);
+    let (rx2, tx2) = p.counters();
+    // pppd's figure: one 52-byte packet reached the interface after pppd took its statistics.
+    let (prx, ptx) = (rx2 - brx - 52, tx2 - btx);
+    let r = lab
+        .pppgate(&["--json", "final-flush", "--ppp-if", "ppp0", "--rx-bytes", &prx.to_string(), "--tx-bytes", &ptx.to_string(), "--wraps-32"], None)
+        .ok();
+    assert_eq!(r["outcome"]["outcome"], "spooled", "{r}");
+    lab.remove_mapping("ppp0");
+    lab.pg.start();
+    lab.collect().ok();
+    assert_eq!(lab.session_totals(&p.session_key()), Some((prx, ptx)), "pppgate_sessions holds pppd's figure");
+    assert_eq!(lab.usage(conn), (prx, ptx));
+    let own = lab.own_radacct(&p.session_key()).unwrap();
+    assert_eq!(own, (prx, ptx, true), "pppgate's radacct row closed with pppd's figure");
+    let before = lab.snapshot();
+    lab.collect().ok();
+    assert_eq!(lab.snapshot(), before, "a second run changes nothing");
+    assert_eq!(lab.spool_records(), 0);
 }

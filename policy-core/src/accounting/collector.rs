@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use super::counters::{advance, Observation, Octets};
+use super::counters::{advance, Advance, Observation, Octets};
 use super::journal::{DbStatus, Journal, Quarantined, ReplayLimits, ReplaySummary, CHUNK_ENTRIES};
 use super::quota::{self, QuotaChange};
 use super::record::{Entry, SessionInfo, Stop};
@@ -229,7 +229,19 @@ fn read_live(
             continue;
         };
         let prev = j.state.sessions.get(&info.key);
-        let a = advance(prev.map(|p| p.previous()), Octets::new(c.rx_bytes, c.tx_bytes), Some(link.index), false);
+        let reading = Octets::new(c.rx_bytes, c.tx_bytes);
+        let a = match prev {
+            Some(p) => advance(Some(p.previous()), reading, Some(link.index), false),
+            // First sight: count from the counters at IPCP-up (the mapping's base) when known.
+            None => match advance(info.first_previous(Some(link.index)), reading, Some(link.index), false) {
+                a if a.observation == Observation::Backwards => {
+                    warn!(session = %info.key, ppp_if = %m.ppp_if, rx = c.rx_bytes, tx = c.tx_bytes,
+                        "interface counters are below the session's IPCP-up base (interface recreated?); counting all of them");
+                    advance(None, reading, Some(link.index), false)
+                }
+                a => Advance { observation: Observation::New, ..a },
+            },
+        };
         match a.observation {
             Observation::New => counts.new += 1,
             Observation::Recreated => {

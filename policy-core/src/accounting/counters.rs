@@ -78,6 +78,24 @@ pub fn extend_32(reading: u64, baseline: u64) -> u64 {
     }
 }
 
+/// The value with `reading`'s low 32 bits nearest to `estimate` (pppd 2.4's 32-bit figure placed
+/// next to the interface's 64-bit counters, which differ from it by a few packets at most).
+pub fn nearest_32(reading: u64, estimate: u64) -> u64 {
+    if reading > u32::MAX as u64 {
+        return reading;
+    }
+    let low = reading & 0xFFFF_FFFF;
+    let cand = (estimate & !0xFFFF_FFFFu64) | low;
+    let half = 1u64 << 31;
+    if cand > estimate && cand - estimate > half && cand >= 1 << 32 {
+        cand - (1 << 32)
+    } else if cand < estimate && estimate - cand > half {
+        cand.saturating_add(1 << 32)
+    } else {
+        cand
+    }
+}
+
 /// Computes the delta of one reading.
 ///
 /// `prev`: the state's entry, if any. `ifindex`: the interface's index now (None when the reading
@@ -166,6 +184,12 @@ mod tests {
             prop_assert_eq!(v & 0xFFFF_FFFF, low as u64);
             prop_assert!(v >= base);
             prop_assert!(v - base < (1u64 << 32));
+        }
+
+        #[test]
+        fn nearest_32_finds_the_true_value_a_few_packets_away(truth in 0u64..(1u64 << 50), off in -100_000i64..100_000) {
+            let estimate = (truth as i64 + off).max(0) as u64;
+            prop_assert_eq!(nearest_32(truth & 0xFFFF_FFFF, estimate), truth);
         }
     }
 }

@@ -237,8 +237,10 @@ impl Journal {
                 continue;
             }
             let prev = self.state.sessions.get(key);
-            let (reading, ifindex, wraps_32) = m.best_reading(prev.and_then(|p| p.ifindex));
-            let a = advance(prev.map(|p| p.previous()), reading, ifindex, wraps_32);
+            // Never read by a collector: the last delta counts from the IPCP-up base, if known.
+            let previous = prev.map(|p| p.previous()).or_else(|| m.session.first_previous(m.kernel.map(|k| k.ifindex)));
+            let (reading, ifindex, wraps_32) = m.best_reading(previous);
+            let a = advance(previous, reading, ifindex, wraps_32);
             if a.observation == Observation::Backwards {
                 warn!(session = %key, ppp_if = %m.session.ppp_if, "final counters are below the last reading; no negative usage counted");
             }

@@ -131,16 +131,14 @@ impl Step {
     }
 }
 
-/// ip-down's final counters, from pppd's own link statistics. [`final_flush`] also reads the
-/// interface's 64-bit counters itself while the interface exists and prefers them (the same source
-/// as the collector's readings); pppd's figures are the fallback when the interface is gone.
+/// ip-down's final counters. [`final_flush`] also reads the interface's 64-bit counters itself
+/// while the interface exists (see [`record::FinalMarker::best_reading`] for which wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinalCounters {
-    /// Octets received from the client (Acct-Input-Octets).
-    pub rx_bytes: u64,
-    /// Octets sent to the client.
-    pub tx_bytes: u64,
-    /// pppd 2.4's `link_stats` are 32 bits wide; they are extended against the last reading.
+    /// pppd's own final link statistics (octets since IPCP came up; rx = received from the
+    /// client = Acct-Input-Octets), when pppd has them.
+    pub pppd: Option<Octets>,
+    /// pppd 2.4's `link_stats` are 32 bits wide; they are extended against the interface.
     pub wraps_32: bool,
     /// RADIUS Acct-Terminate-Cause name; `User-Request` when pppd does not say.
     pub terminate_cause: Option<String>,
@@ -207,7 +205,7 @@ pub fn final_flush_with(cfg: &Config, mapping: &Mapping, counters: FinalCounters
     let dir = AcctDir::open(&cfg.paths.accounting_dir)?;
     let marker = FinalMarker {
         session,
-        reading: Octets::new(counters.rx_bytes, counters.tx_bytes),
+        pppd: counters.pppd,
         wraps_32: counters.wraps_32,
         kernel: kernel_reading(&mapping.ppp_if),
         stop: Stop { at: now, cause: counters.terminate_cause.unwrap_or_else(|| "User-Request".into()) },
@@ -250,6 +248,12 @@ pub fn final_flush_with(cfg: &Config, mapping: &Mapping, counters: FinalCounters
         FinalOutcome::Committed
     };
     Ok(FinalReport { session_key: key, outcome, delta, elapsed_ms: elapsed(t0) })
+}
+
+/// The interface's own 64-bit (rx, tx) octets, if it exists (one RTM_GETLINK, no dump): the
+/// plugin's RX_BASE/TX_BASE at ip-up.
+pub fn interface_octets(ppp_if: &str) -> Option<Octets> {
+    kernel_reading(ppp_if).map(|k| k.octets)
 }
 
 /// The interface's own 64-bit counters, if it still exists (one RTM_GETLINK, no dump).

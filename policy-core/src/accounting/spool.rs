@@ -26,9 +26,11 @@ use super::record::{Batch, FinalMarker};
 use crate::error::{Error, Result};
 
 pub const BATCH_MAGIC: &str = "pppgate-acct-batch";
-pub const BATCH_VERSION: u32 = 1;
+/// Format 2 (RX_BASE): `SessionInfo.base`, markers' `pppd` figure optional. Format 1 files
+/// decode as format 2; a build that reads only format 1 leaves format 2 files alone.
+pub const BATCH_VERSION: u32 = 2;
 pub const MARKER_MAGIC: &str = "pppgate-acct-final";
-pub const MARKER_VERSION: u32 = 1;
+pub const MARKER_VERSION: u32 = 2;
 
 /// Temp files of markers younger than this may belong to an ip-down writing right now.
 const MARKER_TMP_GRACE_S: u64 = 3600;
@@ -321,6 +323,7 @@ pub(crate) mod tests {
                 pppd_pid: 4242,
                 start_ts: 1_700_000_000,
                 up_ts: Some(1_700_000_002),
+                base: None,
             },
             at: 1_700_000_300,
             ifindex: Some(12),
@@ -402,7 +405,7 @@ pub(crate) mod tests {
         let d = AcctDir::open(t.path()).unwrap();
         let m = FinalMarker {
             session: entry("lns-1:ppp0:4242:1700000000", 5).session,
-            reading: Octets::new(10, 20),
+            pppd: Some(Octets::new(10, 20)),
             wraps_32: true,
             kernel: None,
             stop: Stop { at: 1_700_000_900, cause: "User-Request".into() },

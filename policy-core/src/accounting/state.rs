@@ -19,7 +19,7 @@ use super::spool::{decode_json, encode_json, read_opt, write_durable, AcctDir};
 use crate::error::{Error, Result};
 
 pub const STATE_MAGIC: &str = "pppgate-acct-state";
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 pub const STATE_FILE: &str = "state";
 
 /// How long a closed session's tombstone is kept: far longer than a deferred final marker or a
@@ -191,6 +191,7 @@ mod tests {
             pppd_pid: 100,
             start_ts: 1000,
             up_ts: None,
+            base: None,
         }
     }
 

@@ -98,6 +98,7 @@ mod tests {
                 pppd_pid: pid,
                 start_ts: up - 2,
                 up_ts: Some(up),
+                base: None,
             },
             ifindex: Some(7),
             baseline: Octets::new(0, 0),

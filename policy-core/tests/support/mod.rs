@@ -355,6 +355,7 @@ pub fn write_mapping(dir: &Path, conn: i64, ifname: &str, ip: &str, pid: u32, st
         pppd_pid: pid,
         session_id: None,
         up_ts: Some(start_ts + 1),
+        counters_base: None,
     };
     m.write_atomic(dir).unwrap();
     m

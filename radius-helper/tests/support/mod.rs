@@ -152,6 +152,7 @@ impl Peer {
             pppd_pid: self.pid,
             session_id: None,
             up_ts,
+            counters_base: None,
         }
     }
 

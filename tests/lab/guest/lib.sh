@@ -277,6 +277,9 @@ psql_as() {
 
 # sql STATEMENT: runs it against the pppgate database; prints rows unaligned, '|' separated.
 sql() { psql_as "$PG_DB" -q -At -c "$1"; }
+# sql_is EXPECTED QUERY: status 0 when QUERY prints EXPECTED. For polling: `wait_for 10 x test
+# "$(sql ...)" = t` would run the query once and re-test a constant.
+sql_is() { [ "$(sql "$2")" = "$1" ]; }
 
 # ---------------------------------------------------------------------------------------------
 # pppgate

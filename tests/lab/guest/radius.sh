@@ -156,3 +156,5 @@ fr_log_since() { tail -n +$(( $1 + 1 )) "$FR_LOG"; }
 
 # open_rows USER: open radacct rows of USER on this NAS.
 open_rows() { sql "select count(*) from radacct where username = '$1' and acctstoptime is null and nasipaddress = '$LNS_IP'"; }
+# open_rows_are USER N: for polling (re-queries on every call).
+open_rows_are() { [ "$(open_rows "$1")" = "$2" ]; }

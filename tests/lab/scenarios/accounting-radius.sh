@@ -51,7 +51,7 @@ case_radius() {
   client_connect r1
   client_wait_up r1 60
   ifname=$(client_get r1 lns_if)
-  wait_for 10 "carol's radacct row from radius.so" test "$(sql "select count(*) from radacct where username = 'carol' and acctuniqueid <> 'stale-carol'")" = 1
+  wait_for 10 "carol's radacct row from radius.so" sql_is 1 "select count(*) from radacct where username = 'carol' and acctuniqueid <> 'stale-carol'"
   row=$(sql "select radacctid from radacct where username = 'carol' and acctuniqueid <> 'stale-carol'")
   fact radius.session_id "$(sql "select acctsessionid from radacct where radacctid = $row")"
   fact radius.framed_ip_matches_stale "$(sql "select (select framedipaddress from radacct where radacctid = $row) = (select framedipaddress from radacct where radacctid = $stale)")"
@@ -73,7 +73,7 @@ case_radius() {
   fact final.kernel "$(counters_now "$ifname")"
   client_disconnect r1
   client_wait_down r1 30
-  wait_for 10 "radius.so's Stop" test "$(sql "select (acctstoptime is not null) from radacct where radacctid = $row")" = t
+  wait_for 10 "radius.so's Stop" sql_is t "select (acctstoptime is not null) from radacct where radacctid = $row"
   fact final.sessions "$(sql "select bytes_in || ' ' || bytes_out || ' ' || (stop_time is not null) from pppgate_sessions")"
   fact final.usage "$(sql "select coalesce(sum(bytes_in), 0) || ' ' || coalesce(sum(bytes_out), 0) from vpn_usage")"
   fact final.row "$(sql "select acctinputoctets || ' ' || acctoutputoctets || ' ' || coalesce(acctterminatecause, '-') from radacct where radacctid = $row")"

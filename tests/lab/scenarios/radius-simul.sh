@@ -36,7 +36,7 @@ case_login_simul_crash() {
   local ip pid row
   ip=$(client_get c1 client_ip)
   pid=$(client_get c1 lns_pid)
-  wait_for 10 "alice's radacct row" test "$(open_rows alice)" = 1
+  wait_for 10 "alice's radacct row" open_rows_are alice 1
   row=$(sql "select radacctid from radacct where username = 'alice' and acctstoptime is null")
   fact login.radacct_framed_ip "$(sql "select host(framedipaddress) from radacct where radacctid = $row")"
   fact login.client_ip "$ip"
@@ -61,7 +61,7 @@ case_login_simul_crash() {
   fact crash.open_rows_after_kill "$(open_rows alice)"
   # ...past the janitor's grace period (a row younger than 10 s is never judged)...
   wait_for 30 "the row to be older than the grace period" \
-    test "$(sql "select (now() - acctstarttime) > interval '12 seconds' from radacct where radacctid = $row")" = t
+    sql_is t "select (now() - acctstarttime) > interval '12 seconds' from radacct where radacctid = $row"
   # ...and the next login is accepted: the on-demand janitor closed it.
   fact crash.next_login "$(radius_auth alice secret)"
   fact crash.row_cause "$(sql "select coalesce(acctterminatecause, 'open') from radacct where radacctid = $row")"
@@ -93,7 +93,7 @@ case_session_kill() {
   client_wait_up k1 60
   local pid row mark out rc=0
   pid=$(client_get k1 lns_pid)
-  wait_for 10 "bob's radacct row" test "$(open_rows bob)" = 1
+  wait_for 10 "bob's radacct row" open_rows_are bob 1
   row=$(sql "select radacctid from radacct where username = 'bob' and acctstoptime is null")
   mark=$(fr_log_mark)
   out=$(SUDO_USER=panel pg_srv --json session kill "$(conn_id bob)") || rc=$?

@@ -109,6 +109,7 @@ impl SessionBuilder {
             pppd_pid: pid,
             session_id: Some(format!("test:{}:{pid}:{now}", self.ifname)),
             up_ts: Some(now),
+            counters_base: None,
         };
         mapping.write_atomic(sessions_dir).expect("write mapping");
         let s = FakeSession {
@@ -256,6 +257,7 @@ pub fn tun_farm(sessions_dir: &Path, first: usize, n: usize, first_conn: i64, pr
             pppd_pid: pid,
             session_id: Some(format!("bench:{ifname}:{pid}:{now}")),
             up_ts: Some(now),
+            counters_base: None,
         });
     }
     ip_batch(&script);
