@@ -1,9 +1,15 @@
 # Accounting over real L2TP (docs/accounting.md), checked by tests/lab_accounting.rs.
 #
-#   session   alice (CLAIMED) connects; pings move the LNS interface's counters; the collector
-#             runs in srv twice; alice disconnects and pppgate.so's ip-down flushes the rest;
-#             the collector runs once more. Facts after each step: the LNS interface's counters
-#             (sysfs) and what SQL holds (pppgate_sessions, vpn_usage, pppgate's radacct row).
+#   session   alice (CLAIMED) connects; a ping, then 5 MB each way over TCP move the LNS
+#             interface's counters; the collector runs in srv after each; alice disconnects and
+#             pppgate.so's ip-down flushes the rest; the collector runs once more. Facts after
+#             each step: the LNS interface's counters (sysfs), the mapping's IPCP-up base, what
+#             SQL holds (pppgate_sessions, vpn_usage, pppgate's radacct row) and pppd's own final
+#             "Sent N bytes, received M bytes".
+#   outage    alice again; PostgreSQL stops mid-session; 5 MB each way; the collector spools;
+#             alice disconnects (ip-down spools its final flush); PostgreSQL starts again; one
+#             collector run later SQL holds pppd's own figures exactly, and a second run
+#             changes nothing.
 . "$LAB_LIB"
 lab_init
 
@@ -15,10 +21,17 @@ sql "insert into vpn_connections (subaccount_login, status) values ('alice', 'CL
 lns_user alice pw-alice
 lns_start
 
+XFER_BYTES=5000000
+
+# run_collector STEP: one collector run in srv; its exit status in COLLECT_RC.
+run_collector() {
+  COLLECT_RC=0
+  ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" --json collect > "$LAB_OUT/collect-$1.json" 2> "$LAB_OUT/collect-$1.err" || COLLECT_RC=$?
+}
+
 collect() {
-  local step=$1 rc=0
-  ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" --json collect > "$LAB_OUT/collect-$step.json" 2> "$LAB_OUT/collect-$step.err" || rc=$?
-  fact "$step.collect_rc" "$rc"
+  run_collector "$1"
+  fact "$1.collect_rc" "$COLLECT_RC"
 }
 
 counters_now() {
@@ -47,35 +60,89 @@ kernel_counters() {
   fact "$step.kernel_tx" "${c#* }"
 }
 
+# measure STEP IFNAME: the interface's counters, a collector run, the counters again; repeated
+# (up to 4 times) until nothing moved around the run (pppd's LCP echoes, the client's odd
+# packet), so the facts compare SQL with a reading the collector saw too.
+measure() {
+  local step=$1 ifname=$2 a b i
+  for i in 1 2 3 4; do
+    settle "$ifname"
+    a=$(counters_now "$ifname")
+    run_collector "$step"
+    b=$(counters_now "$ifname")
+    [ "$a" = "$b" ] && break
+    log "counters of $ifname moved around the collector run ($a -> $b); again"
+  done
+  fact "$step.collect_rc" "$COLLECT_RC"
+  fact "$step.attempts" "$i"
+  fact "$step.kernel_rx" "${a% *}"
+  fact "$step.kernel_tx" "${a#* }"
+  fact "$step.after" "$b"
+}
+
 sql_totals() {
   local step=$1
-  fact "$step.sql" "$(sql "select bytes_in || ' ' || bytes_out || ' ' || (stop_time is not null) from pppgate_sessions")"
+  fact "$step.sql" "$(sql "select bytes_in || ' ' || bytes_out || ' ' || (stop_time is not null) from pppgate_sessions where session_key = '$SESSION_KEY'")"
   fact "$step.usage" "$(sql "select coalesce(sum(bytes_in), 0) || ' ' || coalesce(sum(bytes_out), 0) from vpn_usage")"
-  fact "$step.radacct" "$(sql "select coalesce(string_agg(acctuniqueid || ' ' || coalesce(acctinputoctets, -1) || ' ' || coalesce(acctoutputoctets, -1) || ' ' || (acctstoptime is not null), ','), '-') from radacct")"
+  fact "$step.radacct" "$(sql "select coalesce(string_agg(acctuniqueid || ' ' || coalesce(acctinputoctets, -1) || ' ' || coalesce(acctoutputoctets, -1) || ' ' || (acctstoptime is not null), ','), '-') from radacct where acctuniqueid = 'pppgate:$SESSION_KEY'")"
   fact "$step.spooled" "$(ls /var/lib/vpn-accounting/spool | grep -c '\.batch$' || true)"
+}
+
+# mapped STEP IFNAME: the session's mapping (its IPCP-up base and key).
+mapped() {
+  local step=$1 ifname=$2 f rx tx pid start
+  f=/run/vpn-sessions/$ifname.env
+  rx=$(sed -n 's/^RX_BASE=//p' "$f")
+  tx=$(sed -n 's/^TX_BASE=//p' "$f")
+  pid=$(sed -n 's/^PPPD_PID=//p' "$f")
+  start=$(sed -n 's/^START_TS=//p' "$f")
+  fact "$step.base" "${rx:-none} ${tx:-none}"
+  SESSION_KEY="lns-1:$ifname:$pid:$start"
+  fact "$step.session_key" "$SESSION_KEY"
+}
+
+# transfer STEP: XFER_BYTES from the client to the LNS and XFER_BYTES back, over TCP through
+# the session; the receivers count what arrived.
+transfer() {
+  local step=$1 got
+  ip netns exec srv timeout 300 socat -u TCP-LISTEN:5001,reuseaddr - < /dev/null | wc -c > "$LAB_TMP/up.count" &
+  local rcv=$!
+  head -c "$XFER_BYTES" /dev/zero | ip netns exec cli timeout 300 socat -u - "TCP:$PPP_LOCAL:5001,retry=50,interval=0.2" \
+    || die "the upload failed"
+  wait "$rcv" || die "the upload's receiver failed"
+  read -r got < "$LAB_TMP/up.count"
+  fact "$step.up_bytes" "$got"
+  head -c "$XFER_BYTES" /dev/zero | ip netns exec srv timeout 300 socat -u - TCP-LISTEN:5002,reuseaddr &
+  local snd=$!
+  got=$(ip netns exec cli timeout 300 socat -u "TCP:$PPP_LOCAL:5002,retry=50,interval=0.2" - | wc -c)
+  wait "$snd" || die "the download's sender failed"
+  fact "$step.down_bytes" "$got"
+}
+
+pppd_stats() {
+  fact "$1.pppd_stats" "$(lns_log_since "$CASE_LOG_MARK" | grep -m1 -o 'Sent [0-9]* bytes, received [0-9]* bytes' || echo none)"
 }
 
 case_session() {
   client_add alice alice pw-alice
   client_connect alice
   client_wait_up alice 60
-  local ifname
+  local ifname t0
   ifname=$(client_get alice lns_if)
   fact session.lns_if "$ifname"
   fact session.lns_pid "$(client_get alice lns_pid)"
+  mapped session "$ifname"
 
   ip netns exec cli ping -q -c 20 -i 0.05 -s 1000 -W 2 "$PPP_LOCAL" > /dev/null
-  settle "$ifname"
-  kernel_counters live1 "$ifname"
-  collect live1
-  kernel_counters live1.after "$ifname"
+  measure live1 "$ifname"
   sql_totals live1
 
-  ip netns exec cli ping -q -c 10 -i 0.05 -s 300 -W 2 "$PPP_LOCAL" > /dev/null
-  settle "$ifname"
-  kernel_counters live2 "$ifname"
-  collect live2
-  kernel_counters live2.after "$ifname"
+  now
+  t0=$NOW
+  transfer xfer
+  now
+  fact xfer.ms $(( NOW - t0 ))
+  measure live2 "$ifname"
   sql_totals live2
 
   ip netns exec cli ping -q -c 7 -i 0.05 -s 1400 -W 2 "$PPP_LOCAL" > /dev/null
@@ -84,10 +151,44 @@ case_session() {
   client_disconnect alice
   client_wait_down alice 30
   sql_totals final
+  pppd_stats final
   fact final.plugin_line "$(lns_log_since "$CASE_LOG_MARK" | grep -m1 'final accounting' || echo none)"
 
   collect after
   sql_totals after
 }
 
+case_outage() {
+  client_add alice2 alice pw-alice
+  client_connect alice2
+  client_wait_up alice2 60
+  local ifname usage0
+  ifname=$(client_get alice2 lns_if)
+  mapped outage "$ifname"
+  usage0=$(sql "select coalesce(sum(bytes_in), 0) || ' ' || coalesce(sum(bytes_out), 0) from vpn_usage")
+  fact outage.usage_before "$usage0"
+
+  ip netns exec cli ping -q -c 10 -i 0.05 -s 500 -W 2 "$PPP_LOCAL" > /dev/null
+  measure outage.live "$ifname"
+  sql_totals outage.live
+
+  pg_stop
+  transfer outage.xfer
+  collect outage.down
+  sql_spooled=$(ls /var/lib/vpn-accounting/spool | grep -c '\.batch$' || true)
+  fact outage.down.spooled "$sql_spooled"
+  client_disconnect alice2
+  client_wait_down alice2 30
+  pppd_stats outage
+  fact outage.plugin_line "$(lns_log_since "$CASE_LOG_MARK" | grep -m1 'final accounting' || echo none)"
+  fact outage.spooled_after_down "$(ls /var/lib/vpn-accounting/spool | grep -c '\.batch$' || true)"
+
+  pg_start
+  collect outage.back
+  sql_totals outage.back
+  collect outage.again
+  sql_totals outage.again
+}
+
 run_case session case_session
+run_case outage case_outage
