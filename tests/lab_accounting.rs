@@ -121,6 +121,26 @@ fn postgres_down_from_mid_session_until_after_disconnect_loses_nothing() {
     }
 }
 
+#[test]
+fn crossing_the_quota_restricts_within_one_collector_run_and_raising_it_restores() {
+    let run = run();
+    run.expect_case("quota");
+    let f = &run.facts;
+    assert_eq!(f.expect("quota.set_before"), "full_v4");
+    assert_eq!(f.expect("quota.pings_before"), "3", "FULL: the far side answers");
+    assert_eq!(f.expect_i64("quota.xfer.up_bytes"), XFER);
+    assert!(f.expect_i64("quota.used") > 3_000_000, "usage is over the 3 MB quota: {}", f.expect("quota.used"));
+    assert_eq!(f.expect("quota.cross.collect_rc"), "0");
+    assert_eq!(f.expect("quota.changes"), r#"[{"over":true}]"#, "the run that counted the bytes saw the crossing");
+    assert_eq!(f.expect("quota.set_over"), "restricted_v4", "re-applied in the same collector run");
+    assert_eq!(f.expect("quota.pings_over"), "0", "RESTRICTED: packets to the far side are dropped");
+    assert_eq!(f.expect("quota.garden"), "garden", "the walled garden (tcp/80) still answers");
+    assert_eq!(f.expect("quota.raise.collect_rc"), "0");
+    assert_eq!(f.expect("quota.raise_changes"), r#"[{"over":false}]"#);
+    assert_eq!(f.expect("quota.set_raised"), "full_v4", "raised quota: FULL again in the same run");
+    assert_eq!(f.expect("quota.pings_raised"), "3", "the far side answers again");
+}
+
 fn run_radius() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
     let r = RUN.get_or_init(|| Lab::run("accounting-radius", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()));

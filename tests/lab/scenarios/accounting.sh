@@ -10,6 +10,10 @@
 #             alice disconnects (ip-down spools its final flush); PostgreSQL starts again; one
 #             collector run later SQL holds pppd's own figures exactly, and a second run
 #             changes nothing.
+#   quota     carol (quota 3 MB a month) reaches the far side (inet) with pings; uploads 5 MB; one
+#             collector run later she is RESTRICTED: pings to the far side are dropped, the
+#             walled garden (203.0.113.80 tcp/80) still answers; the panel raises the quota and
+#             one collector run later the pings pass again.
 . "$LAB_LIB"
 lab_init
 
@@ -18,7 +22,9 @@ pppgate_configure
 pppgate_migrate
 net_setup
 sql "insert into vpn_connections (subaccount_login, status) values ('alice', 'CLAIMED')"
+sql "insert into vpn_connections (subaccount_login, status, quota_bytes, quota_period) values ('carol', 'CLAIMED', 3000000, 'month')"
 lns_user alice pw-alice
+lns_user carol pw-carol
 lns_start
 
 XFER_BYTES=5000000
@@ -190,5 +196,49 @@ case_outage() {
   sql_totals outage.again
 }
 
+# in_set IP: the inet pppgate set that holds IP (read back from the kernel), or "none".
+in_set() {
+  local set
+  for set in connect_pending_v4 full_v4 restricted_v4 blocked_v4; do
+    if ip netns exec srv nft get element inet pppgate "$set" "{ $1 }" > /dev/null 2>&1; then
+      echo "$set"
+      return
+    fi
+  done
+  echo none
+}
+
+# far_pings: how many of 3 pings from the client to the far side (203.0.113.80) came back.
+far_pings() {
+  ip netns exec cli ping -q -c 3 -i 0.2 -W 1 203.0.113.80 2> /dev/null | sed -n 's/.* \([0-9]*\) received.*/\1/p'
+}
+
+case_quota() {
+  client_add q carol pw-carol
+  client_connect q
+  client_wait_up q 60
+  local ip
+  ip=$(client_get q client_ip)
+  ip -n cli route replace 203.0.113.0/24 dev "$(client_get q lac_if)" || die "cannot route the far side through carol's link"
+  ip netns exec inet timeout 120 socat TCP-LISTEN:80,reuseaddr,fork SYSTEM:'echo garden' > /dev/null 2>&1 &
+  fact quota.set_before "$(in_set "$ip")"
+  fact quota.pings_before "$(far_pings)"
+
+  transfer quota.xfer
+  collect quota.cross
+  fact quota.changes "$(jq -c '[.quota_changes[] | {over}]' "$LAB_OUT/collect-quota.cross.json")"
+  fact quota.set_over "$(in_set "$ip")"
+  fact quota.pings_over "$(far_pings)"
+  fact quota.garden "$(ip netns exec cli timeout 10 socat -u TCP:203.0.113.80:80,connect-timeout=3 - 2> /dev/null || echo unreachable)"
+  fact quota.used "$(sql "select coalesce(sum(bytes_in + bytes_out), 0) from vpn_usage u join vpn_connections c on c.id = u.connection_id where c.subaccount_login = 'carol'")"
+
+  sql "update vpn_connections set quota_bytes = 100000000 where subaccount_login = 'carol'"
+  collect quota.raise
+  fact quota.raise_changes "$(jq -c '[.quota_changes[] | {over}]' "$LAB_OUT/collect-quota.raise.json")"
+  fact quota.set_raised "$(in_set "$ip")"
+  fact quota.pings_raised "$(far_pings)"
+}
+
 run_case session case_session
 run_case outage case_outage
+run_case quota case_quota
