@@ -20,13 +20,18 @@ radius_nas_ip() {
   [ "$(getent hosts lns | awk '{print $1}')" = "$LNS_IP" ] || die "host name lns does not resolve to $LNS_IP"
 }
 
-# Deployment permissions (docs/SESSIONS-RADIUS.md): group pppgate reads the mappings and keeps the
-# outage markers; freerad is in it.
+# Deployment permissions (docs/SESSIONS-RADIUS.md), from the files packaging ships: group
+# pppgate (sysusers.d) reads the mappings and keeps the outage markers (tmpfiles.d); freerad is
+# in it.
 radius_permissions() {
-  getent group pppgate > /dev/null || groupadd --system pppgate
+  local pkg=$LAB_REPO/packaging
+  systemd-sysusers "$pkg/sysusers.d/pppgate.conf" || die "systemd-sysusers rejected packaging/sysusers.d/pppgate.conf"
+  getent group pppgate > /dev/null || die "packaging/sysusers.d did not create group pppgate"
   usermod -aG pppgate freerad
-  install -d -o root -g pppgate -m 2750 "$SESSIONS_DIR"
-  install -d -o root -g pppgate -m 2770 /run/pppgate
+  systemd-tmpfiles --create "$pkg/tmpfiles.d/pppgate.conf" || die "systemd-tmpfiles rejected packaging/tmpfiles.d/pppgate.conf"
+  [ "$SESSIONS_DIR" = /run/vpn-sessions ] || die "the lab's sessions directory is not the packaged /run/vpn-sessions"
+  [ "$(stat -c '%a %U %G' /run/vpn-sessions)" = "2750 root pppgate" ] || die "/run/vpn-sessions: $(stat -c '%a %U %G' /run/vpn-sessions)"
+  [ "$(stat -c '%a %U %G' /run/pppgate)" = "2770 root pppgate" ] || die "/run/pppgate: $(stat -c '%a %U %G' /run/pppgate)"
   chmod 0644 "$PPPGATE_CONF"
 }
 
