@@ -90,6 +90,55 @@ pub fn parse_link(payload: &[u8]) -> Option<Link> {
     (!link.name.is_empty()).then_some(link)
 }
 
+/// One IPv4 address message (RTM_NEWADDR, AF_INET) of an address dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IfAddr {
+    pub index: u32,
+    pub address: Option<Ipv4Addr>,
+    pub local: Option<Ipv4Addr>,
+    pub label: Option<String>,
+}
+
+/// Parses an address dump message; `None` for another family or a short message.
+pub(crate) fn parse_ifaddr(ty: u16, payload: &[u8]) -> Option<IfAddr> {
+    if ty != RTM_NEWADDR || payload.len() < 8 || payload[0] != libc::AF_INET as u8 {
+        return None;
+    }
+    let index = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
+    let mut a = IfAddr { index, address: None, local: None, label: None };
+    for (t, d) in attrs(&payload[8..]) {
+        let ip = d.get(..4).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+        match t {
+            IFA_ADDRESS => a.address = ip,
+            IFA_LOCAL => a.local = ip,
+            IFA_LABEL => a.label = Some(netlink::attr_str(d)),
+            _ => {}
+        }
+    }
+    Some(a)
+}
+
+/// An RTM_GETADDR dump request for IPv4.
+pub(crate) fn ifaddr_dump_request() -> MsgBuilder {
+    let mut ifa = [0u8; 8];
+    ifa[0] = libc::AF_INET as u8;
+    MsgBuilder::new(RTM_GETADDR, NLM_F_DUMP).bytes(&ifa)
+}
+
+impl Link {
+    /// Records an IPv4 address: the local one, and the peer of a point-to-point address.
+    pub(crate) fn add_ifaddr(&mut self, a: &IfAddr) {
+        if let Some(l) = a.local {
+            self.locals.push(l);
+        }
+        if let (Some(p), Some(l)) = (a.address, a.local) {
+            if p != l {
+                self.peers.push(p);
+            }
+        }
+    }
+}
+
 impl LinkSnapshot {
     /// Dumps links and IPv4 addresses of the current network namespace.
     pub fn read() -> Result<LinkSnapshot> {
@@ -115,38 +164,7 @@ impl LinkSnapshot {
     /// CLIENT_IP as its peer either. On a box with 10,000 sessions (and their IFBs) this is ~10×
     /// cheaper than a link dump.
     pub fn read_addresses() -> Result<LinkSnapshot> {
-        let mut sock = Socket::open(Family::Route)?;
-        let mut snap = LinkSnapshot::default();
-        let mut ifa = [0u8; 8];
-        ifa[0] = libc::AF_INET as u8;
-        let req = MsgBuilder::new(RTM_GETADDR, NLM_F_DUMP).bytes(&ifa);
-        for (ty, payload) in sock.dump("dump addresses", req)? {
-            if ty != RTM_NEWADDR || payload.len() < 8 || payload[0] != libc::AF_INET as u8 {
-                continue;
-            }
-            let index = u32::from_ne_bytes(payload[4..8].try_into().unwrap());
-            let (mut address, mut local, mut label) = (None, None, None);
-            for (t, d) in attrs(&payload[8..]) {
-                let ip = d.get(..4).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-                match t {
-                    IFA_ADDRESS => address = ip,
-                    IFA_LOCAL => local = ip,
-                    IFA_LABEL => label = Some(netlink::attr_str(d)),
-                    _ => {}
-                }
-            }
-            let Some(name) = label.filter(|n| !n.is_empty()) else { continue };
-            let link = snap.by_name.entry(name.clone()).or_insert_with(|| Link { index, name, ..Default::default() });
-            if let Some(l) = local {
-                link.locals.push(l);
-            }
-            if let (Some(a), Some(l)) = (address, local) {
-                if a != l {
-                    link.peers.push(a);
-                }
-            }
-        }
-        Ok(snap)
+        super::peers::address_snapshot()
     }
 
     fn read_inner(sock: &mut Socket, lean: bool) -> Result<LinkSnapshot> {
@@ -165,32 +183,11 @@ impl LinkSnapshot {
                 snap.by_name.insert(l.name.clone(), l);
             }
         }
-        let mut ifa = [0u8; 8];
-        ifa[0] = libc::AF_INET as u8;
-        let req = MsgBuilder::new(RTM_GETADDR, NLM_F_DUMP).bytes(&ifa);
-        for (ty, payload) in sock.dump("dump addresses", req)? {
-            if ty != RTM_NEWADDR || payload.len() < 8 || payload[0] != libc::AF_INET as u8 {
-                continue;
-            }
-            let index = u32::from_ne_bytes(payload[4..8].try_into().unwrap());
-            let (mut address, mut local) = (None, None);
-            for (t, d) in attrs(&payload[8..]) {
-                let ip = d.get(..4).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-                match t {
-                    IFA_ADDRESS => address = ip,
-                    IFA_LOCAL => local = ip,
-                    _ => {}
-                }
-            }
-            let Some(name) = by_index.get(&index) else { continue };
-            let Some(link) = snap.by_name.get_mut(name) else { continue };
-            if let Some(l) = local {
-                link.locals.push(l);
-            }
-            if let (Some(a), Some(l)) = (address, local) {
-                if a != l {
-                    link.peers.push(a);
-                }
+        for (ty, payload) in sock.dump("dump addresses", ifaddr_dump_request())? {
+            let Some(a) = parse_ifaddr(ty, &payload) else { continue };
+            let Some(name) = by_index.get(&a.index) else { continue };
+            if let Some(link) = snap.by_name.get_mut(name) {
+                link.add_ifaddr(&a);
             }
         }
         Ok(snap)

@@ -9,56 +9,26 @@
 //! (an `ip addr add … label ppp0:x` alias) cannot be mapped back without the link dump; then the
 //! full [`LinkSnapshot::read`] is used instead.
 
-use std::net::Ipv4Addr;
-
-use super::links::{Link, LinkSnapshot};
-use super::netlink::{attrs, attr_str, Family, MsgBuilder, Socket, NLM_F_DUMP};
+use super::links::{ifaddr_dump_request, parse_ifaddr, Link, LinkSnapshot};
+use super::netlink::{Family, Socket};
 use crate::error::Result;
-
-const RTM_NEWADDR: u16 = 20;
-const RTM_GETADDR: u16 = 22;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_LABEL: u16 = 3;
 
 /// Interfaces with IPv4 addresses, keyed by name, with peers and local addresses filled in.
 pub fn address_snapshot() -> Result<LinkSnapshot> {
     let mut sock = Socket::open(Family::Route)?;
-    let mut ifa = [0u8; 8];
-    ifa[0] = libc::AF_INET as u8;
-    let req = MsgBuilder::new(RTM_GETADDR, NLM_F_DUMP).bytes(&ifa);
     let mut snap = LinkSnapshot::default();
-    for (ty, payload) in sock.dump("dump addresses", req)? {
-        if ty != RTM_NEWADDR || payload.len() < 8 || payload[0] != libc::AF_INET as u8 {
-            continue;
-        }
-        let index = u32::from_ne_bytes(payload[4..8].try_into().expect("4 bytes"));
-        let (mut address, mut local, mut label) = (None, None, None);
-        for (t, d) in attrs(&payload[8..]) {
-            let ip = d.get(..4).map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-            match t {
-                IFA_ADDRESS => address = ip,
-                IFA_LOCAL => local = ip,
-                IFA_LABEL => label = Some(attr_str(d)),
-                _ => {}
-            }
-        }
-        let Some(name) = label else { return LinkSnapshot::read() };
-        if name.contains(':') {
+    for (ty, payload) in sock.dump("dump addresses", ifaddr_dump_request())? {
+        let Some(a) = parse_ifaddr(ty, &payload) else { continue };
+        // An alias label (`ppp0:x`) or none cannot be mapped back to its device without the
+        // link dump: then the full snapshot.
+        let Some(name) = a.label.clone().filter(|n| !n.is_empty() && !n.contains(':')) else {
+            return LinkSnapshot::read();
+        };
+        let link = snap.by_name.entry(name.clone()).or_insert_with(|| Link { index: a.index, name, ..Default::default() });
+        if link.index != a.index {
             return LinkSnapshot::read();
         }
-        let link = snap.by_name.entry(name.clone()).or_insert_with(|| Link { index, name, ..Default::default() });
-        if link.index != index {
-            return LinkSnapshot::read();
-        }
-        if let Some(l) = local {
-            link.locals.push(l);
-        }
-        if let (Some(a), Some(l)) = (address, local) {
-            if a != l {
-                link.peers.push(a);
-            }
-        }
+        link.add_ifaddr(&a);
     }
     Ok(snap)
 }
