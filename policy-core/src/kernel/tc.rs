@@ -84,13 +84,16 @@ pub struct HtbParams {
 /// Burst: 10 ms worth of the rate plus one MTU-sized packet. The kernel's HTB timer fires late
 /// by up to a scheduler tick under load; a burst shorter than that makes the class lose
 /// sending opportunities and run below its rate, a much longer one lets TCP overshoot after
-/// every idle period. Queue: ~100 ms at the rate, at least 32 packets so a slow class still
-/// absorbs a TCP window's burst (a PPP device's own txqueuelen is 3, far too short).
+/// every idle period. Queue: ~100 ms at the rate, at least 16 packets so a slow class still
+/// absorbs a TCP window's burst (a PPP device's own txqueuelen is 3, far too short). Not more:
+/// measured over real L2TP in the lab (one TCP flow, 6 s), a 32- or 100-packet tail-drop queue
+/// at 1–2 Mbit/s let TCP run into loss bursts and recoveries that cost up to 21% of the rate in
+/// some runs, while 8 and 16 packets stayed at the payload ratio (−4%) in every run.
 pub fn htb_params(kbit: u32) -> HtbParams {
     let rate_bytes = u64::from(kbit.max(1)) * 125;
     let burst_bytes = rate_bytes / 100 + 1600;
     let quantum = (rate_bytes / 10).clamp(1600, 200_000) as u32;
-    let queue_packets = (rate_bytes / 10 / 1500).clamp(32, 5000) as u32;
+    let queue_packets = (rate_bytes / 10 / 1500).clamp(16, 5000) as u32;
     HtbParams { rate_bytes, burst_bytes, quantum, queue_packets }
 }
 
@@ -693,7 +696,7 @@ mod tests {
         assert_eq!(p.rate_bytes, 125_000);
         assert_eq!(p.burst_bytes, 1250 + 1600);
         assert_eq!(p.quantum, 12_500);
-        assert_eq!(p.queue_packets, 32);
+        assert_eq!(p.queue_packets, 16);
         let p = htb_params(100_000);
         assert_eq!(p.burst_bytes, 125_000 + 1600);
         assert_eq!(p.quantum, 200_000);

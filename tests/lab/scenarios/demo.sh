@@ -68,19 +68,19 @@ show ip -n srv route show proto 77 table all
 show ip -n srv rule show
 show cat "$SESSIONS_DIR/$lns_if.env"
 
-say "measured: a TCP transfer from inet to alice (iperf3, 3 s)"
+say "measured: a TCP transfer from inet to alice (iperf3, 6 s after a 1 s warm-up)"
 client_route alice
 iperf_start
-iperf_run demo.down1 alice down 3
+iperf_run demo.down1 alice down 6
 echo "    download: $IPERF_KBIT kbit/s (policy: 2000 kbit/s)"
-iperf_run demo.up1 alice up 3
+iperf_run demo.up1 alice up 6
 echo "    upload:   $IPERF_KBIT kbit/s (policy: 1000 kbit/s)"
 
 say "the panel doubles her speed: pppgate connection set (SQL change + immediate apply)"
 show pg_srv connection set "$ALICE" --down-kbit 4000 --up-kbit 2000
-iperf_run demo.down2 alice down 3
+iperf_run demo.down2 alice down 6
 echo "    download: $IPERF_KBIT kbit/s (policy: 4000 kbit/s)"
-iperf_run demo.up2 alice up 3
+iperf_run demo.up2 alice up 6
 echo "    upload:   $IPERF_KBIT kbit/s (policy: 2000 kbit/s)"
 
 say "alice hangs up: memberships, shaping, IFB, route, rule and mapping are gone"
