@@ -181,8 +181,7 @@ case_outage() {
   pg_stop
   transfer outage.xfer
   collect outage.down
-  sql_spooled=$(ls /var/lib/vpn-accounting/spool | grep -c '\.batch$' || true)
-  fact outage.down.spooled "$sql_spooled"
+  fact outage.down.spooled "$(ls /var/lib/vpn-accounting/spool | grep -c '\.batch$' || true)"
   client_disconnect alice2
   client_wait_down alice2 30
   pppd_stats outage
