@@ -10,6 +10,7 @@
 #             its own.
 . "$LAB_LIB"
 . "$LAB_REPO/tests/lab/guest/radius.sh"
+. "$LAB_REPO/tests/lab/guest/accounting.sh"
 lab_init
 
 pg_start
@@ -24,24 +25,8 @@ LNS_PLUGIN=0
 LNS_PPPD_EXTRA="plugin radius.so plugin $LAB_PLUGIN pppgate-config $PPPGATE_CONF"
 lns_start
 
-counters_now() {
-  echo "$(ip netns exec srv cat "/sys/class/net/$1/statistics/rx_bytes") $(ip netns exec srv cat "/sys/class/net/$1/statistics/tx_bytes")"
-}
-
-settle() {
-  local a b i
-  a=$(counters_now "$1")
-  for i in 1 2 3 4 5 6 7 8 9 10; do
-    nap 1
-    b=$(counters_now "$1")
-    [ "$a" = "$b" ] && return 0
-    a=$b
-  done
-  log "WARNING: counters of $1 still moving"
-}
-
 case_radius() {
-  local ifname row stale c rc=0
+  local ifname row stale
   # An earlier session of carol's on this NAS whose Stop never came, with the same address the
   # pool will hand out again and radius.so's malformed Acct-Session-Id.
   sql "insert into radacct (acctsessionid, acctuniqueid, username, nasipaddress, framedipaddress, acctstarttime)
@@ -58,21 +43,10 @@ case_radius() {
 
   fact radius.base "$(sed -n 's/^RX_BASE=//p' "/run/vpn-sessions/$ifname.env") $(sed -n 's/^TX_BASE=//p' "/run/vpn-sessions/$ifname.env")"
   ip netns exec cli ping -q -c 15 -i 0.05 -s 800 -W 2 "$PPP_LOCAL" > /dev/null
-  # Counters, a collector run, counters again, until nothing moved around the run (an LCP echo
-  # landing in between would make the comparison meaningless, not wrong).
-  local i after
-  for i in 1 2 3 4; do
-    settle "$ifname"
-    c=$(counters_now "$ifname")
-    rc=0
-    ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" --json collect > "$LAB_OUT/collect-live.json" 2> "$LAB_OUT/collect-live.err" || rc=$?
-    after=$(counters_now "$ifname")
-    [ "$c" = "$after" ] && break
-    log "counters moved around the collector run ($c -> $after); again"
-  done
-  fact live.kernel "$c"
-  fact live.collect_rc "$rc"
-  fact live.kernel_after "$after"
+  measure_quiet live "$ifname"
+  fact live.kernel "$MEASURE_BEFORE"
+  fact live.collect_rc "$COLLECT_RC"
+  fact live.kernel_after "$MEASURE_AFTER"
   fact live.binding "$(sql "select radacct_owner || ' ' || (radacct_id = $row) from pppgate_sessions")"
   fact live.row "$(sql "select acctinputoctets || ' ' || acctoutputoctets || ' ' || (acctstoptime is null) from radacct where radacctid = $row")"
   fact live.stale "$(sql "select coalesce(acctinputoctets, -1) || ' ' || (acctstoptime is null) from radacct where radacctid = $stale")"

@@ -15,6 +15,7 @@
 #             walled garden (203.0.113.80 tcp/80) still answers; the panel raises the quota and
 #             one collector run later the pings pass again.
 . "$LAB_LIB"
+. "$LAB_REPO/tests/lab/guest/accounting.sh"
 lab_init
 
 pg_start
@@ -29,34 +30,9 @@ lns_start
 
 XFER_BYTES=5000000
 
-# run_collector STEP: one collector run in srv; its exit status in COLLECT_RC.
-run_collector() {
-  COLLECT_RC=0
-  ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" --json collect > "$LAB_OUT/collect-$1.json" 2> "$LAB_OUT/collect-$1.err" || COLLECT_RC=$?
-}
-
 collect() {
   run_collector "$1"
   fact "$1.collect_rc" "$COLLECT_RC"
-}
-
-counters_now() {
-  echo "$(ip netns exec srv cat "/sys/class/net/$1/statistics/rx_bytes") $(ip netns exec srv cat "/sys/class/net/$1/statistics/tx_bytes")"
-}
-
-# settle IFNAME: waits (up to 10 s) until the counters stand still for a second. The client's
-# kernel sends the odd packet of its own (an IGMP report after the link came up) that would
-# otherwise land between our reading and the collector's.
-settle() {
-  local a b i
-  a=$(counters_now "$1")
-  for i in 1 2 3 4 5 6 7 8 9 10; do
-    nap 1
-    b=$(counters_now "$1")
-    [ "$a" = "$b" ] && return 0
-    a=$b
-  done
-  log "WARNING: counters of $1 still moving"
 }
 
 kernel_counters() {
@@ -66,24 +42,14 @@ kernel_counters() {
   fact "$step.kernel_tx" "${c#* }"
 }
 
-# measure STEP IFNAME: the interface's counters, a collector run, the counters again; repeated
-# (up to 4 times) until nothing moved around the run (pppd's LCP echoes, the client's odd
-# packet), so the facts compare SQL with a reading the collector saw too.
+# measure STEP IFNAME: a collector run the interface stood still around (measure_quiet), as facts.
 measure() {
-  local step=$1 ifname=$2 a b i
-  for i in 1 2 3 4; do
-    settle "$ifname"
-    a=$(counters_now "$ifname")
-    run_collector "$step"
-    b=$(counters_now "$ifname")
-    [ "$a" = "$b" ] && break
-    log "counters of $ifname moved around the collector run ($a -> $b); again"
-  done
-  fact "$step.collect_rc" "$COLLECT_RC"
-  fact "$step.attempts" "$i"
-  fact "$step.kernel_rx" "${a% *}"
-  fact "$step.kernel_tx" "${a#* }"
-  fact "$step.after" "$b"
+  measure_quiet "$1" "$2"
+  fact "$1.collect_rc" "$COLLECT_RC"
+  fact "$1.attempts" "$MEASURE_ATTEMPTS"
+  fact "$1.kernel_rx" "${MEASURE_BEFORE% *}"
+  fact "$1.kernel_tx" "${MEASURE_BEFORE#* }"
+  fact "$1.after" "$MEASURE_AFTER"
 }
 
 sql_totals() {
