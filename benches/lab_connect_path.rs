@@ -87,14 +87,18 @@ fn postgres_side(log: &str) -> (Vec<u64>, Vec<u64>) {
     let mut sessions = Vec::new();
     for l in log.lines().filter(|l| l.contains(" app=pppgate ")) {
         let Some(pid) = l.split('[').nth(1).and_then(|r| r.split(']').next()) else { continue };
-        if let Some(d) = l.split("duration: ").nth(1).and_then(|r| r.split(" ms").next()).and_then(|v| v.parse::<f64>().ok()) {
+        if let Some(d) =
+            l.split("duration: ").nth(1).and_then(|r| r.split(" ms").next()).and_then(|v| v.parse::<f64>().ok())
+        {
             *stmt.entry(pid.to_string()).or_default() += (d * 1000.0) as u64;
         }
         if let Some(t) = l.split("session time: ").nth(1).and_then(|r| r.split_whitespace().next()) {
             // H:MM:SS.mmm
             let p: Vec<&str> = t.split(':').collect();
             if let [h, m, s] = p.as_slice() {
-                let secs = h.parse::<f64>().unwrap_or(0.0) * 3600.0 + m.parse::<f64>().unwrap_or(0.0) * 60.0 + s.parse::<f64>().unwrap_or(0.0);
+                let secs = h.parse::<f64>().unwrap_or(0.0) * 3600.0
+                    + m.parse::<f64>().unwrap_or(0.0) * 60.0
+                    + s.parse::<f64>().unwrap_or(0.0);
                 sessions.push((secs * 1e6) as u64);
             }
         }
@@ -104,21 +108,31 @@ fn postgres_side(log: &str) -> (Vec<u64>, Vec<u64>) {
 
 fn main() {
     let n = connects();
-    let opts = LabOptions::default()
-        .timeout(Duration::from_secs(600 + 20 * n as u64))
-        .env("BENCH_CONNECTS", &n.to_string());
+    let opts =
+        LabOptions::default().timeout(Duration::from_secs(600 + 20 * n as u64)).env("BENCH_CONNECTS", &n.to_string());
     let run = Lab::run("connect-bench", &opts).unwrap_or_else(|e| panic!("the connect-bench lab run failed: {e}"));
     let f = &run.facts;
     let mut out = String::new();
-    let _ = writeln!(out, "connect path benchmark, lab VM (qemu TCG, {} vCPUs), {n} connects each, run {}", f.expect("bench.guest_cpus"), run.dir.display());
+    let _ = writeln!(
+        out,
+        "connect path benchmark, lab VM (qemu TCG, {} vCPUs), {n} connects each, run {}",
+        f.expect("bench.guest_cpus"),
+        run.dir.display()
+    );
 
     // The plugin.
     let log = run.read("logs/bench-plugin-lns.log");
     let applied = applied_lines(&log);
     assert_eq!(applied.len(), n, "expected {n} `policy applied` lines in logs/bench-plugin-lns.log");
-    let field = |k: &str| -> Vec<u64> { applied.iter().map(|a| a[k].parse().unwrap_or_else(|_| panic!("{k} in {a:?}"))).collect() };
+    let field = |k: &str| -> Vec<u64> {
+        applied.iter().map(|a| a[k].parse().unwrap_or_else(|_| panic!("{k} in {a:?}"))).collect()
+    };
     let total = stats(field("gate_released_us"));
-    let _ = writeln!(out, "pppgate.so, ip-up notifier entry → gate released ({} ms wall for the {n} connects):", f.expect("bench.plugin_wall_ms"));
+    let _ = writeln!(
+        out,
+        "pppgate.so, ip-up notifier entry → gate released ({} ms wall for the {n} connects):",
+        f.expect("bench.plugin_wall_ms")
+    );
     line(&mut out, "gate_released", &total);
     line(&mut out, "  sql (connect + lookup)", &stats(field("sql_us")));
     line(&mut out, "  mapping", &stats(field("mapping_us")));
@@ -133,10 +147,18 @@ fn main() {
     }
 
     // The shell hook.
-    let _ = writeln!(out, "shell hook (psql + nft + tc + ip; check: {}; {} ms wall):", f.expect("bench.hook_check"), f.expect("bench.hook_wall_ms"));
+    let _ = writeln!(
+        out,
+        "shell hook (psql + nft + tc + ip; check: {}; {} ms wall):",
+        f.expect("bench.hook_check"),
+        f.expect("bench.hook_wall_ms")
+    );
     let tsv = run.read("bench/hook.tsv");
-    let rows: Vec<Vec<f64>> =
-        tsv.lines().filter(|l| !l.trim().is_empty()).map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect()).collect();
+    let rows: Vec<Vec<f64>> = tsv
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect();
     assert_eq!(rows.len(), n, "expected {n} hook runs in bench/hook.tsv");
     let us = |a: f64, b: f64| ((b - a) * 1e6).round() as u64;
     let hook_gate = stats(rows.iter().map(|r| us(r[0], r[1])).collect());

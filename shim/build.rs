@@ -20,10 +20,7 @@ fn main() {
     let pppd_dir = include.join("pppd");
     let pppd_h = pppd_dir.join("pppd.h");
     if !pppd_h.exists() {
-        panic!(
-            "pppd headers not found at {} (install Debian's ppp-dev or set PPPD_INCLUDE_DIR)",
-            pppd_h.display()
-        );
+        panic!("pppd headers not found at {} (install Debian's ppp-dev or set PPPD_INCLUDE_DIR)", pppd_h.display());
     }
     for h in ["pppd.h", "pppdconf.h", "patchlevel.h", "ipcp.h", "lcp.h", "fsm.h", "options.h"] {
         println!("cargo:rerun-if-changed={}", pppd_dir.join(h).display());
@@ -31,12 +28,9 @@ fn main() {
 
     let conf = pppd_dir.join("pppdconf.h");
     let is_25 = conf.exists();
-    let version = if is_25 {
-        read_define(&conf, "PPPD_VERSION")
-    } else {
-        read_define(&pppd_dir.join("patchlevel.h"), "VERSION")
-    }
-    .unwrap_or_else(|| panic!("cannot read the pppd version from the headers in {}", pppd_dir.display()));
+    let version =
+        if is_25 { read_define(&conf, "PPPD_VERSION") } else { read_define(&pppd_dir.join("patchlevel.h"), "VERSION") }
+            .unwrap_or_else(|| panic!("cannot read the pppd version from the headers in {}", pppd_dir.display()));
     if is_25 {
         println!("cargo:rustc-cfg=pppd_2_5");
     }

@@ -22,15 +22,23 @@ impl Facts {
     pub fn load(path: &Path) -> Result<Facts> {
         match std::fs::read_to_string(path) {
             Ok(text) => Facts::parse(path, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Facts { source: path.to_path_buf(), map: BTreeMap::new() }),
-            Err(e) => Err(LabError::Io { what: "cannot read the scenario's facts", path: path.to_path_buf(), source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Facts { source: path.to_path_buf(), map: BTreeMap::new() })
+            }
+            Err(e) => {
+                Err(LabError::Io { what: "cannot read the scenario's facts", path: path.to_path_buf(), source: e })
+            }
         }
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Facts> {
         let mut map = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
-            let bad = |reason: &str| LabError::Malformed { path: path.to_path_buf(), line: i + 1, reason: reason.to_string() };
+            let bad = |reason: &str| LabError::Malformed {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason: reason.to_string(),
+            };
             if line.is_empty() {
                 continue;
             }
@@ -54,7 +62,11 @@ impl Facts {
     pub fn expect(&self, key: &str) -> &str {
         match self.get(key) {
             Some(v) => v,
-            None => panic!("lab fact {key} was not recorded (facts file {}; recorded: {})", self.source.display(), self.keys()),
+            None => panic!(
+                "lab fact {key} was not recorded (facts file {}; recorded: {})",
+                self.source.display(),
+                self.keys()
+            ),
         }
     }
 

@@ -66,7 +66,8 @@ pub fn ensure(kernel: &Kernel, cache_dir: &Path) -> Result<PathBuf> {
     key.write(init.as_bytes());
     key.write(kernel.version.as_bytes());
     for p in std::iter::once(Path::new(BUSYBOX)).chain(modules.iter().map(|m| m.as_path())) {
-        let md = fs::metadata(p).map_err(LabError::io("cannot read an initramfs input (apt-get install busybox-static)", p))?;
+        let md = fs::metadata(p)
+            .map_err(LabError::io("cannot read an initramfs input (apt-get install busybox-static)", p))?;
         key.write(p.as_os_str().as_encoded_bytes());
         key.write(&md.len().to_le_bytes());
         key.write(&md.mtime().to_le_bytes());

@@ -27,7 +27,12 @@ impl Kernel {
 
     pub fn select_in(modules_root: &Path, boot: &Path, wanted: Option<String>) -> Result<Kernel> {
         let mut versions: Vec<String> = fs::read_dir(modules_root)
-            .map_err(|e| LabError::NoKernel(format!("cannot list {}: {e} (apt-get install linux-image-amd64)", modules_root.display())))?
+            .map_err(|e| {
+                LabError::NoKernel(format!(
+                    "cannot list {}: {e} (apt-get install linux-image-amd64)",
+                    modules_root.display()
+                ))
+            })?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|v| boot.join(format!("vmlinuz-{v}")).is_file())
@@ -50,11 +55,7 @@ impl Kernel {
                 ))
             })?,
         };
-        Ok(Kernel {
-            image: boot.join(format!("vmlinuz-{version}")),
-            modules_dir: modules_root.join(&version),
-            version,
-        })
+        Ok(Kernel { image: boot.join(format!("vmlinuz-{version}")), modules_dir: modules_root.join(&version), version })
     }
 
     /// The module files to insmod, in load order (dependencies first); built-in ones are skipped.

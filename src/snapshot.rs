@@ -144,7 +144,8 @@ fn read(path: &Path) -> Result<String> {
 
 /// Parses `ip -j addr show` output into links with their first IPv4 local/peer addresses.
 pub fn parse_links(path: &Path, json: &str) -> Result<Vec<Link>> {
-    let raw: Vec<IpAddrJson> = serde_json::from_str(json).map_err(|e| malformed(path, format!("not ip -j addr output: {e}")))?;
+    let raw: Vec<IpAddrJson> =
+        serde_json::from_str(json).map_err(|e| malformed(path, format!("not ip -j addr output: {e}")))?;
     let mut links = Vec::new();
     for l in raw {
         let v4 = l.addr_info.iter().find(|a| a.family == "inet");
@@ -178,9 +179,11 @@ pub fn parse_env(path: &Path, text: &str) -> Result<BTreeMap<String, String>> {
         if line.trim().is_empty() {
             continue;
         }
-        let (k, v) = line
-            .split_once('=')
-            .ok_or_else(|| LabError::Malformed { path: path.to_path_buf(), line: i + 1, reason: "not KEY=VALUE".into() })?;
+        let (k, v) = line.split_once('=').ok_or_else(|| LabError::Malformed {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason: "not KEY=VALUE".into(),
+        })?;
         if m.insert(k.to_string(), v.to_string()).is_some() {
             return Err(LabError::Malformed { path: path.to_path_buf(), line: i + 1, reason: format!("{k} twice") });
         }
@@ -244,7 +247,8 @@ impl Snapshot {
         let db_connections = if dir.join("db/vpn_connections.json").is_file() {
             let p = dir.join("db/vpn_connections.json");
             let text = read(&p)?;
-            Ok(serde_json::from_str(text.trim()).map_err(|e| malformed(&p, format!("not a JSON array of rows: {e}")))?)
+            Ok(serde_json::from_str(text.trim())
+                .map_err(|e| malformed(&p, format!("not a JSON array of rows: {e}")))?)
         } else {
             Err(fs::read_to_string(dir.join("db/error")).unwrap_or_else(|_| "no database dump in the snapshot".into()))
         };

@@ -39,7 +39,14 @@ pub struct LabOptions {
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { timeout: Duration::from_secs(300), memory_mb: 2048, cpus: 2, env: Vec::new(), artifacts: None, follow: false }
+        LabOptions {
+            timeout: Duration::from_secs(300),
+            memory_mb: 2048,
+            cpus: 2,
+            env: Vec::new(),
+            artifacts: None,
+            follow: false,
+        }
     }
 }
 
@@ -131,7 +138,8 @@ impl Lab {
         let artifacts = opts.artifacts.clone().unwrap_or_else(Artifacts::locate);
         artifacts.check()?;
         let kernel = Kernel::select()?;
-        File::open(&kernel.image).map_err(LabError::io("cannot read the kernel image (the lab runs as root in CI)", &kernel.image))?;
+        File::open(&kernel.image)
+            .map_err(LabError::io("cannot read the kernel image (the lab runs as root in CI)", &kernel.image))?;
         let initrd = initramfs::ensure(&kernel, &paths::lab_dir().join("initramfs"))?;
 
         let dir = new_run_dir(scenario)?;
@@ -155,9 +163,7 @@ impl Lab {
             append.push_str(&extra);
         }
         cmd.arg("-append").arg(append);
-        cmd.arg("-fsdev").arg(format!(
-            "local,id={ROOT_TAG},path=/,security_model=none,readonly=on,multidevs=remap"
-        ));
+        cmd.arg("-fsdev").arg(format!("local,id={ROOT_TAG},path=/,security_model=none,readonly=on,multidevs=remap"));
         cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={ROOT_TAG},mount_tag={ROOT_TAG}"));
         cmd.arg("-fsdev").arg(format!("local,id={OUT_TAG},path={},security_model=none", qemu_escape(&dir)));
         cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={OUT_TAG},mount_tag={OUT_TAG}"));
@@ -171,7 +177,8 @@ impl Lab {
         cmd.stdin(Stdio::null()).stdout(console).stderr(console_err);
 
         let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| LabError::Spawn { program: "timeout/qemu-system-x86_64".into(), source })?;
+        let mut child =
+            cmd.spawn().map_err(|source| LabError::Spawn { program: "timeout/qemu-system-x86_64".into(), source })?;
         let mut follower = Follower { path: dir.join("guest.log"), offset: 0, on: opts.follow };
         let status = loop {
             follower.pump();
@@ -186,7 +193,12 @@ impl Lab {
             if started.elapsed() >= timeout {
                 stop(&mut child);
                 let _ = fs::write(dir.join("TIMEOUT"), format!("killed after {}s\n", timeout.as_secs()));
-                return Err(LabError::Timeout { scenario: scenario.to_string(), after: timeout, tails: tails(&dir), dir });
+                return Err(LabError::Timeout {
+                    scenario: scenario.to_string(),
+                    after: timeout,
+                    tails: tails(&dir),
+                    dir,
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         };
@@ -199,7 +211,12 @@ impl Lab {
             Err(_) => None,
         };
         let Some(rc) = rc else {
-            return Err(LabError::GuestDidNotFinish { scenario: scenario.to_string(), status: status.to_string(), tails: tails(&dir), dir });
+            return Err(LabError::GuestDidNotFinish {
+                scenario: scenario.to_string(),
+                status: status.to_string(),
+                tails: tails(&dir),
+                dir,
+            });
         };
         if rc != 0 {
             return Err(LabError::GuestFailed { scenario: scenario.to_string(), rc, tails: tails(&dir), dir });
@@ -272,8 +289,11 @@ fn lock_lab() -> Result<Flock<File>> {
         Err((f, _)) => f,
     };
     eprintln!("lab: waiting for another lab VM to finish ({})", path.display());
-    Flock::lock(f, FlockArg::LockExclusive)
-        .map_err(|(_, e)| LabError::Io { what: "cannot take the lab lock", path, source: e.into() })
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| LabError::Io {
+        what: "cannot take the lab lock",
+        path,
+        source: e.into(),
+    })
 }
 
 fn new_run_dir(scenario: &str) -> Result<PathBuf> {

@@ -15,7 +15,8 @@ const TIMEOUT: Duration = Duration::from_secs(900);
 
 fn run() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
-    let r = RUN.get_or_init(|| Lab::run("accounting", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()));
+    let r =
+        RUN.get_or_init(|| Lab::run("accounting", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()));
     match r {
         Ok(run) => run,
         Err(e) => panic!("the accounting lab run failed: {e}"),
@@ -61,10 +62,18 @@ fn collector_and_ip_down_flush_put_exactly_pppds_own_figures_into_sql() {
     for step in ["live1", "live2"] {
         assert_eq!(f.expect(&format!("{step}.collect_rc")), "0", "{step}: collector exit code");
         let (rx, tx) = kernel(run, step);
-        assert_eq!(f.expect(&format!("{step}.after")), format!("{rx} {tx}"), "{step}: the interface never stood still around a collector run");
+        assert_eq!(
+            f.expect(&format!("{step}.after")),
+            format!("{rx} {tx}"),
+            "{step}: the interface never stood still around a collector run"
+        );
         let (urx, utx) = (rx - brx, tx - btx);
         assert!(urx > 0 && utx > 0, "{step}: traffic moved the counters ({rx}, {tx})");
-        assert_eq!(f.expect(&format!("{step}.sql")), format!("{urx} {utx} false"), "{step}: pppgate_sessions = interface − IPCP-up base");
+        assert_eq!(
+            f.expect(&format!("{step}.sql")),
+            format!("{urx} {utx} false"),
+            "{step}: pppgate_sessions = interface − IPCP-up base"
+        );
         assert_eq!(f.expect(&format!("{step}.usage")), format!("{urx} {utx}"), "{step}: vpn_usage");
         assert_eq!(f.expect(&format!("{step}.spooled")), "0");
     }
@@ -74,7 +83,10 @@ fn collector_and_ip_down_flush_put_exactly_pppds_own_figures_into_sql() {
     // After disconnect: SQL holds pppd's own final statistics, exactly.
     let (prx, ptx) = pppd_stats(run, "final");
     let (krx, ktx) = kernel(run, "final");
-    assert!(prx >= rx2 && ptx >= tx2 && prx <= krx - brx && ptx <= ktx - btx, "pppd {prx} {ptx} vs interface {krx} {ktx} base {brx} {btx}");
+    assert!(
+        prx >= rx2 && ptx >= tx2 && prx <= krx - brx && ptx <= ktx - btx,
+        "pppd {prx} {ptx} vs interface {krx} {ktx} base {brx} {btx}"
+    );
     assert!(f.expect("final.plugin_line").contains("Committed"), "plugin: {}", f.expect("final.plugin_line"));
     assert_eq!(f.expect("final.sql"), format!("{prx} {ptx} true"), "ip-down closed the session with pppd's figures");
     assert_eq!(f.expect("final.usage"), format!("{prx} {ptx}"));
@@ -84,7 +96,11 @@ fn collector_and_ip_down_flush_put_exactly_pppds_own_figures_into_sql() {
     // A later collector run neither re-reads nor re-counts the closed session.
     assert_eq!(f.expect("after.collect_rc"), "0");
     for k in ["sql", "usage", "radacct"] {
-        assert_eq!(f.expect(&format!("after.{k}")), f.expect(&format!("final.{k}")), "{k} changed after the session ended");
+        assert_eq!(
+            f.expect(&format!("after.{k}")),
+            f.expect(&format!("final.{k}")),
+            "{k} changed after the session ended"
+        );
     }
 }
 
@@ -104,7 +120,11 @@ fn postgres_down_from_mid_session_until_after_disconnect_loses_nothing() {
     assert_eq!(f.expect_i64("outage.xfer.down_bytes"), XFER);
     assert_eq!(f.expect("outage.down.collect_rc"), "69", "collector with the database down");
     assert!(f.expect_i64("outage.down.spooled") >= 1, "the live batch is in the spool");
-    assert!(f.expect("outage.plugin_line").contains("Spooled"), "ip-down's flush was spooled: {}", f.expect("outage.plugin_line"));
+    assert!(
+        f.expect("outage.plugin_line").contains("Spooled"),
+        "ip-down's flush was spooled: {}",
+        f.expect("outage.plugin_line")
+    );
     assert!(f.expect_i64("outage.spooled_after_down") >= 1);
     // Back: one run later SQL equals pppd's own statistics exactly.
     let (prx, ptx) = pppd_stats(run, "outage");
@@ -112,12 +132,20 @@ fn postgres_down_from_mid_session_until_after_disconnect_loses_nothing() {
     assert_eq!(f.expect("outage.back.collect_rc"), "0");
     assert_eq!(f.expect("outage.back.spooled"), "0", "the spool was replayed");
     assert_eq!(f.expect("outage.back.sql"), format!("{prx} {ptx} true"), "pppgate_sessions after the outage");
-    assert_eq!(f.expect("outage.back.usage"), format!("{} {}", u0rx + prx, u0tx + ptx), "vpn_usage grew by exactly pppd's figures");
+    assert_eq!(
+        f.expect("outage.back.usage"),
+        format!("{} {}", u0rx + prx, u0tx + ptx),
+        "vpn_usage grew by exactly pppd's figures"
+    );
     let own = f.expect("outage.back.radacct");
     assert!(own.ends_with(&format!(" {prx} {ptx} true")), "radacct: {own}");
     assert_eq!(f.expect("outage.again.collect_rc"), "0");
     for k in ["sql", "usage", "radacct", "spooled"] {
-        assert_eq!(f.expect(&format!("outage.again.{k}")), f.expect(&format!("outage.back.{k}")), "a second run changed {k}");
+        assert_eq!(
+            f.expect(&format!("outage.again.{k}")),
+            f.expect(&format!("outage.back.{k}")),
+            "a second run changed {k}"
+        );
     }
 }
 
@@ -143,7 +171,9 @@ fn crossing_the_quota_restricts_within_one_collector_run_and_raising_it_restores
 
 fn run_radius() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
-    let r = RUN.get_or_init(|| Lab::run("accounting-radius", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()));
+    let r = RUN.get_or_init(|| {
+        Lab::run("accounting-radius", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string())
+    });
     match r {
         Ok(run) => run,
         Err(e) => panic!("the accounting-radius lab run failed: {e}"),
@@ -156,7 +186,11 @@ fn radius_so_row_is_bound_by_session_identity_and_agrees_with_pppd_at_the_end() 
     run.expect_case("radius");
     let f = &run.facts;
     // FreeRADIUS stores radius.so's unexpanded `%lX...%hX` with `%` escaped as `=25`.
-    assert!(f.expect("radius.session_id").contains("=25lX"), "radius.so's Acct-Session-Id is the malformed one: {}", f.expect("radius.session_id"));
+    assert!(
+        f.expect("radius.session_id").contains("=25lX"),
+        "radius.so's Acct-Session-Id is the malformed one: {}",
+        f.expect("radius.session_id")
+    );
     assert_eq!(f.expect("radius.framed_ip_matches_stale"), "t", "the stale row carries the same address");
     let live = f.expect("live.kernel");
     assert_eq!(f.expect("live.kernel_after"), live, "the interface never stood still around a collector run");
@@ -165,16 +199,28 @@ fn radius_so_row_is_bound_by_session_identity_and_agrees_with_pppd_at_the_end() 
     let (brx, btx) = base(run, "radius");
     let user = format!("{} {}", krx - brx, ktx - btx);
     assert_eq!(f.expect("live.binding"), "radius true", "bound to radius.so's row of this session");
-    assert_eq!(f.expect("live.row"), format!("{user} true"), "radius.so's row holds the interface's counters since IPCP-up");
+    assert_eq!(
+        f.expect("live.row"),
+        format!("{user} true"),
+        "radius.so's row holds the interface's counters since IPCP-up"
+    );
     // (The on-demand janitor closed it at login; accounting never wrote octets into it.)
-    assert!(f.expect("live.stale").starts_with("-1 "), "the stale row of the earlier session got no octets: {}", f.expect("live.stale"));
+    assert!(
+        f.expect("live.stale").starts_with("-1 "),
+        "the stale row of the earlier session got no octets: {}",
+        f.expect("live.stale")
+    );
     assert_eq!(f.expect("live.sessions"), user);
 
     assert!(f.expect("final.plugin_line").contains("Committed"), "plugin: {}", f.expect("final.plugin_line"));
     assert_eq!(f.expect("final.own_rows"), "0", "pppgate never writes its own row while radius.so accounts");
     // pppgate's final figures and radius.so's Stop agree: both are pppd's own statistics.
     let (prx, ptx) = pppd_stats(run, "final");
-    assert_eq!(f.expect("final.sessions"), format!("{prx} {ptx} true"), "ip-down closed pppgate_sessions with pppd's figures");
+    assert_eq!(
+        f.expect("final.sessions"),
+        format!("{prx} {ptx} true"),
+        "ip-down closed pppgate_sessions with pppd's figures"
+    );
     assert_eq!(f.expect("final.usage"), format!("{prx} {ptx}"));
     let row = f.expect("final.row");
     let cause = row.rsplit(' ').next().unwrap();

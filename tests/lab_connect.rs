@@ -56,11 +56,13 @@ fn run() -> &'static LabRun {
 }
 
 fn reread(dir: &Path) -> Result<LabRun, String> {
-    let rc = std::fs::read_to_string(dir.join("guest.rc")).map_err(|e| format!("{}: no guest.rc: {e}", dir.display()))?;
+    let rc =
+        std::fs::read_to_string(dir.join("guest.rc")).map_err(|e| format!("{}: no guest.rc: {e}", dir.display()))?;
     if rc.trim() != "0" {
         return Err(format!("{}: the scenario exited {}", dir.display(), rc.trim()));
     }
-    let elapsed = std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
+    let elapsed =
+        std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
     Ok(LabRun {
         scenario: "connect".into(),
         dir: dir.to_path_buf(),
@@ -104,7 +106,8 @@ fn assert_mapped(s: &Snapshot, user: &str, connection_id: &str) -> (String, Ipv4
     let m = s.mapping(&ifname).unwrap_or_else(|| {
         panic!("{}: no mapping {ifname}.env; plugin said: {:#?}", s.dir.display(), s.plugin_log_lines())
     });
-    let field = |k: &str| m.get(k).map(String::as_str).unwrap_or_else(|| panic!("mapping {ifname}.env lacks {k}: {m:?}"));
+    let field =
+        |k: &str| m.get(k).map(String::as_str).unwrap_or_else(|| panic!("mapping {ifname}.env lacks {k}: {m:?}"));
     assert_eq!(field("CONNECTION_ID"), connection_id, "CONNECTION_ID vs vpn_connections.id of {user}");
     assert_eq!(field("PPP_IF"), ifname);
     assert_eq!(field("CLIENT_IP"), client_ip.to_string());
@@ -131,11 +134,7 @@ fn assert_no_session_state(k: &Kernel, s: &Snapshot, ifname: &str, ip: Ipv4Addr)
         "{at}: pppgate routes on {ifname} left: {:?}",
         k.pppgate_routes()
     );
-    assert!(
-        !k.rules.iter().any(|r| r["src"] == ip.to_string()),
-        "{at}: a rule from {ip} is left: {:?}",
-        k.rules
-    );
+    assert!(!k.rules.iter().any(|r| r["src"] == ip.to_string()), "{at}: a rule from {ip} is left: {:?}", k.rules);
     assert!(s.mapping(ifname).is_none(), "{at}: mapping {ifname}.env is left");
 }
 
@@ -184,7 +183,11 @@ fn every_case_ran() {
     let cases = ["ipup", "lockrel", "lockexhaust", "fallback", "applyfail", "panel", "loop", "sqldown", "noauth"];
     println!("connect scenario: VM {:.0} s, setup {} ms", run.elapsed.as_secs_f64(), run.facts.expect("setup.wall_ms"));
     for c in cases {
-        println!("  case {c:<12} {:>7} ms  {}", run.facts.expect(&format!("{c}.wall_ms")), run.facts.expect(&format!("{c}.status")));
+        println!(
+            "  case {c:<12} {:>7} ms  {}",
+            run.facts.expect(&format!("{c}.wall_ms")),
+            run.facts.expect(&format!("{c}.status"))
+        );
     }
     for c in cases {
         run.expect_case(c);
@@ -219,8 +222,12 @@ fn ipup_maps_the_session_and_applies_the_whole_policy() {
     ] {
         assert_eq!(a.get(k).map(String::as_str), Some(v), "{k} in the applied line {a:?}");
     }
-    let us = |k: &str| -> u64 { a.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{k} missing in {a:?}")) };
-    assert!(us("gate_released_us") >= us("sql_us") + us("mapping_us") + us("apply_us"), "phases exceed the total: {a:?}");
+    let us =
+        |k: &str| -> u64 { a.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{k} missing in {a:?}")) };
+    assert!(
+        us("gate_released_us") >= us("sql_us") + us("mapping_us") + us("apply_us"),
+        "phases exceed the total: {a:?}"
+    );
     println!(
         "ipup: gate released {} ms after ip-up (sql {} ms, mapping {} ms, apply {} ms)",
         us("gate_released_us") / 1000,
@@ -241,7 +248,9 @@ fn ipup_maps_the_session_and_applies_the_whole_policy() {
     assert!(k.has_root_htb(&ifb));
     assert_eq!(k.htb_rate_kbit(&ifb), Some(1000), "upload class rate on {ifb}");
     assert!(
-        k.pppgate_routes().iter().any(|r| r["dst"] == "10.99.0.0/24" && r["dev"] == ifname.as_str() && r["table"].is_null()),
+        k.pppgate_routes()
+            .iter()
+            .any(|r| r["dst"] == "10.99.0.0/24" && r["dev"] == ifname.as_str() && r["table"].is_null()),
         "per-user route 10.99.0.0/24 dev {ifname} proto 77 in main: {:?}",
         k.pppgate_routes()
     );
@@ -251,7 +260,9 @@ fn ipup_maps_the_session_and_applies_the_whole_policy() {
         k.rules
     );
     assert!(
-        k.pppgate_routes().iter().any(|r| r["dst"] == "default" && r["table"] == "100" && r["gateway"] == "203.0.113.2"),
+        k.pppgate_routes()
+            .iter()
+            .any(|r| r["dst"] == "default" && r["table"] == "100" && r["gateway"] == "203.0.113.2"),
         "table 100's default route via 203.0.113.2: {:?}",
         k.pppgate_routes()
     );
@@ -259,7 +270,8 @@ fn ipup_maps_the_session_and_applies_the_whole_policy() {
     // The kernel uses the larger of `all` and the interface's value; 1 (strict) would drop
     // traffic of asymmetric routes (policy routing). pppgate makes loose (2) what is strict and
     // leaves 0 (off) alone.
-    let rp = |k2: &str| k.sysctl(k2).and_then(|v| v.parse::<u8>().ok()).unwrap_or_else(|| panic!("no {k2} in sysctl.txt"));
+    let rp =
+        |k2: &str| k.sysctl(k2).and_then(|v| v.parse::<u8>().ok()).unwrap_or_else(|| panic!("no {k2} in sysctl.txt"));
     let effective = rp("rp_filter.all").max(rp(&format!("rp_filter.{ifname}")));
     assert_ne!(effective, 1, "strict rp_filter on {ifname}");
 }
@@ -289,18 +301,28 @@ fn ipup_lets_no_packet_through_before_the_policy() {
     assert!(pending > 0, "no datagram met the gate: the sender did not send from the first moment");
     let foreign: Vec<_> = rx.iter().filter(|r| r.src != ip.to_string()).collect();
     assert!(foreign.is_empty(), "datagrams with another source than {ip} were forwarded: {foreign:?}");
-    let gaps: Vec<(u64, u64)> = rx.windows(2).filter(|w| w[1].seq != w[0].seq + 1).map(|w| (w[0].seq, w[1].seq)).collect();
-    assert!(gaps.is_empty(), "datagrams passed, then were held back, then passed again (seq gaps {gaps:?}): some passed before the gate");
+    let gaps: Vec<(u64, u64)> =
+        rx.windows(2).filter(|w| w[1].seq != w[0].seq + 1).map(|w| (w[0].seq, w[1].seq)).collect();
+    assert!(
+        gaps.is_empty(),
+        "datagrams passed, then were held back, then passed again (seq gaps {gaps:?}): some passed before the gate"
+    );
 
     let k = kernel(run, "ipup-up");
     let ifb = format!("pgi-{ifname}");
     let shaped = k.htb_sent_pkts(&ifb).unwrap_or_else(|| panic!("no HTB class counters on {ifb}"));
     println!("ipup: {shaped} packets went through {ifb}'s HTB; {} datagrams arrived", rx.len());
-    assert!(shaped as usize >= rx.len(), "{} datagrams arrived but only {shaped} went through the upload shaping", rx.len());
+    assert!(
+        shaped as usize >= rx.len(),
+        "{} datagrams arrived but only {shaped} went through the upload shaping",
+        rx.len()
+    );
 
     // Figures (not asserted: the monitor's stamp is when it read the event, at or after it).
     let mon = monitor(&run.dir, "ipup");
-    let released = mon.iter().find(|(_, l)| l.contains("delete element inet pppgate connect_pending_v4") && l.contains(&ip.to_string()));
+    let released = mon
+        .iter()
+        .find(|(_, l)| l.contains("delete element inet pppgate connect_pending_v4") && l.contains(&ip.to_string()));
     let first = &rx[0];
     match released {
         Some((t, _)) => println!(
@@ -363,7 +385,8 @@ fn pppd_pid_is_pppds_own_and_nothing_looks_pids_up() {
                 let text = std::fs::read_to_string(&p).unwrap();
                 for (i, line) in text.lines().enumerate() {
                     let code = line.split("//").next().unwrap_or("");
-                    if ["\"pgrep\"", "\"pidof\"", "\"ps\"", "\"pkill\"", "\"killall\""].iter().any(|n| code.contains(n)) {
+                    if ["\"pgrep\"", "\"pidof\"", "\"ps\"", "\"pkill\"", "\"killall\""].iter().any(|n| code.contains(n))
+                    {
                         out.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
                     }
                 }
@@ -388,10 +411,18 @@ fn a_held_lock_keeps_the_session_gated_until_it_is_released() {
     let kg = kernel(run, "lockrel-gated");
     assert!(kg.link_names().contains(&ifname.to_string()), "{ifname} is not there while gated");
     assert_eq!(kg.sets_of(ip), vec!["connect_pending_v4".to_string()], "while the lock is held");
-    assert!(!kg.has_root_htb(ifname) && !kg.has_ingress(ifname), "shaping before the apply: {:?}", kg.qdiscs_of(ifname));
+    assert!(
+        !kg.has_root_htb(ifname) && !kg.has_ingress(ifname),
+        "shaping before the apply: {:?}",
+        kg.qdiscs_of(ifname)
+    );
     assert!(kg.pgi_devices().is_empty(), "an IFB before the apply: {:?}", kg.pgi_devices());
     assert!(!kg.rules.iter().any(|r| r["src"] == ip.to_string()), "a rule before the apply");
-    assert!(kg.sessions.contains(&format!("{ifname}.env")), "the mapping is written before the apply: {:?}", kg.sessions);
+    assert!(
+        kg.sessions.contains(&format!("{ifname}.env")),
+        "the mapping is written before the apply: {:?}",
+        kg.sessions
+    );
     let lines: Vec<&str> = kg.lns_log.lines().filter(|l| l.starts_with("pppgate:")).collect();
     assert!(lines.iter().any(|l| l.contains("apply lock busy") && l.contains("window_ms=15000")), "{lines:#?}");
     assert!(!lines.iter().any(|l| l.contains("policy applied, connect gate released")), "{lines:#?}");
@@ -446,7 +477,10 @@ fn a_lock_busy_for_the_whole_window_ends_the_session() {
     let after = assert_ended(run, "lockexhaust", &["apply lock stayed busy"]);
     let f = &run.facts;
     let lines = after.plugin_log_lines();
-    assert!(lines.iter().any(|l| l.contains("apply lock busy") && l.contains(&format!("window_ms={WINDOW_MS}"))), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("apply lock busy") && l.contains(&format!("window_ms={WINDOW_MS}"))),
+        "{lines:#?}"
+    );
     let holder = f.expect("lockexhaust.holder_pid");
     assert!(
         lines.iter().any(|l| l.contains("apply lock stayed busy") && l.contains(&format!("by pid {holder} (flock)"))),
@@ -491,7 +525,11 @@ fn an_apply_failure_ends_the_session_and_passes_nothing() {
     let run = run();
     let after = assert_ended(run, "applyfail", &["policy apply failed", "pgi-ppp0", "not an ifb"]);
     let f = &run.facts;
-    assert_eq!(f.expect("applyfail.lns_if"), "ppp0", "the session did not get the interface the failure was set up for");
+    assert_eq!(
+        f.expect("applyfail.lns_if"),
+        "ppp0",
+        "the session did not get the interface the failure was set up for"
+    );
     println!("applyfail: LNS pppd gone {} ms after ip-up", f.expect("applyfail.ipup_to_gone_ms"));
     assert_nothing_passed(run, "applyfail");
     let k = kernel(run, "applyfail-after");
@@ -520,15 +558,26 @@ fn a_panel_change_applies_at_once_and_the_rates_follow() {
     let kbit = |k: &str| f.expect_i64(&format!("panel.{k}.kbit"));
     let (down0, up0) = (kbit("down0"), kbit("up0"));
     println!("panel: unshaped TCP: download {down0} kbit/s, upload {up0} kbit/s");
-    println!("panel: `connection set` took {} ms and {} ms (SQL change + apply)", f.expect("panel.set1_ms"), f.expect("panel.set2_ms"));
+    println!(
+        "panel: `connection set` took {} ms and {} ms (SQL change + apply)",
+        f.expect("panel.set1_ms"),
+        f.expect("panel.set2_ms")
+    );
     let set2_down = f.expect_i64("panel.set2_down_kbit");
-    assert!(down0 >= 2 * set2_down && up0 >= 2 * f.expect_i64("panel.set2_up_kbit"), "the VM cannot push enough to see the shaping");
+    assert!(
+        down0 >= 2 * set2_down && up0 >= 2 * f.expect_i64("panel.set2_up_kbit"),
+        "the VM cannot push enough to see the shaping"
+    );
 
     let s = run.snapshot("panel-unshaped");
     let (ifname, _, pid) = session_of(&s, "alice");
     let ifb = format!("pgi-{ifname}");
     let k0 = kernel(run, "panel-unshaped");
-    assert!(!k0.has_root_htb(&ifname) && !k0.has_ingress(&ifname), "shaping without rates: {:?}", k0.qdiscs_of(&ifname));
+    assert!(
+        !k0.has_root_htb(&ifname) && !k0.has_ingress(&ifname),
+        "shaping without rates: {:?}",
+        k0.qdiscs_of(&ifname)
+    );
     for (snap, n) in [("panel-set1", "1"), ("panel-set2", "2")] {
         let k = kernel(run, snap);
         let down = f.expect_i64(&format!("panel.set{n}_down_kbit"));
@@ -567,8 +616,10 @@ fn fifty_cycles_of_two_sessions_leave_nothing_behind() {
     assert_eq!(applied.len(), 100, "every connect applied");
     assert!(applied.iter().all(|a| a["state"] == "FULL"));
     assert_eq!(removed, 100, "every disconnect cleaned up");
-    let bad: Vec<&str> =
-        log.lines().filter(|l| l.starts_with("pppgate:") && (l.contains("ending session") || l.contains("cleanup:"))).collect();
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("pppgate:") && (l.contains("ending session") || l.contains("cleanup:")))
+        .collect();
     assert!(bad.is_empty(), "{bad:#?}");
 
     let s = run.snapshot("loop-after");

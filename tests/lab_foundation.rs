@@ -21,9 +21,8 @@ const TERMINATION_LIMIT_MS: i64 = 5000;
 
 fn run() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
-    let r = RUN.get_or_init(|| {
-        Lab::run("foundation", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string())
-    });
+    let r =
+        RUN.get_or_init(|| Lab::run("foundation", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()));
     match r {
         Ok(run) => run,
         Err(e) => panic!("the foundation lab run failed: {e}"),
@@ -70,7 +69,8 @@ fn assert_mapped(s: &Snapshot, user: &str) -> (String, Ipv4Addr) {
     let ev = s.last_lns_event(user).expect("checked above");
     assert_eq!(ev.pid, pppd.pid, "pppd's own PPPD_PID (ip-up script) and the /proc scan disagree");
 
-    let field = |k: &str| m.get(k).map(String::as_str).unwrap_or_else(|| panic!("mapping {ifname}.env lacks {k}: {m:?}"));
+    let field =
+        |k: &str| m.get(k).map(String::as_str).unwrap_or_else(|| panic!("mapping {ifname}.env lacks {k}: {m:?}"));
     assert_eq!(field("PPP_IF"), ifname);
     assert_eq!(field("CLIENT_IP"), client_ip.to_string(), "CLIENT_IP vs the peer address of {ifname} in srv");
     assert_eq!(field("PPPD_PID"), pppd.pid.to_string(), "PPPD_PID vs the LNS pppd found in /proc");
@@ -86,7 +86,12 @@ fn assert_mapped(s: &Snapshot, user: &str) -> (String, Ipv4Addr) {
 fn assert_no_session_left(s: &Snapshot) {
     assert!(s.sessions.is_empty(), "{}: mappings left behind: {:?}", s.dir.display(), s.sessions);
     assert!(s.ppp_links("srv").is_empty(), "{}: ppp interfaces left in srv: {:?}", s.dir.display(), s.ppp_links("srv"));
-    assert!(s.procs_in("srv", "pppd").is_empty(), "{}: LNS pppd still running: {:?}", s.dir.display(), s.procs_in("srv", "pppd"));
+    assert!(
+        s.procs_in("srv", "pppd").is_empty(),
+        "{}: LNS pppd still running: {:?}",
+        s.dir.display(),
+        s.procs_in("srv", "pppd")
+    );
 }
 
 #[test]
@@ -164,7 +169,10 @@ fn assert_terminated(run: &LabRun, case: &str, user: &str, reason: &[&str]) {
     run.expect_case(case);
     let f = &run.facts;
     let ms = f.expect_i64(&format!("{case}.ipup_to_gone_ms"));
-    assert!(ms <= TERMINATION_LIMIT_MS, "{case}: the LNS pppd lived {ms} ms after ip-up (limit {TERMINATION_LIMIT_MS})");
+    assert!(
+        ms <= TERMINATION_LIMIT_MS,
+        "{case}: the LNS pppd lived {ms} ms after ip-up (limit {TERMINATION_LIMIT_MS})"
+    );
     assert_eq!(f.expect(&format!("{case}.lac_gone")), "yes", "{case}: the client's pppd is still up");
 
     let after = run.snapshot(&format!("{case}-after"));

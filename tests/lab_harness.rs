@@ -8,7 +8,8 @@ use pppgate_lab::{Artifacts, Lab, LabError, LabOptions};
 
 #[test]
 fn smoke_scenario_sees_the_artifacts_and_brings_facts_back() {
-    let run = Lab::run("smoke", &LabOptions::default().timeout(Duration::from_secs(300))).unwrap_or_else(|e| panic!("{e}"));
+    let run =
+        Lab::run("smoke", &LabOptions::default().timeout(Duration::from_secs(300))).unwrap_or_else(|e| panic!("{e}"));
     let f = &run.facts;
     assert_eq!(f.expect("smoke.ppp_modules"), "ok", "ppp_generic/l2tp_ppp did not load in the guest");
     assert_eq!(f.expect("smoke.plugin_readable"), "yes");
@@ -35,7 +36,8 @@ fn a_hanging_scenario_times_out_and_qemu_is_killed() {
             assert!(dir.join("TIMEOUT").is_file());
             let guest = std::fs::read_to_string(dir.join("guest.log")).unwrap_or_default();
             assert!(guest.contains("hang: started"), "the scenario never ran, so this proves nothing:\n{guest}");
-            let msg = LabError::Timeout { scenario: "hang".into(), after, dir: dir.clone(), tails: String::new() }.to_string();
+            let msg = LabError::Timeout { scenario: "hang".into(), after, dir: dir.clone(), tails: String::new() }
+                .to_string();
             assert!(msg.contains(&dir.display().to_string()), "the error must say where the logs are: {msg}");
             // qemu itself is gone, not just the process the harness started.
             let run = dir.display().to_string();

@@ -18,7 +18,8 @@ const TIMEOUT: Duration = Duration::from_secs(900);
 
 fn run() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
-    let r = RUN.get_or_init(|| Lab::run("radius-simul", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()));
+    let r = RUN
+        .get_or_init(|| Lab::run("radius-simul", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()));
     match r {
         Ok(run) => run,
         Err(e) => panic!("the radius-simul lab run failed: {e}"),

@@ -79,7 +79,8 @@ fn invalid_config_makes_pppd_refuse_to_start_with_every_problem() {
     let so = plugin();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[database]\ndsn = \"host=/tmp dbname=x\"\n[nas]\nidentity = \"a b\"\nip = \"nope\"\n").unwrap();
+    std::fs::write(&cfg, "[database]\ndsn = \"host=/tmp dbname=x\"\n[nas]\nidentity = \"a b\"\nip = \"nope\"\n")
+        .unwrap();
     let (code, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), cfg.display()));
     assert!(out.contains("nas.identity") && out.contains("nas.ip"), "{out}");
     assert_eq!(code, 2, "{out}");

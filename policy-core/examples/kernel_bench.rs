@@ -36,7 +36,13 @@ fn main() {
     k.nft.ensure_base(&[]).expect("ensure_base");
     k.tc.set("ppp1", &Shaping { down_kbit: Some(1000), up_kbit: Some(1000) }).expect("tc");
     let ip = "100.64.0.2".parse().unwrap();
-    let route = OwnedRoute { dst: "192.168.50.0/24".parse().unwrap(), gateway: None, dev: "ppp0".into(), table: 254, metric: None };
+    let route = OwnedRoute {
+        dst: "192.168.50.0/24".parse().unwrap(),
+        gateway: None,
+        dev: "ppp0".into(),
+        table: 254,
+        metric: None,
+    };
 
     for (label, up) in [("down only (as the shell hook)", None), ("down + up (IFB)", Some(2000))] {
         let (mut up_t, mut down_t, mut total) = (Vec::new(), Vec::new(), Vec::new());
@@ -47,7 +53,10 @@ fn main() {
             k.tc.set("ppp0", &Shaping { down_kbit: Some(8000), up_kbit: up }).unwrap();
             k.routes.add(&route).unwrap();
             k.nft
-                .commit(&[SetChange { set: NftSet::Full, ip, add: true }, SetChange { set: NftSet::Pending, ip, add: false }])
+                .commit(&[
+                    SetChange { set: NftSet::Full, ip, add: true },
+                    SetChange { set: NftSet::Pending, ip, add: false },
+                ])
                 .unwrap();
             let t1 = Instant::now();
             k.nft.commit(&[SetChange { set: NftSet::Full, ip, add: false }]).unwrap();

@@ -213,12 +213,7 @@ impl FromStr for GardenEntry {
         };
         let port = match parts.next() {
             None => None,
-            Some(p) => Some(
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|v| *v != 0)
-                    .ok_or_else(|| format!("bad port {p:?}"))?,
-            ),
+            Some(p) => Some(p.parse::<u16>().ok().filter(|v| *v != 0).ok_or_else(|| format!("bad port {p:?}"))?),
         };
         if parts.next().is_some() {
             return Err("too many ':' fields".into());
@@ -335,9 +330,7 @@ impl Config {
         };
         if let Some(c) = &pg {
             if c.get_password().is_some() {
-                problems.push(
-                    "database.dsn: contains a password; put it in the secrets file (db_password)".into(),
-                );
+                problems.push("database.dsn: contains a password; put it in the secrets file (db_password)".into());
             }
             if c.get_hosts().is_empty() {
                 problems.push("database.dsn: no host (use host=/var/run/postgresql for the local socket)".into());
@@ -371,10 +364,7 @@ impl Config {
             || identity.len() > 64
             || !identity.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            problems.push(format!(
-                "nas.identity: {:?} must be 1-64 characters of [A-Za-z0-9._-]",
-                raw.nas.identity
-            ));
+            problems.push(format!("nas.identity: {:?} must be 1-64 characters of [A-Za-z0-9._-]", raw.nas.identity));
         }
         let nas_ip = match IpAddr::from_str(raw.nas.ip.trim()) {
             Ok(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
@@ -438,10 +428,8 @@ impl Config {
         let apply_window_fallback =
             Duration::from_secs(raw.connect.apply_window_fallback_s.unwrap_or(APPLY_WINDOW_FALLBACK.as_secs()));
         if apply_window_fallback.is_zero() || apply_window_fallback > APPLY_WINDOW_CAP {
-            problems.push(format!(
-                "connect.apply_window_fallback_s: must be between 1 and {}",
-                APPLY_WINDOW_CAP.as_secs()
-            ));
+            problems
+                .push(format!("connect.apply_window_fallback_s: must be between 1 and {}", APPLY_WINDOW_CAP.as_secs()));
         }
         let settings_timeout = ms(raw.connect.settings_timeout_ms, 200);
         if settings_timeout.is_zero() || settings_timeout > Duration::from_secs(2) {
@@ -479,11 +467,7 @@ impl Config {
         }
         Ok(Config {
             source: path.into(),
-            database: DatabaseConfig {
-                pg: pg.expect("checked above"),
-                connect_timeout,
-                statement_timeout,
-            },
+            database: DatabaseConfig { pg: pg.expect("checked above"), connect_timeout, statement_timeout },
             nas: NasConfig { identity, ip: nas_ip.expect("checked above") },
             paths,
             policy: PolicyConfig { walled_garden, lock_ttl, max_rate_kbit, client_pool },
@@ -519,14 +503,10 @@ fn load_secrets(path: &Path) -> std::result::Result<Secrets, String> {
     }
     let uid = nix::unistd::Uid::effective().as_raw();
     if meta.uid() != 0 && meta.uid() != uid {
-        return Err(format!(
-            "database.secrets_file: {} is owned by uid {}, not root",
-            path.display(),
-            meta.uid()
-        ));
+        return Err(format!("database.secrets_file: {} is owned by uid {}, not root", path.display(), meta.uid()));
     }
-    let text = fs::read_to_string(path)
-        .map_err(|e| format!("database.secrets_file: cannot read {}: {e}", path.display()))?;
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("database.secrets_file: cannot read {}: {e}", path.display()))?;
     let raw: RawSecrets = toml::from_str(&text)
         .map_err(|e| format!("database.secrets_file: {}: {}", path.display(), toml_problem(&e)))?;
     Ok(Secrets { db_password: raw.db_password })
@@ -619,10 +599,7 @@ walled_garden = ["198.51.100.53/32:udp:53", "198.51.100.80:tcp:80", "203.0.113.0
         let secrets = dir.path().join("secrets.toml");
         let mut f = fs::File::create(&secrets).unwrap();
         writeln!(f, "db_password = \"s3cret\"").unwrap();
-        let text = GOOD.replace(
-            "user=pppgate\"",
-            &format!("user=pppgate\"\nsecrets_file = \"{}\"", secrets.display()),
-        );
+        let text = GOOD.replace("user=pppgate\"", &format!("user=pppgate\"\nsecrets_file = \"{}\"", secrets.display()));
         fs::set_permissions(&secrets, fs::Permissions::from_mode(0o644)).unwrap();
         let p = problems(&text);
         assert!(p[0].contains("mode 0644"), "{p:?}");

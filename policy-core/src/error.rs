@@ -127,9 +127,7 @@ impl Error {
 
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Config { .. } | Error::SchemaTooOld { .. } | Error::SchemaTooNew { .. } => {
-                ExitCode::Config
-            }
+            Error::Config { .. } | Error::SchemaTooOld { .. } | Error::SchemaTooNew { .. } => ExitCode::Config,
             Error::Mapping { .. } | Error::InvalidInput { .. } | Error::NotFound { .. } | Error::Spool { .. } => {
                 ExitCode::DataErr
             }

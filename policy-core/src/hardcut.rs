@@ -132,7 +132,9 @@ pub fn kill_connection(sessions_dir: &Path, connection_id: i64, opts: &KillOptio
                 pending.push((m, false));
             }
             Err(nix::Error::ESRCH) => done.push(Killed { mapping: m, outcome: KillOutcome::AlreadyGone }),
-            Err(e) => done.push(Killed { mapping: m, outcome: KillOutcome::Failed { error: format!("kill(SIGTERM): {e}") } }),
+            Err(e) => {
+                done.push(Killed { mapping: m, outcome: KillOutcome::Failed { error: format!("kill(SIGTERM): {e}") } })
+            }
         }
     }
     let term_deadline = started + opts.term_timeout;
@@ -163,7 +165,10 @@ pub fn kill_connection(sessions_dir: &Path, connection_id: i64, opts: &KillOptio
         }
         if kill_deadline.is_some_and(|d| now >= d) {
             for (m, _) in pending.drain(..) {
-                done.push(Killed { mapping: m, outcome: KillOutcome::Failed { error: "still running after SIGKILL".into() } });
+                done.push(Killed {
+                    mapping: m,
+                    outcome: KillOutcome::Failed { error: "still running after SIGKILL".into() },
+                });
             }
             break;
         }
@@ -198,8 +203,22 @@ mod tests {
         assert_eq!(parse_connection_id("42").unwrap(), 42);
         assert_eq!(parse_connection_id("9223372036854775807").unwrap(), i64::MAX);
         for bad in [
-            "", "0", "007", "-1", "+1", "0x10", "1; rm -rf /", " 1", "1 ", "1\n", "1.0", "１", "9223372036854775808",
-            "12345678901234567890", "$(id)", "1e3",
+            "",
+            "0",
+            "007",
+            "-1",
+            "+1",
+            "0x10",
+            "1; rm -rf /",
+            " 1",
+            "1 ",
+            "1\n",
+            "1.0",
+            "１",
+            "9223372036854775808",
+            "12345678901234567890",
+            "$(id)",
+            "1e3",
         ] {
             let e = parse_connection_id(bad).expect_err(bad);
             assert_eq!(e.exit_code(), crate::ExitCode::DataErr, "{bad:?}");

@@ -132,7 +132,8 @@ impl Rules {
             nas_ip: cfg.nas.ip,
             grace: START_GRACE_S,
             skew: CLOCK_SKEW_S,
-            heartbeat_window: i64::from(cfg.janitor.heartbeat_multiple) * cfg.accounting.interim_interval.as_secs() as i64,
+            heartbeat_window: i64::from(cfg.janitor.heartbeat_multiple)
+                * cfg.accounting.interim_interval.as_secs() as i64,
         }
     }
 }
@@ -267,7 +268,12 @@ pub fn live_mappings(dir: &Path, only: Option<i64>) -> Result<Mappings> {
 /// files of the interfaces that carry one of those addresses as peer (plus `ifnames`) instead of
 /// every file. Same result as [`live_mappings`] for these rows: a VALID mapping's PPP_IF carries
 /// its CLIENT_IP as peer, and its file is named after PPP_IF.
-pub fn live_mappings_for(dir: &Path, id: i64, ips: &BTreeSet<Ipv4Addr>, ifnames: &BTreeSet<String>) -> Result<Mappings> {
+pub fn live_mappings_for(
+    dir: &Path,
+    id: i64,
+    ips: &BTreeSet<Ipv4Addr>,
+    ifnames: &BTreeSet<String>,
+) -> Result<Mappings> {
     let mut out = Mappings::default();
     let links = address_snapshot()?;
     let mut names: BTreeSet<&str> = ifnames.iter().map(String::as_str).collect();
@@ -367,7 +373,13 @@ impl Report {
 }
 
 /// Runs the janitor once. The caller opened `client` (and handles an unreachable database).
-pub fn run<S: FinalCounters>(cfg: &Config, client: &mut Client, scope: &Scope, state: &S, dry_run: bool) -> Result<Report> {
+pub fn run<S: FinalCounters>(
+    cfg: &Config,
+    client: &mut Client,
+    scope: &Scope,
+    state: &S,
+    dry_run: bool,
+) -> Result<Report> {
     let rules = Rules::from_config(cfg);
     let nas_ip = IpAddr::V4(cfg.nas.ip);
     let (login, sql_user) = match scope {
@@ -411,11 +423,9 @@ pub fn run<S: FinalCounters>(cfg: &Config, client: &mut Client, scope: &Scope, s
         (true, Scope::Login(_), None) => Mappings::default(),
     };
     let live: Vec<Live> = match scope {
-        Scope::Login(_) => mappings
-            .valid
-            .iter()
-            .map(|m| Live { mapping: m.clone(), sql_username: sql_user.clone() })
-            .collect(),
+        Scope::Login(_) => {
+            mappings.valid.iter().map(|m| Live { mapping: m.clone(), sql_username: sql_user.clone() }).collect()
+        }
         Scope::All => {
             let ids: Vec<i64> = mappings.valid.iter().map(|m| m.connection_id).collect();
             let logins: BTreeMap<i64, String> = radacct::logins_of(client, &ids)?.into_iter().collect();
@@ -458,7 +468,8 @@ pub fn run<S: FinalCounters>(cfg: &Config, client: &mut Client, scope: &Scope, s
         }
         reports.push(RowReport { row, verdict, closed: false });
     }
-    let closed_ids = if dry_run { Vec::new() } else { radacct::close_rows(client, nas_ip, &closes, &cfg.janitor.terminate_cause)? };
+    let closed_ids =
+        if dry_run { Vec::new() } else { radacct::close_rows(client, nas_ip, &closes, &cfg.janitor.terminate_cause)? };
     counts.closed = closed_ids.len();
     for r in &mut reports {
         if closed_ids.binary_search(&r.row.radacctid).is_ok() {
@@ -502,8 +513,11 @@ pub fn run<S: FinalCounters>(cfg: &Config, client: &mut Client, scope: &Scope, s
         }
         sreports.push(SessionReport { session: s, verdict, closed: false });
     }
-    let closed_keys =
-        if dry_run { Vec::new() } else { radacct::close_sessions(client, &cfg.nas.identity, &scloses, &cfg.janitor.terminate_cause)? };
+    let closed_keys = if dry_run {
+        Vec::new()
+    } else {
+        radacct::close_sessions(client, &cfg.nas.identity, &scloses, &cfg.janitor.terminate_cause)?
+    };
     scounts.closed = closed_keys.len();
     for r in &mut sreports {
         if closed_keys.binary_search(&r.session.session_key).is_ok() {

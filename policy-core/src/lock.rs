@@ -76,10 +76,8 @@ impl Lock {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut fl) => {
                 let rec = format!("pid={} since={} what={}\n", std::process::id(), now_unix(), what);
-                let w = fl
-                    .set_len(0)
-                    .and_then(|_| fl.seek(SeekFrom::Start(0)))
-                    .and_then(|_| fl.write_all(rec.as_bytes()));
+                let w =
+                    fl.set_len(0).and_then(|_| fl.seek(SeekFrom::Start(0))).and_then(|_| fl.write_all(rec.as_bytes()));
                 if let Err(source) = w {
                     return Err(Error::Lock { path: path.into(), source });
                 }
@@ -115,7 +113,8 @@ impl Lock {
 /// the record is all there is.
 pub fn holder(path: &Path) -> Option<Holder> {
     let mut s = String::new();
-    let recorded = File::open(path).ok().and_then(|mut f| f.read_to_string(&mut s).ok()).and_then(|_| Holder::parse(&s));
+    let recorded =
+        File::open(path).ok().and_then(|mut f| f.read_to_string(&mut s).ok()).and_then(|_| Holder::parse(&s));
     let meta = std::fs::metadata(path).ok()?;
     let Ok(locks) = std::fs::read_to_string("/proc/locks") else { return recorded };
     let pids = flock_holders(&locks, dev_major(meta.dev()), dev_minor(meta.dev()), meta.ino());
@@ -124,7 +123,9 @@ pub fn holder(path: &Path) -> Option<Holder> {
         _ => {
             let pid = *pids.first()?;
             let (since, what) = match crate::procfs::stat(pid) {
-                Ok(Some(st)) => (crate::procfs::process_start_epoch(pid).ok().flatten().unwrap_or_else(now_unix), st.comm),
+                Ok(Some(st)) => {
+                    (crate::procfs::process_start_epoch(pid).ok().flatten().unwrap_or_else(now_unix), st.comm)
+                }
                 _ => (now_unix(), "unknown".to_string()),
             };
             Some(Holder { pid, since, what })

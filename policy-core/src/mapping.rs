@@ -155,7 +155,16 @@ impl Mapping {
             (Some(_), None) => return Err(MappingError::Missing("TX_BASE")),
             (None, Some(_)) => return Err(MappingError::Missing("RX_BASE")),
         };
-        Ok(Mapping { connection_id, ppp_if: ppp_if.to_string(), client_ip, start_ts, pppd_pid, session_id, up_ts, counters_base })
+        Ok(Mapping {
+            connection_id,
+            ppp_if: ppp_if.to_string(),
+            client_ip,
+            start_ts,
+            pppd_pid,
+            session_id,
+            up_ts,
+            counters_base,
+        })
     }
 
     /// Reads and parses one mapping file; the file name must match PPP_IF.
@@ -179,13 +188,8 @@ impl Mapping {
         let path = self.path_in(dir);
         let tmp = dir.join(format!(".{}.tmp.{}", Mapping::file_name(&self.ppp_if), std::process::id()));
         let werr = |source| Error::Write { path: tmp.clone(), source };
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o640)
-            .open(&tmp)
-            .map_err(werr)?;
+        let mut f =
+            fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o640).open(&tmp).map_err(werr)?;
         // The umask may have narrowed the mode; the file must end up exactly 0640.
         f.set_permissions(fs::Permissions::from_mode(0o640)).map_err(werr)?;
         let res = f.write_all(self.render().as_bytes()).and_then(|_| f.sync_all());
@@ -411,7 +415,8 @@ mod tests {
     fn minimal_file_has_the_five_keys() {
         let m = Mapping { session_id: None, up_ts: None, counters_base: None, ..sample() };
         let text = m.render();
-        for k in ["CONNECTION_ID=42", "PPP_IF=ppp0", "CLIENT_IP=198.51.100.10", "START_TS=1732000000", "PPPD_PID=1234"] {
+        for k in ["CONNECTION_ID=42", "PPP_IF=ppp0", "CLIENT_IP=198.51.100.10", "START_TS=1732000000", "PPPD_PID=1234"]
+        {
             assert!(text.lines().any(|l| l == k), "{k} missing in {text}");
         }
         assert_eq!(Mapping::parse(&text).unwrap(), m);
@@ -450,10 +455,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("ppp7.env");
         fs::write(&p, sample().render()).unwrap();
-        assert!(matches!(
-            Mapping::read(&p),
-            Err(Error::Mapping { reason: MappingError::NameMismatch(_), .. })
-        ));
+        assert!(matches!(Mapping::read(&p), Err(Error::Mapping { reason: MappingError::NameMismatch(_), .. })));
     }
 
     #[test]

@@ -13,7 +13,11 @@ pub fn read(path: &Path) -> BTreeMap<String, u32> {
     let dir = path.with_extension("d");
     let dir = if dir.is_dir() { dir } else { path.parent().map(|p| p.join("rt_tables.d")).unwrap_or_default() };
     if let Ok(rd) = fs::read_dir(&dir) {
-        let mut extra: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "conf")).collect();
+        let mut extra: Vec<_> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
         extra.sort();
         files.extend(extra);
     }
@@ -23,7 +27,8 @@ pub fn read(path: &Path) -> BTreeMap<String, u32> {
             let line = line.split('#').next().unwrap_or("").trim();
             let mut it = line.split_whitespace();
             if let (Some(id), Some(name)) = (it.next(), it.next()) {
-                let id = if let Some(h) = id.strip_prefix("0x") { u32::from_str_radix(h, 16).ok() } else { id.parse().ok() };
+                let id =
+                    if let Some(h) = id.strip_prefix("0x") { u32::from_str_radix(h, 16).ok() } else { id.parse().ok() };
                 if let Some(id) = id {
                     out.insert(name.to_string(), id);
                 }
@@ -43,10 +48,9 @@ pub fn resolve(path: &Path, table: &str) -> Result<u32> {
             _ => Err(Error::invalid("routing table", table, "must be a table id between 1 and 4294967294")),
         };
     }
-    read(path)
-        .get(t)
-        .copied()
-        .ok_or_else(|| Error::invalid("routing table", table, format!("is not a number and not named in {}", path.display())))
+    read(path).get(t).copied().ok_or_else(|| {
+        Error::invalid("routing table", table, format!("is not a number and not named in {}", path.display()))
+    })
 }
 
 #[cfg(test)]

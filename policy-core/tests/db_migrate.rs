@@ -73,7 +73,11 @@ fn freeradius_tables_match_the_shipped_schema_and_migrate_keeps_an_existing_one(
 
     // A database FreeRADIUS's own schema was loaded into: migrate adds pppgate's tables and
     // leaves FreeRADIUS's exactly as they were.
-    shipped.batch_execute("INSERT INTO radcheck (username, attribute, op, value) VALUES ('u', 'Cleartext-Password', ':=', 'p')").unwrap();
+    shipped
+        .batch_execute(
+            "INSERT INTO radcheck (username, attribute, op, value) VALUES ('u', 'Cleartext-Password', ':=', 'p')",
+        )
+        .unwrap();
     let before = columns(&mut shipped);
     let applied = migrate::migrate(&mut shipped).unwrap();
     assert_eq!(applied, (1..=migrate::LATEST).collect::<Vec<_>>());

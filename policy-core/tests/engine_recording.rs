@@ -13,7 +13,9 @@ use policy_core::kernel::recording::{Call, FakeKernel, Recording};
 use policy_core::kernel::{NftSet, OwnedRoute, OwnedRule, Shaping};
 use policy_core::mapping::Mapping;
 use policy_core::policy::engine::{self, converge};
-use policy_core::policy::model::{decide, ConnectionFacts, PbrSpec, Policy, PolicyState, QuotaPeriod, RouteSpec, Status};
+use policy_core::policy::model::{
+    decide, ConnectionFacts, PbrSpec, Policy, PolicyState, QuotaPeriod, RouteSpec, Status,
+};
 use policy_core::policy::planner::{Desired, DesiredSession, Scope};
 use policy_core::Error;
 
@@ -52,7 +54,13 @@ fn facts(id: i64) -> ConnectionFacts {
         used_bytes: 0,
         db_now: 1_700_000_000,
         routes: vec![RouteSpec { dst: "192.168.50.0/24".parse().unwrap(), gateway: None, table: None, metric: None }],
-        pbr: vec![PbrSpec { name: "ktn".into(), table: 100, via: Ipv4Addr::new(10, 100, 0, 40), dev: "wg0".into(), priority: 100 }],
+        pbr: vec![PbrSpec {
+            name: "ktn".into(),
+            table: 100,
+            via: Ipv4Addr::new(10, 100, 0, 40),
+            dev: "wg0".into(),
+            priority: 100,
+        }],
     }
 }
 
@@ -168,7 +176,13 @@ fn connect_applies_in_order_and_verifies() {
     let k = &r.kernel;
     assert_eq!(k.nft.sets_of(ip(1)), BTreeSet::from([NftSet::Full]));
     assert!(k.tc.ifbs.contains("pgi-ppp1"));
-    assert!(k.routes.contains(&OwnedRoute { dst: "192.168.50.0/24".parse().unwrap(), gateway: None, dev: "ppp1".into(), table: 254, metric: None }));
+    assert!(k.routes.contains(&OwnedRoute {
+        dst: "192.168.50.0/24".parse().unwrap(),
+        gateway: None,
+        dev: "ppp1".into(),
+        table: 254,
+        metric: None
+    }));
     assert!(k.rules.contains(&OwnedRule { from: "100.64.0.2/32".parse().unwrap(), table: 100, priority: 100 }));
     assert!(k.sysctl.ip_forward);
 
@@ -177,7 +191,8 @@ fn connect_applies_in_order_and_verifies() {
     r.clear_calls();
     let out = converge(&mut r, &cfg, &d, &Scope::of(&d.sessions), false).unwrap();
     assert!(out.plan.is_empty());
-    let muts: Vec<&Call> = r.mutations().into_iter().filter(|c| !matches!(c, Call::NftEnsureBase(_) | Call::SysctlEnsure(_))).collect();
+    let muts: Vec<&Call> =
+        r.mutations().into_iter().filter(|c| !matches!(c, Call::NftEnsureBase(_) | Call::SysctlEnsure(_))).collect();
     assert!(muts.is_empty(), "{muts:?}");
 }
 
@@ -239,7 +254,8 @@ fn a_failure_anywhere_leaves_the_session_no_more_open_and_the_next_run_finishes(
                 }
                 // The next run (the fault gone) finishes the job.
                 r.heal();
-                converge(&mut r, &cfg, &d, &scope, false).unwrap_or_else(|e| panic!("{from:?} → {to:?} after fault #{k}: {e}"));
+                converge(&mut r, &cfg, &d, &scope, false)
+                    .unwrap_or_else(|e| panic!("{from:?} → {to:?} after fault #{k}: {e}"));
                 assert_eq!(r.kernel.nft.sets_of(ip(1)), BTreeSet::from([NftSet::for_state(policy(to).state)]));
                 assert_eq!(r.kernel, clean.kernel, "{from:?} → {to:?} after fault #{k}: same end state as without it");
                 cases += 1;

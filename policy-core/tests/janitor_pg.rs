@@ -156,8 +156,10 @@ fn mix_of_live_and_stale_rows() {
     env.db.pppgate_session("k-other-nas", "lns-b", bob, "bob", "ppp9", "198.51.100.11", dead_pid(), 3000);
 
     let r = run_all(&env, "lns-a", NAS_A);
-    let open: Vec<bool> =
-        [alice_old, alice_new, bob_live, bob_other_ip, obrien_live, raw_obrien, young, other_nas].iter().map(|id| env.db.is_open(*id)).collect();
+    let open: Vec<bool> = [alice_old, alice_new, bob_live, bob_other_ip, obrien_live, raw_obrien, young, other_nas]
+        .iter()
+        .map(|id| env.db.is_open(*id))
+        .collect();
     assert_eq!(open, vec![false, true, true, false, true, false, true, true], "{r:#?}");
     let old = r.rows.iter().find(|x| x.row.radacctid == alice_old).unwrap();
     assert_eq!(old.verdict, Verdict::Stale { reason: StaleReason::StartedBeforeLiveSession });
@@ -209,7 +211,11 @@ fn final_counters_from_the_accounting_state_are_used() {
     struct State;
     impl janitor::FinalCounters for State {
         fn final_counters(&self, s: &janitor::EndedSession<'_>) -> Option<janitor::FinalUsage> {
-            (s.username == Some("alice")).then_some(janitor::FinalUsage { input_octets: 5000, output_octets: 50, last_seen: None })
+            (s.username == Some("alice")).then_some(janitor::FinalUsage {
+                input_octets: 5000,
+                output_octets: 50,
+                last_seen: None,
+            })
         }
     }
     private_netns();
@@ -217,7 +223,11 @@ fn final_counters_from_the_accounting_state_are_used() {
     let row = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 3600, "x");
     let cfg = env.config("lns-a", NAS_A);
     janitor::run(&cfg, &mut env.db.client(), &Scope::All, &State, false).unwrap();
-    let r = env.db.client().query_one("SELECT acctinputoctets, acctoutputoctets FROM radacct WHERE radacctid = $1", &[&row]).unwrap();
+    let r = env
+        .db
+        .client()
+        .query_one("SELECT acctinputoctets, acctoutputoctets FROM radacct WHERE radacctid = $1", &[&row])
+        .unwrap();
     // Never lower than what interim updates stored (acct_row stores 100/200).
     assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (5000, 200));
 }
@@ -277,7 +287,10 @@ fn rows_before_a_nas_reload_do_not_count() {
     let cfg = env.config("lns-a", NAS_A);
     let b = env.db.acct_row("alice", NAS_B, Some("198.51.100.10"), 600, "x");
     env.db.set_update_age(b, 10);
-    env.db.client().execute("INSERT INTO nasreload VALUES ($1::text::inet, now() - interval '1 minute')", &[&NAS_B]).unwrap();
+    env.db
+        .client()
+        .execute("INSERT INTO nasreload VALUES ($1::text::inet, now() - interval '1 minute')", &[&NAS_B])
+        .unwrap();
     let r = radius::simultaneous_use(&cfg, &mut env.db.client(), b"alice", Some(1), &NoAccountingState).unwrap();
     assert_eq!(r.verdict, HookVerdict::Ok, "{r:#?}");
 }
@@ -312,7 +325,10 @@ fn checkrad_for_this_nas_answers_from_valid_mappings_and_zaps_stale_rows() {
     assert!(!env.db.is_open(stale), "checkrad zaps the stale row of this NAS");
 
     drop(pppd);
-    env.db.client().execute("UPDATE radacct SET acctstarttime = now() - interval '1 minute' WHERE radacctid = $1", &[&live]).unwrap();
+    env.db
+        .client()
+        .execute("UPDATE radacct SET acctstarttime = now() - interval '1 minute' WHERE radacctid = $1", &[&live])
+        .unwrap();
     let r = checkrad(&env, NAS_A, "o=27brien", "=25lX6b01f7fd=25hX");
     assert_eq!(r.presence, Presence::Stale);
     assert!(!env.db.is_open(live));

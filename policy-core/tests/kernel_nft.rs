@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use pppgate_testkit::*;
 use policy_core::config::GardenEntry;
 use policy_core::kernel::nft::{normalize_garden, NftNetlink, LAYOUT_COMMENT};
 use policy_core::kernel::{Nft, NftSet, SetChange};
+use pppgate_testkit::*;
 
 fn garden() -> Vec<GardenEntry> {
     ["198.51.100.53/32:tcp:8080", "198.51.100.53/32:udp:53", "198.51.100.54/32", "203.0.113.0/24:tcp", "10.99.0.0/16"]
@@ -56,7 +56,10 @@ fn base_is_created_once_and_read_back() {
     assert_eq!(chains, strs(&["forward", "from_session", "garden", "garden_reply", "to_session"]));
     let fwd = objs.iter().find_map(|o| o.get("chain").filter(|c| c["name"] == "forward")).unwrap();
     assert_eq!(fwd["hook"], "forward");
-    assert_eq!(nft_set_elems("garden_net_v4").into_iter().collect::<BTreeSet<_>>(), strs(&["198.51.100.54", "10.99.0.0/16"]));
+    assert_eq!(
+        nft_set_elems("garden_net_v4").into_iter().collect::<BTreeSet<_>>(),
+        strs(&["198.51.100.54", "10.99.0.0/16"])
+    );
     assert_eq!(nft_set_elems("garden_proto_v4"), vec!["203.0.113.0/24 . tcp"]);
     assert_eq!(
         nft_set_elems("garden_svc_v4").into_iter().collect::<BTreeSet<_>>(),
@@ -86,7 +89,8 @@ fn garden_change_rewrites_only_the_garden() {
     nft.ensure_base(&garden()).unwrap();
     nft.commit(&[add(NftSet::Full, "100.64.0.2")]).unwrap();
     let h = table_handle();
-    let new: Vec<GardenEntry> = ["192.0.2.0/24", "192.0.2.10/32:tcp:443", "198.51.100.1/32:udp"].iter().map(|s| s.parse().unwrap()).collect();
+    let new: Vec<GardenEntry> =
+        ["192.0.2.0/24", "192.0.2.10/32:tcp:443", "198.51.100.1/32:udp"].iter().map(|s| s.parse().unwrap()).collect();
     nft.ensure_base(&new).unwrap();
     assert_eq!(table_handle(), h, "the table was not rebuilt");
     assert_eq!(nft_set_elems("garden_net_v4"), vec!["192.0.2.0/24"]);
@@ -105,7 +109,12 @@ fn layout_rebuild_keeps_members() {
     private_netns();
     let mut nft = NftNetlink::new().unwrap();
     nft.ensure_base(&garden()).unwrap();
-    nft.commit(&[add(NftSet::Full, "100.64.0.2"), add(NftSet::Blocked, "100.64.0.3"), add(NftSet::Pending, "100.64.0.4")]).unwrap();
+    nft.commit(&[
+        add(NftSet::Full, "100.64.0.2"),
+        add(NftSet::Blocked, "100.64.0.3"),
+        add(NftSet::Pending, "100.64.0.4"),
+    ])
+    .unwrap();
 
     // Someone deletes a rule: the layout check notices and rebuilds, members survive.
     let listing = run(&["nft", "-a", "list", "chain", "inet", "pppgate", "from_session"]);
@@ -197,7 +206,11 @@ fn commit_is_all_or_nothing() {
     run(&["nft", "add", "element", "inet", "pppgate", "connect_pending_v4", "{ 100.64.0.2 }"]);
     let mut nft = NftNetlink::new().unwrap();
     let err = nft
-        .commit(&[del(NftSet::Pending, "100.64.0.2"), add(NftSet::Full, "100.64.0.2"), add(NftSet::Blocked, "100.64.0.5")])
+        .commit(&[
+            del(NftSet::Pending, "100.64.0.2"),
+            add(NftSet::Full, "100.64.0.2"),
+            add(NftSet::Blocked, "100.64.0.5"),
+        ])
         .unwrap_err();
     println!("expected failure: {}", policy_core::error::one_line(&err));
     assert_eq!(members(NftSet::Pending), strs(&["100.64.0.2"]), "the removal was rolled back");
@@ -238,8 +251,11 @@ fn large_commit_and_timing() {
         sets_of_ns.push(t.elapsed().as_nanos());
         assert_eq!(s.len(), 1);
         let t = Instant::now();
-        nft.commit(&[SetChange { set: NftSet::Pending, ip: client, add: false }, SetChange { set: NftSet::Full, ip: client, add: true }])
-            .unwrap();
+        nft.commit(&[
+            SetChange { set: NftSet::Pending, ip: client, add: false },
+            SetChange { set: NftSet::Full, ip: client, add: true },
+        ])
+        .unwrap();
         commit_ns.push(t.elapsed().as_nanos());
         nft.commit(&[SetChange { set: NftSet::Full, ip: client, add: false }]).unwrap();
     }

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use pppgate_testkit::*;
 use policy_core::kernel::{OwnedRoute, OwnedRule, Routes, RoutesNetlink, Rules, RulesNetlink, Sysctl, SysctlProc};
+use pppgate_testkit::*;
 
 fn veth(name: &str, addr: &str) {
     let peer = format!("{name}p");
@@ -118,7 +118,14 @@ fn sysctl_in_a_namespace() {
     private_netns();
     veth("ppp0", "10.0.0.1/24");
     veth("ppp1", "10.1.0.1/24");
-    run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=0"]);
+    run(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_forward=0",
+        "net.ipv4.conf.all.rp_filter=1",
+        "net.ipv4.conf.default.rp_filter=0",
+    ]);
     run(&["sysctl", "-q", "-w", "net.ipv4.conf.ppp0.rp_filter=1", "net.ipv4.conf.ppp1.rp_filter=0"]);
     let names = vec!["ppp0".to_string(), "ppp1".to_string(), "ppp7".to_string()];
     let mut s = SysctlProc::new();

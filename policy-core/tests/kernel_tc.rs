@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use pppgate_testkit::*;
 use policy_core::kernel::tc::TcNetlink;
 use policy_core::kernel::{Shaping, Tc};
+use pppgate_testkit::*;
 
 /// A veth pair `name` ↔ `name`p, both up, with addresses so pings cross `name`'s egress.
 fn veth(name: &str, n: u8) {

@@ -15,9 +15,9 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use pppgate_testkit::*;
 use policy_core::config::GardenEntry;
 use policy_core::kernel::{Netlink, Nft, NftSet, SetChange, Shaping, Sysctl, Tc};
+use pppgate_testkit::*;
 use serde_json::Value;
 
 struct Topology {
@@ -53,12 +53,17 @@ fn topology() -> Topology {
     inet.run(&["ip", "route", "add", "100.64.0.0/24", "via", "198.51.100.1"]);
 
     // Far-side counters: packets arriving per client address, and per port for the garden host.
-    let mut probe = String::from("table ip probe {\n chain input {\n  type filter hook input priority 0; policy accept;\n");
+    let mut probe =
+        String::from("table ip probe {\n chain input {\n  type filter hook input priority 0; policy accept;\n");
     for i in 2..=6 {
         probe.push_str(&format!("  ip saddr 100.64.0.{i} counter comment \"from{i}\"\n"));
     }
-    probe.push_str("  ip saddr 100.64.0.3 ip daddr != { 198.51.100.53, 198.51.100.54 } counter comment \"from3_outside_garden\"\n");
-    probe.push_str("  ip saddr 100.64.0.3 tcp dport != 8080 ip daddr 198.51.100.53 counter comment \"from3_wrong_port\"\n");
+    probe.push_str(
+        "  ip saddr 100.64.0.3 ip daddr != { 198.51.100.53, 198.51.100.54 } counter comment \"from3_outside_garden\"\n",
+    );
+    probe.push_str(
+        "  ip saddr 100.64.0.3 tcp dport != 8080 ip daddr 198.51.100.53 counter comment \"from3_wrong_port\"\n",
+    );
     probe.push_str(" }\n}\n");
     let path = std::env::temp_dir().join(format!("{}-probe.nft", inet.name));
     std::fs::write(&path, probe).unwrap();
@@ -84,7 +89,10 @@ fn topology() -> Topology {
 }
 
 fn garden() -> Vec<GardenEntry> {
-    ["198.51.100.53/32:tcp:8080", "198.51.100.53/32:udp:53", "198.51.100.54/32"].iter().map(|s| s.parse().unwrap()).collect()
+    ["198.51.100.53/32:tcp:8080", "198.51.100.53/32:udp:53", "198.51.100.54/32"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect()
 }
 
 fn far_counter(inet: &NetNs, comment: &str) -> u64 {
@@ -145,7 +153,10 @@ fn policy_sets_decide_what_passes() {
 
     // The far side saw traffic from FULL and RESTRICTED only, and RESTRICTED only at the garden.
     let after: Vec<u64> = (2..=6).map(|i| far_counter(&t.inet, &format!("from{i}"))).collect();
-    println!("far-side packets per client .2..=.6: {:?}", after.iter().zip(&base).map(|(a, b)| a - b).collect::<Vec<_>>());
+    println!(
+        "far-side packets per client .2..=.6: {:?}",
+        after.iter().zip(&base).map(|(a, b)| a - b).collect::<Vec<_>>()
+    );
     assert!(after[0] > base[0], "FULL reached the internet");
     assert!(after[1] > base[1], "RESTRICTED reached the garden");
     assert_eq!(after[2], base[2], "BLOCKED: nothing arrived");
@@ -154,7 +165,15 @@ fn policy_sets_decide_what_passes() {
     assert_eq!(far_counter(&t.inet, "from3_outside_garden"), 0);
     assert_eq!(far_counter(&t.inet, "from3_wrong_port"), 0);
     // Our drop counters at the gateway agree.
-    for c in ["blocked_from", "pending_from", "unpoliced_from", "restricted_from", "blocked_to", "pending_to", "unpoliced_to"] {
+    for c in [
+        "blocked_from",
+        "pending_from",
+        "unpoliced_from",
+        "restricted_from",
+        "blocked_to",
+        "pending_to",
+        "unpoliced_to",
+    ] {
         assert!(nft_counter(c) > 0, "{c} counted drops");
     }
 
@@ -184,16 +203,28 @@ fn established_flow_loses_access_when_demoted() {
     let ip = "100.64.0.2".parse().unwrap();
     k.nft.commit(&[SetChange { set: NftSet::Full, ip, add: true }]).unwrap();
     // A slow stream from the internet to the client over one connection.
-    let _src = t.inet.spawn(&["socat", "TCP-LISTEN:6060,reuseaddr", "SYSTEM:while true; do echo tick; sleep 0.1; done"]);
+    let _src =
+        t.inet.spawn(&["socat", "TCP-LISTEN:6060,reuseaddr", "SYSTEM:while true; do echo tick; sleep 0.1; done"]);
     sleep(Duration::from_millis(300));
     let mut rx = Command::new("ip")
-        .args(["netns", "exec", &t.client.name, "socat", "-u", "TCP:198.51.100.2:6060,bind=100.64.0.2", "OPEN:/dev/null"])
+        .args([
+            "netns",
+            "exec",
+            &t.client.name,
+            "socat",
+            "-u",
+            "TCP:198.51.100.2:6060,bind=100.64.0.2",
+            "OPEN:/dev/null",
+        ])
         .spawn()
         .unwrap();
     sleep(Duration::from_millis(800));
     let before = nft_counter("restricted_to");
     k.nft
-        .commit(&[SetChange { set: NftSet::Full, ip, add: false }, SetChange { set: NftSet::Restricted, ip, add: true }])
+        .commit(&[
+            SetChange { set: NftSet::Full, ip, add: false },
+            SetChange { set: NftSet::Restricted, ip, add: true },
+        ])
         .unwrap();
     sleep(Duration::from_millis(800));
     let dropped = nft_counter("restricted_to") - before;
@@ -257,7 +288,22 @@ fn shaped_tcp_measures_the_configured_rate() {
     // A rate change during a transfer: the flow continues and speeds up.
     k.tc.set("ppp0", &Shaping { down_kbit: Some(4_000), up_kbit: None }).unwrap();
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &t.client.name, "iperf3", "-c", "198.51.100.2", "-B", "100.64.0.2", "-J", "-R", "-t", "6", "-i", "1"])
+        .args([
+            "netns",
+            "exec",
+            &t.client.name,
+            "iperf3",
+            "-c",
+            "198.51.100.2",
+            "-B",
+            "100.64.0.2",
+            "-J",
+            "-R",
+            "-t",
+            "6",
+            "-i",
+            "1",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -266,7 +312,12 @@ fn shaped_tcp_measures_the_configured_rate() {
     let out = std::io::Read::bytes(child.stdout.take().unwrap()).map(|b| b.unwrap()).collect::<Vec<u8>>();
     child.wait().unwrap();
     let v: Value = serde_json::from_slice(&out).unwrap();
-    let rates: Vec<f64> = v["intervals"].as_array().unwrap().iter().map(|i| i["sum"]["bits_per_second"].as_f64().unwrap() / 1e6).collect();
+    let rates: Vec<f64> = v["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap() / 1e6)
+        .collect();
     println!("per-second Mbit/s across a 4 → 16 Mbit/s change at t=3 s: {rates:.1?}");
     assert!(rates.len() >= 6);
     assert!(rates[1] < 5.0 && rates[5] > 12.0, "the same flow sped up: {rates:?}");

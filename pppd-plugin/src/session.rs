@@ -452,7 +452,9 @@ fn cleanup(event: &str) {
     if let (Some(m), Some(ifname)) = (mapping, ifname.as_deref()) {
         match Mapping::remove(&cfg.paths.sessions_dir, ifname) {
             Ok(_) => tracing::info!(ifname = %ifname, conn_id = m.connection_id, "session mapping removed on {event}"),
-            Err(e) => tracing::error!(ifname = %ifname, "cannot remove the session mapping on {event}: {}", one_line(&e)),
+            Err(e) => {
+                tracing::error!(ifname = %ifname, "cannot remove the session mapping on {event}: {}", one_line(&e))
+            }
         }
     }
     if errors.is_empty() {
@@ -484,13 +486,18 @@ fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str)
 
 /// Removes this session's kernel state. An address that another interface now carries as its
 /// peer belongs to a newer session and is left alone.
-fn remove_kernel_state(b: &mut Netlink, ifname: Option<&str>, client_ip: Option<Ipv4Addr>, gated: &BTreeSet<Ipv4Addr>) -> Vec<String> {
+fn remove_kernel_state(
+    b: &mut Netlink,
+    ifname: Option<&str>,
+    client_ip: Option<Ipv4Addr>,
+    gated: &BTreeSet<Ipv4Addr>,
+) -> Vec<String> {
     let mut errors = Vec::new();
     let links = LinkSnapshot::read().ok();
     let owned_elsewhere = |ip: Ipv4Addr| {
-        links.as_ref().is_some_and(|s| {
-            s.by_name.values().any(|l| Some(l.name.as_str()) != ifname && l.peers.contains(&ip))
-        })
+        links
+            .as_ref()
+            .is_some_and(|s| s.by_name.values().any(|l| Some(l.name.as_str()) != ifname && l.peers.contains(&ip)))
     };
     let mut ips: BTreeSet<Ipv4Addr> = gated.clone();
     ips.extend(client_ip);

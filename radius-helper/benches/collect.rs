@@ -146,7 +146,8 @@ fn bench_size(n: usize) {
         &[&(n as i32)],
     )
     .unwrap();
-    let ids: Vec<i64> = c.query("SELECT id FROM vpn_connections ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let ids: Vec<i64> =
+        c.query("SELECT id FROM vpn_connections ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     for (i, id) in ids.iter().enumerate() {
         Mapping {
             connection_id: *id,

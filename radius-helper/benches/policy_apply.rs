@@ -24,9 +24,9 @@ use policy_core::db::connections::LoginLookup;
 use policy_core::kernel::Netlink;
 use policy_core::lock::Lock;
 use policy_core::mapping::Mapping;
+use policy_core::policy::apply;
 use policy_core::policy::engine::{self, Timings};
 use policy_core::policy::planner::{Desired, Scope};
-use policy_core::policy::apply;
 use pppgate_testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pppgate");
@@ -72,7 +72,13 @@ fn stats(label: &str, v: &[Duration]) {
     let med = pct(&mut v, 0.5);
     let p99 = pct(&mut v, 0.99);
     let max = *v.last().unwrap();
-    println!("  {label:<44} median {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms   (n={})", ms(med), ms(p99), ms(max), v.len());
+    println!(
+        "  {label:<44} median {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms   (n={})",
+        ms(med),
+        ms(p99),
+        ms(max),
+        v.len()
+    );
 }
 
 fn phases(label: &str, t: &Timings) {
@@ -125,7 +131,8 @@ fn farm_rows(pg: &PgServer, from: usize, to: usize) {
 fn reconcile_in_process(cfg: &Config) -> (Timings, usize) {
     let mut k = Netlink::new().expect("netlink");
     let _l = Lock::try_acquire(&cfg.paths.apply_lock, "bench").expect("lock");
-    let r = apply::reconcile(cfg, &mut k, false).unwrap_or_else(|e| panic!("reconcile: {}", policy_core::error::one_line(&e)));
+    let r = apply::reconcile(cfg, &mut k, false)
+        .unwrap_or_else(|e| panic!("reconcile: {}", policy_core::error::one_line(&e)));
     assert!(r.malformed.is_empty());
     (r.outcome.timings, r.outcome.plan.ops.len())
 }
@@ -213,7 +220,8 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
     ip_batch(&script);
     let pid = std::process::id();
     let start_ts = policy_core::procfs::own_start_epoch().unwrap();
-    let (mut gate, mut sql, mut map, mut locked, mut total, mut down) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut gate, mut sql, mut map, mut locked, mut total, mut down) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut inner = Vec::new();
     let mut close = Vec::new();
     for i in 0..iters {
@@ -232,14 +240,24 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
         };
         drop(client);
         let t2 = Instant::now();
-        let m = Mapping { connection_id: facts.id, ppp_if: ifname.clone(), client_ip: ip, start_ts, pppd_pid: pid, session_id: None, up_ts: None, counters_base: None };
+        let m = Mapping {
+            connection_id: facts.id,
+            ppp_if: ifname.clone(),
+            client_ip: ip,
+            start_ts,
+            pppd_pid: pid,
+            session_id: None,
+            up_ts: None,
+            counters_base: None,
+        };
         m.write_atomic(&env.sessions_dir).unwrap();
         let t3 = Instant::now();
         // 3. apply under the single-writer lock (backends closed after it, as pppgate.so does)
         let mut b = Netlink::new().unwrap();
         {
             let _lock = Lock::try_acquire(&cfg.paths.apply_lock, "pppd-connect").unwrap();
-            let mut d = Desired { sessions: vec![apply::session_for_connect(&ifname, ip, pid, &facts)], subnet_pbr: vec![] };
+            let mut d =
+                Desired { sessions: vec![apply::session_for_connect(&ifname, ip, pid, &facts)], subnet_pbr: vec![] };
             apply::validate(cfg, &mut d).unwrap();
             let scope = Scope::of(&d.sessions);
             inner.push(engine::converge(&mut b, cfg, &d, &scope, false).unwrap().timings);
@@ -256,7 +274,8 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
         let t5 = Instant::now();
         let mut b = Netlink::new().unwrap();
         {
-            let _lock = Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", Duration::from_millis(1500)).unwrap();
+            let _lock =
+                Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", Duration::from_millis(1500)).unwrap();
             engine::disconnect(&mut b, &ifname, ip).unwrap();
         }
         drop(b);
@@ -316,7 +335,9 @@ fn shell_baseline(pg: &PgServer, iters: usize) {
         println!(" shell hook baseline: {} not found (set PPPGATE_SHELL_BASELINE)", script.display());
         return;
     }
-    pg.psql("INSERT INTO vpn_connections (subaccount_login, status, rate_down_kbit) VALUES ('shell-user', 'CLAIMED', 8000)");
+    pg.psql(
+        "INSERT INTO vpn_connections (subaccount_login, status, rate_down_kbit) VALUES ('shell-user', 'CLAIMED', 8000)",
+    );
     ip_batch("tuntap add dev pppsh0 mode tun\naddr add 100.64.0.1 peer 100.67.0.2/32 dev pppsh0\nlink set pppsh0 up\n");
     let psql_args = format!("-h {} -U postgres -d postgres", pg.socket_dir().display());
     let mut v = Vec::new();
@@ -324,7 +345,14 @@ fn shell_baseline(pg: &PgServer, iters: usize) {
         let t0 = Instant::now();
         // Its paths are /run/...: give it a private /run (mount namespace) so the host's stays untouched.
         let out = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", "mount -t tmpfs tmpfs /run && exec bash \"$0\" pppsh0 100.67.0.2 shell-user"])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t tmpfs tmpfs /run && exec bash \"$0\" pppsh0 100.67.0.2 shell-user",
+            ])
             .arg(&script)
             .env("PSQL_ARGS", &psql_args)
             .stdin(Stdio::null())
@@ -348,7 +376,12 @@ fn main() {
         "pppgate policy benchmark — kernel {}, {} CPUs, load average {}",
         run(&["uname", "-r"]).trim(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let t = Instant::now();
     let pg = PgServer::new();

@@ -143,7 +143,8 @@ fn main() {
     };
     let in_process = |login: &str| {
         let t = Instant::now();
-        let mut client = policy_core::db::connect_with(&cfg.database, Duration::from_secs(2), Duration::from_secs(3)).unwrap();
+        let mut client =
+            policy_core::db::connect_with(&cfg.database, Duration::from_secs(2), Duration::from_secs(3)).unwrap();
         let r = radius::simultaneous_use(&cfg, &mut client, login.as_bytes(), Some(1), &NoAccountingState).unwrap();
         (t.elapsed(), r.verdict)
     };
@@ -186,7 +187,8 @@ fn main() {
     ];
     for k in 0..50 {
         let t = Instant::now();
-        let mut client = policy_core::db::connect_with(&cfg.database, Duration::from_secs(2), Duration::from_secs(3)).unwrap();
+        let mut client =
+            policy_core::db::connect_with(&cfg.database, Duration::from_secs(2), Duration::from_secs(3)).unwrap();
         parts[0].samples.push(t.elapsed());
         let t = Instant::now();
         let n = policy_core::mapping::scan(&env.sessions_dir()).unwrap().len();
@@ -216,7 +218,9 @@ fn main() {
     }
 
     let mut all = Vec::new();
-    for (mode, f) in [("in-process", &in_process as &dyn Fn(&str) -> (Duration, HookVerdict)), ("rlm_exec (fork+exec)", &exec)] {
+    for (mode, f) in
+        [("in-process", &in_process as &dyn Fn(&str) -> (Duration, HookVerdict)), ("rlm_exec (fork+exec)", &exec)]
+    {
         let mut live = Stats { name: format!("{mode}: live session -> reject"), samples: vec![] };
         let mut stale = Stats { name: format!("{mode}: stale row -> close, ok"), samples: vec![] };
         let mut idle = Stats { name: format!("{mode}: nothing open -> ok"), samples: vec![] };

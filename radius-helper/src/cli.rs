@@ -104,7 +104,11 @@ pub fn main() -> ProcExit {
             let usage = e.use_stderr();
             let _ = e.print();
             // FreeRADIUS reads checkrad/rlm_exec codes: a usage error there is "error"/"fail".
-            let code = if argv.iter().skip(1).any(|a| a == "radius") { crate::sessions::RADIUS_FAIL } else { ExitCode::Usage.code() };
+            let code = if argv.iter().skip(1).any(|a| a == "radius") {
+                crate::sessions::RADIUS_FAIL
+            } else {
+                ExitCode::Usage.code()
+            };
             return ProcExit::from(if usage { code } else { 0 });
         }
     };

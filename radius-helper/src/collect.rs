@@ -9,8 +9,8 @@ use policy_core::error::one_line;
 use policy_core::kernel::links::LinkSnapshot;
 use policy_core::kernel::Netlink;
 use policy_core::lock::Lock;
-use policy_core::policy::apply::{self, Target};
 use policy_core::mapping::Mapping;
+use policy_core::policy::apply::{self, Target};
 use policy_core::{Error, ExitCode};
 
 use crate::cli::{load_config, CmdResult, Failure, Global};
@@ -165,8 +165,14 @@ pub fn final_flush(g: &Global, a: &FinalFlushArgs) -> CmdResult {
     if g.json {
         println!("{}", serde_json::to_string(&report).expect("serializable"));
     } else {
-        println!("{}: {}", report.session_key, serde_json::to_value(&report.outcome).ok()
-            .and_then(|v| v["outcome"].as_str().map(str::to_string)).unwrap_or_default());
+        println!(
+            "{}: {}",
+            report.session_key,
+            serde_json::to_value(&report.outcome)
+                .ok()
+                .and_then(|v| v["outcome"].as_str().map(str::to_string))
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }

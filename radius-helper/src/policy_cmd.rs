@@ -19,7 +19,8 @@ use crate::test_hook;
 
 /// Parses an id the way every verb must: a plain positive decimal integer, nothing else.
 pub fn parse_id(what: &'static str, s: &str) -> Result<i64, Failure> {
-    let ok = !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) && !(s.len() > 1 && s.starts_with('0'));
+    let ok =
+        !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) && !(s.len() > 1 && s.starts_with('0'));
     match s.parse::<i64>() {
         Ok(v) if ok && v > 0 => Ok(v),
         _ => Err(Error::invalid(what, s, "must be a plain positive integer").into()),
@@ -81,7 +82,10 @@ pub fn take_lock(cfg: &Config, what: &str, run: &RunOpts) -> Result<Lock, Failur
             Err(e) => return Err(e.into()),
         };
         if let lock::BreakOutcome::Broken { holder } = outcome {
-            eprintln!("pppgate: ALERT: broke stale apply lock held by pid {} ({}) since {}", holder.pid, holder.what, holder.since);
+            eprintln!(
+                "pppgate: ALERT: broke stale apply lock held by pid {} ({}) since {}",
+                holder.pid, holder.what, holder.since
+            );
         }
         return Ok(l);
     }
@@ -185,7 +189,10 @@ pub fn reconcile_cmd(g: &Global, a: &ReconcileArgs) -> CmdResult {
         return Err(Failure { code: ExitCode::SqlUnavailable, message: String::new() });
     }
     if !r.malformed.is_empty() {
-        return Err(Failure { code: ExitCode::DataErr, message: format!("{} malformed mapping file(s)", r.malformed.len()) });
+        return Err(Failure {
+            code: ExitCode::DataErr,
+            message: format!("{} malformed mapping file(s)", r.malformed.len()),
+        });
     }
     Ok(())
 }
@@ -453,17 +460,28 @@ pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
     let cfg = load_config(g)?;
     match c {
         PbrCmd::Add(a) => {
-            if a.name.is_empty() || a.name.len() > 64 || !a.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+            if a.name.is_empty()
+                || a.name.len() > 64
+                || !a.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            {
                 return Err(Error::invalid("rule name", &a.name, "must be 1-64 characters of [A-Za-z0-9_.-]").into());
             }
             let source = a.from.as_deref().map(parse_net).transpose()?;
             let connection_id = a.connection_id.as_deref().map(|s| parse_id("connection id", s)).transpose()?;
             if source.is_none() == connection_id.is_none() {
-                return Err(Failure { code: ExitCode::Usage, message: "give exactly one of --from or --connection-id".into() });
+                return Err(Failure {
+                    code: ExitCode::Usage,
+                    message: "give exactly one of --from or --connection-id".into(),
+                });
             }
             let table = rt_tables::resolve(&cfg.paths.rt_tables, &a.table)?;
             if [253, 254, 255].contains(&table) {
-                return Err(Error::invalid("routing table", &a.table, "default/main/local cannot be used for policy routing").into());
+                return Err(Error::invalid(
+                    "routing table",
+                    &a.table,
+                    "default/main/local cannot be used for policy routing",
+                )
+                .into());
             }
             let via = parse_ip("next hop", &a.via)?;
             if !policy_core::mapping::valid_ifname(&a.dev) {
@@ -481,7 +499,15 @@ pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
             }
             let changed = db::pbr::upsert(
                 &mut client,
-                &db::pbr::NewPbr { name: a.name.clone(), source, connection_id, table, via, dev: a.dev.clone(), priority },
+                &db::pbr::NewPbr {
+                    name: a.name.clone(),
+                    source,
+                    connection_id,
+                    table,
+                    via,
+                    dev: a.dev.clone(),
+                    priority,
+                },
             )?;
             drop(client);
             if !g.json {
@@ -522,7 +548,10 @@ pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
                         (None, Some(c)) => format!("connection {c}"),
                         _ => "?".into(),
                     };
-                    println!("{} from {from} table {} via {} dev {} priority {}", r.name, r.table, r.via, r.dev, r.priority);
+                    println!(
+                        "{} from {from} table {} via {} dev {} priority {}",
+                        r.name, r.table, r.via, r.dev, r.priority
+                    );
                 }
             }
             Ok(())
@@ -611,15 +640,17 @@ fn parse_rate(cfg: &Config, s: &str) -> Result<Option<i32>, Failure> {
     }
     let v = parse_u32("rate", s, u32::MAX)?;
     if v < 8 || v > cfg.policy.max_rate_kbit {
-        return Err(Error::invalid("rate", s, format!("must be between 8 and {} kbit/s", cfg.policy.max_rate_kbit)).into());
+        return Err(
+            Error::invalid("rate", s, format!("must be between 8 and {} kbit/s", cfg.policy.max_rate_kbit)).into()
+        );
     }
     Ok(Some(v as i32))
 }
 
 fn parse_status(s: &str) -> Result<String, Failure> {
-    policy_core::policy::model::Status::from_str(s)
-        .map(|_| s.to_string())
-        .map_err(|_| Error::invalid("status", s, "not one of PREPROVISIONED CLAIMED SUSPENDED UNCLAIMED DISABLED DELETED").into())
+    policy_core::policy::model::Status::from_str(s).map(|_| s.to_string()).map_err(|_| {
+        Error::invalid("status", s, "not one of PREPROVISIONED CLAIMED SUSPENDED UNCLAIMED DISABLED DELETED").into()
+    })
 }
 
 pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
@@ -675,8 +706,11 @@ pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
                 let v: Option<i64> = if s == "none" {
                     None
                 } else {
-                    Some(s.parse::<i64>().ok().filter(|v| *v >= 0 && s.bytes().all(|b| b.is_ascii_digit()))
-                        .ok_or_else(|| Failure::from(Error::invalid("quota", s, "bytes as a non-negative integer, or none")))?)
+                    Some(
+                        s.parse::<i64>().ok().filter(|v| *v >= 0 && s.bytes().all(|b| b.is_ascii_digit())).ok_or_else(
+                            || Failure::from(Error::invalid("quota", s, "bytes as a non-negative integer, or none")),
+                        )?,
+                    )
                 };
                 push("quota_bytes", Box::new(v));
             }
@@ -684,7 +718,11 @@ pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
                 let v: Option<f64> = if s == "none" {
                     None
                 } else {
-                    Some(s.parse::<i64>().map_err(|_| Failure::from(Error::invalid("expiry", s, "Unix seconds, or none")))? as f64)
+                    Some(
+                        s.parse::<i64>()
+                            .map_err(|_| Failure::from(Error::invalid("expiry", s, "Unix seconds, or none")))?
+                            as f64,
+                    )
                 };
                 params.push(Box::new(v));
                 sets.push(format!("expires_at = to_timestamp(${})", params.len()));
@@ -697,7 +735,11 @@ pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
                 return Err(Failure { code: ExitCode::Usage, message: "nothing to change".into() });
             }
             params.push(Box::new(id));
-            let sql = format!("UPDATE vpn_connections SET {}, updated_at = now() WHERE id = ${}", sets.join(", "), params.len());
+            let sql = format!(
+                "UPDATE vpn_connections SET {}, updated_at = now() WHERE id = ${}",
+                sets.join(", "),
+                params.len()
+            );
             let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
             let mut client = db::connect(&cfg.database)?;
             let n = client.execute(&sql, &refs).map_err(Error::from_sql)?;
@@ -716,7 +758,10 @@ pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
             };
             let p = policy_core::policy::model::decide(Some(&f));
             if g.json {
-                println!("{}", serde_json::to_string_pretty(&json!({ "facts": f, "policy": p })).expect("serializable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "facts": f, "policy": p })).expect("serializable")
+                );
             } else {
                 println!("connection {} login {:?} status {:?}: {} ({:?})", f.id, f.login, f.status, p.state, p.reason);
             }

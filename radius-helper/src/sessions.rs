@@ -6,18 +6,18 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use policy_core::accounting::LazyStateView;
 use policy_core::config::{Config, Paths};
 use policy_core::db::{self, radacct};
 use policy_core::error::one_line;
-use policy_core::accounting::LazyStateView;
 use policy_core::janitor::{self, Scope};
-use policy_core::mapping;
-use policy_core::outage::{Outage, Transition};
-use policy_core::radius::env::RadiusEnv;
-use policy_core::radius::{self, CheckradArgs};
 use policy_core::kernel::Netlink;
 use policy_core::lock::Lock;
+use policy_core::mapping;
+use policy_core::outage::{Outage, Transition};
 use policy_core::policy::apply;
+use policy_core::radius::env::RadiusEnv;
+use policy_core::radius::{self, CheckradArgs};
 use policy_core::{audit, hardcut, Error, ExitCode};
 use postgres::Client;
 use serde::Serialize;
@@ -114,7 +114,11 @@ fn with_db<T>(
     match &res {
         Err(e) if e.exit_code() == ExitCode::SqlUnavailable => match outage.failed() {
             Transition::Began => {
-                tracing::warn!(component, "database unavailable: {}; skipping until it is back (logged once per outage)", one_line(e))
+                tracing::warn!(
+                    component,
+                    "database unavailable: {}; skipping until it is back (logged once per outage)",
+                    one_line(e)
+                )
             }
             _ => tracing::debug!(component, "database still unavailable"),
         },
@@ -156,11 +160,19 @@ pub fn janitor(g: &Global, a: &JanitorArgs) -> CmdResult {
         Some(l) => Scope::Login(l.as_bytes().to_vec()),
     };
     let t0 = Instant::now();
-    let report = with_db(&cfg, "janitor", None, |c| janitor::run(&cfg, c, &scope, &LazyStateView::new(&cfg), a.dry_run))
-        .map_err(quiet_or_loud)?;
+    let report =
+        with_db(&cfg, "janitor", None, |c| janitor::run(&cfg, c, &scope, &LazyStateView::new(&cfg), a.dry_run))
+            .map_err(quiet_or_loud)?;
     let elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(scope = report.scope, closed = report.radacct.closed, sessions_closed = report.sessions.closed,
-        live = report.radacct.live, too_young = report.radacct.too_young, elapsed_ms, "janitor done");
+    tracing::info!(
+        scope = report.scope,
+        closed = report.radacct.closed,
+        sessions_closed = report.sessions.closed,
+        live = report.radacct.live,
+        too_young = report.radacct.too_young,
+        elapsed_ms,
+        "janitor done"
+    );
     if g.json {
         print_json(&report);
     } else {
@@ -174,7 +186,11 @@ pub fn janitor(g: &Global, a: &JanitorArgs) -> CmdResult {
             report.radacct.live,
             report.radacct.too_young,
         );
-        for r in report.rows.iter().filter(|r| r.closed || (report.dry_run && matches!(r.verdict, janitor::Verdict::Stale { .. }))) {
+        for r in report
+            .rows
+            .iter()
+            .filter(|r| r.closed || (report.dry_run && matches!(r.verdict, janitor::Verdict::Stale { .. })))
+        {
             println!(
                 "  radacct {} user {} ip {} started {}",
                 r.row.radacctid,
@@ -255,7 +271,11 @@ fn simultaneous_use(g: &Global, max: Option<&str>) -> u8 {
     };
     let env = RadiusEnv::from_process();
     let login = match env.get("User-Name") {
-        None => return fail("USER_NAME is not in the environment (rlm_exec needs input_pairs = request, shell_escape = yes)".into()),
+        None => {
+            return fail(
+                "USER_NAME is not in the environment (rlm_exec needs input_pairs = request, shell_escape = yes)".into(),
+            )
+        }
         Some(Err(e)) => return fail(format!("USER_NAME is malformed: {e}")),
         Some(Ok(v)) if v.is_empty() => return fail("USER_NAME is empty".into()),
         Some(Ok(v)) => v.clone(),
@@ -405,7 +425,13 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
     let follow = db::connect_with(&cfg.database, HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT).and_then(|mut c| {
         let login = db::connections::login_of(&mut c, id)?;
         let report = match &login {
-            Some(l) => Some(janitor::run(&cfg, &mut c, &Scope::Login(l.as_bytes().to_vec()), &LazyStateView::new(&cfg), false)?),
+            Some(l) => Some(janitor::run(
+                &cfg,
+                &mut c,
+                &Scope::Login(l.as_bytes().to_vec()),
+                &LazyStateView::new(&cfg),
+                false,
+            )?),
             None => None,
         };
         let locks = remove_session_locks(&mut c, id)?;
@@ -473,7 +499,9 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
 fn outcome_text(o: &hardcut::KillOutcome) -> String {
     match o {
         hardcut::KillOutcome::Terminated { after_ms } => format!("terminated after {after_ms} ms"),
-        hardcut::KillOutcome::Killed { after_ms } => format!("killed with SIGKILL after {after_ms} ms (no Accounting-Stop)"),
+        hardcut::KillOutcome::Killed { after_ms } => {
+            format!("killed with SIGKILL after {after_ms} ms (no Accounting-Stop)")
+        }
         hardcut::KillOutcome::AlreadyGone => "already gone".into(),
         hardcut::KillOutcome::Failed { error } => format!("not ended: {error}"),
     }

@@ -10,8 +10,8 @@
 //! * `apply:after-tc` — right after the first tc change (set or clear);
 //! * `apply:after-route` — right after the first route is added.
 
-use std::net::Ipv4Addr;
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
 use policy_core::config::GardenEntry;
 use policy_core::kernel::{

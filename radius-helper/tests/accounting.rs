@@ -257,8 +257,11 @@ fn truncated_last_record_is_moved_aside_and_nothing_intact_is_lost() {
         p.rx(2, 600);
         assert_eq!(lab.collect().code, Some(69));
     }
-    let mut names: Vec<_> = std::fs::read_dir(lab.acct_dir.join("spool")).unwrap()
-        .map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "batch")).collect();
+    let mut names: Vec<_> = std::fs::read_dir(lab.acct_dir.join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "batch"))
+        .collect();
     names.sort();
     let last = names.last().unwrap();
     let bytes = std::fs::read(last).unwrap();
@@ -508,7 +511,8 @@ fn radius_row_is_found_by_session_identity_and_updated_not_duplicated() {
     let conn = lab.add_connection("bob", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     let mut c = lab.pg.client();
-    let ins = "INSERT INTO radacct (acctsessionid, acctuniqueid, username, nasipaddress, acctstarttime, framedipaddress)
+    let ins =
+        "INSERT INTO radacct (acctsessionid, acctuniqueid, username, nasipaddress, acctstarttime, framedipaddress)
                VALUES ('%lX6b01f7fd%hX', $1, $2, $3::text::inet, to_timestamp($4), $5::text::inet) RETURNING radacctid";
     let ip = client(2).to_string();
     let start = p.start_ts as f64;
@@ -526,7 +530,8 @@ fn radius_row_is_found_by_session_identity_and_updated_not_duplicated() {
     let rows = c
         .query("SELECT acctuniqueid, acctinputoctets, acctoutputoctets, acctupdatetime IS NOT NULL FROM radacct ORDER BY acctuniqueid", &[])
         .unwrap();
-    let got: Vec<(String, Option<i64>, Option<i64>, bool)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let got: Vec<(String, Option<i64>, Option<i64>, bool)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
     assert_eq!(
         got,
         vec![
@@ -536,15 +541,22 @@ fn radius_row_is_found_by_session_identity_and_updated_not_duplicated() {
             ("r-stale".into(), None, None, false),
         ]
     );
-    let b = c.query_one("SELECT radacct_owner, radacct_id FROM pppgate_sessions WHERE session_key = $1", &[&p.session_key()]).unwrap();
+    let b = c
+        .query_one("SELECT radacct_owner, radacct_id FROM pppgate_sessions WHERE session_key = $1", &[&p.session_key()])
+        .unwrap();
     assert_eq!((b.get::<_, Option<String>>(0), b.get::<_, Option<i64>>(1)), (Some("radius".into()), Some(ours)));
     // ip-down: pppgate closes its own record, never radius.so's row.
     p.rx(1, 100);
     lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp0"], None).ok();
     let k = p.counters();
-    let r = c.query_one("SELECT acctinputoctets, acctstoptime IS NULL FROM radacct WHERE radacctid = $1", &[&ours]).unwrap();
+    let r = c
+        .query_one("SELECT acctinputoctets, acctstoptime IS NULL FROM radacct WHERE radacctid = $1", &[&ours])
+        .unwrap();
     assert_eq!((r.get::<_, Option<i64>>(0), r.get::<_, bool>(1)), (Some(k.0), true));
-    assert_eq!(c.query_one("SELECT count(*) FROM radacct WHERE acctuniqueid LIKE 'pppgate:%'", &[]).unwrap().get::<_, i64>(0), 0);
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM radacct WHERE acctuniqueid LIKE 'pppgate:%'", &[]).unwrap().get::<_, i64>(0),
+        0
+    );
     assert_eq!(lab.session_totals(&p.session_key()), Some(k));
 }
 
@@ -607,7 +619,21 @@ fn final_flush_prefers_the_interface_counters_and_falls_back_to_pppds() {
     let b_key = b.session_key();
     b.kill();
     let (frx, ftx) = (rx + 5000, tx + 7);
-    let r = lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp1", "--rx-bytes", &frx.to_string(), "--tx-bytes", &ftx.to_string()], None).ok();
+    let r = lab
+        .pppgate(
+            &[
+                "--json",
+                "final-flush",
+                "--ppp-if",
+                "ppp1",
+                "--rx-bytes",
+                &frx.to_string(),
+                "--tx-bytes",
+                &ftx.to_string(),
+            ],
+            None,
+        )
+        .ok();
     assert_eq!(r["outcome"]["outcome"], "committed");
     assert_eq!(lab.session_totals(&b_key), Some((frx, ftx)));
     assert_eq!(lab.usage(other), (frx, ftx));
@@ -649,7 +675,20 @@ fn a_session_with_an_ipcp_up_base_ends_on_pppds_own_figure_through_an_outage() {
     // pppd's figure: one 52-byte packet reached the interface after pppd took its statistics.
     let (prx, ptx) = (rx2 - brx - 52, tx2 - btx);
     let r = lab
-        .pppgate(&["--json", "final-flush", "--ppp-if", "ppp0", "--rx-bytes", &prx.to_string(), "--tx-bytes", &ptx.to_string(), "--wraps-32"], None)
+        .pppgate(
+            &[
+                "--json",
+                "final-flush",
+                "--ppp-if",
+                "ppp0",
+                "--rx-bytes",
+                &prx.to_string(),
+                "--tx-bytes",
+                &ptx.to_string(),
+                "--wraps-32",
+            ],
+            None,
+        )
         .ok();
     assert_eq!(r["outcome"]["outcome"], "spooled", "{r}");
     lab.remove_mapping("ppp0");

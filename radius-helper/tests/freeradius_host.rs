@@ -39,8 +39,14 @@ struct FreeRadius {
 
 impl FreeRadius {
     fn start(env: &Env, pppgate_cfg: &Path) -> FreeRadius {
-        assert!(Path::new("/usr/sbin/freeradius").exists(), "freeradius is not installed (apt-get install freeradius freeradius-postgresql freeradius-utils)");
-        assert!(Path::new("/usr/lib/freeradius/rlm_sql_postgresql.so").exists(), "freeradius-postgresql is not installed");
+        assert!(
+            Path::new("/usr/sbin/freeradius").exists(),
+            "freeradius is not installed (apt-get install freeradius freeradius-postgresql freeradius-utils)"
+        );
+        assert!(
+            Path::new("/usr/lib/freeradius/rlm_sql_postgresql.so").exists(),
+            "freeradius-postgresql is not installed"
+        );
         let base = env.dir.path().join("fr");
         let raddb = base.join("raddb");
         fs::create_dir_all(base.join("log")).unwrap();
@@ -49,9 +55,29 @@ impl FreeRadius {
         let bin = env!("CARGO_BIN_EXE_pppgate");
 
         edit(&raddb.join("radiusd.conf"), |t| {
-            let t = replace_once(&t, "logdir = /var/log/freeradius", &format!("logdir = {}", base.join("log").display()), "radiusd.conf");
-            let t = replace_once(&t, "run_dir = ${localstatedir}/run/${name}", &format!("run_dir = {}", base.join("run").display()), "radiusd.conf");
-            let t = replace_once(&t, "checkrad = ${sbindir}/checkrad", &fs::read_to_string(repo().join("packaging/freeradius/radiusd-checkrad.conf")).unwrap().lines().find(|l| l.starts_with("checkrad")).unwrap().replace("/usr/sbin/pppgate", bin), "radiusd.conf");
+            let t = replace_once(
+                &t,
+                "logdir = /var/log/freeradius",
+                &format!("logdir = {}", base.join("log").display()),
+                "radiusd.conf",
+            );
+            let t = replace_once(
+                &t,
+                "run_dir = ${localstatedir}/run/${name}",
+                &format!("run_dir = {}", base.join("run").display()),
+                "radiusd.conf",
+            );
+            let t = replace_once(
+                &t,
+                "checkrad = ${sbindir}/checkrad",
+                &fs::read_to_string(repo().join("packaging/freeradius/radiusd-checkrad.conf"))
+                    .unwrap()
+                    .lines()
+                    .find(|l| l.starts_with("checkrad"))
+                    .unwrap()
+                    .replace("/usr/sbin/pppgate", bin),
+                "radiusd.conf",
+            );
             // Runs as root in this test (the lab VM runs it as freerad).
             let t = replace_once(&t, "\tuser = freerad", "#\tuser = freerad", "radiusd.conf");
             replace_once(&t, "\tgroup = freerad", "#\tgroup = freerad", "radiusd.conf")
@@ -141,9 +167,17 @@ impl Drop for FreeRadius {
 
 fn user(env: &Env, login: &str, password: &str, simultaneous_use: Option<u32>) -> i64 {
     let mut c = env.db.client();
-    c.execute("INSERT INTO radcheck (username, attribute, op, value) VALUES ($1, 'Cleartext-Password', ':=', $2)", &[&login, &password]).unwrap();
+    c.execute(
+        "INSERT INTO radcheck (username, attribute, op, value) VALUES ($1, 'Cleartext-Password', ':=', $2)",
+        &[&login, &password],
+    )
+    .unwrap();
     if let Some(n) = simultaneous_use {
-        c.execute("INSERT INTO radcheck (username, attribute, op, value) VALUES ($1, 'Simultaneous-Use', ':=', $2)", &[&login, &n.to_string()]).unwrap();
+        c.execute(
+            "INSERT INTO radcheck (username, attribute, op, value) VALUES ($1, 'Simultaneous-Use', ':=', $2)",
+            &[&login, &n.to_string()],
+        )
+        .unwrap();
     }
     env.db.connection(login)
 }

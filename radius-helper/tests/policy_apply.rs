@@ -194,7 +194,11 @@ fn full_restricted_full_by_expiry_quota_and_claim() {
     w.cli.ok(&["apply", "--connection-id", &id]);
     let full = |why: &str| {
         assert_eq!(sets(&s.ip()), only("full_v4"), "{why}");
-        assert_eq!(routes_on("ppp0"), BTreeSet::from([route("192.168.50.0/24", "ppp0", 254, None)]), "{why}: routes in FULL");
+        assert_eq!(
+            routes_on("ppp0"),
+            BTreeSet::from([route("192.168.50.0/24", "ppp0", 254, None)]),
+            "{why}: routes in FULL"
+        );
     };
     let restricted = |why: &str| {
         assert_eq!(sets(&s.ip()), only("restricted_v4"), "{why}");
@@ -214,7 +218,9 @@ fn full_restricted_full_by_expiry_quota_and_claim() {
     // Quota: usage rows as the collector writes them.
     w.cli.ok(&["connection", "set", &id, "--quota-bytes", "1000000"]);
     full("under quota");
-    w.sql(&format!("INSERT INTO vpn_usage (connection_id, day, bytes_in, bytes_out) VALUES ({a}, current_date, 600000, 400000)"));
+    w.sql(&format!(
+        "INSERT INTO vpn_usage (connection_id, day, bytes_in, bytes_out) VALUES ({a}, current_date, 600000, 400000)"
+    ));
     let out = w.cli.ok(&["apply", "--connection-id", &id]);
     assert!(out.stdout.contains("RESTRICTED (QuotaExceeded)"), "{}", out.stdout);
     restricted("quota used up");
@@ -258,7 +264,9 @@ fn manual_and_customer_block() {
     let out = w.cli.ok(&["apply", "--customer-id", &cust.to_string()]);
     assert!(out.stdout.contains("BLOCKED (CustomerBlocked)"), "{}", out.stdout);
     assert_eq!(sets(&s.ip()), only("blocked_v4"));
-    w.sql(&format!("UPDATE vpn_connections SET status = 'SUSPENDED' WHERE id = {a}; UPDATE customers SET blocked = false"));
+    w.sql(&format!(
+        "UPDATE vpn_connections SET status = 'SUSPENDED' WHERE id = {a}; UPDATE customers SET blocked = false"
+    ));
     let out = w.cli.ok(&["apply", "--connection-id", &id]);
     assert!(out.stdout.contains("BLOCKED (Suspended)"), "{}", out.stdout);
     assert_eq!(sets(&s.ip()), only("blocked_v4"));
@@ -287,7 +295,9 @@ fn terminate_signals_the_session_and_reconcile_cleans_up() {
     assert_eq!(sets(&sa.ip()), only("blocked_v4"));
     assert_eq!(tool_shaping("ppp0"), Shaping::default());
 
-    w.sql(&format!("UPDATE vpn_connections SET status = 'UNCLAIMED' WHERE id = {b}; DELETE FROM vpn_connections WHERE id = {c}"));
+    w.sql(&format!(
+        "UPDATE vpn_connections SET status = 'UNCLAIMED' WHERE id = {b}; DELETE FROM vpn_connections WHERE id = {c}"
+    ));
     let out = w.cli.ok(&["reconcile"]);
     println!("{}", out.stdout);
     for s in [&mut sb, &mut sc] {
@@ -341,7 +351,10 @@ fn gone_sessions_leave_nothing_behind() {
     assert_eq!(sets(&sc.ip()), only("full_v4"), "the live session keeps its state");
     assert_eq!(tool_shaping("ppp2"), shaping(Some(8000), Some(2000)));
     assert_eq!(tool_rules(), BTreeSet::from([rule("100.64.0.4/32", 100, 102)]));
-    assert!(tool_routes().iter().any(|r| r.table == 100 && r.dev == "wg0"), "the table's default route stays while used");
+    assert!(
+        tool_routes().iter().any(|r| r.table == 100 && r.dev == "wg0"),
+        "the table's default route stays while used"
+    );
 
     // The last session goes: the table's default route goes too.
     drop(sc);
@@ -512,7 +525,11 @@ fn break_stale_lock_ends_an_old_holder_but_not_a_young_one() {
 
     // A young holder: --break-stale-lock refuses (busy, 75) and the holder lives.
     let mut young = hold_lock(&w.env.apply_lock);
-    std::fs::write(&w.env.apply_lock, format!("pid={} since={} what=apply\n", young.0.id(), policy_core::lock::now_unix())).unwrap();
+    std::fs::write(
+        &w.env.apply_lock,
+        format!("pid={} since={} what=apply\n", young.0.id(), policy_core::lock::now_unix()),
+    )
+    .unwrap();
     let out = w.cli.run(&["reconcile", "--break-stale-lock"]).expect_code(75);
     assert!(out.stderr.contains("not older than the TTL"), "{}", out.stderr);
     assert!(matches!(young.0.try_wait(), Ok(None)), "the young holder was not signalled");
@@ -641,7 +658,22 @@ fn json_outputs_parse() {
     assert_eq!(j[0]["destination"], "10.10.0.0/24");
     assert_eq!(j[0]["connection_id"], a);
 
-    w.cli.ok(&["--json", "pbr", "add", "ktn", "--connection-id", &id, "--table", "ktn", "--via", "10.100.0.40", "--dev", "wg0", "--priority", "100"]);
+    w.cli.ok(&[
+        "--json",
+        "pbr",
+        "add",
+        "ktn",
+        "--connection-id",
+        &id,
+        "--table",
+        "ktn",
+        "--via",
+        "10.100.0.40",
+        "--dev",
+        "wg0",
+        "--priority",
+        "100",
+    ]);
     let j = w.cli.ok(&["--json", "pbr", "list"]).json();
     assert_eq!(j[0]["name"], "ktn");
     assert_eq!(j[0]["table"], 100);
@@ -704,14 +736,42 @@ fn bad_input_exits_65_and_applies_nothing() {
         vec!["routes", "add", "--connection-id", &id, "--dst", "10.0.0.0/33"],
         vec!["routes", "add", "--connection-id", &id, "--dst", "not-a-net"],
         vec!["routes", "add", "--connection-id", &id, "--dst", "0.0.0.0/0"],
-        vec!["pbr", "add", "x", "--from", "10.0.0.1/8", "--table", "100", "--via", "10.100.0.40", "--dev", "wg0", "--priority", "100"],
+        vec![
+            "pbr",
+            "add",
+            "x",
+            "--from",
+            "10.0.0.1/8",
+            "--table",
+            "100",
+            "--via",
+            "10.100.0.40",
+            "--dev",
+            "wg0",
+            "--priority",
+            "100",
+        ],
         // a gateway a point-to-point link cannot reach
         vec!["routes", "add", "--connection-id", &id, "--dst", "10.20.0.0/24", "--gateway", "10.9.9.9"],
         // unknown ids
         vec!["apply", "--connection-id", "999999"],
         vec!["connection", "set", "999999", "--down-kbit", "1000"],
         vec!["routes", "add", "--connection-id", "999999", "--dst", "10.20.0.0/24"],
-        vec!["pbr", "add", "y", "--connection-id", "999999", "--table", "100", "--via", "10.100.0.40", "--dev", "wg0", "--priority", "100"],
+        vec![
+            "pbr",
+            "add",
+            "y",
+            "--connection-id",
+            "999999",
+            "--table",
+            "100",
+            "--via",
+            "10.100.0.40",
+            "--dev",
+            "wg0",
+            "--priority",
+            "100",
+        ],
         // ids that are not plain positive integers
         vec!["apply", "--connection-id", "1; rm -rf /"],
         vec!["apply", "--connection-id=-1"],
@@ -729,10 +789,66 @@ fn bad_input_exits_65_and_applies_nothing() {
         // routing tables
         vec!["routes", "add", "--connection-id", &id, "--dst", "10.20.0.0/24", "--table", "nosuch"],
         vec!["routes", "add", "--connection-id", &id, "--dst", "10.20.0.0/24", "--table", "local"],
-        vec!["pbr", "add", "z", "--connection-id", &id, "--table", "nosuch", "--via", "10.100.0.40", "--dev", "wg0", "--priority", "100"],
-        vec!["pbr", "add", "z", "--connection-id", &id, "--table", "main", "--via", "10.100.0.40", "--dev", "wg0", "--priority", "100"],
-        vec!["pbr", "add", "z", "--connection-id", &id, "--table", "100", "--via", "10.100.0.40", "--dev", "wg0", "--priority", "0"],
-        vec!["pbr", "add", "bad name!", "--connection-id", &id, "--table", "100", "--via", "10.100.0.40", "--dev", "wg0", "--priority", "100"],
+        vec![
+            "pbr",
+            "add",
+            "z",
+            "--connection-id",
+            &id,
+            "--table",
+            "nosuch",
+            "--via",
+            "10.100.0.40",
+            "--dev",
+            "wg0",
+            "--priority",
+            "100",
+        ],
+        vec![
+            "pbr",
+            "add",
+            "z",
+            "--connection-id",
+            &id,
+            "--table",
+            "main",
+            "--via",
+            "10.100.0.40",
+            "--dev",
+            "wg0",
+            "--priority",
+            "100",
+        ],
+        vec![
+            "pbr",
+            "add",
+            "z",
+            "--connection-id",
+            &id,
+            "--table",
+            "100",
+            "--via",
+            "10.100.0.40",
+            "--dev",
+            "wg0",
+            "--priority",
+            "0",
+        ],
+        vec![
+            "pbr",
+            "add",
+            "bad name!",
+            "--connection-id",
+            &id,
+            "--table",
+            "100",
+            "--via",
+            "10.100.0.40",
+            "--dev",
+            "wg0",
+            "--priority",
+            "100",
+        ],
         // rates
         vec!["connection", "set", &id, "--down-kbit", "0"],
         vec!["connection", "set", &id, "--down-kbit", "999999999"],
@@ -766,7 +882,9 @@ fn bad_input_exits_65_and_applies_nothing() {
     }
     w.sql(&format!("UPDATE vpn_connections SET rate_down_kbit = 8000 WHERE id = {a}"));
     // A route via an address other than the peer, written to SQL directly.
-    w.sql(&format!("INSERT INTO vpn_routes (connection_id, destination, gateway) VALUES ({a}, '10.30.0.0/24', '10.9.9.9')"));
+    w.sql(&format!(
+        "INSERT INTO vpn_routes (connection_id, destination, gateway) VALUES ({a}, '10.30.0.0/24', '10.9.9.9')"
+    ));
     w.cli.run(&["apply", "--connection-id", &id]).expect_code(65);
     assert_eq!(kernel_dump(), before);
 }
@@ -825,7 +943,10 @@ fn routes_verbs_are_idempotent_for_several_sessions() {
     let out = w.cli.ok(&["routes", "del", "--connection-id", &ia, "--dst", "10.10.0.0/24"]);
     assert!(out.stdout.contains("was not there"), "{}", out.stdout);
     w.cli.ok(&["routes", "del", "--connection-id", &ib, "--dst", "10.20.0.0/24", "--table", "ktn"]);
-    assert_eq!(tool_routes(), BTreeSet::from([route("10.11.0.0/24", "ppp0", 254, None), route("10.21.0.0/24", "ppp1", 200, None)]));
+    assert_eq!(
+        tool_routes(),
+        BTreeSet::from([route("10.11.0.0/24", "ppp0", 254, None), route("10.21.0.0/24", "ppp1", 200, None)])
+    );
 
     // Stored only, applied later.
     w.cli.ok(&["routes", "add", "--connection-id", &ia, "--dst", "10.12.0.0/24", "--no-apply"]);

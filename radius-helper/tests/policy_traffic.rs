@@ -34,13 +34,18 @@ struct Lab {
 /// Far-side counters: packets arriving (prerouting) from each client address, plus the
 /// walled-garden violations a RESTRICTED address could commit.
 fn probe_ruleset(clients: &[&str], restricted: Option<&str>) -> String {
-    let mut t = String::from("table ip probe {\n chain pre {\n  type filter hook prerouting priority -300; policy accept;\n");
+    let mut t =
+        String::from("table ip probe {\n chain pre {\n  type filter hook prerouting priority -300; policy accept;\n");
     for ip in clients {
         t.push_str(&format!("  ip saddr {ip} counter comment \"from-{ip}\"\n"));
     }
     if let Some(r) = restricted {
-        t.push_str(&format!("  ip saddr {r} ip daddr != {{ 198.51.100.53, 198.51.100.54 }} counter comment \"outside-garden\"\n"));
-        t.push_str(&format!("  ip saddr {r} ip daddr 198.51.100.53 meta l4proto tcp tcp dport != 8080 counter comment \"wrong-port\"\n"));
+        t.push_str(&format!(
+            "  ip saddr {r} ip daddr != {{ 198.51.100.53, 198.51.100.54 }} counter comment \"outside-garden\"\n"
+        ));
+        t.push_str(&format!(
+            "  ip saddr {r} ip daddr 198.51.100.53 meta l4proto tcp tcp dport != 8080 counter comment \"wrong-port\"\n"
+        ));
     }
     t.push_str(" }\n}\n");
     t
@@ -243,9 +248,37 @@ fn policy_routing_sends_sessions_to_the_next_hop() {
     assert_eq!(send(&sa), (20, 0), "no policy routing yet: the default path");
 
     // By connection.
-    l.cli.ok(&["pbr", "add", "ktn", "--connection-id", &a.to_string(), "--table", "ktn", "--via", "10.100.0.40", "--dev", "wg0", "--priority", "100"]);
+    l.cli.ok(&[
+        "pbr",
+        "add",
+        "ktn",
+        "--connection-id",
+        &a.to_string(),
+        "--table",
+        "ktn",
+        "--via",
+        "10.100.0.40",
+        "--dev",
+        "wg0",
+        "--priority",
+        "100",
+    ]);
     // By source subnet.
-    l.cli.ok(&["pbr", "add", "branch", "--from", "100.64.1.0/24", "--table", "200", "--via", "10.100.0.40", "--dev", "wg0", "--priority", "110"]);
+    l.cli.ok(&[
+        "pbr",
+        "add",
+        "branch",
+        "--from",
+        "100.64.1.0/24",
+        "--table",
+        "200",
+        "--via",
+        "10.100.0.40",
+        "--dev",
+        "wg0",
+        "--priority",
+        "110",
+    ]);
     let (via_default, via_mt) = send(&sa);
     println!("alice (pbr by connection): {via_default} at the default gateway, {via_mt} at the next hop");
     assert_eq!((via_default, via_mt), (0, 20));
@@ -274,7 +307,17 @@ fn policy_routing_sends_sessions_to_the_next_hop() {
 
     // A "restart": rules and the tables' routes lost; reconcile restores them.
     for r in tool_rules() {
-        run(&["ip", "rule", "del", "from", &r.from.to_string(), "lookup", &r.table.to_string(), "priority", &r.priority.to_string()]);
+        run(&[
+            "ip",
+            "rule",
+            "del",
+            "from",
+            &r.from.to_string(),
+            "lookup",
+            &r.table.to_string(),
+            "priority",
+            &r.priority.to_string(),
+        ]);
     }
     run(&["ip", "route", "flush", "table", "100"]);
     assert_eq!(send(&sa), (20, 0), "without the rules: the default path");
@@ -287,7 +330,11 @@ fn policy_routing_sends_sessions_to_the_next_hop() {
     l.cli.ok(&["pbr", "del", "ktn"]);
     assert_eq!(send(&sa), (20, 0), "after pbr del: the default path");
     assert!(tool_rules().iter().all(|r| r.table != 100));
-    assert!(tool_routes().iter().all(|r| r.table != 100), "table 100's default route went with its last rule: {:?}", tool_routes());
+    assert!(
+        tool_routes().iter().all(|r| r.table != 100),
+        "table 100's default route went with its last rule: {:?}",
+        tool_routes()
+    );
     l.cli.ok(&["pbr", "del", "branch"]);
     assert_eq!(send(&sb), (20, 0));
     assert!(tool_rules().is_empty());

@@ -43,7 +43,12 @@ fn os(s: &str) -> &OsStr {
 }
 
 fn text(o: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Runs the hook as rlm_exec does: attributes in the environment, encoded by FreeRADIUS's rules.
@@ -101,9 +106,19 @@ fn simultaneous_use_hook_fails_closed() {
     // No USER_NAME, a malformed one, a bad --max: fail (2), never ok.
     let o = pppgate(&bin(), &cfg, &[os("radius"), os("exec"), os("simultaneous-use"), os("--max=1")], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let o = pppgate(&bin(), &cfg, &[os("radius"), os("exec"), os("simultaneous-use")], &[("USER_NAME", os("\"unterminated"))]);
+    let o = pppgate(
+        &bin(),
+        &cfg,
+        &[os("radius"), os("exec"), os("simultaneous-use")],
+        &[("USER_NAME", os("\"unterminated"))],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let o = pppgate(&bin(), &cfg, &[os("radius"), os("exec"), os("simultaneous-use"), os("--max=x")], &[("USER_NAME", os("\"a\""))]);
+    let o = pppgate(
+        &bin(),
+        &cfg,
+        &[os("radius"), os("exec"), os("simultaneous-use"), os("--max=x")],
+        &[("USER_NAME", os("\"a\""))],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let o = pppgate(&bin(), &cfg, &[os("radius"), os("exec"), os("nonsense")], &[("USER_NAME", os("\"a\""))]);
     assert_eq!(o.status.code(), Some(2), "usage errors of FreeRADIUS verbs are 'fail'\n{}", text(&o));
@@ -208,7 +223,15 @@ fn session_kill_refuses_anything_but_a_plain_positive_integer() {
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), conn, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     let twenty = "1".repeat(20);
-    let bad = [format!("{conn}; rm -rf /"), "-1".into(), "0x10".into(), String::new(), twenty, format!("00{conn}"), format!(" {conn}")];
+    let bad = [
+        format!("{conn}; rm -rf /"),
+        "-1".into(),
+        "0x10".into(),
+        String::new(),
+        twenty,
+        format!("00{conn}"),
+        format!(" {conn}"),
+    ];
     for b in &bad {
         let o = pppgate(&kill, &cfg, &[os(b)], &[("SUDO_USER", os("www-data"))]);
         assert_eq!(o.status.code(), Some(65), "{b:?}\n{}", text(&o));
@@ -222,7 +245,8 @@ fn session_kill_refuses_anything_but_a_plain_positive_integer() {
         assert_eq!(l["actor"]["sudo_user"], "www-data");
         assert!(l["result"].as_str().unwrap().starts_with("refused"));
     }
-    let rows: i64 = env.db.client().query_one("SELECT count(*) FROM pppgate_audit WHERE exit_code = 65", &[]).unwrap().get(0);
+    let rows: i64 =
+        env.db.client().query_one("SELECT count(*) FROM pppgate_audit WHERE exit_code = 65", &[]).unwrap().get(0);
     assert_eq!(rows, bad.len() as i64, "audited in SQL too");
 }
 
@@ -257,15 +281,24 @@ fn session_kill_terminates_then_kills_and_audits() {
         assert!(before.contains(ip), "{ip} not in nft before the kill: {before}");
     }
 
-    let o = pppgate(&bin(), &cfg, &[os("--json"), os("session"), os("kill"), os("--timeout"), os("1"), os(&alice.to_string())], &[]);
+    let o = pppgate(
+        &bin(),
+        &cfg,
+        &[os("--json"), os("session"), os("kill"), os("--timeout"), os("1"), os(&alice.to_string())],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // Reconcile after the kill removed the killed sessions' state and kept the bystander's.
     let after = nft();
     assert!(!after.contains("198.51.100.10") && !after.contains("198.51.100.11"), "{after}");
     assert!(after.contains("198.51.100.12"), "{after}");
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let outcomes: Vec<(&str, &str)> =
-        v["sessions"].as_array().unwrap().iter().map(|s| (s["ppp_if"].as_str().unwrap(), s["outcome"].as_str().unwrap())).collect();
+    let outcomes: Vec<(&str, &str)> = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["ppp_if"].as_str().unwrap(), s["outcome"].as_str().unwrap()))
+        .collect();
     assert_eq!(outcomes, vec![("ppp0", "terminated"), ("ppp1", "killed")], "{v:#}");
     assert!(!policy_core::hardcut::same_process(polite.pid(), polite_ts));
     assert!(!policy_core::hardcut::same_process(hung.pid(), hung_ts));
@@ -282,7 +315,12 @@ fn session_kill_terminates_then_kills_and_audits() {
     assert_eq!(lines[0]["verb"], "session-kill");
     assert_eq!(lines[0]["exit_code"], 0);
     assert!(lines[0]["result"].as_str().unwrap().contains("SIGKILL"), "{}", lines[0]);
-    let n: i64 = env.db.client().query_one("SELECT count(*) FROM pppgate_audit WHERE verb = 'session-kill' AND exit_code = 0", &[]).unwrap().get(0);
+    let n: i64 = env
+        .db
+        .client()
+        .query_one("SELECT count(*) FROM pppgate_audit WHERE verb = 'session-kill' AND exit_code = 0", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 
     // Again: nothing live any more; still audited, exit 0.
@@ -303,7 +341,10 @@ fn session_kill_never_signals_a_reused_pid() {
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", unrelated.pid(), unrelated.start_ts() - 500);
     let o = pppgate(&bin(), &cfg, &[os("session"), os("kill"), os(&alice.to_string())], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(policy_core::hardcut::same_process(unrelated.pid(), unrelated.start_ts()), "a process that is not the session's pppd");
+    assert!(
+        policy_core::hardcut::same_process(unrelated.pid(), unrelated.start_ts()),
+        "a process that is not the session's pppd"
+    );
 }
 
 #[test]

@@ -448,8 +448,7 @@ option_trampoline!(option_0, 0);
 option_trampoline!(option_1, 1);
 option_trampoline!(option_2, 2);
 option_trampoline!(option_3, 3);
-const TRAMPOLINES: [extern "C" fn(*mut *mut c_char) -> c_int; MAX_OPTIONS] =
-    [option_0, option_1, option_2, option_3];
+const TRAMPOLINES: [extern "C" fn(*mut *mut c_char) -> c_int; MAX_OPTIONS] = [option_0, option_1, option_2, option_3];
 
 #[cfg(not(pppd_2_5))]
 type COption = ffi::option_t;
@@ -473,7 +472,7 @@ fn install_options(opts: &[(&'static CStr, &'static CStr, OptionHandler)]) {
         });
     }
     table.push(COption::default()); // terminator: name == NULL
-    // pppd keeps the pointer for its lifetime: the table is leaked on purpose.
+                                    // pppd keeps the pointer for its lifetime: the table is leaked on purpose.
     let table: &'static mut [COption] = Vec::leak(table);
     // SAFETY: add_options stores a pointer to a NULL-name-terminated option array that lives for
     // the rest of the process (leaked above); we are on pppd's thread.
@@ -618,12 +617,7 @@ pub fn link_stats() -> Option<LinkStats> {
         let mut s = ffi::ppp_link_stats_st::default();
         // SAFETY: ppp_get_link_stats fills the struct we pass by pointer.
         let ok = unsafe { ffi::ppp_get_link_stats(&mut s) };
-        ok.then(|| LinkStats {
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-            pkts_in: s.pkts_in,
-            pkts_out: s.pkts_out,
-        })
+        ok.then(|| LinkStats { bytes_in: s.bytes_in, bytes_out: s.bytes_out, pkts_in: s.pkts_in, pkts_out: s.pkts_out })
     }
 }
 

@@ -127,9 +127,10 @@ impl Kernel {
 
     /// The root qdisc's (kind, handle) of `dev`.
     pub fn root_qdisc(&self, dev: &str) -> Option<(String, String)> {
-        self.qdiscs_of(dev).into_iter().find(|q| q["root"] == true).map(|q| {
-            (q["kind"].as_str().unwrap_or("").to_string(), q["handle"].as_str().unwrap_or("").to_string())
-        })
+        self.qdiscs_of(dev)
+            .into_iter()
+            .find(|q| q["root"] == true)
+            .map(|q| (q["kind"].as_str().unwrap_or("").to_string(), q["handle"].as_str().unwrap_or("").to_string()))
     }
 
     pub fn has_root_htb(&self, dev: &str) -> bool {
@@ -246,7 +247,9 @@ pub fn received(run_dir: &Path, tag: &str) -> Vec<Received> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let n = |i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{}: bad line {l:?}", p.display()));
+            let n = |i: usize| {
+                f.get(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{}: bad line {l:?}", p.display()))
+            };
             Received { seq: n(0), sent_us: n(1), recv_us: n(2), src: f.get(3).unwrap_or(&"").to_string() }
         })
         .collect()
@@ -305,7 +308,9 @@ mod tests {
 
     #[test]
     fn plugin_fields() {
-        let f = fields("pppgate: policy applied, connect gate released ifname=ppp0 conn_id=1 state=FULL sql_us=166190 x=\"a\"");
+        let f = fields(
+            "pppgate: policy applied, connect gate released ifname=ppp0 conn_id=1 state=FULL sql_us=166190 x=\"a\"",
+        );
         assert_eq!(f["ifname"], "ppp0");
         assert_eq!(f["sql_us"], "166190");
         assert_eq!(f["x"], "a");

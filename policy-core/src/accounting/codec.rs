@@ -18,11 +18,17 @@ pub enum DecodeError {
     /// Not one of our files (wrong magic) or an unreadable header line.
     NotOurs,
     /// Written by a newer pppgate: this build reads up to `known`.
-    NewerVersion { found: u32, known: u32 },
+    NewerVersion {
+        found: u32,
+        known: u32,
+    },
     /// The header is ours but malformed.
     BadHeader(String),
     /// Fewer body bytes than the header announces (an interrupted write).
-    Truncated { expected: usize, found: usize },
+    Truncated {
+        expected: usize,
+        found: usize,
+    },
     /// More bytes than the header announces.
     TrailingBytes(usize),
     Checksum,

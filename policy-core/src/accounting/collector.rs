@@ -258,7 +258,15 @@ fn read_live(
         }
         let total = prev.map(|p| p.total).unwrap_or_default().saturating_add(a.delta);
         seen.insert(info.key.clone());
-        out.push(Entry { session: info, at: now, ifindex: Some(link.index), baseline: a.baseline, delta: a.delta, total, stop: None });
+        out.push(Entry {
+            session: info,
+            at: now,
+            ifindex: Some(link.index),
+            baseline: a.baseline,
+            delta: a.delta,
+            total,
+            stop: None,
+        });
         counts.read += 1;
     }
     Ok((out, seen, t_netlink))
@@ -286,7 +294,8 @@ fn checked_mappings(dir: &Path, links: &LinkSnapshot) -> Result<Vec<CheckedMappi
     }
     let per = paths.len().div_ceil(threads);
     let parts: Vec<Vec<CheckedMapping>> = std::thread::scope(|s| {
-        let handles: Vec<_> = paths.chunks(per).map(|c| s.spawn(move || c.iter().map(check).collect::<Vec<_>>())).collect();
+        let handles: Vec<_> =
+            paths.chunks(per).map(|c| s.spawn(move || c.iter().map(check).collect::<Vec<_>>())).collect();
         handles.into_iter().map(|h| h.join().expect("mapping reader thread panicked")).collect()
     });
     Ok(parts.into_iter().flatten().collect())
@@ -294,7 +303,13 @@ fn checked_mappings(dir: &Path, links: &LinkSnapshot) -> Result<Vec<CheckedMappi
 
 /// Closing entries for sessions in the state that are neither VALID now nor closing by marker,
 /// and have not been seen for [`vanish_grace`].
-fn close_vanished(cfg: &Config, j: &Journal, seen: &BTreeSet<String>, closing: &BTreeSet<String>, now: i64) -> Vec<Entry> {
+fn close_vanished(
+    cfg: &Config,
+    j: &Journal,
+    seen: &BTreeSet<String>,
+    closing: &BTreeSet<String>,
+    now: i64,
+) -> Vec<Entry> {
     let grace = vanish_grace(cfg);
     j.state
         .sessions

@@ -146,15 +146,22 @@ mod tests {
         let a = advance(prev(100, 50, 7), Octets::new(10, 5), Some(9), false);
         assert_eq!((a.delta, a.observation), (Octets::new(10, 5), Observation::Recreated));
         let a = advance(prev(100, 50, 7), Octets::new(10, 60), Some(7), false);
-        assert_eq!((a.delta, a.baseline, a.observation), (Octets::new(0, 10), Octets::new(10, 60), Observation::Backwards));
+        assert_eq!(
+            (a.delta, a.baseline, a.observation),
+            (Octets::new(0, 10), Octets::new(10, 60), Observation::Backwards)
+        );
     }
 
     #[test]
     fn thirty_two_bit_final_readings_are_extended() {
         let base = (5u64 << 32) + 4_000_000_000;
         // Wrapped past 2^32 since the baseline: low bits small again.
-        let a = advance(Some(Previous { baseline: Octets::new(base, 10), ifindex: Some(1) }),
-                        Octets::new(100, 20), None, true);
+        let a = advance(
+            Some(Previous { baseline: Octets::new(base, 10), ifindex: Some(1) }),
+            Octets::new(100, 20),
+            None,
+            true,
+        );
         assert_eq!(a.delta.rx, (1u64 << 32) - 4_000_000_000 + 100);
         assert_eq!(a.delta.tx, 10);
         assert_eq!(extend_32(7, 3), 7);

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
-use super::counters::{advance, Observation};
 #[cfg(test)]
 use super::counters::Octets;
+use super::counters::{advance, Observation};
 use super::record::{Batch, Entry};
 use super::spool::AcctDir;
 use super::state::State;
@@ -178,7 +178,13 @@ impl Journal {
         let mut quarantined = Vec::new();
         let mut max_seen_seq = 0;
         for u in scan.unreadable {
-            if let Some(seq) = u.path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".batch")).and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(seq) = u
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".batch"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 max_seen_seq = max_seen_seq.max(seq);
             }
             quarantine(&dir, u.path, u.error.to_string(), &mut quarantined)?;
@@ -206,8 +212,11 @@ impl Journal {
         }
         state.reserve_past(max_seen_seq);
         if rolled_forward > 0 {
-            info!(records = rolled_forward, applied_seq = state.applied_seq,
-                "accounting state rolled forward over journal records it did not include");
+            info!(
+                records = rolled_forward,
+                applied_seq = state.applied_seq,
+                "accounting state rolled forward over journal records it did not include"
+            );
         }
         let state_dirty = rolled_forward > 0 || loaded.replaced.is_some();
         Ok(Journal {
@@ -260,7 +269,13 @@ impl Journal {
 
     /// Appends `entries` as one batch (durable), then advances and saves the state, then drops
     /// the markers the batch consumed.
-    pub fn append(&mut self, cfg: &Config, entries: Vec<Entry>, now: i64, step: &dyn Fn(Step)) -> Result<Option<(u64, PathBuf)>> {
+    pub fn append(
+        &mut self,
+        cfg: &Config,
+        entries: Vec<Entry>,
+        now: i64,
+        step: &dyn Fn(Step),
+    ) -> Result<Option<(u64, PathBuf)>> {
         let expired = self.state.expire_closed(now);
         let mut appended = None;
         if !entries.is_empty() {
@@ -337,7 +352,12 @@ impl Journal {
     }
 
     /// Writes one merged record for `group` (when it has several) and moves it to `out`.
-    fn fold(&self, group: &mut Vec<(PathBuf, Batch)>, out: &mut Vec<(PathBuf, Batch)>, folded: &mut usize) -> Result<()> {
+    fn fold(
+        &self,
+        group: &mut Vec<(PathBuf, Batch)>,
+        out: &mut Vec<(PathBuf, Batch)>,
+        folded: &mut usize,
+    ) -> Result<()> {
         if group.len() < 2 {
             out.append(group);
             return Ok(());
@@ -362,8 +382,15 @@ impl Journal {
     /// chunk limits allow; each committed record is deleted. Stops at `deadline` (checked between
     /// statements). Records not committed stay spooled. A record that fails for a reason other
     /// than an unreachable database is retried alone, so it cannot hold the others back.
-    pub fn replay(&mut self, cfg: &Config, how: &ReplayLimits, step: &dyn Fn(Step), summary: &mut ReplaySummary,
-                  round_trips: &mut u32, now: i64) -> ReplayOutcome {
+    pub fn replay(
+        &mut self,
+        cfg: &Config,
+        how: &ReplayLimits,
+        step: &dyn Fn(Step),
+        summary: &mut ReplaySummary,
+        round_trips: &mut u32,
+        now: i64,
+    ) -> ReplayOutcome {
         let mut client = match db::connect_with(&cfg.database, how.connect_timeout, how.statement_timeout) {
             Ok(c) => c,
             Err(e) => {
@@ -408,7 +435,14 @@ impl Journal {
                             rest.push(rec);
                             continue;
                         }
-                        match self.commit_chunk(&mut client, cfg, std::slice::from_ref(&rec), step, summary, round_trips) {
+                        match self.commit_chunk(
+                            &mut client,
+                            cfg,
+                            std::slice::from_ref(&rec),
+                            step,
+                            summary,
+                            round_trips,
+                        ) {
                             Ok(()) => {}
                             Err(e2 @ Error::SqlUnavailable(_)) => {
                                 unavailable = Some(e2);
@@ -435,14 +469,25 @@ impl Journal {
             return ReplayOutcome { status: self.unavailable(&e, now), client: None, error: Some(e) };
         }
         if let Some(e) = failed {
-            return ReplayOutcome { status: DbStatus::Failed { error: one_line(&e) }, client: Some(client), error: Some(e) };
+            return ReplayOutcome {
+                status: DbStatus::Failed { error: one_line(&e) },
+                client: Some(client),
+                error: Some(e),
+            };
         }
         let status = if out_of_time { DbStatus::Partial } else { DbStatus::Committed };
         ReplayOutcome { status, client: Some(client), error: None }
     }
 
-    fn commit_chunk(&mut self, client: &mut postgres::Client, cfg: &Config, c: &[(PathBuf, Batch)], step: &dyn Fn(Step),
-                    summary: &mut ReplaySummary, round_trips: &mut u32) -> Result<()> {
+    fn commit_chunk(
+        &mut self,
+        client: &mut postgres::Client,
+        cfg: &Config,
+        c: &[(PathBuf, Batch)],
+        step: &dyn Fn(Step),
+        summary: &mut ReplaySummary,
+        round_trips: &mut u32,
+    ) -> Result<()> {
         let batches: Vec<&Batch> = c.iter().map(|(_, b)| b).collect();
         *round_trips += 1;
         summary.commit_statements += 1;
@@ -452,8 +497,15 @@ impl Journal {
         summary.records_applied += applied;
         summary.records_already_applied += c.len().saturating_sub(applied);
         summary.entries_applied += counts.entries_applied;
-        debug!(records = c.len(), applied, entries = counts.entries_applied, radius_rows = counts.radius_rows_updated,
-            own_rows = counts.own_rows_written, usage_rows = counts.usage_rows_written, "accounting committed");
+        debug!(
+            records = c.len(),
+            applied,
+            entries = counts.entries_applied,
+            radius_rows = counts.radius_rows_updated,
+            own_rows = counts.own_rows_written,
+            usage_rows = counts.usage_rows_written,
+            "accounting committed"
+        );
         for (k, (path, _)) in c.iter().enumerate() {
             if let Err(e) = self.dir.remove(path) {
                 // Committed already: a record left behind is recognised as applied next time.
@@ -487,7 +539,12 @@ impl Journal {
 
     fn back_online(&self, now: i64) {
         if let Transition::Ended { since } = self.dir.outage().succeeded() {
-            info!(since, seconds = now - since, pending = self.pending.len(), "database reachable again; replaying spooled accounting");
+            info!(
+                since,
+                seconds = now - since,
+                pending = self.pending.len(),
+                "database reachable again; replaying spooled accounting"
+            );
         }
     }
 
@@ -505,7 +562,13 @@ mod tests {
         let e = crate::accounting::spool::tests::entry("k", 1);
         (
             PathBuf::from(format!("/x/{seq}")),
-            Batch { seq, batch_id: format!("{nas}:i:{seq}"), nas_identity: nas.into(), collected_at: 0, entries: vec![e; entries] },
+            Batch {
+                seq,
+                batch_id: format!("{nas}:i:{seq}"),
+                nas_identity: nas.into(),
+                collected_at: 0,
+                entries: vec![e; entries],
+            },
         )
     }
 
@@ -534,7 +597,13 @@ mod tests {
                 e.stop = Some(crate::accounting::record::Stop { at, cause: "User-Request".into() });
                 entries.push(e);
             }
-            let b = Batch { seq: k + 1, batch_id: format!("n:i:{}", k + 1), nas_identity: "n".into(), collected_at: at, entries };
+            let b = Batch {
+                seq: k + 1,
+                batch_id: format!("n:i:{}", k + 1),
+                nas_identity: "n".into(),
+                collected_at: at,
+                entries,
+            };
             pending.push((dir.append(&b).unwrap(), b));
         }
         let mut j = Journal {
@@ -556,14 +625,18 @@ mod tests {
         assert!(b.stop.is_some() && b.total.rx == 13, "the closing entry is kept");
         // On disk exactly what is pending, readable.
         let scan = dir.scan().unwrap();
-        assert_eq!(scan.records.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
-                   j.pending.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>());
+        assert_eq!(
+            scan.records.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+            j.pending.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
+        );
         assert_eq!(j.compact(h0 + 3600 + 900).unwrap(), 0, "below the threshold now");
     }
 
     #[test]
     fn chunks_merge_consecutive_records_within_limits() {
-        let sizes = |c: &Vec<Vec<(PathBuf, Batch)>>| c.iter().map(|c| c.iter().map(|r| r.1.seq).collect::<Vec<_>>()).collect::<Vec<_>>();
+        let sizes = |c: &Vec<Vec<(PathBuf, Batch)>>| {
+            c.iter().map(|c| c.iter().map(|r| r.1.seq).collect::<Vec<_>>()).collect::<Vec<_>>()
+        };
         let c = chunk(vec![rec(1, "a", 4), rec(2, "a", 4), rec(3, "a", 4), rec(4, "b", 1), rec(5, "a", 20)], 10);
         assert_eq!(sizes(&c), vec![vec![1, 2], vec![3], vec![4], vec![5]]);
         let many: Vec<_> = (1..=(CHUNK_RECORDS as u64 + 1)).map(|s| rec(s, "a", 1)).collect();

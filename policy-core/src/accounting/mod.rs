@@ -112,8 +112,14 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 6] =
-        [Step::AfterRead, Step::AfterSpool, Step::AfterState, Step::AfterCommit, Step::ReplayMidDelete, Step::FinalAfterMarker];
+    pub const ALL: [Step; 6] = [
+        Step::AfterRead,
+        Step::AfterSpool,
+        Step::AfterState,
+        Step::AfterCommit,
+        Step::ReplayMidDelete,
+        Step::FinalAfterMarker,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -197,7 +203,12 @@ pub fn final_flush(cfg: &Config, mapping: &Mapping, counters: FinalCounters) -> 
 }
 
 /// [`final_flush`] with a step hook (the binary's crash-injection test hook).
-pub fn final_flush_with(cfg: &Config, mapping: &Mapping, counters: FinalCounters, step: &dyn Fn(Step)) -> Result<FinalReport> {
+pub fn final_flush_with(
+    cfg: &Config,
+    mapping: &Mapping,
+    counters: FinalCounters,
+    step: &dyn Fn(Step),
+) -> Result<FinalReport> {
     let t0 = Instant::now();
     let now = now_unix();
     let session = SessionInfo::from_mapping(&cfg.nas.identity, mapping);
@@ -218,7 +229,12 @@ pub fn final_flush_with(cfg: &Config, mapping: &Mapping, counters: FinalCounters
         Ok(l) => l,
         Err(Error::Locked { .. }) => {
             info!(session = %key, "collector busy; final counters left for its next run");
-            return Ok(FinalReport { session_key: key, outcome: FinalOutcome::Deferred, delta: None, elapsed_ms: elapsed(t0) });
+            return Ok(FinalReport {
+                session_key: key,
+                outcome: FinalOutcome::Deferred,
+                delta: None,
+                elapsed_ms: elapsed(t0),
+            });
         }
         Err(e) => return Err(e),
     };

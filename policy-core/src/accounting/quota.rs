@@ -80,7 +80,12 @@ pub fn diff(active: &BTreeSet<i64>, before: &BTreeSet<i64>, now: &[QuotaUse]) ->
 
 /// Reads usage for the active connections and those previously over, returns the changes and
 /// records the new set. One SQL round trip.
-pub fn changes(client: &mut Client, dir: &AcctDir, nas_identity: &str, active: &BTreeSet<i64>) -> Result<Vec<QuotaChange>> {
+pub fn changes(
+    client: &mut Client,
+    dir: &AcctDir,
+    nas_identity: &str,
+    active: &BTreeSet<i64>,
+) -> Result<Vec<QuotaChange>> {
     let before = load_over(dir);
     let ids: Vec<i64> = active.union(&before).copied().collect();
     let was: Vec<i64> = before.iter().copied().collect();

@@ -169,8 +169,16 @@ mod tests {
     use super::*;
 
     fn info(base: Option<Octets>) -> SessionInfo {
-        SessionInfo { key: "k".into(), connection_id: 1, ppp_if: "ppp0".into(), client_ip: Ipv4Addr::new(10, 0, 0, 2),
-                      pppd_pid: 9, start_ts: 1, up_ts: None, base }
+        SessionInfo {
+            key: "k".into(),
+            connection_id: 1,
+            ppp_if: "ppp0".into(),
+            client_ip: Ipv4Addr::new(10, 0, 0, 2),
+            pppd_pid: 9,
+            start_ts: 1,
+            up_ts: None,
+            base,
+        }
     }
 
     fn prev(rx: u64, tx: u64, ifindex: u32) -> Option<Previous> {
@@ -192,7 +200,11 @@ mod tests {
         let gone = FinalMarker { kernel: None, ..m.clone() };
         assert_eq!(gone.best_reading(prev(1, 1, 4)), (Octets::new(5, 6), None, true));
         let nothing = FinalMarker { kernel: None, pppd: None, ..m };
-        assert_eq!(nothing.best_reading(prev(40, 41, 4)), (Octets::new(40, 41), Some(4), false), "no new reading: no delta");
+        assert_eq!(
+            nothing.best_reading(prev(40, 41, 4)),
+            (Octets::new(40, 41), Some(4), false),
+            "no new reading: no delta"
+        );
     }
 
     #[test]
@@ -230,7 +242,10 @@ mod tests {
         assert_eq!(m.best_reading(prev(1_000, 309, 4)), (Octets::new(300 + true_rx, 309), Some(4), false));
         // Interface gone: extended against the last reading (exact while < 4 GiB passed since).
         let gone = FinalMarker { kernel: None, ..m };
-        assert_eq!(gone.best_reading(prev(300 + true_rx - 1_000, 309, 4)), (Octets::new(300 + true_rx, 309), Some(4), false));
+        assert_eq!(
+            gone.best_reading(prev(300 + true_rx - 1_000, 309, 4)),
+            (Octets::new(300 + true_rx, 309), Some(4), false)
+        );
     }
 
     #[test]

@@ -68,9 +68,7 @@ fn mkdir(path: &Path) -> Result<()> {
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::Write { path: dir.into(), source })
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| Error::Write { path: dir.into(), source })
 }
 
 /// Writes `bytes` as `dir/name`: temp file, fsync, rename, fsync dir.

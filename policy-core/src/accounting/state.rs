@@ -210,8 +210,13 @@ mod tests {
     #[test]
     fn apply_is_ordered_and_idempotent() {
         let mut s = State::fresh(1);
-        let b1 = Batch { seq: 1, batch_id: "x".into(), nas_identity: "n".into(), collected_at: 2000,
-                         entries: vec![entry("a", 10, false), entry("b", 20, false)] };
+        let b1 = Batch {
+            seq: 1,
+            batch_id: "x".into(),
+            nas_identity: "n".into(),
+            collected_at: 2000,
+            entries: vec![entry("a", 10, false), entry("b", 20, false)],
+        };
         let b2 = Batch { seq: 2, entries: vec![entry("a", 15, false), entry("b", 25, true)], ..b1.clone() };
         assert!(s.apply(&b1));
         assert!(s.apply(&b2));
@@ -230,8 +235,13 @@ mod tests {
         let l = State::load(&d, 5).unwrap();
         assert!(l.replaced.is_none());
         let mut s = l.state;
-        s.apply(&Batch { seq: 1, batch_id: "x".into(), nas_identity: "n".into(), collected_at: 2000,
-                         entries: vec![entry("a", 10, false)] });
+        s.apply(&Batch {
+            seq: 1,
+            batch_id: "x".into(),
+            nas_identity: "n".into(),
+            collected_at: 2000,
+            entries: vec![entry("a", 10, false)],
+        });
         s.save(&d).unwrap();
         assert_eq!(State::load(&d, 6).unwrap().state, s);
         // Corrupt: moved aside, a fresh state with a new instance id.

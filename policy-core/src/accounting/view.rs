@@ -47,7 +47,10 @@ impl StateView {
         match State::decode(&bytes) {
             Ok(s) => StateView { sessions: s.sessions.into_values().collect() },
             Err(e) => {
-                tracing::warn!("accounting state {} unreadable ({e:?}); closing rows with SQL's counters", path.display());
+                tracing::warn!(
+                    "accounting state {} unreadable ({e:?}); closing rows with SQL's counters",
+                    path.display()
+                );
                 StateView::default()
             }
         }

@@ -311,8 +311,5 @@ pub fn quota_use(client: &mut Client, nas_identity: &str, ids: &[i64], was_over:
             ],
         )
         .map_err(Error::from_sql)?;
-    Ok(rows
-        .iter()
-        .map(|r| QuotaUse { connection_id: r.get(0), quota_bytes: r.get(1), used_bytes: r.get(2) })
-        .collect())
+    Ok(rows.iter().map(|r| QuotaUse { connection_id: r.get(0), quota_bytes: r.get(1), used_bytes: r.get(2) }).collect())
 }

@@ -206,9 +206,8 @@ pub fn exists(client: &mut Client, id: i64) -> Result<bool> {
 }
 
 pub fn customer_exists(client: &mut Client, id: i64) -> Result<bool> {
-    let rows = client
-        .query_typed("SELECT 1 FROM customers WHERE id = $1", &[(&id, Type::INT8)])
-        .map_err(Error::from_sql)?;
+    let rows =
+        client.query_typed("SELECT 1 FROM customers WHERE id = $1", &[(&id, Type::INT8)]).map_err(Error::from_sql)?;
     Ok(!rows.is_empty())
 }
 

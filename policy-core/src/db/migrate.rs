@@ -284,8 +284,17 @@ pub struct Status {
     pub freeradius_tables: Vec<(String, bool)>,
 }
 
-pub const FREERADIUS_TABLES: &[&str] =
-    &["radacct", "radcheck", "radgroupcheck", "radgroupreply", "radreply", "radusergroup", "radpostauth", "nas", "nasreload"];
+pub const FREERADIUS_TABLES: &[&str] = &[
+    "radacct",
+    "radcheck",
+    "radgroupcheck",
+    "radgroupreply",
+    "radreply",
+    "radusergroup",
+    "radpostauth",
+    "nas",
+    "nasreload",
+];
 
 fn ensure_version_table(client: &mut Client) -> Result<()> {
     client
@@ -302,16 +311,12 @@ fn ensure_version_table(client: &mut Client) -> Result<()> {
 pub fn current_version(client: &mut Client) -> Result<i32> {
     // Two statements: PostgreSQL resolves table names when it parses, even in a CASE branch
     // that is never taken, so one query would fail on a database never migrated.
-    let exists: bool = client
-        .query_one("SELECT to_regclass('pppgate_schema') IS NOT NULL", &[])
-        .map_err(Error::from_sql)?
-        .get(0);
+    let exists: bool =
+        client.query_one("SELECT to_regclass('pppgate_schema') IS NOT NULL", &[]).map_err(Error::from_sql)?.get(0);
     if !exists {
         return Ok(0);
     }
-    let row = client
-        .query_one("SELECT COALESCE(max(version), 0) FROM pppgate_schema", &[])
-        .map_err(Error::from_sql)?;
+    let row = client.query_one("SELECT COALESCE(max(version), 0) FROM pppgate_schema", &[]).map_err(Error::from_sql)?;
     Ok(row.get(0))
 }
 
@@ -332,11 +337,8 @@ pub fn migrate(client: &mut Client) -> Result<Vec<i32>> {
     let mut applied = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| m.version > have) {
         tx.batch_execute(m.sql).map_err(Error::from_sql)?;
-        tx.execute(
-            "INSERT INTO pppgate_schema (version, description) VALUES ($1, $2)",
-            &[&m.version, &m.description],
-        )
-        .map_err(Error::from_sql)?;
+        tx.execute("INSERT INTO pppgate_schema (version, description) VALUES ($1, $2)", &[&m.version, &m.description])
+            .map_err(Error::from_sql)?;
         applied.push(m.version);
     }
     tx.commit().map_err(Error::from_sql)?;

@@ -54,11 +54,8 @@ pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_t
                     addrs.push(ip);
                 } else {
                     needs = true;
-                    let ip = (name.as_str(), port)
-                        .to_socket_addrs()
-                        .ok()
-                        .and_then(|mut it| it.next())
-                        .map(|sa| sa.ip());
+                    let ip =
+                        (name.as_str(), port).to_socket_addrs().ok().and_then(|mut it| it.next()).map(|sa| sa.ip());
                     match ip {
                         Some(ip) => addrs.push(ip),
                         None => return Err(Error::invalid("database host", name.clone(), "does not resolve")),
@@ -77,8 +74,6 @@ pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_t
 
 /// Seconds since the Unix epoch as PostgreSQL computes it (`now()`), for consistent comparisons.
 pub fn db_now(client: &mut Client) -> Result<i64> {
-    let row = client
-        .query_one("SELECT extract(epoch FROM now())::bigint", &[])
-        .map_err(Error::from_sql)?;
+    let row = client.query_one("SELECT extract(epoch FROM now())::bigint", &[]).map_err(Error::from_sql)?;
     Ok(row.get(0))
 }

@@ -52,12 +52,14 @@ fn row(r: &postgres::Row) -> Result<PbrRow> {
 }
 
 pub fn list(client: &mut Client) -> Result<Vec<PbrRow>> {
-    let rows = client.query(&format!("SELECT {COLS} FROM pbr_rules ORDER BY priority, id"), &[]).map_err(Error::from_sql)?;
+    let rows =
+        client.query(&format!("SELECT {COLS} FROM pbr_rules ORDER BY priority, id"), &[]).map_err(Error::from_sql)?;
     rows.iter().map(row).collect()
 }
 
 pub fn get(client: &mut Client, name: &str) -> Result<Option<PbrRow>> {
-    let rows = client.query(&format!("SELECT {COLS} FROM pbr_rules WHERE name = $1"), &[&name]).map_err(Error::from_sql)?;
+    let rows =
+        client.query(&format!("SELECT {COLS} FROM pbr_rules WHERE name = $1"), &[&name]).map_err(Error::from_sql)?;
     rows.first().map(row).transpose()
 }
 

@@ -251,10 +251,7 @@ pub fn logins_of(client: &mut Client, ids: &[i64]) -> Result<Vec<(i64, String)>>
         return Ok(Vec::new());
     }
     let rows = client
-        .query_typed(
-            "SELECT id, subaccount_login FROM vpn_connections WHERE id = ANY($1)",
-            &[(&ids, Type::INT8_ARRAY)],
-        )
+        .query_typed("SELECT id, subaccount_login FROM vpn_connections WHERE id = ANY($1)", &[(&ids, Type::INT8_ARRAY)])
         .map_err(Error::from_sql)?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
@@ -316,7 +313,12 @@ pub struct CloseSession {
 }
 
 /// Closes open pppgate_sessions rows of this NAS; returns the keys actually closed.
-pub fn close_sessions(client: &mut Client, nas_identity: &str, closes: &[CloseSession], cause: &str) -> Result<Vec<String>> {
+pub fn close_sessions(
+    client: &mut Client,
+    nas_identity: &str,
+    closes: &[CloseSession],
+    cause: &str,
+) -> Result<Vec<String>> {
     if closes.is_empty() {
         return Ok(Vec::new());
     }

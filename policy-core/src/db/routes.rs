@@ -25,8 +25,11 @@ fn row(r: &postgres::Row) -> Result<RouteRow> {
     Ok(RouteRow {
         id: r.get(0),
         connection_id: r.get(1),
-        destination: crate::config::parse_ipv4_net(&dst).map_err(|e| Error::invalid("route destination", dst.clone(), e))?,
-        gateway: gw.map(|g| g.parse().map_err(|_| Error::invalid("route gateway", g.clone(), "not IPv4"))).transpose()?,
+        destination: crate::config::parse_ipv4_net(&dst)
+            .map_err(|e| Error::invalid("route destination", dst.clone(), e))?,
+        gateway: gw
+            .map(|g| g.parse().map_err(|_| Error::invalid("route gateway", g.clone(), "not IPv4")))
+            .transpose()?,
         table: r.get::<_, Option<i32>>(4).map(|t| t as u32),
         metric: r.get::<_, Option<i32>>(5).map(|m| m as u32),
     })
@@ -36,7 +39,14 @@ const COLS: &str = "id, connection_id, destination::text, host(gateway), table_i
 
 /// Adds a route; an identical one already present is not an error (idempotent) and returns
 /// `false`.
-pub fn add(client: &mut Client, conn: i64, dst: Ipv4Net, gw: Option<Ipv4Addr>, table: Option<u32>, metric: Option<u32>) -> Result<bool> {
+pub fn add(
+    client: &mut Client,
+    conn: i64,
+    dst: Ipv4Net,
+    gw: Option<Ipv4Addr>,
+    table: Option<u32>,
+    metric: Option<u32>,
+) -> Result<bool> {
     let dst_s = dst.to_string();
     let gw_s = gw.map(|g| g.to_string());
     let table_i = table.map(|t| t as i64);

@@ -81,8 +81,7 @@ pub fn parse_link(payload: &[u8]) -> Option<Link> {
             }
             IFLA_STATS64 if data.len() >= 32 => {
                 let f = |i: usize| netlink::attr_u64(&data[i * 8..]).unwrap_or(0);
-                link.counters =
-                    Some(Counters { rx_packets: f(0), tx_packets: f(1), rx_bytes: f(2), tx_bytes: f(3) });
+                link.counters = Some(Counters { rx_packets: f(0), tx_packets: f(1), rx_bytes: f(2), tx_bytes: f(3) });
             }
             _ => {}
         }
@@ -231,7 +230,12 @@ pub fn dump_links(sock: &mut Socket) -> Result<Vec<Link>> {
     let req = MsgBuilder::new(RTM_GETLINK, NLM_F_DUMP)
         .bytes(&ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0))
         .attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
-    Ok(sock.dump("dump links", req)?.iter().filter(|(ty, _)| *ty == RTM_NEWLINK).filter_map(|(_, p)| parse_link(p)).collect())
+    Ok(sock
+        .dump("dump links", req)?
+        .iter()
+        .filter(|(ty, _)| *ty == RTM_NEWLINK)
+        .filter_map(|(_, p)| parse_link(p))
+        .collect())
 }
 
 /// Names of the links with these indexes (one round trip; gone ones are left out).

@@ -40,12 +40,9 @@ pub fn route_get(dst: Ipv4Addr, src: Option<Ipv4Addr>, iif: Option<&str>) -> Res
     let mut sock = Socket::open(Family::Route)?;
     let links = LinkSnapshot::read_with(&mut sock)?;
     let iif_index = match iif {
-        Some(name) => Some(
-            links
-                .get(name)
-                .map(|l| l.index)
-                .ok_or_else(|| Error::invalid("interface", name, "does not exist"))?,
-        ),
+        Some(name) => {
+            Some(links.get(name).map(|l| l.index).ok_or_else(|| Error::invalid("interface", name, "does not exist"))?)
+        }
         None => None,
     };
     let mut rtm = [0u8; 12];

@@ -12,11 +12,11 @@ pub mod lookup;
 pub mod netlink;
 pub mod nft;
 pub mod peers;
+pub mod recording;
 pub mod route;
 pub mod rule;
 pub mod sysctl;
 pub mod tc;
-pub mod recording;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

@@ -264,9 +264,8 @@ impl Socket {
         setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(RECV_TIMEOUT.as_secs() as _, 0))
             .map_err(|e| sys("setsockopt", e))?;
         let _ = setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));
-        let seq = (std::process::id() << 8) ^ (nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map(|t| t.tv_nsec() as u32)
-            .unwrap_or(1));
+        let seq = (std::process::id() << 8)
+            ^ (nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_nsec() as u32).unwrap_or(1));
         Ok(Socket { fd, seq, port: addr.pid(), buf: vec![0u8; RECV_BUF] })
     }
 

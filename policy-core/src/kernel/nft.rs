@@ -554,7 +554,12 @@ fn elem_msgs(m: u16, set: &str, ips: &[Ipv4Addr], out: &mut Vec<MsgBuilder>) {
             .attr_str(NFTA_SET_ELEM_LIST_SET, set)
             .nest_start(NFTA_SET_ELEM_LIST_ELEMENTS);
         for ip in chunk {
-            b = b.nest_start(NFTA_LIST_ELEM).nest_start(NFTA_SET_ELEM_KEY).attr(NFTA_DATA_VALUE, &ip.octets()).nest_end().nest_end();
+            b = b
+                .nest_start(NFTA_LIST_ELEM)
+                .nest_start(NFTA_SET_ELEM_KEY)
+                .attr(NFTA_DATA_VALUE, &ip.octets())
+                .nest_end()
+                .nest_end();
         }
         out.push(b.nest_end());
     }
@@ -567,13 +572,15 @@ fn commit_msgs(changes: &[SetChange]) -> Vec<MsgBuilder> {
     for c in changes {
         last.insert((c.set, c.ip), c.add);
     }
-    let mut msgs = vec![MsgBuilder::new(NFNL_MSG_BATCH_BEGIN, 0).bytes(&nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES))];
+    let mut msgs =
+        vec![MsgBuilder::new(NFNL_MSG_BATCH_BEGIN, 0).bytes(&nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES))];
     for set in NftSet::ALL {
         let touched: Vec<Ipv4Addr> = last.iter().filter(|((s, _), _)| *s == set).map(|((_, ip), _)| *ip).collect();
         if touched.is_empty() {
             continue;
         }
-        let removed: Vec<Ipv4Addr> = last.iter().filter(|((s, _), add)| *s == set && !**add).map(|((_, ip), _)| *ip).collect();
+        let removed: Vec<Ipv4Addr> =
+            last.iter().filter(|((s, _), add)| *s == set && !**add).map(|((_, ip), _)| *ip).collect();
         elem_msgs(NFT_MSG_NEWSETELEM, set.name(), &touched, &mut msgs);
         elem_msgs(NFT_MSG_DELSETELEM, set.name(), &removed, &mut msgs);
     }
@@ -709,10 +716,16 @@ mod tests {
             g("198.51.100.7/32:tcp:81"),
             g("198.51.100.7/32:tcp:81"),
         ]);
-        let want: BTreeSet<GardenEntry> = ["10.0.0.0/24", "192.0.2.0/24:tcp", "192.0.2.1/32:udp:443", "198.51.100.0/24:tcp:80", "198.51.100.7/32:tcp:81"]
-            .into_iter()
-            .map(g)
-            .collect();
+        let want: BTreeSet<GardenEntry> = [
+            "10.0.0.0/24",
+            "192.0.2.0/24:tcp",
+            "192.0.2.1/32:udp:443",
+            "198.51.100.0/24:tcp:80",
+            "198.51.100.7/32:tcp:81",
+        ]
+        .into_iter()
+        .map(g)
+        .collect();
         assert_eq!(n, want);
     }
 
@@ -720,7 +733,14 @@ mod tests {
     fn rbtree_decoding() {
         let e = |ip: [u8; 4], end: bool| Elem { key: ip.to_vec(), key_end: None, flags: if end { 1 } else { 0 } };
         // 10.0.0.0/24, 10.0.2.7/32 (listed in reverse, as the kernel does), open end at the top.
-        let elems = vec![e([255, 0, 0, 0], false), e([10, 0, 2, 8], true), e([10, 0, 2, 7], false), e([10, 0, 1, 0], true), e([10, 0, 0, 0], false), e([0, 0, 0, 0], true)];
+        let elems = vec![
+            e([255, 0, 0, 0], false),
+            e([10, 0, 2, 8], true),
+            e([10, 0, 2, 7], false),
+            e([10, 0, 1, 0], true),
+            e([10, 0, 0, 0], false),
+            e([0, 0, 0, 0], true),
+        ];
         let r = rbtree_ranges(&elems);
         assert_eq!(
             r,
@@ -734,7 +754,11 @@ mod tests {
 
     #[test]
     fn concat_decoding() {
-        let el = Elem { key: vec![10, 0, 0, 0, 6, 0, 0, 0, 0, 53, 0, 0], key_end: Some(vec![10, 0, 0, 255, 6, 0, 0, 0, 0, 53, 0, 0]), flags: 0 };
+        let el = Elem {
+            key: vec![10, 0, 0, 0, 6, 0, 0, 0, 0, 53, 0, 0],
+            key_end: Some(vec![10, 0, 0, 255, 6, 0, 0, 0, 0, 53, 0, 0]),
+            flags: 0,
+        };
         assert_eq!(concat_entries(&[el], true), vec![g("10.0.0.0/24:tcp:53")]);
         let el = Elem { key: vec![10, 0, 0, 9, 17, 0, 0, 0], key_end: Some(vec![10, 0, 0, 9, 17, 0, 0, 0]), flags: 0 };
         assert_eq!(concat_entries(&[el], false), vec![g("10.0.0.9/32:udp")]);

@@ -24,7 +24,8 @@ pub fn address_snapshot() -> Result<LinkSnapshot> {
         let Some(name) = a.label.clone().filter(|n| !n.is_empty() && !n.contains(':')) else {
             return LinkSnapshot::read();
         };
-        let link = snap.by_name.entry(name.clone()).or_insert_with(|| Link { index: a.index, name, ..Default::default() });
+        let link =
+            snap.by_name.entry(name.clone()).or_insert_with(|| Link { index: a.index, name, ..Default::default() });
         if link.index != a.index {
             return LinkSnapshot::read();
         }

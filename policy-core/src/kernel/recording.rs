@@ -24,8 +24,8 @@ use serde::Serialize;
 use super::nft::normalize_garden;
 use super::tc::ifb_for;
 use super::{
-    Backends, Nft, NftSet, NftState, OwnedRoute, OwnedRule, Routes, Rules, SetChange, Shaping, Sysctl,
-    SysctlReport, Tc, TcState,
+    Backends, Nft, NftSet, NftState, OwnedRoute, OwnedRule, Routes, Rules, SetChange, Shaping, Sysctl, SysctlReport,
+    Tc, TcState,
 };
 use crate::config::GardenEntry;
 use crate::error::{Error, Result};
@@ -57,7 +57,13 @@ impl Call {
     pub fn is_mutation(&self) -> bool {
         !matches!(
             self,
-            Call::NftRead | Call::NftSetsOf(_) | Call::TcRead | Call::TcReadOne(_) | Call::RoutesRead | Call::RulesRead | Call::SysctlRead(_)
+            Call::NftRead
+                | Call::NftSetsOf(_)
+                | Call::TcRead
+                | Call::TcReadOne(_)
+                | Call::RoutesRead
+                | Call::RulesRead
+                | Call::SysctlRead(_)
         )
     }
 }
@@ -474,7 +480,13 @@ mod tests {
         assert!(r.kernel.tc.ifbs.is_empty());
         r.clear("ppp9").unwrap();
 
-        let route = OwnedRoute { dst: "192.168.50.0/24".parse().unwrap(), gateway: None, dev: "ppp0".into(), table: 254, metric: None };
+        let route = OwnedRoute {
+            dst: "192.168.50.0/24".parse().unwrap(),
+            gateway: None,
+            dev: "ppp0".into(),
+            table: 254,
+            metric: None,
+        };
         Routes::add(&mut r, &route).unwrap();
         Routes::add(&mut r, &OwnedRoute { dev: "ppp0".into(), ..route.clone() }).unwrap();
         assert_eq!(Routes::read(&mut r).unwrap().len(), 1);

@@ -127,7 +127,8 @@ impl Routes for RoutesNetlink {
         if r.dst.trunc() != r.dst {
             return Err(Error::invalid("route destination", r.dst.to_string(), "host bits set"));
         }
-        let dev = get_link(&mut self.sock, &r.dev)?.ok_or_else(|| Error::NotFound { what: "interface", id: r.dev.clone() })?;
+        let dev = get_link(&mut self.sock, &r.dev)?
+            .ok_or_else(|| Error::NotFound { what: "interface", id: r.dev.clone() })?;
         let scope = if r.gateway.is_some() { RT_SCOPE_UNIVERSE } else { RT_SCOPE_LINK };
         let m = Self::route_msg(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, r, dev.index, scope, RTN_UNICAST);
         self.sock.request(&format!("add route {} dev {} table {}", r.dst, r.dev, r.table), m)

@@ -53,7 +53,9 @@ fn parse_rule(payload: &[u8]) -> Option<OwnedRule> {
             _ => {}
         }
     }
-    (proto == RTPROT_PPPGATE).then(|| Some(OwnedRule { from: Ipv4Net::new(src, hdr[2]).ok()?, table, priority })).flatten()
+    (proto == RTPROT_PPPGATE)
+        .then(|| Some(OwnedRule { from: Ipv4Net::new(src, hdr[2]).ok()?, table, priority }))
+        .flatten()
 }
 
 /// The real rules backend.

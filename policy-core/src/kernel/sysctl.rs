@@ -46,11 +46,10 @@ impl SysctlProc {
 /// Reads an integer sysctl; `None` when the file does not exist (an interface that is gone).
 fn read_int(path: &Path) -> Result<Option<u8>> {
     match fs::read_to_string(path) {
-        Ok(s) => s
-            .trim()
-            .parse::<u8>()
-            .map(Some)
-            .map_err(|_| Error::Read { path: path.into(), source: io::Error::new(io::ErrorKind::InvalidData, "not a small integer") }),
+        Ok(s) => s.trim().parse::<u8>().map(Some).map_err(|_| Error::Read {
+            path: path.into(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "not a small integer"),
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::Read { path: path.into(), source }),
     }

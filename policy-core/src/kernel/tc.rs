@@ -21,8 +21,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::links::{self, get_link_msg, ifinfomsg, parse_link, Link, IFF_UP, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO};
-use super::netlink::{self, attrs, Answer, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE};
+use super::links::{
+    self, get_link_msg, ifinfomsg, parse_link, Link, IFF_UP, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO,
+};
+use super::netlink::{
+    self, attrs, Answer, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE,
+};
 use super::{ifb_name, Shaping, Tc, TcState};
 use crate::error::{Error, Result};
 
@@ -212,7 +216,9 @@ fn get_class_msg(ifindex: u32) -> MsgBuilder {
 }
 
 fn get_filter_msg(ifindex: u32) -> MsgBuilder {
-    MsgBuilder::new(RTM_GETTFILTER, 0).bytes(&tcmsg(ifindex, U32_HANDLE, INGRESS_HANDLE, filter_info())).attr_str(TCA_KIND, "u32")
+    MsgBuilder::new(RTM_GETTFILTER, 0)
+        .bytes(&tcmsg(ifindex, U32_HANDLE, INGRESS_HANDLE, filter_info()))
+        .attr_str(TCA_KIND, "u32")
 }
 
 /// A get that found nothing: no such qdisc, class, filter or parent.
@@ -461,8 +467,12 @@ impl TcNetlink {
             if l.flags & IFF_UP != 0 {
                 return Ok(l.clone());
             }
-            let up = MsgBuilder::new(links::RTM_NEWLINK, 0)
-                .bytes(&ifinfomsg(libc::AF_UNSPEC as u8, l.index as i32, IFF_UP, IFF_UP));
+            let up = MsgBuilder::new(links::RTM_NEWLINK, 0).bytes(&ifinfomsg(
+                libc::AF_UNSPEC as u8,
+                l.index as i32,
+                IFF_UP,
+                IFF_UP,
+            ));
             self.batch(&format!("set {name} up"), vec![up])?;
         } else {
             let create = MsgBuilder::new(links::RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
@@ -473,9 +483,18 @@ impl TcNetlink {
                 .nest_end();
             self.request_tolerant(&format!("create {name}"), create, &[libc::EEXIST])?;
         }
-        let l = self.links(&[name])?.pop().flatten().ok_or_else(|| Error::NotFound { what: "ifb device", id: name.into() })?;
+        let l = self
+            .links(&[name])?
+            .pop()
+            .flatten()
+            .ok_or_else(|| Error::NotFound { what: "ifb device", id: name.into() })?;
         if l.flags & IFF_UP == 0 {
-            let up = MsgBuilder::new(links::RTM_NEWLINK, 0).bytes(&ifinfomsg(libc::AF_UNSPEC as u8, l.index as i32, IFF_UP, IFF_UP));
+            let up = MsgBuilder::new(links::RTM_NEWLINK, 0).bytes(&ifinfomsg(
+                libc::AF_UNSPEC as u8,
+                l.index as i32,
+                IFF_UP,
+                IFF_UP,
+            ));
             self.batch(&format!("set {name} up"), vec![up])?;
         }
         Ok(l)
@@ -489,7 +508,9 @@ impl TcNetlink {
     fn remove_upload(&mut self, ifindex: Option<u32>, inst: &Installed, errors: &mut Vec<Error>) {
         if let (Some(idx), true) = (ifindex, inst.ingress) {
             let m = del_qdisc_msg(idx, INGRESS_HANDLE, TC_H_INGRESS);
-            if let Err(e) = self.request_tolerant("delete ingress qdisc", m, &[libc::ENOENT, libc::EINVAL, libc::ENODEV]) {
+            if let Err(e) =
+                self.request_tolerant("delete ingress qdisc", m, &[libc::ENOENT, libc::EINVAL, libc::ENODEV])
+            {
                 errors.push(e);
             }
         }
@@ -548,7 +569,8 @@ impl Tc for TcNetlink {
                 if l.kind.as_deref() == Some("ifb") {
                     state.ifbs.insert(l.name.clone());
                 }
-            } else if l.name.starts_with(SESSION_PREFIX) && (root_htb.contains(&l.index) || ingress.contains(&l.index)) {
+            } else if l.name.starts_with(SESSION_PREFIX) && (root_htb.contains(&l.index) || ingress.contains(&l.index))
+            {
                 let ifb = ifb_for(&l.name).and_then(|n| by_name.get(n.as_str()).map(|x| (*x).clone()));
                 let inst = Installed {
                     root_htb: root_htb.contains(&l.index),
@@ -656,7 +678,9 @@ impl Tc for TcNetlink {
             Some((idx, inst)) => {
                 if inst.root_htb {
                     let m = del_qdisc_msg(idx, HTB_HANDLE, TC_H_ROOT);
-                    if let Err(e) = self.request_tolerant("delete root qdisc", m, &[libc::ENOENT, libc::EINVAL, libc::ENODEV]) {
+                    if let Err(e) =
+                        self.request_tolerant("delete root qdisc", m, &[libc::ENOENT, libc::EINVAL, libc::ENODEV])
+                    {
                         errors.push(e);
                     }
                 }

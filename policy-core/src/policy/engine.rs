@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernel::{Backends, NftSet, NftState, Nft, Routes, Rules, SetChange, Sysctl, Tc, TcState};
+use crate::kernel::{Backends, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
 use crate::mapping::Mapping;
 use crate::policy::model::{decide, ConnectionFacts, PolicyState};
 use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope, SubnetPbr};
@@ -168,7 +168,13 @@ fn terminate_pppd(pid: u32) -> bool {
 }
 
 /// Plans, applies and verifies `desired` within `scope`. In a dry run nothing is changed.
-pub fn converge<B: Backends>(b: &mut B, cfg: &Config, desired: &Desired, scope: &Scope, dry_run: bool) -> Result<Outcome> {
+pub fn converge<B: Backends>(
+    b: &mut B,
+    cfg: &Config,
+    desired: &Desired,
+    scope: &Scope,
+    dry_run: bool,
+) -> Result<Outcome> {
     let mut t = Timings::default();
     let t0 = Instant::now();
     if !dry_run {

@@ -183,7 +183,13 @@ pub struct Policy {
 impl Policy {
     /// The connect gate: drop everything, nothing else installed.
     pub fn gated() -> Policy {
-        Policy { state: PolicyState::Gated, reason: Reason::Pending, speed: Speed::default(), routes: vec![], pbr: vec![] }
+        Policy {
+            state: PolicyState::Gated,
+            reason: Reason::Pending,
+            speed: Speed::default(),
+            routes: vec![],
+            pbr: vec![],
+        }
     }
 
     fn bare(state: PolicyState, reason: Reason) -> Policy {
@@ -248,7 +254,12 @@ pub(crate) mod tests {
             customer_blocked: false,
             used_bytes: 0,
             db_now: 1_700_000_000,
-            routes: vec![RouteSpec { dst: "192.168.50.0/24".parse().unwrap(), gateway: None, table: None, metric: None }],
+            routes: vec![RouteSpec {
+                dst: "192.168.50.0/24".parse().unwrap(),
+                gateway: None,
+                table: None,
+                metric: None,
+            }],
             pbr: vec![],
         }
     }

@@ -96,16 +96,37 @@ impl Scope {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// One atomic nft transaction.
-    NftTransaction { changes: Vec<SetChange> },
-    RouteDel { route: OwnedRoute },
-    RuleDel { rule: OwnedRule },
-    TcSet { ifname: String, shaping: Shaping },
-    TcClear { ifname: String },
-    IfbRemove { ifb: String },
-    RouteAdd { route: OwnedRoute },
-    RuleAdd { rule: OwnedRule },
+    NftTransaction {
+        changes: Vec<SetChange>,
+    },
+    RouteDel {
+        route: OwnedRoute,
+    },
+    RuleDel {
+        rule: OwnedRule,
+    },
+    TcSet {
+        ifname: String,
+        shaping: Shaping,
+    },
+    TcClear {
+        ifname: String,
+    },
+    IfbRemove {
+        ifb: String,
+    },
+    RouteAdd {
+        route: OwnedRoute,
+    },
+    RuleAdd {
+        rule: OwnedRule,
+    },
     /// SQL says the session must end (pppd is signalled; it stays blocked until gone).
-    Terminate { ifname: String, connection_id: i64, pppd_pid: Option<u32> },
+    Terminate {
+        ifname: String,
+        connection_id: i64,
+        pppd_pid: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -135,11 +156,9 @@ impl Plan {
                 Op::RouteAdd { route } => format!("route add {}", route_text(route)),
                 Op::RuleDel { rule } => format!("rule del {}", rule_text(rule)),
                 Op::RuleAdd { rule } => format!("rule add {}", rule_text(rule)),
-                Op::TcSet { ifname, shaping } => format!(
-                    "tc set {ifname} down {} up {}",
-                    rate_text(shaping.down_kbit),
-                    rate_text(shaping.up_kbit)
-                ),
+                Op::TcSet { ifname, shaping } => {
+                    format!("tc set {ifname} down {} up {}", rate_text(shaping.down_kbit), rate_text(shaping.up_kbit))
+                }
                 Op::TcClear { ifname } => format!("tc clear {ifname}"),
                 Op::IfbRemove { ifb } => format!("ifb remove {ifb}"),
                 Op::Terminate { ifname, connection_id, .. } => {
@@ -431,7 +450,7 @@ pub fn residue(desired: &Desired, after: &KernelView, scope: &Scope) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::model::{tests::facts, decide, Reason, RouteSpec, Speed};
+    use crate::policy::model::{decide, tests::facts, Reason, RouteSpec, Speed};
 
     fn sess(n: u8, state_facts: impl FnOnce(&mut crate::policy::model::ConnectionFacts)) -> DesiredSession {
         let mut f = facts(n as i64);
@@ -508,13 +527,17 @@ mod tests {
         let d = p.describe();
         assert_eq!(d.first().unwrap(), "tc set ppp1 down 8000kbit up 2000kbit");
         assert_eq!(d[1], "route add 192.168.50.0/24 dev ppp1");
-        assert_eq!(d.last().unwrap(), "nft transaction: del 198.51.100.11 connect_pending_v4, add 198.51.100.11 full_v4");
+        assert_eq!(
+            d.last().unwrap(),
+            "nft transaction: del 198.51.100.11 connect_pending_v4, add 198.51.100.11 full_v4"
+        );
         assert_eq!(p.ops.len(), 3);
     }
 
     #[test]
     fn nothing_to_do_when_converged() {
-        let desired = Desired { sessions: vec![sess(1, |_| {}), sess(2, |f| f.manual_block = true)], subnet_pbr: vec![] };
+        let desired =
+            Desired { sessions: vec![sess(1, |_| {}), sess(2, |f| f.manual_block = true)], subnet_pbr: vec![] };
         let after = converge(&desired, &KernelView::default(), &Scope::All);
         assert!(plan(&desired, &after, &Scope::All).is_empty());
         assert!(plan(&desired, &after, &Scope::of(&desired.sessions)).is_empty());
@@ -533,7 +556,11 @@ mod tests {
             for (to_name, to) in &states {
                 let a = sess(1, *from);
                 let b = sess(1, *to);
-                let start = converge(&Desired { sessions: vec![a.clone()], subnet_pbr: vec![] }, &gated(a.client_ip), &Scope::All);
+                let start = converge(
+                    &Desired { sessions: vec![a.clone()], subnet_pbr: vec![] },
+                    &gated(a.client_ip),
+                    &Scope::All,
+                );
                 let desired = Desired { sessions: vec![b.clone()], subnet_pbr: vec![] };
                 let p = plan(&desired, &start, &Scope::of(&desired.sessions));
                 let after = converge(&desired, &start, &Scope::of(&desired.sessions));
@@ -542,12 +569,20 @@ mod tests {
                 // A transition to a more restrictive state puts its nft change first.
                 let restricting = openness(Some(want)) < openness(Some(NftSet::for_state(a.policy.state)));
                 if restricting {
-                    assert!(matches!(p.ops.first(), Some(Op::NftTransaction { .. })), "{from_name}->{to_name}: {:?}", p.describe());
+                    assert!(
+                        matches!(p.ops.first(), Some(Op::NftTransaction { .. })),
+                        "{from_name}->{to_name}: {:?}",
+                        p.describe()
+                    );
                 }
                 let has_routes = after.routes.iter().any(|r| r.dev == "ppp1");
                 assert_eq!(has_routes, b.policy.state == PolicyState::Full, "{from_name}->{to_name}");
                 let shaped = after.tc.shaping.contains_key("ppp1");
-                assert_eq!(shaped, matches!(b.policy.state, PolicyState::Full | PolicyState::Restricted), "{from_name}->{to_name}");
+                assert_eq!(
+                    shaped,
+                    matches!(b.policy.state, PolicyState::Full | PolicyState::Restricted),
+                    "{from_name}->{to_name}"
+                );
                 let terminates = p.ops.iter().any(|o| matches!(o, Op::Terminate { .. }));
                 assert_eq!(terminates, *to_name == "terminate");
             }
@@ -663,7 +698,10 @@ mod tests {
         let p = plan(&desired, &KernelView::default(), &Scope::All);
         assert_eq!(
             p.describe(),
-            vec!["route add 0.0.0.0/0 via 10.100.0.40 dev wg0 table 100", "rule add from 10.200.0.0/24 lookup 100 priority 100"]
+            vec![
+                "route add 0.0.0.0/0 via 10.100.0.40 dev wg0 table 100",
+                "rule add from 10.200.0.0/24 lookup 100 priority 100"
+            ]
         );
         let empty = Scope::Sessions { ifnames: BTreeSet::new(), ips: BTreeSet::new() };
         assert!(plan(&desired, &KernelView::default(), &empty).is_empty());
@@ -675,7 +713,12 @@ mod tests {
         let desired = Desired { sessions: vec![a.clone()], subnet_pbr: vec![] };
         let start = converge(&desired, &gated(a.client_ip), &Scope::All);
         let moved = sess(1, |f| {
-            f.routes = vec![RouteSpec { dst: "192.168.60.0/24".parse().unwrap(), gateway: None, table: Some(200), metric: Some(5) }]
+            f.routes = vec![RouteSpec {
+                dst: "192.168.60.0/24".parse().unwrap(),
+                gateway: None,
+                table: Some(200),
+                metric: Some(5),
+            }]
         });
         let p = plan(&Desired { sessions: vec![moved.clone()], subnet_pbr: vec![] }, &start, &Scope::of(&[moved]));
         assert_eq!(
@@ -697,7 +740,10 @@ mod tests {
         assert_eq!((r[0].dev.as_str(), r[0].metric), ("ppp1", None), "first session wins; metric 0 is none");
         // Applying for the second session alone does not take the route from the first.
         let only_b = Desired { sessions: vec![b.clone()], subnet_pbr: vec![] };
-        assert!(plan(&only_b, &after, &Scope::of(&only_b.sessions)).ops.iter().all(|o| !matches!(o, Op::RouteAdd { .. })));
+        assert!(plan(&only_b, &after, &Scope::of(&only_b.sessions))
+            .ops
+            .iter()
+            .all(|o| !matches!(o, Op::RouteAdd { .. })));
         // When the first session is gone, the second gets it.
         let mut gone = after.clone();
         gone.routes.retain(|r| r.dev != "ppp1");

@@ -95,14 +95,20 @@ pub fn sql_unescape(stored: &str) -> Option<Vec<u8>> {
 ///   modified.
 ///
 /// A row that no longer exists, or is already closed, is "not online".
-pub fn checkrad<S: FinalCounters>(cfg: &Config, client: &mut Client, args: &CheckradArgs, state: &S) -> Result<CheckradReport> {
+pub fn checkrad<S: FinalCounters>(
+    cfg: &Config,
+    client: &mut Client,
+    args: &CheckradArgs,
+    state: &S,
+) -> Result<CheckradReport> {
     let nas_ip: IpAddr = args
         .nas_ip
         .trim()
         .parse()
         .map_err(|_| Error::invalid("NAS address", args.nas_ip.clone(), "is not an IP address"))?;
     let this_nas = nas_ip == IpAddr::V4(cfg.nas.ip);
-    let named = |r: &radacct::OpenRow| r.nas_ip == nas_ip && r.acct_session_id == args.session_id && r.username == args.user;
+    let named =
+        |r: &radacct::OpenRow| r.nas_ip == nas_ip && r.acct_session_id == args.session_id && r.username == args.user;
     if this_nas {
         let Some(login) = sql_unescape(&args.user) else {
             tracing::warn!(user = %args.user, "checkrad: user name is not one rlm_sql writes; answering not online");
@@ -124,7 +130,12 @@ pub fn checkrad<S: FinalCounters>(cfg: &Config, client: &mut Client, args: &Chec
         })
         .collect();
     let online = rows.iter().any(|r| r.verdict == Verdict::OtherNasAlive);
-    Ok(CheckradReport { presence: if online { Presence::Online } else { Presence::Stale }, this_nas, rows, janitor: None })
+    Ok(CheckradReport {
+        presence: if online { Presence::Online } else { Presence::Stale },
+        this_nas,
+        rows,
+        janitor: None,
+    })
 }
 
 /// The hook's answer in rlm_exec's terms (mods-available/echo): exit 0 = ok, 1 = reject; every

@@ -83,8 +83,21 @@ pub fn server() -> &'static PgServer {
         nix::unistd::chown(&base, Some(pg.uid), Some(pg.gid)).unwrap();
         let data = base.join("data");
         run(&[
-            "runuser", "-u", "postgres", "--", &format!("{PG_BIN}/initdb"), "-D", data.to_str().unwrap(), "-A", "trust",
-            "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C",
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            &format!("{PG_BIN}/initdb"),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
         ]);
         let log = base.join("postgres.log");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -198,7 +211,10 @@ impl TestDb {
     }
 
     pub fn is_open(&self, radacctid: i64) -> bool {
-        let r = self.client().query_one("SELECT acctstoptime IS NULL FROM radacct WHERE radacctid = $1", &[&radacctid]).unwrap();
+        let r = self
+            .client()
+            .query_one("SELECT acctstoptime IS NULL FROM radacct WHERE radacctid = $1", &[&radacctid])
+            .unwrap();
         r.get(0)
     }
 
@@ -217,7 +233,17 @@ impl TestDb {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn pppgate_session(&self, key: &str, nas: &str, conn: i64, login: &str, ifname: &str, ip: &str, pid: u32, age_s: i64) {
+    pub fn pppgate_session(
+        &self,
+        key: &str,
+        nas: &str,
+        conn: i64,
+        login: &str,
+        ifname: &str,
+        ip: &str,
+        pid: u32,
+        age_s: i64,
+    ) {
         self.client()
             .execute(
                 "INSERT INTO pppgate_sessions (session_key, nas_identity, connection_id, username, ppp_if, client_ip, pppd_pid, start_time)
@@ -316,7 +342,8 @@ impl Proc {
 
     /// A process that ignores SIGTERM (a hung pppd).
     pub fn term_ignorer() -> Proc {
-        let p = Proc { child: Command::new("sh").args(["-c", "trap '' TERM; while :; do sleep 1; done"]).spawn().unwrap() };
+        let p =
+            Proc { child: Command::new("sh").args(["-c", "trap '' TERM; while :; do sleep 1; done"]).spawn().unwrap() };
         // Let the shell install its trap before anyone signals it.
         std::thread::sleep(Duration::from_millis(300));
         p

@@ -28,7 +28,10 @@ pub fn pppgate_bin() -> &'static str {
 /// Fails the test loudly unless it can do kernel work.
 pub fn require_kernel_test_env() {
     let euid = nix::unistd::Uid::effective();
-    assert!(euid.is_root(), "kernel tests need root (they create network namespaces and TUN devices); run them as root in CI");
+    assert!(
+        euid.is_root(),
+        "kernel tests need root (they create network namespaces and TUN devices); run them as root in CI"
+    );
     assert!(Path::new("/dev/net/tun").exists(), "kernel tests need /dev/net/tun");
     assert!(Path::new(PG_BIN).join("initdb").exists(), "kernel tests need PostgreSQL 15 binaries in {PG_BIN}");
     let py = Command::new("python3").arg("-c").arg("import fcntl, struct").status();
@@ -64,8 +67,15 @@ impl Netns {
         let ns = Netns { name };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         // No IPv6 autoconfiguration traffic on the test interfaces.
-        run(Command::new("ip").args(["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1"]));
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]));
         ns
     }
 }
@@ -107,13 +117,24 @@ impl Peer {
         assert!(line.starts_with("ready"), "tunpeer.py did not start: {line:?}");
         let pid = child.id();
         let start_ts = policy_core::procfs::process_start_epoch(pid).unwrap().expect("helper is running");
-        let mut p = Peer { child, stdin, stdout, ns: ns.name.clone(), ifname: ifname.into(), local, peer, pid, start_ts };
+        let mut p =
+            Peer { child, stdin, stdout, ns: ns.name.clone(), ifname: ifname.into(), local, peer, pid, start_ts };
         p.configure();
         p
     }
 
     fn configure(&mut self) {
-        ip(&["-n", &self.ns, "addr", "add", &self.local.to_string(), "peer", &format!("{}/32", self.peer), "dev", &self.ifname]);
+        ip(&[
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &self.local.to_string(),
+            "peer",
+            &format!("{}/32", self.peer),
+            "dev",
+            &self.ifname,
+        ]);
         ip(&["-n", &self.ns, "link", "set", &self.ifname, "up"]);
     }
 
@@ -214,7 +235,19 @@ impl Pg {
         std::fs::create_dir(&sock).unwrap();
         run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()));
         let initdb = format!("{PG_BIN}/initdb");
-        run(&mut as_postgres(&[&initdb, "-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "-N", "-E", "UTF8", "--locale=C"]));
+        run(&mut as_postgres(&[
+            &initdb,
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-N",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]));
         let pg = Pg { dir, data, sock, durable };
         pg.start();
         pg.psql("CREATE DATABASE pppgate");
@@ -233,7 +266,17 @@ impl Pg {
             opts.push_str(&extra);
         }
         let log = self.dir.path().join("pg.log");
-        run(&mut as_postgres(&[&pg_ctl, "-D", self.data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"]));
+        run(&mut as_postgres(&[
+            &pg_ctl,
+            "-D",
+            self.data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ]));
     }
 
     pub fn stop(&self) {
@@ -443,11 +486,7 @@ radacct = "{radacct}"
 
     pub fn spool_records(&self) -> usize {
         std::fs::read_dir(self.acct_dir.join("spool"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".batch"))
-                    .count()
-            })
+            .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".batch")).count())
             .unwrap_or(0)
     }
 

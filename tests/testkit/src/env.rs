@@ -74,7 +74,12 @@ impl TestEnv {
         let accounting_dir = root.join("var/lib/vpn-accounting");
         let audit_log = root.join("var/log/pppgate/audit.log");
         let rt_tables = root.join("etc/iproute2/rt_tables");
-        for d in [&sessions_dir, &accounting_dir, &audit_log.parent().unwrap().to_path_buf(), &rt_tables.parent().unwrap().to_path_buf()] {
+        for d in [
+            &sessions_dir,
+            &accounting_dir,
+            &audit_log.parent().unwrap().to_path_buf(),
+            &rt_tables.parent().unwrap().to_path_buf(),
+        ] {
             std::fs::create_dir_all(d).expect("create env dirs");
         }
         let mut rt = String::from("255\tlocal\n254\tmain\n253\tdefault\n0\tunspec\n");

@@ -4,11 +4,20 @@ use crate::pg::PgServer;
 
 /// Inserts a customer; returns its id.
 pub fn add_customer(pg: &PgServer, name: &str) -> i64 {
-    pg.psql(&format!("INSERT INTO customers (name) VALUES ({}) RETURNING id", quote(name))).parse().expect("customer id")
+    pg.psql(&format!("INSERT INTO customers (name) VALUES ({}) RETURNING id", quote(name)))
+        .parse()
+        .expect("customer id")
 }
 
 /// Inserts a vpn_connection; returns its id. `down`/`up` in kbit/s (`None`: unlimited).
-pub fn add_connection(pg: &PgServer, login: &str, status: &str, customer: Option<i64>, down: Option<u32>, up: Option<u32>) -> i64 {
+pub fn add_connection(
+    pg: &PgServer,
+    login: &str,
+    status: &str,
+    customer: Option<i64>,
+    down: Option<u32>,
+    up: Option<u32>,
+) -> i64 {
     let n = |v: Option<String>| v.unwrap_or_else(|| "NULL".into());
     pg.psql(&format!(
         "INSERT INTO vpn_connections (subaccount_login, status, customer_id, rate_down_kbit, rate_up_kbit)

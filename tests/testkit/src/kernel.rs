@@ -28,7 +28,11 @@ pub fn nft_set_elems(set: &str) -> Vec<String> {
     for o in nft_objects() {
         if let Some(s) = o.get("set") {
             if s["name"] == set {
-                return s.get("elem").and_then(Value::as_array).map(|a| a.iter().map(render_elem).collect()).unwrap_or_default();
+                return s
+                    .get("elem")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(render_elem).collect())
+                    .unwrap_or_default();
             }
         }
     }
@@ -42,7 +46,11 @@ pub fn nft_members() -> BTreeMap<String, BTreeSet<String>> {
         if let Some(s) = o.get("set") {
             let name = s["name"].as_str().unwrap_or_default().to_string();
             if ["connect_pending_v4", "full_v4", "restricted_v4", "blocked_v4"].contains(&name.as_str()) {
-                let elems = s.get("elem").and_then(Value::as_array).map(|a| a.iter().map(render_elem).collect()).unwrap_or_default();
+                let elems = s
+                    .get("elem")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(render_elem).collect())
+                    .unwrap_or_default();
                 out.insert(name, elems);
             }
         }
@@ -253,14 +261,23 @@ pub fn tool_rules() -> BTreeSet<OwnedRule> {
             let src = r["src"].as_str().unwrap();
             let len = r.get("srclen").map(|l| l.as_u64().unwrap()).unwrap_or(if src == "all" { 0 } else { 32 });
             let src = if src == "all" { "0.0.0.0" } else { src };
-            OwnedRule { from: format!("{src}/{len}").parse().unwrap(), table: table_id(r), priority: r["priority"].as_u64().unwrap() as u32 }
+            OwnedRule {
+                from: format!("{src}/{len}").parse().unwrap(),
+                table: table_id(r),
+                priority: r["priority"].as_u64().unwrap() as u32,
+            }
         })
         .collect()
 }
 
 /// Interface names present (`ip -j link show`).
 pub fn link_names() -> Vec<String> {
-    json(&["ip", "-j", "link", "show"]).as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect()
+    json(&["ip", "-j", "link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Everything pppgate could own in the current namespace, as the tools print it: the nft table
@@ -298,7 +315,12 @@ pub fn kernel_dump() -> String {
     s.push_str(&names.join(" "));
     s.push('\n');
     s.push_str("## sysctl\n");
-    s.push_str(&run(&["sysctl", "net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"]));
+    s.push_str(&run(&[
+        "sysctl",
+        "net.ipv4.ip_forward",
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+    ]));
     s
 }
 
@@ -357,7 +379,9 @@ mod tests {
     #[test]
     fn counters_are_stripped() {
         assert_eq!(
-            strip_counters("\t\tip saddr @blocked_v4 counter packets 12 bytes 3456 drop comment \"blocked_from\" # handle 7"),
+            strip_counters(
+                "\t\tip saddr @blocked_v4 counter packets 12 bytes 3456 drop comment \"blocked_from\" # handle 7"
+            ),
             "\t\tip saddr @blocked_v4 counter drop comment \"blocked_from\" # handle 7"
         );
         assert_eq!(strip_counters("no counter here"), "no counter here");

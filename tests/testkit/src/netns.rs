@@ -161,12 +161,8 @@ impl NetNs {
     /// Loads an nft ruleset text into the namespace (`nft -f`).
     pub fn nft_load(&self, ruleset: &str) {
         use std::io::Write;
-        let mut child = self
-            .command(&["nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nft -f -");
+        let mut child =
+            self.command(&["nft", "-f", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("nft -f -");
         child.stdin.take().expect("piped").write_all(ruleset.as_bytes()).expect("write ruleset");
         let out = child.wait_with_output().expect("nft");
         assert!(out.status.success(), "nft -f in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));

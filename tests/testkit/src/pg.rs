@@ -78,10 +78,8 @@ fn postgres_command(program: &str) -> Command {
 }
 
 fn as_postgres(args: &[&str]) -> Result<String, String> {
-    let out = postgres_command(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
+    let out =
+        postgres_command(args[0]).args(&args[1..]).output().map_err(|e| format!("cannot run {}: {e}", args[0]))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -139,7 +137,8 @@ fn pg_ctl_start(data: &Path, socket_dir: &Path, log: &Path) -> Result<(), String
 }
 
 fn pg_ctl_stop(data: &Path, mode: &str) -> Result<(), String> {
-    as_postgres(&[&pg_bin("pg_ctl"), "-D", &data.display().to_string(), "-m", mode, "-w", "-t", "60", "stop"]).map(|_| ())
+    as_postgres(&[&pg_bin("pg_ctl"), "-D", &data.display().to_string(), "-m", mode, "-w", "-t", "60", "stop"])
+        .map(|_| ())
 }
 
 fn dsn_for(socket_dir: &Path) -> String {
@@ -147,12 +146,7 @@ fn dsn_for(socket_dir: &Path) -> String {
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .output()
-        .map_err(|e| format!("cannot run cp: {e}"))?;
+    let out = Command::new("cp").arg("-a").arg(from).arg(to).output().map_err(|e| format!("cannot run cp: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -186,8 +180,10 @@ fn build_template() -> Result<Template, String> {
     copy_dir(&base, &migrated)?;
     pg_ctl_start(&migrated, dir.path(), &dir.path().join("template.log"))?;
     let result = (|| {
-        let mut c = Client::connect(&dsn_for(dir.path()), NoTls).map_err(|e| format!("connect to template server: {e}"))?;
-        policy_core::db::migrate::migrate(&mut c).map_err(|e| format!("migrate template: {}", policy_core::error::one_line(&e)))?;
+        let mut c =
+            Client::connect(&dsn_for(dir.path()), NoTls).map_err(|e| format!("connect to template server: {e}"))?;
+        policy_core::db::migrate::migrate(&mut c)
+            .map_err(|e| format!("migrate template: {}", policy_core::error::one_line(&e)))?;
         Ok::<(), String>(())
     })();
     // A clean shutdown, so copies start without crash recovery.

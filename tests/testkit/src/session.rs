@@ -234,10 +234,8 @@ pub struct TunFarm {
 /// 100.64.0.0/10 counting up from 100.65.0.1, `procs` stand-in processes.
 pub fn tun_farm(sessions_dir: &Path, first: usize, n: usize, first_conn: i64, procs: usize) -> TunFarm {
     let procs: Vec<Child> = (0..procs.max(1)).map(|_| spawn_standin()).collect();
-    let starts: Vec<(u32, i64)> = procs
-        .iter()
-        .map(|p| (p.id(), procfs::process_start_epoch(p.id()).expect("/proc").expect("alive")))
-        .collect();
+    let starts: Vec<(u32, i64)> =
+        procs.iter().map(|p| (p.id(), procfs::process_start_epoch(p.id()).expect("/proc").expect("alive"))).collect();
     let base = u32::from(Ipv4Addr::new(100, 65, 0, 1));
     let mut script = String::new();
     let mut mappings = Vec::with_capacity(n);
