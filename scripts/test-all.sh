@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds pppgate and runs every test, as CI does (root, a fresh Debian 12 clone, CI=true, no
 # stdin): installs the Debian packages the build and the tests use, then
+#   the gates: cargo fmt --check, cargo clippy -D warnings (an unformatted file or a lint fails CI)
 #   cargo build --release --workspace (+ scripts/build-pppd-variants.sh)
 #   cargo test --release --workspace
 # The lab tests (tests/lab_*.rs) boot Debian's kernel under qemu (TCG) with the host's root over
@@ -16,6 +17,12 @@ bash "$(dirname "$0")/install-deps.sh"
 
 command -v cargo > /dev/null || { echo "test-all: cargo not found (the machine's Rust toolchain is missing)" >&2; exit 1; }
 log "$(cargo --version), $(rustc --version)"
+
+start=$SECONDS
+log "gates: cargo fmt --all --check; cargo clippy --workspace --all-targets -- -D warnings"
+cargo fmt --all --check || { echo "test-all: unformatted files (cargo fmt --all fixes them)" >&2; exit 1; }
+cargo clippy --workspace --all-targets -- -D warnings
+log "gates took $((SECONDS - start)) s"
 
 start=$SECONDS
 log "cargo build --release --workspace"

@@ -276,8 +276,12 @@ fn qemu_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
+/// One lab VM per machine, whichever checkout or target directory started it: two TCG guests on
+/// a 2-core machine both miss their deadlines.
+const LAB_LOCK: &str = "/run/lock/pppgate-lab-vm.lock";
+
 fn lock_lab() -> Result<Flock<File>> {
-    let path = paths::lab_dir().join("vm.lock");
+    let path = PathBuf::from(LAB_LOCK);
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
