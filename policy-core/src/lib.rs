@@ -7,6 +7,7 @@ pub mod accounting;
 pub mod audit;
 pub mod config;
 pub mod db;
+pub mod diag;
 pub mod error;
 pub mod hardcut;
 pub mod janitor;
@@ -18,5 +19,6 @@ pub mod policy;
 pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
+pub mod runs;
 
 pub use error::{Error, ExitCode, Result};
