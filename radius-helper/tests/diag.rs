@@ -95,10 +95,21 @@ fn world_with(o: EnvOptions) -> World {
         write(&t.join(format!("units/{job}.timer.is-enabled")), "enabled\n");
         write(&t.join(format!("units/{job}.timer.is-active")), "active\n");
     }
-    let base = std::fs::read_to_string(&env.config_path).unwrap().replace(
-        "[paths]\n",
-        &format!("[paths]\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n", t.join("state").display(), t.join("run").display()),
-    );
+    // The box's state and runtime directories in the trusted directory too.
+    let base: String = std::fs::read_to_string(&env.config_path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("state_dir") && !l.starts_with("run_dir"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace(
+            "[paths]\n",
+            &format!(
+                "[paths]\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n",
+                t.join("state").display(),
+                t.join("run").display()
+            ),
+        );
     let text = format!(
         "{base}\n[metrics]\ntextfile_dir = \"\"\n\n[diag]\npppd = \"/usr/sbin/pppd\"\nplugin_dir = \"{}\"\n\
          pppd_options = [\"{}\"]\nfreeradius_dir = \"{}\"\nsystemd = \"always\"\nsystemctl = \"{}\"\n",

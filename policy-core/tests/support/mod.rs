@@ -293,6 +293,7 @@ ip = "{ip}"
 [paths]
 sessions_dir = "{sessions}"
 run_dir = "{run}"
+state_dir = "{run}/state"
 audit_log = "{audit}"
 apply_lock = "{lock}"
 "#,

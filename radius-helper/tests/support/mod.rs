@@ -374,6 +374,8 @@ accounting_dir = "{a}"
 collector_lock = "{l}"
 apply_lock = "{t}/apply.lock"
 audit_log = "{t}/audit.log"
+run_dir = "{t}/run"
+state_dir = "{t}/state"
 
 [accounting]
 radacct = "{radacct}"

@@ -106,6 +106,8 @@ collector_lock = "{collector_lock}"
 accounting_dir = "{accounting}"
 audit_log = "{audit}"
 rt_tables = "{rt}"
+run_dir = "{run}"
+state_dir = "{state}"
 
 [policy]
 walled_garden = [{garden}]
@@ -121,6 +123,8 @@ client_pool = [{pool}]
             accounting = accounting_dir.display(),
             audit = audit_log.display(),
             rt = rt_tables.display(),
+            run = run.display(),
+            state = root.join("var/lib/pppgate").display(),
             garden = list(&o.garden),
             ttl = o.lock_ttl_s,
             max_rate = o.max_rate_kbit,
