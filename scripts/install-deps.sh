@@ -17,6 +17,7 @@ PACKAGES=(
   python3                                         # TUN helpers of the accounting kernel tests
   systemd                                         # systemd-tmpfiles/-sysusers: the lab applies packaging/{tmpfiles,sysusers}.d
   bsdutils binutils dpkg apt                      # script(1) for pppd_load; nm, dpkg-deb, apt-get for build-pppd-variants.sh
+  dpkg-dev debhelper lintian sudo                 # scripts/build-deb.sh (dpkg-buildpackage, dh), tests/package_deb.rs (lintian, visudo)
 )
 
 missing=()
