@@ -20,5 +20,6 @@ pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
 pub mod trust;
+pub mod wg;
 
 pub use error::{Error, ExitCode, Result};

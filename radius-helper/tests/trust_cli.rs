@@ -18,7 +18,7 @@ fn chmod(p: &Path, mode: u32) {
 
 /// A runner for `config`.
 fn cli_for(config: &Path) -> Cli {
-    Cli { bin: BIN.into(), config: config.to_path_buf(), env: Vec::new() }
+    Cli { bin: BIN.into(), config: config.to_path_buf(), env: Vec::new(), netns: None }
 }
 
 /// A valid configuration file in its own 0755 directory under a fresh temp dir.
