@@ -10,6 +10,7 @@ pub mod db;
 pub mod diag;
 pub mod error;
 pub mod hardcut;
+pub mod ids;
 pub mod janitor;
 pub mod kernel;
 pub mod lock;
@@ -20,5 +21,7 @@ pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
 pub mod runs;
+pub mod trust;
+pub mod wg;
 
 pub use error::{Error, ExitCode, Result};

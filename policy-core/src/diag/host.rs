@@ -21,38 +21,33 @@ pub const PLUGIN_BUILD_MARKER: &str = "pppgate-plugin-build:";
 
 pub(super) fn config(path: &Path, loaded: Result<&Config, &Error>) -> Check {
     let hint = format!("pppgate --config {} config check", path.display());
-    let cfg = match loaded {
-        Ok(c) => c,
-        Err(Error::Config { problems, .. }) => {
-            return Check::new(
-                "config",
-                Status::Fail,
-                format!("{}: {} problem(s): {}", path.display(), problems.len(), list(problems, 2)),
-                hint,
-            )
-            .with(json!({ "problems": problems }));
-        }
-        Err(e) => return Check::new("config", Status::Fail, one_line(e), hint),
-    };
-    let mut problems = super::trust::problems(path, false);
-    if let Some(s) = &cfg.database.secrets_file {
-        problems.extend(super::trust::problems(s, true));
-    }
-    if problems.is_empty() {
-        Check::new(
+    match loaded {
+        // Loading goes through policy_core::trust: the file, its secrets file and every
+        // directory above them passed (owner, modes, no symlink).
+        Ok(cfg) => Check::new(
             "config",
             Status::Ok,
-            format!("{}: valid; it and its secrets are owned by root and not writable by others", path.display()),
+            format!(
+                "{}: valid; it{} and every directory above owned by root, not writable by others",
+                path.display(),
+                if cfg.database.secrets_file.is_some() { ", its secrets file" } else { "" }
+            ),
             hint,
-        )
-    } else {
-        Check::new(
+        ),
+        Err(Error::Config { problems, .. }) => Check::new(
             "config",
             Status::Fail,
-            format!("not trusted: {}", list(&problems, 2)),
-            format!("ls -ld {} $(dirname {})", path.display(), path.display()),
+            format!("{}: {} problem(s): {}", path.display(), problems.len(), list(problems, 2)),
+            hint,
         )
-        .with(json!({ "trust_problems": problems }))
+        .with(json!({ "problems": problems })),
+        Err(e @ Error::Untrusted { .. }) => Check::new(
+            "config",
+            Status::Fail,
+            format!("not trusted: {}", one_line(e)),
+            format!("ls -ld {} $(dirname {})", path.display(), path.display()),
+        ),
+        Err(e) => Check::new("config", Status::Fail, one_line(e), hint),
     }
 }
 

@@ -13,7 +13,6 @@
 mod host;
 pub use host::{plugin_built_for, radius_wiring, RadiusWiring, PLUGIN_BUILD_MARKER};
 mod state;
-pub mod trust;
 
 use std::cell::{OnceCell, RefCell, RefMut};
 use std::path::{Path, PathBuf};
