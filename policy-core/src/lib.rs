@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod hardcut;
+pub mod input;
 pub mod janitor;
 pub mod kernel;
 pub mod lock;
