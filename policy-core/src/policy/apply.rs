@@ -37,8 +37,9 @@ pub struct Report {
 
 /// Checks what SQL asks for before anything is applied, by the rules the CLI uses
 /// ([`crate::input`]): absurd rates and unusable routes refuse the whole apply (exit 65, nothing
-/// applied). A route via the client itself is the same as a
-/// route on the point-to-point link and is normalised to that.
+/// applied), and so do routing tables the CLI refuses (a per-user route in `local`, policy routing
+/// into `default`/`main`/`local`, whose default route would replace the box's own). A route via
+/// the client itself is the same as a route on the point-to-point link and is normalised to that.
 pub fn validate(cfg: &Config, desired: &mut Desired) -> Result<()> {
     for s in &mut desired.sessions {
         let p = &mut s.policy;
@@ -72,7 +73,16 @@ pub fn validate(cfg: &Config, desired: &mut Desired) -> Result<()> {
                     ),
                 ));
             }
+            if let Some(t) = r.table {
+                input::route_table(&t.to_string(), t)?;
+            }
         }
+        for pbr in &p.pbr {
+            input::pbr_table(&pbr.table.to_string(), pbr.table)?;
+        }
+    }
+    for pbr in &desired.subnet_pbr {
+        input::pbr_table(&pbr.table.to_string(), pbr.table)?;
     }
     Ok(())
 }
