@@ -26,10 +26,9 @@ use crate::kernel::links::LinkSnapshot;
 use crate::mapping::{self, Mapping};
 use crate::procfs::{self, START_TS_TOLERANCE};
 
-/// Parses a vpn_connection_id strictly: a plain positive decimal integer, no sign, no leading
-/// zero, no whitespace, at most i64::MAX.
+/// Parses a vpn_connection_id strictly (see [`crate::ids::parse_id`]).
 pub fn parse_connection_id(s: &str) -> Result<i64> {
-    crate::input::parse_id("vpn_connection_id", s)
+    crate::ids::parse_id("vpn_connection_id", s)
 }
 
 #[derive(Debug, Clone, Copy)]

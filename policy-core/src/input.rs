@@ -23,24 +23,8 @@ pub const TABLE_DEFAULT: u32 = 253;
 pub const TABLE_MAIN: u32 = 254;
 pub const TABLE_LOCAL: u32 = 255;
 
-/// An id (connection, customer): a plain positive decimal integer — no sign, no leading zero, no
-/// whitespace, at most `i64::MAX`. `1; rm -rf /` is refused, not truncated.
-pub fn parse_id(what: &'static str, s: &str) -> Result<i64> {
-    let bad = |why: &str| Error::invalid(what, s, why);
-    if s.is_empty() {
-        return Err(bad("is empty"));
-    }
-    if !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad("must be a plain positive decimal integer"));
-    }
-    if s.starts_with('0') {
-        return Err(bad("must not start with 0"));
-    }
-    if s.len() > 19 {
-        return Err(bad("is too large"));
-    }
-    s.parse::<i64>().map_err(|_| bad("is too large"))
-}
+/// Ids (connection, customer) have their own module; re-exported so every input rule is here.
+pub use crate::ids::parse_id;
 
 /// Whether `kbit` is a speed limit pppgate applies: `MIN_RATE_KBIT..=max_kbit`.
 pub fn rate_ok(kbit: u32, max_kbit: u32) -> bool {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod hardcut;
+pub mod ids;
 pub mod input;
 pub mod janitor;
 pub mod kernel;
@@ -19,5 +20,7 @@ pub mod policy;
 pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
+pub mod trust;
+pub mod wg;
 
 pub use error::{Error, ExitCode, Result};

@@ -16,9 +16,9 @@ use serde_json::json;
 use crate::cli::{load_config, CmdResult, Failure, Global};
 use crate::test_hook;
 
-/// Parses an id the way every verb must: a plain positive decimal integer, nothing else.
+/// Parses an id the way every verb must: a plain positive decimal integer up to i64::MAX.
 pub fn parse_id(what: &'static str, s: &str) -> Result<i64, Failure> {
-    Ok(input::parse_id(what, s)?)
+    policy_core::ids::parse_id(what, s).map_err(Failure::from)
 }
 
 #[derive(Args, Debug)]

@@ -45,6 +45,7 @@ pub mod radacct;
 pub mod routes;
 pub mod session_locks;
 pub mod settings;
+pub mod wg;
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::time::Duration;
