@@ -158,6 +158,8 @@ mod tests {
         let s = init_script();
         assert!(s.contains("/dev/vda /upper") && s.contains("exec switch_root /newroot /lib/systemd/systemd"));
         assert!(s.contains("ln -s /dev/null \"$S/$u\"") && s.contains("man-db.timer"));
-        assert!(!s.contains('@'), "unreplaced placeholder in {s}");
+        for p in ["@ROOT_TAG@", "@OUT_TAG@", "@CACHE_TAG@", "@MASKED@"] {
+            assert!(!s.contains(p), "unreplaced placeholder {p} in {s}");
+        }
     }
 }
