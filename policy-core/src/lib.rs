@@ -11,6 +11,7 @@ pub mod diag;
 pub mod error;
 pub mod hardcut;
 pub mod ids;
+pub mod input;
 pub mod janitor;
 pub mod kernel;
 pub mod lock;
