@@ -38,6 +38,7 @@ struct RawConfig {
     accounting: RawAccounting,
     #[serde(default)]
     janitor: RawJanitor,
+    wireguard: Option<RawWireguard>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +99,24 @@ struct RawJanitor {
     terminate_cause: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWireguard {
+    interface: Option<String>,
+    endpoint: Option<String>,
+    listen_port: Option<u32>,
+    master_key_file: Option<PathBuf>,
+    backend: Option<String>,
+    router_interface: Option<String>,
+    router_listen_port: Option<u32>,
+    keepalive_s: Option<u32>,
+    dns: Option<Vec<String>>,
+    mtu: Option<u32>,
+    handshake_up_s: Option<u64>,
+    address_quarantine_s: Option<u64>,
+    intra_tenant: Option<bool>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecrets {
@@ -115,6 +134,8 @@ pub struct Config {
     pub connect: ConnectConfig,
     pub accounting: AccountingConfig,
     pub janitor: JanitorConfig,
+    /// `[wireguard]`: present when this concentrator provisions WireGuard for tenants.
+    pub wireguard: Option<crate::wg::WgConfig>,
 }
 
 #[derive(Clone)]
@@ -462,6 +483,28 @@ impl Config {
             problems.push(format!("janitor.terminate_cause: {terminate_cause:?} is not a RADIUS cause name"));
         }
 
+        // [wireguard]
+        let wireguard = raw.wireguard.map(|w| {
+            crate::wg::WgConfig::from_raw(
+                crate::wg::RawWgConfig {
+                    interface: w.interface,
+                    endpoint: w.endpoint,
+                    listen_port: w.listen_port,
+                    master_key_file: w.master_key_file,
+                    backend: w.backend,
+                    router_interface: w.router_interface,
+                    router_listen_port: w.router_listen_port,
+                    keepalive_s: w.keepalive_s,
+                    dns: w.dns,
+                    mtu: w.mtu,
+                    handshake_up_s: w.handshake_up_s,
+                    address_quarantine_s: w.address_quarantine_s,
+                    intra_tenant: w.intra_tenant,
+                },
+                &mut problems,
+            )
+        });
+
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -474,6 +517,7 @@ impl Config {
             connect: ConnectConfig { apply_window_fallback, settings_timeout },
             accounting: AccountingConfig { radacct, interim_interval },
             janitor: JanitorConfig { heartbeat_multiple, terminate_cause },
+            wireguard,
         })
     }
 }

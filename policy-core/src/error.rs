@@ -94,6 +94,10 @@ pub enum Error {
     #[error("{program} failed: {stderr}")]
     ExecFailed { program: String, stderr: String },
 
+    /// A sealed key that does not open: altered, moved from another row, or the wrong master key.
+    #[error("cannot open the {what}: {reason}")]
+    Crypto { what: String, reason: String },
+
     #[error("kernel state does not match the plan after apply: {0}")]
     Verify(String),
 
@@ -128,9 +132,11 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Config { .. } | Error::SchemaTooOld { .. } | Error::SchemaTooNew { .. } => ExitCode::Config,
-            Error::Mapping { .. } | Error::InvalidInput { .. } | Error::NotFound { .. } | Error::Spool { .. } => {
-                ExitCode::DataErr
-            }
+            Error::Mapping { .. }
+            | Error::InvalidInput { .. }
+            | Error::NotFound { .. }
+            | Error::Spool { .. }
+            | Error::Crypto { .. } => ExitCode::DataErr,
             Error::SqlUnavailable(_) => ExitCode::SqlUnavailable,
             Error::Sql(e) if sql_is_transient(e) => ExitCode::SqlUnavailable,
             Error::Locked { .. } => ExitCode::Locked,

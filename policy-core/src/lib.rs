@@ -18,5 +18,6 @@ pub mod policy;
 pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
+pub mod wg;
 
 pub use error::{Error, ExitCode, Result};
