@@ -371,6 +371,94 @@ fn shell_baseline(pg: &PgServer, iters: usize) {
     run(&["ip", "link", "del", "pppsh0"]);
 }
 
+/// A pgbouncer in front of the private PostgreSQL (session pooling, its own socket directory),
+/// run as the postgres user (it refuses root).
+struct Bouncer {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_bouncer(pg: &PgServer) -> Option<Bouncer> {
+    use std::os::unix::process::CommandExt;
+    let bin = std::path::Path::new("/usr/sbin/pgbouncer");
+    if !bin.exists() {
+        println!(" pgbouncer: not installed (scripts/install-deps.sh installs it); pooled figures skipped");
+        return None;
+    }
+    let user = nix::unistd::User::from_name("postgres").ok().flatten().expect("postgres user");
+    let dir = tempfile::Builder::new().prefix("pppgate-bench-bouncer-").tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pgbouncer.ini"),
+        format!(
+            "[databases]\n* = host={pgdir} port=5432\n[pgbouncer]\nlisten_addr =\nlisten_port = 6432\n\
+             unix_socket_dir = {d}\nauth_type = trust\nauth_file = {d}/users.txt\npool_mode = session\n\
+             default_pool_size = 8\nmax_client_conn = 1000\nserver_reset_query = DISCARD ALL\n\
+             ignore_startup_parameters = extra_float_digits\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+            pgdir = pg.socket_dir().display(),
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+    nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+    let child = Command::new(bin)
+        .arg(dir.path().join("pgbouncer.ini"))
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgbouncer");
+    let sock = dir.path().join(".s.PGSQL.6432");
+    if !wait_until(Duration::from_secs(10), || sock.exists()) {
+        println!(" pgbouncer: did not start ({})", std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default());
+        return None;
+    }
+    Some(Bouncer { dir, child })
+}
+
+/// The connect path's SQL part (connect + lookup, a fresh connection each time as pppd holds
+/// none), directly against PostgreSQL and through pgbouncer, in the same run.
+fn warm_sql(pg: &PgServer, cfg: &Config, iters: usize) {
+    let Some(b) = start_bouncer(pg) else { return };
+    let mut pooled_cfg = cfg.database.clone();
+    pooled_cfg.pg = format!("host={} port=6432 user=postgres dbname=postgres", b.dir.path().display()).parse().unwrap();
+    pooled_cfg.pooler = true;
+    let mut run = |db: &policy_core::config::DatabaseConfig| -> Vec<Duration> {
+        (0..iters)
+            .map(|i| {
+                let t = Instant::now();
+                let mut c = db::connect(db).unwrap_or_else(|e| panic!("connect: {}", policy_core::error::one_line(&e)));
+                let login = format!("bench{}", 1 + i % 50);
+                let LoginLookup::Found(_) = db::connections::lookup_login(&mut c, &login).unwrap() else {
+                    panic!("login {login}")
+                };
+                drop(c);
+                t.elapsed()
+            })
+            .collect()
+    };
+    // Interleaved rounds, so load changes hit both alike.
+    let (mut direct, mut pooled) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        direct.extend(run(&cfg.database));
+        pooled.extend(run(&pooled_cfg));
+    }
+    println!(" warm SQL: the connect path's SQL connect + lookup, a new connection each time:");
+    stats("direct to PostgreSQL (a backend started per connect)", &direct);
+    stats("through pgbouncer (session pooling)", &pooled);
+    let (d, p) = (pct(&mut direct, 0.5), pct(&mut pooled, 0.5));
+    println!("  → pooled is {:.1}× faster at the median", d.as_secs_f64() / p.as_secs_f64().max(1e-9));
+}
+
 /// The issue's figures at one size (medians).
 struct SizeFigures {
     n: usize,
@@ -502,6 +590,7 @@ fn main() {
         summary.push(SizeFigures { n, locked_up: up, locked_down: down, cli_apply, steady_us: st.total_us() });
         if round == 0 {
             shell_baseline(&pg, 20);
+            warm_sql(&pg, &cfg, 25);
         }
     }
     print_goals(&summary);
