@@ -81,15 +81,11 @@ fn main() {
         }
     }
     let last: Vec<Duration> = per[per.len().saturating_sub(50)..].to_vec();
-    println!(
-        "shaping installed in {:?}; the last 50 tc.set (IFB create) median {:.2} ms",
-        t.elapsed(),
-        {
-            let mut l = last.clone();
-            l.sort();
-            l[l.len() / 2].as_secs_f64() * 1e3
-        }
-    );
+    println!("shaping installed in {:?}; the last 50 tc.set (IFB create) median {:.2} ms", t.elapsed(), {
+        let mut l = last.clone();
+        l.sort();
+        l[l.len() / 2].as_secs_f64() * 1e3
+    });
     println!("readers at {n} sessions:");
     time("tc.read (all)", || k.tc.read().unwrap());
     time("routes.read (all ours)", || k.routes.read().unwrap());
@@ -102,7 +98,9 @@ fn main() {
     time("tc.read_one(ppp7)", || k.tc.read_one("ppp7").unwrap());
     println!("pieces:");
     let ifi = || links::ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0);
-    dump_bytes("link dump, no stats", || MsgBuilder::new(links::RTM_GETLINK, NLM_F_DUMP).bytes(&ifi()).attr_u32(29, 1 << 3));
+    dump_bytes("link dump, no stats", || {
+        MsgBuilder::new(links::RTM_GETLINK, NLM_F_DUMP).bytes(&ifi()).attr_u32(29, 1 << 3)
+    });
     dump_bytes("link dump, no stats, kind ifb", || {
         MsgBuilder::new(links::RTM_GETLINK, NLM_F_DUMP)
             .bytes(&ifi())

@@ -35,7 +35,8 @@ fn scoped_route_reads_return_only_what_was_asked() {
     }
     run(&["ip", "route", "add", "192.168.0.0/24", "dev", "ppp0", "proto", "static"]);
     let mut routes = RoutesNetlink::new().unwrap();
-    let mine = [route("192.168.50.0/24", None, "ppp0", 254, None), route("192.168.51.0/24", None, "ppp0", 100, Some(7))];
+    let mine =
+        [route("192.168.50.0/24", None, "ppp0", 254, None), route("192.168.51.0/24", None, "ppp0", 100, Some(7))];
     let wanted_elsewhere = route("192.168.60.0/24", None, "ppp1", 254, None);
     let table_default = route("0.0.0.0/0", Some("10.3.0.2"), "wg0", 100, None);
     let others = [

@@ -408,7 +408,7 @@ fn start_bouncer(pg: &PgServer) -> Option<Bouncer> {
     .unwrap();
     std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
     nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .arg(dir.path().join("pgbouncer.ini"))
         .uid(user.uid.as_raw())
         .gid(user.gid.as_raw())
@@ -419,7 +419,10 @@ fn start_bouncer(pg: &PgServer) -> Option<Bouncer> {
         .expect("start pgbouncer");
     let sock = dir.path().join(".s.PGSQL.6432");
     if !wait_until(Duration::from_secs(10), || sock.exists()) {
-        println!(" pgbouncer: did not start ({})", std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default());
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default();
+        println!(" pgbouncer: did not start ({log})");
         return None;
     }
     Some(Bouncer { dir, child })
@@ -432,7 +435,7 @@ fn warm_sql(pg: &PgServer, cfg: &Config, iters: usize) {
     let mut pooled_cfg = cfg.database.clone();
     pooled_cfg.pg = format!("host={} port=6432 user=postgres dbname=postgres", b.dir.path().display()).parse().unwrap();
     pooled_cfg.pooler = true;
-    let mut run = |db: &policy_core::config::DatabaseConfig| -> Vec<Duration> {
+    let run = |db: &policy_core::config::DatabaseConfig| -> Vec<Duration> {
         (0..iters)
             .map(|i| {
                 let t = Instant::now();
@@ -469,14 +472,26 @@ struct SizeFigures {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Every figure with its goal and its ratio to the smallest size of the same run.
 fn print_goals(v: &[SizeFigures]) {
     println!("\n=== goals (ratios against the first size of this run; load average now {}) ===", loadavg());
     let Some(base) = v.first() else { return };
-    println!("  {:>7} | {:>26} | {:>26} | {:>22} | {:>24}", "sessions", "connect lock held, up+down", "connect lock held, down", "apply --connection-id", "reconcile-all steady");
+    println!(
+        "  {:>7} | {:>26} | {:>26} | {:>22} | {:>24}",
+        "sessions",
+        "connect lock held, up+down",
+        "connect lock held, down",
+        "apply --connection-id",
+        "reconcile-all steady"
+    );
     for f in v {
         let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
         println!(
@@ -508,7 +523,11 @@ fn print_goals(v: &[SizeFigures]) {
             if t < 300_000.0 { "met" } else { "NOT met" }
         );
         if let Some(k) = get(1_000) {
-            println!("  reconcile cost 10k/1k: {:.2} (goal ≤ 11): {}", t / k, if t / k <= 11.0 { "met" } else { "NOT met" });
+            println!(
+                "  reconcile cost 10k/1k: {:.2} (goal ≤ 11): {}",
+                t / k,
+                if t / k <= 11.0 { "met" } else { "NOT met" }
+            );
         }
     }
 }

@@ -138,7 +138,10 @@ fn session_state(dev: &str, ip: &str) -> String {
     }
     s.push_str(&format!("routes {:?}\n", routes_on(dev)));
     let from = format!("{ip}/32");
-    s.push_str(&format!("rules {:?}\n", tool_rules().into_iter().filter(|r| r.from.to_string() == from).collect::<Vec<_>>()));
+    s.push_str(&format!(
+        "rules {:?}\n",
+        tool_rules().into_iter().filter(|r| r.from.to_string() == from).collect::<Vec<_>>()
+    ));
     s
 }
 
@@ -163,7 +166,12 @@ fn shared_state(session_ips: &[&str]) -> String {
         "other rules {:?}\n",
         tool_rules().into_iter().filter(|r| !sessions.contains(&r.from.to_string())).collect::<Vec<_>>()
     ));
-    s.push_str(&run(&["sysctl", "net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"]));
+    s.push_str(&run(&[
+        "sysctl",
+        "net.ipv4.ip_forward",
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+    ]));
     s
 }
 

@@ -180,13 +180,15 @@ impl Routes for RoutesNetlink {
             for p in self.dump_ours(table, None)? {
                 // Keep only what the query asks for (the device name does not matter here).
                 let Some(r) = parse_route(&p, &none) else { continue };
-                if q.dsts.contains(&(r.dst, r.table)) || (r.dst.prefix_len() == 0 && q.table_defaults.contains(&r.table))
+                if q.dsts.contains(&(r.dst, r.table))
+                    || (r.dst.prefix_len() == 0 && q.table_defaults.contains(&r.table))
                 {
                     payloads.push(p);
                 }
             }
         }
-        let mut missing: Vec<u32> = payloads.iter().filter_map(|p| oif_of(p)).filter(|i| !names.contains_key(i)).collect();
+        let mut missing: Vec<u32> =
+            payloads.iter().filter_map(|p| oif_of(p)).filter(|i| !names.contains_key(i)).collect();
         missing.sort_unstable();
         missing.dedup();
         names.extend(links::names_of(&mut self.sock, &missing)?);

@@ -559,7 +559,8 @@ impl Tc for TcNetlink {
     /// it is on its way out, taking its qdiscs along).
     fn read(&mut self) -> Result<TcState> {
         let strict = self.sock.strict();
-        let dumped = if strict { links::dump_links_of_kind(&mut self.sock, "ifb")? } else { links::dump_links(&mut self.sock)? };
+        let dumped =
+            if strict { links::dump_links_of_kind(&mut self.sock, "ifb")? } else { links::dump_links(&mut self.sock)? };
         // Only real IFBs are ours; a foreign device that happens to be named pgi-* is neither
         // reported as state nor ever removed.
         let ifbs: BTreeMap<String, Link> = dumped
