@@ -4,9 +4,7 @@
 //! comes from a separate secrets file that must not be readable by group or others. Validation
 //! collects every problem, so `pppgate config check` can print all of them, one per line.
 
-use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,6 +13,7 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::trust::{self, Sensitivity};
 
 pub const DEFAULT_PATH: &str = "/etc/pppgate/pppgate.toml";
 
@@ -335,9 +334,13 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
 }
 
 impl Config {
-    /// Reads and validates `path`; every problem is reported in the error.
+    /// Reads and validates `path`; every problem is reported in the error. The file must pass
+    /// the trust rule ([`crate::trust`]): root's (or ours), not writable by group/others, no
+    /// writable directory or symlink on the way. Any failure to read it is a configuration error
+    /// (exit 78), a missing file included.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        let text = trust::read_trusted_to_string(path, Sensitivity::Config)
+            .map_err(|e| Error::Config { path: path.into(), problems: vec![file_problem(path, &e)] })?;
         Self::from_toml(path, &text)
     }
 
@@ -548,29 +551,30 @@ struct Secrets {
 }
 
 fn load_secrets(path: &Path) -> std::result::Result<Secrets, String> {
-    let meta = fs::metadata(path).map_err(|e| format!("database.secrets_file: cannot read {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "database.secrets_file: {} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)",
-            path.display()
-        ));
-    }
-    let uid = nix::unistd::Uid::effective().as_raw();
-    if meta.uid() != 0 && meta.uid() != uid {
-        return Err(format!("database.secrets_file: {} is owned by uid {}, not root", path.display(), meta.uid()));
-    }
-    let text =
-        fs::read_to_string(path).map_err(|e| format!("database.secrets_file: cannot read {}: {e}", path.display()))?;
+    let text = trust::read_trusted_to_string(path, Sensitivity::Secret)
+        .map_err(|e| format!("database.secrets_file: {}", file_problem(path, &e)))?;
     let raw: RawSecrets = toml::from_str(&text)
         .map_err(|e| format!("database.secrets_file: {}: {}", path.display(), toml_problem(&e)))?;
     Ok(Secrets { db_password: raw.db_password })
 }
 
+/// One line for a file that could not be read or is not trusted.
+fn file_problem(wanted: &Path, e: &Error) -> String {
+    match e {
+        Error::Read { path, source } if path == wanted => format!("cannot read {}: {source}", path.display()),
+        Error::Read { path, source } => {
+            format!("cannot read {} ({}: {source})", wanted.display(), path.display())
+        }
+        other => crate::error::one_line(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
 
     const GOOD: &str = r#"
 [database]
@@ -676,7 +680,8 @@ walled_garden = ["198.51.100.53/32:udp:53", "198.51.100.80:tcp:80", "203.0.113.0
     #[test]
     fn the_shipped_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/etc/pppgate.toml");
-        let c = Config::load(&path).unwrap();
+        // from_toml: the checkout's own ownership and modes are not the point here.
+        let c = Config::from_toml(&path, &fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(c.nas.identity, "lns-1");
         assert_eq!(c.policy.walled_garden.len(), 3);
         assert_eq!(c.accounting.radacct, RadacctMode::Auto);

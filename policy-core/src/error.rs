@@ -31,6 +31,10 @@ pub enum Error {
     #[error("invalid configuration {path}: {}", .problems.join("; "))]
     Config { path: PathBuf, problems: Vec<String> },
 
+    /// A file root would read that fails the trust rule (`trust`): its path and what is wrong.
+    #[error("refusing {path}: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
+
     #[error("failed to read {path}")]
     Read {
         path: PathBuf,
@@ -131,7 +135,10 @@ impl Error {
 
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Config { .. } | Error::SchemaTooOld { .. } | Error::SchemaTooNew { .. } => ExitCode::Config,
+            Error::Config { .. }
+            | Error::Untrusted { .. }
+            | Error::SchemaTooOld { .. }
+            | Error::SchemaTooNew { .. } => ExitCode::Config,
             Error::Mapping { .. }
             | Error::InvalidInput { .. }
             | Error::NotFound { .. }
