@@ -233,6 +233,8 @@ pub type Answer = std::result::Result<Vec<(u16, Vec<u8>)>, io::Error>;
 pub enum Family {
     Route,
     Netfilter,
+    /// Generic netlink (the WireGuard family).
+    Generic,
 }
 
 /// A netlink socket with a receive timeout.
@@ -263,6 +265,7 @@ impl Socket {
         let proto = match family {
             Family::Route => netlink_sys::protocols::NETLINK_ROUTE,
             Family::Netfilter => netlink_sys::protocols::NETLINK_NETFILTER,
+            Family::Generic => netlink_sys::protocols::NETLINK_GENERIC,
         };
         // netlink-sys opens it with SOCK_CLOEXEC.
         let mut fd = netlink_sys::Socket::new(proto).map_err(|e| io_err("socket", e))?;
