@@ -49,3 +49,6 @@ else
   echo "install-deps: all ${#PACKAGES[@]} packages present"
 fi
 
+
+# routeros-lsp from PyPI into target/routeros-lsp (a venv; the RouterOS script tests use it).
+bash "$(dirname "$0")/install-routeros-lsp.sh" > /dev/null
