@@ -51,6 +51,7 @@ struct RawDatabase {
     secrets_file: Option<PathBuf>,
     connect_timeout_ms: Option<u64>,
     statement_timeout_ms: Option<u64>,
+    pooler: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +174,10 @@ pub struct DatabaseConfig {
     pub statement_timeout: Duration,
     /// Where the password came from (`pppgate diag` checks its trust).
     pub secrets_file: Option<PathBuf>,
+    /// The DSN names a connection pooler (pgbouncer in session mode) in front of PostgreSQL:
+    /// pppgate's per-connection settings are sent with SET after connecting, as poolers do not
+    /// forward startup options (docs/ARCHITECTURE.md, "Warm SQL").
+    pub pooler: bool,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -183,6 +188,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("secrets_file", &self.secrets_file)
+            .field("pooler", &self.pooler)
             .finish()
     }
 }
@@ -660,6 +666,7 @@ impl Config {
                 connect_timeout,
                 statement_timeout,
                 secrets_file: raw.database.secrets_file,
+                pooler: raw.database.pooler.unwrap_or(false),
             },
             nas: NasConfig { identity, ip: nas_ip.expect("checked above") },
             paths,
