@@ -141,6 +141,8 @@ impl World {
         let out = self.cli.run(&["--json", "diag"]);
         let v: Value = serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("diag printed no JSON ({e}):\n{}\n{}", out.stdout, out.stderr));
+        // Every report, healthy or naming a failure, matches docs/schemas/diag.schema.json.
+        assert_schema("diag", &v);
         (out.code.expect("diag exited"), v)
     }
 
