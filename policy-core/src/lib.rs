@@ -16,6 +16,7 @@ pub mod janitor;
 pub mod kernel;
 pub mod lock;
 pub mod mapping;
+pub mod metrics;
 pub mod outage;
 pub mod policy;
 pub mod procfs;

@@ -67,6 +67,8 @@ pub enum Cmd {
     FinalFlush(crate::collect::FinalFlushArgs),
     /// Checks the whole box and says what is wrong (exit 0 ok, 1 warnings, 2 failures).
     Diag(crate::diag_cmd::DiagArgs),
+    /// Prints the Prometheus metrics (text exposition format), read now; changes nothing.
+    Metrics,
     /// Prints the shell completion script for SHELL (the package installs bash, zsh and fish).
     Completions {
         #[arg(value_enum)]
@@ -207,6 +209,7 @@ fn run(cli: &Cli) -> CmdResult {
         Cmd::Radius(_) | Cmd::Diag(_) => unreachable!("handled in main"),
         Cmd::Session(c) => crate::sessions::session(&cli.global, c),
         Cmd::Collect => crate::collect::collect(&cli.global),
+        Cmd::Metrics => crate::diag_cmd::metrics(&cli.global),
         Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),
         Cmd::Wg(c) => crate::wg_cmd::wg(&cli.global, c),
         Cmd::Completions { shell } => {

@@ -5,7 +5,7 @@ use clap::Args;
 use policy_core::diag::{self, Options, Report, Status};
 use policy_core::{Error, ExitCode};
 
-use crate::cli::{Failure, Global};
+use crate::cli::{load_config, CmdResult, Failure, Global};
 
 #[derive(Args, Debug)]
 pub struct DiagArgs {
@@ -65,4 +65,17 @@ fn print_human(r: &Report, verbose: bool) {
         println!("not checked (they need the configuration): {}", r.not_checked.join(", "));
     }
     println!("{}: {} ok, {} warn, {} fail", r.status.name().to_uppercase(), r.counts.ok, r.counts.warn, r.counts.fail);
+}
+
+/// `pppgate metrics`: every section (policy, accounting, janitor) read now, on stdout, in the
+/// text exposition format. Changes nothing: connect events the collector has not merged yet are
+/// counted as the next merge will count them.
+pub fn metrics(g: &Global) -> CmdResult {
+    let cfg = load_config(g)?;
+    let mut out = String::new();
+    for section in policy_core::metrics::Section::ALL {
+        out.push_str(&policy_core::metrics::gather(&cfg, section, None)?.encode());
+    }
+    print!("{out}");
+    Ok(())
 }

@@ -111,7 +111,7 @@ fn world_with(o: EnvOptions) -> World {
             ),
         );
     let text = format!(
-        "{base}\n[metrics]\ntextfile_dir = \"\"\n\n[diag]\npppd = \"/usr/sbin/pppd\"\nplugin_dir = \"{}\"\n\
+        "{base}\n[diag]\npppd = \"/usr/sbin/pppd\"\nplugin_dir = \"{}\"\n\
          pppd_options = [\"{}\"]\nfreeradius_dir = \"{}\"\nsystemd = \"always\"\nsystemctl = \"{}\"\n",
         plugin_dir.display(),
         options.display(),

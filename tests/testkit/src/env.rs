@@ -28,6 +28,9 @@ pub struct TestEnv {
     pub run_dir: PathBuf,
     /// pppgate's persistent state (last-run records of the timer jobs).
     pub state_dir: PathBuf,
+    /// node_exporter's textfile directory (`metrics.textfile_dir`): the timer jobs write their
+    /// `pppgate_*.prom` files here.
+    pub metrics_dir: PathBuf,
     pub accounting_dir: PathBuf,
     pub audit_log: PathBuf,
     pub rt_tables: PathBuf,
@@ -89,12 +92,14 @@ impl TestEnv {
         let collector_lock = run.join("vpn-accounting-collector.lock");
         let run_dir = run.join("pppgate");
         let state_dir = root.join("var/lib/pppgate");
+        let metrics_dir = root.join("var/lib/prometheus/node-exporter");
         let accounting_dir = root.join("var/lib/vpn-accounting");
         let audit_log = root.join("var/log/pppgate/audit.log");
         let rt_tables = root.join("etc/iproute2/rt_tables");
         for d in [
             &sessions_dir,
             &accounting_dir,
+            &metrics_dir,
             &audit_log.parent().unwrap().to_path_buf(),
             &rt_tables.parent().unwrap().to_path_buf(),
         ] {
@@ -114,6 +119,7 @@ impl TestEnv {
             collector_lock,
             run_dir,
             state_dir,
+            metrics_dir,
             accounting_dir,
             audit_log,
             rt_tables,
@@ -155,6 +161,9 @@ walled_garden = [{garden}]
 lock_ttl_s = {ttl}
 max_rate_kbit = {max_rate}
 client_pool = [{pool}]
+
+[metrics]
+textfile_dir = "{metrics}"
 "#,
             root = self.root().display(),
             dsn = self.dsn,
@@ -164,6 +173,7 @@ client_pool = [{pool}]
             collector_lock = self.collector_lock.display(),
             run_dir = self.run_dir.display(),
             state_dir = self.state_dir.display(),
+            metrics = self.metrics_dir.display(),
             accounting = self.accounting_dir.display(),
             audit = self.audit_log.display(),
             rt = self.rt_tables.display(),
