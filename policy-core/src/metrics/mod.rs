@@ -546,7 +546,9 @@ mod tests {
         assert!(text.contains("# TYPE pppgate_sessions gauge\npppgate_sessions{state=\"full\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE pppgate_connects_total counter\npppgate_connects_total{outcome=\"applied\"} 7\n"));
         assert!(text.contains("pppgate_connect_latency_seconds_bucket{le=\"0.025\"} 1\n"), "{text}");
-        assert!(text.contains("pppgate_connect_latency_seconds_bucket{le=\"60\"} 1\n"), "{text}");
+        // 20 s: above the 15 s bucket, inside the 30 s one.
+        assert!(text.contains("pppgate_connect_latency_seconds_bucket{le=\"15\"} 1\n"), "{text}");
+        assert!(text.contains("pppgate_connect_latency_seconds_bucket{le=\"30\"} 2\n"), "{text}");
         assert!(text.contains("pppgate_connect_latency_seconds_bucket{le=\"+Inf\"} 2\n"), "{text}");
         assert!(text.contains("pppgate_connect_latency_seconds_count 2\n"));
         assert_eq!(f.names(), vec!["pppgate_sessions", "pppgate_connects_total", "pppgate_connect_latency_seconds"]);
