@@ -177,7 +177,7 @@ pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<
 /// Kernel-only cleanup: removes pppgate's state for addresses and interfaces that belong to no
 /// VALID session; live sessions are left exactly as they are.
 pub fn remove_gone_sessions<B: Backends>(cfg: &Config, b: &mut B, valid: &[Mapping], dry_run: bool) -> Result<Outcome> {
-    let view = engine::read_view(b, &Scope::All)?;
+    let view = engine::read_view(b, &Scope::All, &Desired::default())?;
     let live_ifs: BTreeSet<&str> = valid.iter().map(|m| m.ppp_if.as_str()).collect();
     let live_ips: BTreeSet<Ipv4Addr> = valid.iter().map(|m| m.client_ip).collect();
     let mut ifnames: BTreeSet<String> = BTreeSet::new();
