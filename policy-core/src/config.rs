@@ -115,6 +115,7 @@ struct RawWireguard {
     handshake_up_s: Option<u64>,
     address_quarantine_s: Option<u64>,
     intra_tenant: Option<bool>,
+    management_nets: Option<Vec<String>>,
     lock_file: Option<PathBuf>,
 }
 
@@ -510,6 +511,7 @@ impl Config {
                     handshake_up_s: w.handshake_up_s,
                     address_quarantine_s: w.address_quarantine_s,
                     intra_tenant: w.intra_tenant,
+                    management_nets: w.management_nets,
                     lock_file: w.lock_file,
                 },
                 &mut problems,
