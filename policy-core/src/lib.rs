@@ -8,6 +8,7 @@ pub mod audit;
 pub mod config;
 pub mod connect;
 pub mod db;
+pub mod diag;
 pub mod error;
 pub mod hardcut;
 pub mod ids;
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
+pub mod runs;
 pub mod trust;
 pub mod wg;
 
