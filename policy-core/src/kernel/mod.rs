@@ -11,7 +11,6 @@ pub mod links;
 pub mod lookup;
 pub mod netlink;
 pub mod nft;
-pub mod nft_counters;
 pub mod peers;
 pub mod recording;
 pub mod route;

@@ -8,7 +8,6 @@
 //! function of the desired peers and the device as read.
 
 pub mod genl;
-pub mod isolation;
 pub mod link;
 pub mod uapi;
 
