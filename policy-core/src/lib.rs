@@ -7,6 +7,7 @@ pub mod accounting;
 pub mod audit;
 pub mod config;
 pub mod db;
+pub mod diag;
 pub mod error;
 pub mod hardcut;
 pub mod ids;
@@ -20,6 +21,7 @@ pub mod policy;
 pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
+pub mod runs;
 pub mod trust;
 pub mod wg;
 

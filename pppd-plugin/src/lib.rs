@@ -29,7 +29,39 @@ thread_local! {
     static CONFIG: RefCell<Option<Rc<Config>>> = const { RefCell::new(None) };
 }
 
+/// Which pppd this build is for, findable in the .so by `pppgate diag` (policy-core's
+/// `diag::PLUGIN_BUILD_MARKER`, then ` pppd=<version> api=<api> version=<pppgate>;`).
+static BUILD_MARKER: [u8; 96] = build_marker();
+
+const fn build_marker() -> [u8; 96] {
+    let parts: [&[u8]; 8] = [
+        policy_core::diag::PLUGIN_BUILD_MARKER.as_bytes(),
+        b" pppd=",
+        shim::PPPD_VERSION.as_bytes(),
+        b" api=",
+        shim::PPPD_API.as_bytes(),
+        b" version=",
+        env!("CARGO_PKG_VERSION").as_bytes(),
+        b";",
+    ];
+    let mut out = [0u8; 96];
+    let (mut n, mut p) = (0, 0);
+    while p < parts.len() {
+        let s = parts[p];
+        let mut i = 0;
+        while i < s.len() && n < out.len() - 1 {
+            out[n] = s[i];
+            n += 1;
+            i += 1;
+        }
+        p += 1;
+    }
+    out
+}
+
 fn init(r: &mut shim::Registrar) -> Result<(), String> {
+    // Keeps the marker in the linked .so.
+    std::hint::black_box(&BUILD_MARKER);
     pppdlog::install();
     r.string_option(c"pppgate-config", c"pppgate configuration file", on_config_option);
     r.address_hook(session::address_hook);
