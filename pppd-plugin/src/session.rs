@@ -236,6 +236,13 @@ pub(crate) fn ip_up() {
             return;
         }
     };
+    let process = match procfs::own_identity() {
+        Ok(p) => p,
+        Err(e) => {
+            fail_closed(&format!("cannot read pppd's start ticks or the boot id: {e}"));
+            return;
+        }
+    };
     let pid = shim::pppd_pid();
     let up_ts = policy_core::lock::now_unix();
     let mapping = Mapping {
@@ -247,6 +254,7 @@ pub(crate) fn ip_up() {
         session_id: Some(format!("{}:{}:{}:{}", cfg.nas.identity, ifname, pid, up_ts)),
         up_ts: Some(up_ts),
         counters_base,
+        process: Some(process),
     };
     note_replaced_mapping(&cfg.paths.sessions_dir, &ifname, pid);
     let mapping_us = match mapping.write_atomic(&cfg.paths.sessions_dir) {
