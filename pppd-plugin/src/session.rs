@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use policy_core::accounting::SessionKey;
 use policy_core::config::Config;
 use policy_core::connect::{self, Action, Attempt, Phase};
 use policy_core::db;
@@ -245,17 +246,20 @@ pub(crate) fn ip_up() {
     };
     let pid = shim::pppd_pid();
     let up_ts = policy_core::lock::now_unix();
-    let mapping = Mapping {
+    let mut mapping = Mapping {
         connection_id: facts.id,
         ppp_if: ifname.clone(),
         client_ip,
         start_ts,
         pppd_pid: pid,
-        session_id: Some(format!("{}:{}:{}:{}", cfg.nas.identity, ifname, pid, up_ts)),
+        session_id: None,
         up_ts: Some(up_ts),
         counters_base,
         process: Some(process),
     };
+    // SESSION_ID is the session's accounting key (pppgate_sessions.session_key): one name, one
+    // meaning, for operators joining a mapping file to SQL.
+    mapping.session_id = Some(SessionKey::of(&cfg.nas.identity, &mapping).into_string());
     note_replaced_mapping(&cfg.paths.sessions_dir, &ifname, pid);
     let mapping_us = match mapping.write_atomic(&cfg.paths.sessions_dir) {
         Ok(path) => {

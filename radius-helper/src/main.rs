@@ -12,6 +12,7 @@ mod record;
 mod sessions;
 mod syslog;
 mod test_hook;
+mod verb;
 mod wg_cmd;
 
 fn main() -> std::process::ExitCode {
