@@ -1,4 +1,4 @@
-//! The stale-session janitor (seed 004 §7.1, B168): closes this NAS's open radacct rows and open
+//! The stale-session janitor (R502–R504): closes this NAS's open radacct rows and open
 //! pppgate_sessions rows that no live session stands behind, so Simultaneous-Use never locks a
 //! user out because of a session that ended without an Accounting-Stop.
 //!

@@ -1,4 +1,4 @@
-//! Session mapping files: `/run/vpn-sessions/<ppp_if>.env` (seed 004 §2/§3).
+//! Session mapping files: `/run/vpn-sessions/<ppp_if>.env` (R106, R501).
 //!
 //! Format: one `KEY=VALUE` per line, written atomically (temp file, fsync, rename; mode 0640).
 //! Required: CONNECTION_ID, PPP_IF, CLIENT_IP, START_TS, PPPD_PID. Optional: SESSION_ID, UP_TS,

@@ -1,4 +1,4 @@
-//! The session's life inside pppd (seed 004 §3/§4, D009 "no unpoliced window"):
+//! The session's life inside pppd (R101–R119, R201–R207; "no unpoliced window"):
 //!
 //! 0. **table** (phase notifier, before the network phase): `inet pppgate` exists, or the link ends.
 //! 1. **address hook** (before the interface is up, before any SQL): the client address enters
@@ -435,7 +435,7 @@ fn cleanup(event: &str) {
     }
 }
 
-/// Seed 004 §4.1: the final accounting flush, before the cleanup and before the mapping goes
+/// R201: the final accounting flush, before the cleanup and before the mapping goes
 /// (docs/accounting.md). Bounded; whatever happens, the final counters are on disk for the
 /// collector once the marker is written.
 fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str) {

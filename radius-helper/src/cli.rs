@@ -122,7 +122,7 @@ pub fn main() -> ProcExit {
     }
 }
 
-/// Maps seed 004's canonical program names onto verbs.
+/// Maps the canonical program names onto verbs (R707).
 fn crate_multicall(mut argv: Vec<String>) -> Vec<String> {
     let name = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
     let verb: Option<&[&str]> = match name.as_str() {

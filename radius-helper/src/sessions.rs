@@ -99,7 +99,7 @@ pub enum SessionCmd {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Database access with outage bookkeeping (seed 004 §7.4)
+// Database access with outage bookkeeping (R705)
 
 /// Runs `f` on a fresh connection. An unreachable database is logged once per outage (marker in
 /// paths.run_dir) and its return to service once; repeated failures stay quiet.
@@ -355,7 +355,7 @@ enum ReconcileOutcome {
 /// How long the kill waits for the apply lock before reporting it busy (exit 75).
 const KILL_LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// Seed 004 §8.1: after the kill, reconcile so nft/tc are deterministically right — under the
+/// R602: after the kill, reconcile so nft/tc are deterministically right — under the
 /// apply lock, with the real kernel backends. Without SQL the reconcile still removes the state
 /// of sessions that no longer exist (exactly what a kill needs) and says so.
 fn reconcile_after_kill(cfg: &Config) -> ReconcileOutcome {
