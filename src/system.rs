@@ -41,6 +41,11 @@ pub const MASKED_UNITS: &[&str] = &[
     "proc-sys-fs-binfmt_misc.automount",
 ];
 
+/// Appended to the guest kernel's command line: udev's coldplug would load drivers for emulated
+/// devices nobody uses (floppy, parallel port, speaker, CD-ROM), which costs tens of seconds
+/// under TCG.
+pub const KERNEL_ARGS: &str = "module_blacklist=floppy,parport_pc,ppdev,pcspkr,joydev,serio_raw,sr_mod,cdrom,sg";
+
 const INIT: &str = r##"#!/bin/busybox sh
 # pppgate system lab initramfs: host root (9p, read-only) + overlay whose upper layer is the ext4
 # disk /dev/vda (persistent across boots), then systemd as PID 1.

@@ -165,6 +165,10 @@ impl Lab {
         cmd.arg("-m").arg(opts.memory_mb.to_string()).arg("-smp").arg(opts.cpus.to_string());
         cmd.arg("-kernel").arg(&kernel.image).arg("-initrd").arg(&initrd);
         let mut append = String::from(KERNEL_ARGS);
+        if opts.system.is_some() {
+            append.push(' ');
+            append.push_str(crate::system::KERNEL_ARGS);
+        }
         if let Ok(extra) = std::env::var("PPPGATE_LAB_KERNEL_ARGS") {
             append.push(' ');
             append.push_str(&extra);

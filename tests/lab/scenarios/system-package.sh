@@ -16,6 +16,9 @@ sys_wait_booted 600
 : "${LAB_DEB:?LAB_DEB is not set}"
 : "${LAB_DEB_UPGRADE:?LAB_DEB_UPGRADE is not set}"
 export DEBIAN_FRONTEND=noninteractive
+# man-db's dpkg trigger rebuilds the manual page index over the 9p root: minutes under TCG, per
+# apt run. Operators keep it; the lab switches it off (man-db reads this flag file).
+rm -f /var/lib/man-db/auto-update
 APT=(apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold)
 PG_PPPGATE=/usr/sbin/pppgate
 
