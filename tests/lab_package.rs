@@ -45,7 +45,7 @@ fn package_installs_upgrades_with_a_live_session_removes_and_purges() {
         run.expect_case(case);
     }
     assert_eq!(f.expect("install.version"), env!("CARGO_PKG_VERSION"));
-    assert_eq!(f.expect("install.status"), "install ok installed");
+    assert_eq!(f.expect("install.dpkg_status"), "install ok installed");
     assert_eq!(f.expect("install.timers"), "enabled-active");
     assert_eq!(f.expect("install.boot_units"), "enabled-not-started");
     assert_eq!(f.expect("install.sessions_dir"), "2750 root pppgate");
