@@ -62,6 +62,47 @@ fn scoped_route_reads_return_only_what_was_asked() {
     assert!(RouteQuery::default().ifnames.is_empty() && routes.read_scoped(&RouteQuery::default()).unwrap().is_empty());
 }
 
+/// With many interfaces the rp_filter values come from one RTM_GETNETCONF dump named through the
+/// address dump: the same answers and the same writes as the per-file path, read back from /proc.
+#[test]
+fn sysctl_of_many_interfaces_from_netconf() {
+    private_netns();
+    let mut script = String::new();
+    for i in 0..40 {
+        script.push_str(&format!(
+            "tuntap add dev ppp{i} mode tun\naddr add 100.64.0.1 peer 100.65.0.{}/32 dev ppp{i}\nlink set ppp{i} up\n",
+            i + 2
+        ));
+    }
+    ip_batch(&script);
+    // ppp40 exists without an IPv4 address: the dump cannot name it, its file is read instead.
+    run(&["ip", "tuntap", "add", "dev", "ppp40", "mode", "tun"]);
+    run(&["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]);
+    for i in (0..41).filter(|i| i % 3 == 0) {
+        run(&["sysctl", "-q", "-w", &format!("net.ipv4.conf.ppp{i}.rp_filter=1")]);
+    }
+    run(&["sysctl", "-q", "-w", "net.ipv4.conf.ppp1.rp_filter=2"]);
+    let mut names: Vec<String> = (0..41).map(|i| format!("ppp{i}")).collect();
+    names.push("ppp99".into());
+    let mut s = SysctlProc::new();
+    let r = s.read(&names).unwrap();
+    let strict: Vec<String> = (0..41).filter(|i| i % 3 == 0).map(|i| format!("ppp{i}")).collect();
+    let mut got = r.strict_interfaces();
+    got.sort();
+    let mut want = strict.clone();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(r.rp_filter.get("ppp1"), Some(&2));
+    assert_eq!(r.rp_filter.len(), 41, "every existing interface, not the missing one");
+    s.ensure(&names).unwrap();
+    for i in 0..41 {
+        let v = cat(&format!("/proc/sys/net/ipv4/conf/ppp{i}/rp_filter"));
+        let want = if i % 3 == 0 || i == 1 { "2" } else { "0" };
+        assert_eq!(v, want, "ppp{i}");
+    }
+    assert!(s.read(&names).unwrap().ok());
+}
+
 #[test]
 fn routes_add_read_delete() {
     private_netns();
