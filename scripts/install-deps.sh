@@ -17,6 +17,7 @@ PACKAGES=(
   python3                                         # TUN helpers of the accounting kernel tests
   systemd                                         # systemd-tmpfiles/-sysusers: the lab applies packaging/{tmpfiles,sysusers}.d
   bsdutils binutils dpkg apt                      # script(1) for pppd_load; nm, dpkg-deb, apt-get for build-pppd-variants.sh
+  mmdebstrap debian-archive-keyring xz-utils      # the Debian 13 lab root (src/root.rs): built from Debian's registry, trixie's keys, .ko.xz modules
 )
 
 missing=()

@@ -23,12 +23,14 @@ pub mod facts;
 pub mod initramfs;
 pub mod kernel;
 pub mod paths;
+pub mod root;
 pub mod snapshot;
 pub mod vm;
 
 pub use error::LabError;
 pub use facts::Facts;
 pub use paths::Artifacts;
+pub use root::Root;
 pub use snapshot::Snapshot;
 pub use vm::{Lab, LabOptions, LabRun};
 
