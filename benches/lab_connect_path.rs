@@ -19,14 +19,11 @@
 //! `cargo bench --bench lab_connect_path` — 50 connects each (`PPPGATE_BENCH_CONNECTS` overrides).
 //! Run any other way (e.g. `cargo test --benches`) it is a smoke run with 5.
 
-#[path = "../tests/connect_support/mod.rs"]
-mod connect_support;
-
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use connect_support::{applied_lines, percentile};
 use pppgate_lab::{Lab, LabOptions};
+use pppgate_testkit::lab_output::{applied_lines, percentile};
 
 fn connects() -> usize {
     if let Some(n) = std::env::var("PPPGATE_BENCH_CONNECTS").ok().and_then(|v| v.parse().ok()) {

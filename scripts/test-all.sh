@@ -3,6 +3,7 @@
 # stdin): installs the Debian packages the build and the tests use, then
 #   the gates: cargo fmt --check, cargo clippy -D warnings (an unformatted file or a lint fails CI)
 #   cargo build --release --workspace (+ scripts/build-pppd-variants.sh)
+#   scripts/build-deb.sh --no-build (the .deb, from those artifacts)
 #   cargo test --release --workspace
 # The lab tests (tests/lab_*.rs) boot Debian's kernel under qemu (TCG) with the host's root over
 # 9p; they run the release artifacts this script builds first. Nothing global is started: every
@@ -30,6 +31,11 @@ cargo build --release --workspace
 log "scripts/build-pppd-variants.sh (pppd 2.5.2 headers build + mismatched-version plugin for tests/pppd_load.rs)"
 bash scripts/build-pppd-variants.sh
 log "build took $((SECONDS - start)) s"
+
+start=$SECONDS
+log "scripts/build-deb.sh --no-build (the .deb tests/package_deb.rs checks)"
+bash scripts/build-deb.sh --no-build
+log "package took $((SECONDS - start)) s"
 
 start=$SECONDS
 log "cargo test --release --workspace --no-fail-fast"

@@ -4,7 +4,7 @@
 //!
 //! All tests share one run of `tests/lab/scenarios/connect.sh` (one VM boot, about 6 minutes).
 //! Each asserts on its case's facts, on snapshots of srv's kernel state read back with `ip`, `tc`
-//! and `nft` (`tests/connect_support`), and on packets counted at the far side: a sender in the
+//! and `nft` (`pppgate_testkit::lab_output`), and on packets counted at the far side: a sender in the
 //! client's namespace starts before the client dials and sends sequence-numbered datagrams
 //! through the client's ppp link every 10 ms; the inet namespace logs what arrives and counts it
 //! with its own nft counter. A run that cannot boot, times out or fails its setup fails every
@@ -21,15 +21,13 @@
 //! [`pppd_pid_is_pppds_own_and_nothing_looks_pids_up`] checks both: in the lab against /proc and
 //! pppd's own ip-up environment, and in the source for pgrep/pidof/ps.
 
-mod connect_support;
-
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use connect_support::{applied_lines, fields, monitor, received, Kernel};
 use pppgate_lab::{Lab, LabOptions, LabRun, Snapshot};
+use pppgate_testkit::lab_output::{applied_lines, fields, monitor, received, Kernel};
 
 /// Budget for the whole scenario, boot included (about 6 minutes on an idle 2-core machine).
 const TIMEOUT: Duration = Duration::from_secs(1800);

@@ -70,7 +70,32 @@ fn mismatched_version_is_refused_by_pppd() {
 fn missing_config_makes_pppd_refuse_to_start() {
     let so = plugin();
     let (code, out) = pppd(&format!("plugin {} pppgate-config /nonexistent/pppgate.toml dryrun", so.display()));
-    assert!(out.contains("pppgate-config: failed to read /nonexistent/pppgate.toml"), "{out}");
+    assert!(out.contains("pppgate-config: invalid configuration /nonexistent/pppgate.toml: cannot read"), "{out}");
+    assert_eq!(code, 2, "{out}");
+}
+
+/// The trust rule (docs/security.md) holds inside pppd too: a configuration others may write, or
+/// a symlink to one, makes pppd refuse to start, naming the path and the mode.
+#[test]
+fn untrusted_config_makes_pppd_refuse_to_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let so = plugin();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pppgate.toml");
+    std::fs::write(
+        &cfg,
+        "[database]\ndsn = \"host=/tmp dbname=x user=y\"\n[nas]\nidentity = \"lns-1\"\nip = \"192.0.2.1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), cfg.display()));
+    assert!(out.contains(&format!("refusing {}: has mode 0666", cfg.display())), "{out}");
+    assert_eq!(code, 2, "{out}");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&cfg, &link).unwrap();
+    let (code, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), link.display()));
+    assert!(out.contains("is a symbolic link"), "{out}");
     assert_eq!(code, 2, "{out}");
 }
 

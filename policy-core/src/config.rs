@@ -4,9 +4,7 @@
 //! comes from a separate secrets file that must not be readable by group or others. Validation
 //! collects every problem, so `pppgate config check` can print all of them, one per line.
 
-use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,6 +13,7 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::trust::{self, Sensitivity};
 
 pub const DEFAULT_PATH: &str = "/etc/pppgate/pppgate.toml";
 
@@ -38,6 +37,7 @@ struct RawConfig {
     accounting: RawAccounting,
     #[serde(default)]
     janitor: RawJanitor,
+    wireguard: Option<RawWireguard>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +98,24 @@ struct RawJanitor {
     terminate_cause: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWireguard {
+    interface: Option<String>,
+    endpoint: Option<String>,
+    listen_port: Option<u32>,
+    master_key_file: Option<PathBuf>,
+    backend: Option<String>,
+    router_interface: Option<String>,
+    router_listen_port: Option<u32>,
+    keepalive_s: Option<u32>,
+    dns: Option<Vec<String>>,
+    mtu: Option<u32>,
+    handshake_up_s: Option<u64>,
+    address_quarantine_s: Option<u64>,
+    intra_tenant: Option<bool>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSecrets {
@@ -115,6 +133,8 @@ pub struct Config {
     pub connect: ConnectConfig,
     pub accounting: AccountingConfig,
     pub janitor: JanitorConfig,
+    /// `[wireguard]`: present when this concentrator provisions WireGuard for tenants.
+    pub wireguard: Option<crate::wg::WgConfig>,
 }
 
 #[derive(Clone)]
@@ -308,9 +328,13 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
 }
 
 impl Config {
-    /// Reads and validates `path`; every problem is reported in the error.
+    /// Reads and validates `path`; every problem is reported in the error. The file must pass
+    /// the trust rule ([`crate::trust`]): root's (or ours), not writable by group/others, no
+    /// writable directory or symlink on the way. Any failure to read it is a configuration error
+    /// (exit 78), a missing file included.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        let text = trust::read_trusted_to_string(path, Sensitivity::Config)
+            .map_err(|e| Error::Config { path: path.into(), problems: vec![file_problem(path, &e)] })?;
         Self::from_toml(path, &text)
     }
 
@@ -462,6 +486,28 @@ impl Config {
             problems.push(format!("janitor.terminate_cause: {terminate_cause:?} is not a RADIUS cause name"));
         }
 
+        // [wireguard]
+        let wireguard = raw.wireguard.map(|w| {
+            crate::wg::WgConfig::from_raw(
+                crate::wg::RawWgConfig {
+                    interface: w.interface,
+                    endpoint: w.endpoint,
+                    listen_port: w.listen_port,
+                    master_key_file: w.master_key_file,
+                    backend: w.backend,
+                    router_interface: w.router_interface,
+                    router_listen_port: w.router_listen_port,
+                    keepalive_s: w.keepalive_s,
+                    dns: w.dns,
+                    mtu: w.mtu,
+                    handshake_up_s: w.handshake_up_s,
+                    address_quarantine_s: w.address_quarantine_s,
+                    intra_tenant: w.intra_tenant,
+                },
+                &mut problems,
+            )
+        });
+
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -474,6 +520,7 @@ impl Config {
             connect: ConnectConfig { apply_window_fallback, settings_timeout },
             accounting: AccountingConfig { radacct, interim_interval },
             janitor: JanitorConfig { heartbeat_multiple, terminate_cause },
+            wireguard,
         })
     }
 }
@@ -493,29 +540,30 @@ struct Secrets {
 }
 
 fn load_secrets(path: &Path) -> std::result::Result<Secrets, String> {
-    let meta = fs::metadata(path).map_err(|e| format!("database.secrets_file: cannot read {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "database.secrets_file: {} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)",
-            path.display()
-        ));
-    }
-    let uid = nix::unistd::Uid::effective().as_raw();
-    if meta.uid() != 0 && meta.uid() != uid {
-        return Err(format!("database.secrets_file: {} is owned by uid {}, not root", path.display(), meta.uid()));
-    }
-    let text =
-        fs::read_to_string(path).map_err(|e| format!("database.secrets_file: cannot read {}: {e}", path.display()))?;
+    let text = trust::read_trusted_to_string(path, Sensitivity::Secret)
+        .map_err(|e| format!("database.secrets_file: {}", file_problem(path, &e)))?;
     let raw: RawSecrets = toml::from_str(&text)
         .map_err(|e| format!("database.secrets_file: {}: {}", path.display(), toml_problem(&e)))?;
     Ok(Secrets { db_password: raw.db_password })
 }
 
+/// One line for a file that could not be read or is not trusted.
+fn file_problem(wanted: &Path, e: &Error) -> String {
+    match e {
+        Error::Read { path, source } if path == wanted => format!("cannot read {}: {source}", path.display()),
+        Error::Read { path, source } => {
+            format!("cannot read {} ({}: {source})", wanted.display(), path.display())
+        }
+        other => crate::error::one_line(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
 
     const GOOD: &str = r#"
 [database]
@@ -621,7 +669,8 @@ walled_garden = ["198.51.100.53/32:udp:53", "198.51.100.80:tcp:80", "203.0.113.0
     #[test]
     fn the_shipped_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/etc/pppgate.toml");
-        let c = Config::load(&path).unwrap();
+        // from_toml: the checkout's own ownership and modes are not the point here.
+        let c = Config::from_toml(&path, &fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(c.nas.identity, "lns-1");
         assert_eq!(c.policy.walled_garden.len(), 3);
         assert_eq!(c.accounting.radacct, RadacctMode::Auto);

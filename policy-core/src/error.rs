@@ -31,6 +31,10 @@ pub enum Error {
     #[error("invalid configuration {path}: {}", .problems.join("; "))]
     Config { path: PathBuf, problems: Vec<String> },
 
+    /// A file root would read that fails the trust rule (`trust`): its path and what is wrong.
+    #[error("refusing {path}: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
+
     #[error("failed to read {path}")]
     Read {
         path: PathBuf,
@@ -94,6 +98,10 @@ pub enum Error {
     #[error("{program} failed: {stderr}")]
     ExecFailed { program: String, stderr: String },
 
+    /// A sealed key that does not open: altered, moved from another row, or the wrong master key.
+    #[error("cannot open the {what}: {reason}")]
+    Crypto { what: String, reason: String },
+
     #[error("kernel state does not match the plan after apply: {0}")]
     Verify(String),
 
@@ -127,10 +135,15 @@ impl Error {
 
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Config { .. } | Error::SchemaTooOld { .. } | Error::SchemaTooNew { .. } => ExitCode::Config,
-            Error::Mapping { .. } | Error::InvalidInput { .. } | Error::NotFound { .. } | Error::Spool { .. } => {
-                ExitCode::DataErr
-            }
+            Error::Config { .. }
+            | Error::Untrusted { .. }
+            | Error::SchemaTooOld { .. }
+            | Error::SchemaTooNew { .. } => ExitCode::Config,
+            Error::Mapping { .. }
+            | Error::InvalidInput { .. }
+            | Error::NotFound { .. }
+            | Error::Spool { .. }
+            | Error::Crypto { .. } => ExitCode::DataErr,
             Error::SqlUnavailable(_) => ExitCode::SqlUnavailable,
             Error::Sql(e) if sql_is_transient(e) => ExitCode::SqlUnavailable,
             Error::Locked { .. } => ExitCode::Locked,

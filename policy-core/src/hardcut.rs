@@ -21,28 +21,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernel::links::LinkSnapshot;
 use crate::mapping::{self, Mapping};
 use crate::procfs::{self, START_TS_TOLERANCE};
 
-/// Parses a vpn_connection_id strictly: a plain positive decimal integer, no sign, no leading
-/// zero, no whitespace, at most i64::MAX.
+/// Parses a vpn_connection_id strictly (see [`crate::ids::parse_id`]).
 pub fn parse_connection_id(s: &str) -> Result<i64> {
-    let bad = |why: &str| Error::invalid("vpn_connection_id", s, why);
-    if s.is_empty() {
-        return Err(bad("is empty"));
-    }
-    if !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad("must be a plain positive decimal integer"));
-    }
-    if s.starts_with('0') {
-        return Err(bad("must not start with 0"));
-    }
-    if s.len() > 19 {
-        return Err(bad("is too large"));
-    }
-    s.parse::<i64>().map_err(|_| bad("is too large"))
+    crate::ids::parse_id("vpn_connection_id", s)
 }
 
 #[derive(Debug, Clone, Copy)]

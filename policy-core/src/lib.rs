@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod hardcut;
+pub mod ids;
 pub mod janitor;
 pub mod kernel;
 pub mod lock;
@@ -18,5 +19,7 @@ pub mod policy;
 pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
+pub mod trust;
+pub mod wg;
 
 pub use error::{Error, ExitCode, Result};

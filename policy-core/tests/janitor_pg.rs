@@ -2,22 +2,20 @@
 //! sessions made of real processes and TUN `pppN` links in a network namespace per test.
 //! Needs root; fails (never skips) without it.
 
-mod support;
-
 use policy_core::janitor::{self, NoAccountingState, Scope, StaleReason, Verdict};
 use policy_core::radius::{self, CheckradArgs, HookVerdict, Presence};
-use support::*;
+use pppgate_testkit::*;
 
 const NAS_A: &str = "192.0.2.1";
 const NAS_B: &str = "192.0.2.2";
 
-fn run_all(env: &Env, identity: &str, ip: &str) -> janitor::Report {
+fn run_all(env: &DbEnv, identity: &str, ip: &str) -> janitor::Report {
     let cfg = env.config(identity, ip);
     let mut c = env.db.client();
     janitor::run(&cfg, &mut c, &Scope::All, &NoAccountingState, false).unwrap()
 }
 
-fn run_login(env: &Env, login: &[u8]) -> janitor::Report {
+fn run_login(env: &DbEnv, login: &[u8]) -> janitor::Report {
     let cfg = env.config("lns-a", NAS_A);
     let mut c = env.db.client();
     janitor::run(&cfg, &mut c, &Scope::Login(login.to_vec()), &NoAccountingState, false).unwrap()
@@ -26,9 +24,9 @@ fn run_login(env: &Env, login: &[u8]) -> janitor::Report {
 #[test]
 fn never_closes_a_valid_session() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let alice = env.db.connection("alice");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     // Older than the grace period, so only the mapping protects it.
@@ -55,7 +53,7 @@ fn never_closes_a_valid_session() {
 #[test]
 fn ghost_mapping_with_dead_pid_is_not_live() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let alice = env.db.connection("alice");
     // Interface and address still there; the pppd is gone.
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
@@ -69,9 +67,9 @@ fn ghost_mapping_with_dead_pid_is_not_live() {
 #[test]
 fn ghost_mapping_with_reused_pid_is_not_live() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let alice = env.db.connection("alice");
-    let other = Proc::sleeper();
+    let other = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     // The PID is alive but belongs to a process that started at another time.
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", other.pid(), other.start_ts() - 300);
@@ -83,11 +81,11 @@ fn ghost_mapping_with_reused_pid_is_not_live() {
 #[test]
 fn mapping_whose_interface_is_gone_or_has_another_peer_is_not_live() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let alice = env.db.connection("alice");
     let bob = env.db.connection("bob");
-    let p1 = Proc::sleeper();
-    let p2 = Proc::sleeper();
+    let p1 = StandIn::sleeper();
+    let p2 = StandIn::sleeper();
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", p1.pid(), p1.start_ts());
     ppp_link("ppp1", "10.255.0.1", "198.51.100.99");
     write_mapping(&env.sessions_dir(), bob, "ppp1", "198.51.100.11", p2.pid(), p2.start_ts());
@@ -101,7 +99,7 @@ fn mapping_whose_interface_is_gone_or_has_another_peer_is_not_live() {
 #[test]
 fn two_nas_on_one_database_close_only_their_own_rows() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     env.db.connection("alice");
     let a1 = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 3600, "x");
     let b1 = env.db.acct_row("alice", NAS_B, Some("198.51.100.10"), 3600, "x");
@@ -126,14 +124,14 @@ fn two_nas_on_one_database_close_only_their_own_rows() {
 #[test]
 fn mix_of_live_and_stale_rows() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let dir = env.sessions_dir();
     let alice = env.db.connection("alice");
     let bob = env.db.connection("bob");
     let obrien = env.db.connection("o'brien");
-    let pa = Proc::sleeper();
-    let pb = Proc::sleeper();
-    let po = Proc::sleeper();
+    let pa = StandIn::sleeper();
+    let pb = StandIn::sleeper();
+    let po = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     ppp_link("ppp1", "10.255.0.1", "198.51.100.11");
     ppp_link("ppp2", "10.255.0.1", "198.51.100.12");
@@ -173,7 +171,7 @@ fn mix_of_live_and_stale_rows() {
 #[test]
 fn dry_run_changes_nothing() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let row = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 3600, "x");
     let cfg = env.config("lns-a", NAS_A);
     let mut c = env.db.client();
@@ -185,12 +183,12 @@ fn dry_run_changes_nothing() {
 #[test]
 fn on_demand_janitor_touches_only_that_login() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let alice = env.db.connection("alice");
     let bob = env.db.connection("bob");
     let a = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 3600, "x");
     let b = env.db.acct_row("bob", NAS_A, Some("198.51.100.11"), 3600, "x");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp3", "10.255.0.1", "198.51.100.13");
     write_mapping(&env.sessions_dir(), alice, "ppp3", "198.51.100.13", pppd.pid(), pppd.start_ts());
     env.db.pppgate_session("alice-ghost", "lns-a", alice, "alice", "ppp1", "198.51.100.10", dead_pid(), 3600);
@@ -219,7 +217,7 @@ fn final_counters_from_the_accounting_state_are_used() {
         }
     }
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let row = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 3600, "x");
     let cfg = env.config("lns-a", NAS_A);
     janitor::run(&cfg, &mut env.db.client(), &Scope::All, &State, false).unwrap();
@@ -235,10 +233,10 @@ fn final_counters_from_the_accounting_state_are_used() {
 #[test]
 fn simultaneous_use_rejects_a_live_session_and_accepts_after_a_crash() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config("lns-a", NAS_A);
     let alice = env.db.connection("alice");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     let row = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 30, "x");
@@ -266,7 +264,7 @@ fn simultaneous_use_rejects_a_live_session_and_accepts_after_a_crash() {
 #[test]
 fn other_nas_rows_count_by_heartbeat() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config("lns-a", NAS_A);
     env.db.connection("alice");
     let b = env.db.acct_row("alice", NAS_B, Some("198.51.100.10"), 7200, "x");
@@ -283,7 +281,7 @@ fn other_nas_rows_count_by_heartbeat() {
 #[test]
 fn rows_before_a_nas_reload_do_not_count() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config("lns-a", NAS_A);
     let b = env.db.acct_row("alice", NAS_B, Some("198.51.100.10"), 600, "x");
     env.db.set_update_age(b, 10);
@@ -295,7 +293,7 @@ fn rows_before_a_nas_reload_do_not_count() {
     assert_eq!(r.verdict, HookVerdict::Ok, "{r:#?}");
 }
 
-fn checkrad(env: &Env, nas_ip: &str, user: &str, session_id: &str) -> radius::CheckradReport {
+fn checkrad(env: &DbEnv, nas_ip: &str, user: &str, session_id: &str) -> radius::CheckradReport {
     let cfg = env.config("lns-a", NAS_A);
     let args = CheckradArgs {
         nas_type: "pppgate".into(),
@@ -310,9 +308,9 @@ fn checkrad(env: &Env, nas_ip: &str, user: &str, session_id: &str) -> radius::Ch
 #[test]
 fn checkrad_for_this_nas_answers_from_valid_mappings_and_zaps_stale_rows() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let alice = env.db.connection("o'brien");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     let live = env.db.acct_row("o=27brien", NAS_A, Some("198.51.100.10"), 0, "=25lX6b01f7fd=25hX");
@@ -339,7 +337,7 @@ fn checkrad_for_this_nas_answers_from_valid_mappings_and_zaps_stale_rows() {
 #[test]
 fn checkrad_for_another_nas_goes_by_heartbeat_and_modifies_nothing() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let b = env.db.acct_row("alice", NAS_B, Some("198.51.100.10"), 7200, "sid");
     env.db.set_update_age(b, 100);
     assert_eq!(checkrad(&env, NAS_B, "alice", "sid").presence, Presence::Online);
@@ -351,9 +349,9 @@ fn checkrad_for_another_nas_goes_by_heartbeat_and_modifies_nothing() {
 #[test]
 fn on_demand_path_without_framed_address_falls_back_to_the_full_scan() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let alice = env.db.connection("alice");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     let row = env.db.acct_row("alice", NAS_A, None, 30, "x");
@@ -365,9 +363,9 @@ fn on_demand_path_without_framed_address_falls_back_to_the_full_scan() {
 #[test]
 fn address_labels_that_are_not_the_device_name_still_find_the_session() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let alice = env.db.connection("alice");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     run(&["ip", "tuntap", "add", "dev", "ppp0", "mode", "tun"]);
     run(&["ip", "addr", "add", "10.255.0.9/32", "dev", "ppp0", "label", "ppp0:x"]);
     run(&["ip", "addr", "add", "10.255.0.1", "peer", "198.51.100.10/32", "dev", "ppp0"]);

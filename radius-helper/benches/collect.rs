@@ -7,9 +7,6 @@
 //! connections and N mapping files. Between runs one packet is written into every device (rx
 //! from the client) so every session has a delta. Needs root, like the kernel tests.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -20,7 +17,7 @@ use policy_core::accounting::record::{Batch, Entry};
 use policy_core::accounting::spool::AcctDir;
 use policy_core::accounting::state::State;
 use policy_core::mapping::Mapping;
-use support::{Lab, Pg};
+use pppgate_testkit::{AcctLab as Lab, PgServer, NAS_IDENTITY};
 
 fn peer_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 1)) + i as u32)
@@ -116,7 +113,7 @@ fn print(f: &Figures) {
 
 fn bench_size(n: usize) {
     println!("\n{n} sessions");
-    let lab = Lab::with_pg("own", Pg::start_new(true));
+    let lab = Lab::with_pg(env!("CARGO_BIN_EXE_pppgate"), "own", PgServer::new_durable());
     let t = Instant::now();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.ns.name, "python3", "-c", HOLDER, &n.to_string()])
@@ -205,8 +202,8 @@ fn replay_records(lab: &Lab, records: usize) {
         let total = s.total.saturating_add(Octets::new((k / sessions.len() + 1) as u64, 0));
         let b = Batch {
             seq,
-            batch_id: state.batch_id(support::NAS_IDENTITY, seq),
-            nas_identity: support::NAS_IDENTITY.into(),
+            batch_id: state.batch_id(NAS_IDENTITY, seq),
+            nas_identity: NAS_IDENTITY.into(),
             collected_at: policy_core::lock::now_unix(),
             entries: vec![Entry {
                 session: s.session.clone(),
@@ -228,7 +225,6 @@ fn replay_records(lab: &Lab, records: usize) {
 
 fn main() {
     // `cargo bench` passes --bench; a filter argument is not supported.
-    support::require_kernel_test_env();
     println!("pppgate collector benchmark (figures only; nothing is asserted about time)");
     // PPPGATE_BENCH_SIZES=10000 runs one size only.
     let sizes: Vec<usize> = std::env::var("PPPGATE_BENCH_SIZES")

@@ -14,16 +14,13 @@
 //!
 //! Run: `cargo bench -p pppgate --bench simul_hook` as root.
 
-#[path = "../../policy-core/tests/support/mod.rs"]
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use policy_core::janitor::NoAccountingState;
 use policy_core::radius::{self, env::encode_value, HookVerdict};
-use support::*;
+use pppgate_testkit::*;
 
 /// `cargo bench` passes `--bench`: the full size. Run any other way (e.g. `cargo test --benches`)
 /// it is a quick smoke run of the same code at a tenth of the size.
@@ -70,7 +67,7 @@ fn main() {
     let (LIVE, OTHER_NAS_OPEN, CLOSED, ITER) = (live_n, other_n, closed_n, iter_n);
     let t_setup = Instant::now();
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg_path = env.config_path("lns-1", NAS_A);
     let cfg = policy_core::config::Config::load(&cfg_path).unwrap();
     let mut c = env.db.client();
@@ -114,7 +111,7 @@ fn main() {
     let ids: std::collections::HashMap<String, i64> = ids.into_iter().collect();
     let mut procs = Vec::with_capacity(LIVE);
     for i in 0..LIVE {
-        let p = Proc::sleeper();
+        let p = StandIn::sleeper();
         write_mapping(&env.sessions_dir(), ids[&format!("u{i}")], &format!("ppp{i}"), &peer(i), p.pid(), p.start_ts());
         procs.push(p);
     }

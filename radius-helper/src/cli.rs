@@ -65,6 +65,11 @@ pub enum Cmd {
     Collect,
     /// ip-down's final accounting flush for one session.
     FinalFlush(crate::collect::FinalFlushArgs),
+    /// Prints the shell completion script for SHELL (the package installs bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,6 +194,14 @@ fn run(cli: &Cli) -> CmdResult {
         Cmd::Session(c) => crate::sessions::session(&cli.global, c),
         Cmd::Collect => crate::collect::collect(&cli.global),
         Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "pppgate", &mut script);
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(())
+        }
         Cmd::Db(DbCmd::Migrate) => {
             let cfg = load_config(&cli.global)?;
             let mut client = db::connect(&cfg.database)?;

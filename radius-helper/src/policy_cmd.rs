@@ -17,14 +17,9 @@ use serde_json::json;
 use crate::cli::{load_config, CmdResult, Failure, Global};
 use crate::test_hook;
 
-/// Parses an id the way every verb must: a plain positive decimal integer, nothing else.
+/// Parses an id the way every verb must: a plain positive decimal integer up to i64::MAX.
 pub fn parse_id(what: &'static str, s: &str) -> Result<i64, Failure> {
-    let ok =
-        !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit()) && !(s.len() > 1 && s.starts_with('0'));
-    match s.parse::<i64>() {
-        Ok(v) if ok && v > 0 => Ok(v),
-        _ => Err(Error::invalid(what, s, "must be a plain positive integer").into()),
-    }
+    policy_core::ids::parse_id(what, s).map_err(Failure::from)
 }
 
 #[derive(Args, Debug)]

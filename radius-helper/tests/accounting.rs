@@ -1,13 +1,16 @@
 //! Kernel tests of the accounting collector: TUN interfaces named pppN in a namespace of the
 //! test's own, a real PostgreSQL per test, the real `pppgate` binary. They need root and fail
-//! (never skip) without it; see tests/support/mod.rs.
-
-mod support;
+//! (never skip) without it; the harness is pppgate-testkit's `AcctLab` and `Peer`.
 
 use std::net::Ipv4Addr;
 
 use policy_core::mapping::Mapping;
-use support::{Lab, Peer};
+use pppgate_testkit::{AcctLab as Lab, Peer, NAS_IP};
+
+/// A lab running this build's `pppgate` with `accounting.radacct = radacct`.
+fn new_lab(radacct: &str) -> Lab {
+    Lab::new(env!("CARGO_BIN_EXE_pppgate"), radacct)
+}
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
@@ -25,7 +28,7 @@ fn assert_sql_matches_kernel(lab: &Lab, peer: &Peer, conn: i64) {
 
 #[test]
 fn deltas_are_correct_across_runs() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -60,7 +63,7 @@ fn deltas_are_correct_across_runs() {
 
 #[test]
 fn db_outage_spools_then_catches_up_exactly_and_logs_once() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let c1 = lab.add_connection("alice", None, "month");
     let c2 = lab.add_connection("bob", None, "day");
     let mut p1 = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
@@ -107,7 +110,7 @@ fn db_outage_spools_then_catches_up_exactly_and_logs_once() {
 /// Runs once, moves counters, kills the collector at `point`, runs again: SQL must equal the
 /// kernel exactly, and a further run must change nothing.
 fn crash_and_recover(point: &str) -> serde_json::Value {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -172,7 +175,7 @@ fn crash_during_replay() {
 
 #[test]
 fn new_pppd_on_the_same_interface_name_is_a_new_session() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p1 = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p1.mapping(conn, None));
@@ -197,7 +200,7 @@ fn new_pppd_on_the_same_interface_name_is_a_new_session() {
 
 #[test]
 fn recreated_interface_under_the_same_pppd_counts_its_new_counters() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -219,7 +222,7 @@ fn recreated_interface_under_the_same_pppd_counts_its_new_counters() {
 #[test]
 fn counters_going_backwards_are_a_reset_without_negative_usage() {
     use policy_core::accounting::state::State;
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -246,7 +249,7 @@ fn counters_going_backwards_are_a_reset_without_negative_usage() {
 
 #[test]
 fn truncated_last_record_is_moved_aside_and_nothing_intact_is_lost() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -280,7 +283,7 @@ fn truncated_last_record_is_moved_aside_and_nothing_intact_is_lost() {
 
 #[test]
 fn garbage_in_the_spool_is_moved_aside() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -299,7 +302,7 @@ fn garbage_in_the_spool_is_moved_aside() {
 
 #[test]
 fn spool_from_a_newer_pppgate_is_refused_and_left_alone() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -327,7 +330,7 @@ fn spool_from_a_newer_pppgate_is_refused_and_left_alone() {
 
 #[test]
 fn schema_too_old_exits_78_and_keeps_the_spool() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -344,7 +347,7 @@ fn schema_too_old_exits_78_and_keeps_the_spool() {
 
 #[test]
 fn busy_lock_exits_75() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let _held = policy_core::lock::Lock::try_acquire(&lab.collector_lock, "test").unwrap();
     let r = lab.pppgate(&["collect"], None);
     assert_eq!(r.code, Some(75), "{r:?}");
@@ -352,7 +355,7 @@ fn busy_lock_exits_75() {
 
 #[test]
 fn quota_crossing_is_reported_once() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", Some(5000), "month");
     let other = lab.add_connection("bob", Some(1_000_000), "day");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
@@ -409,7 +412,7 @@ fn nft_sets_of(lab: &Lab, ip: std::net::Ipv4Addr) -> Vec<String> {
 
 #[test]
 fn final_flush_commits_and_closes_the_session() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -439,7 +442,7 @@ fn final_flush_commits_and_closes_the_session() {
 
 #[test]
 fn final_flush_while_the_collector_holds_the_lock_defers_without_double_counting() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -469,7 +472,7 @@ fn final_flush_while_the_collector_holds_the_lock_defers_without_double_counting
 
 #[test]
 fn final_flush_with_the_database_down_is_spooled() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -491,7 +494,7 @@ fn final_flush_with_the_database_down_is_spooled() {
 
 #[test]
 fn final_flush_killed_after_its_marker_loses_nothing() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
@@ -507,7 +510,7 @@ fn final_flush_killed_after_its_marker_loses_nothing() {
 
 #[test]
 fn radius_row_is_found_by_session_identity_and_updated_not_duplicated() {
-    let lab = Lab::new("auto");
+    let lab = new_lab("auto");
     let conn = lab.add_connection("bob", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     let mut c = lab.pg.client();
@@ -517,11 +520,11 @@ fn radius_row_is_found_by_session_identity_and_updated_not_duplicated() {
     let ip = client(2).to_string();
     let start = p.start_ts as f64;
     // The session's row (radius.so's malformed Acct-Session-Id, shared by the others).
-    let ours: i64 = c.query_one(ins, &[&"r-ours", &"bob", &support::NAS_IP, &(start + 1.0), &ip]).unwrap().get(0);
+    let ours: i64 = c.query_one(ins, &[&"r-ours", &"bob", &NAS_IP, &(start + 1.0), &ip]).unwrap().get(0);
     // A stale open row of an earlier session, another NAS's row, another user's row.
-    c.query_one(ins, &[&"r-stale", &"bob", &support::NAS_IP, &(start - 3600.0), &ip]).unwrap();
+    c.query_one(ins, &[&"r-stale", &"bob", &NAS_IP, &(start - 3600.0), &ip]).unwrap();
     c.query_one(ins, &[&"r-other-nas", &"bob", &"192.0.2.99", &(start + 1.0), &ip]).unwrap();
-    c.query_one(ins, &[&"r-other-user", &"carol", &support::NAS_IP, &(start + 1.0), &"10.0.1.9"]).unwrap();
+    c.query_one(ins, &[&"r-other-user", &"carol", &NAS_IP, &(start + 1.0), &"10.0.1.9"]).unwrap();
     lab.write_mapping(&p.mapping(conn, Some(p.start_ts + 1)));
     p.rx(6, 1000);
     p.tx(2, 100);
@@ -562,7 +565,7 @@ fn radius_row_is_found_by_session_identity_and_updated_not_duplicated() {
 
 #[test]
 fn auto_mode_without_a_radius_row_waits_then_owns_the_row() {
-    let lab = Lab::new("auto");
+    let lab = new_lab("auto");
     let conn = lab.add_connection("dave", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     let now = policy_core::lock::now_unix();
@@ -579,13 +582,13 @@ fn auto_mode_without_a_radius_row_waits_then_owns_the_row() {
 
 #[test]
 fn canonical_name_vpn_accounting_collector_runs_the_collector() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     lab.write_mapping(&p.mapping(conn, None));
     p.rx(2, 1000);
-    let link = lab.tmp.path().join("vpn-accounting-collector");
-    std::os::unix::fs::symlink(support::pppgate_bin(), &link).unwrap();
+    let link = lab.env.root().join("vpn-accounting-collector");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pppgate"), &link).unwrap();
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.ns.name])
         .arg(&link)
@@ -600,7 +603,7 @@ fn canonical_name_vpn_accounting_collector_runs_the_collector() {
 
 #[test]
 fn final_flush_prefers_the_interface_counters_and_falls_back_to_pppds() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let other = lab.add_connection("bob", None, "month");
     let mut a = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
@@ -644,7 +647,7 @@ fn final_flush_prefers_the_interface_counters_and_falls_back_to_pppds() {
 /// after pppd took it, and even when the database was down from mid-session to after the end.
 #[test]
 fn a_session_with_an_ipcp_up_base_ends_on_pppds_own_figure_through_an_outage() {
-    let lab = Lab::new("own");
+    let lab = new_lab("own");
     let conn = lab.add_connection("alice", None, "month");
     let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
     // LCP/IPCP before IPCP-up: on the interface, not the user's traffic.

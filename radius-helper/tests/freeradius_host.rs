@@ -3,16 +3,13 @@
 //! processes with TUN `pppN` links; PPP itself needs the lab VM (tests/lab_radius.rs).
 //! Needs root, freeradius and freeradius-postgresql; fails, never skips, without them.
 
-#[path = "../../policy-core/tests/support/mod.rs"]
-mod support;
-
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use pppgate_testkit::*;
 
 const NAS_A: &str = "192.0.2.1";
 const NAS_B: &str = "192.0.2.2";
@@ -38,7 +35,7 @@ struct FreeRadius {
 }
 
 impl FreeRadius {
-    fn start(env: &Env, pppgate_cfg: &Path) -> FreeRadius {
+    fn start(env: &DbEnv, pppgate_cfg: &Path) -> FreeRadius {
         assert!(
             Path::new("/usr/sbin/freeradius").exists(),
             "freeradius is not installed (apt-get install freeradius freeradius-postgresql freeradius-utils)"
@@ -47,7 +44,7 @@ impl FreeRadius {
             Path::new("/usr/lib/freeradius/rlm_sql_postgresql.so").exists(),
             "freeradius-postgresql is not installed"
         );
-        let base = env.dir.path().join("fr");
+        let base = env.dir().join("fr");
         let raddb = base.join("raddb");
         fs::create_dir_all(base.join("log")).unwrap();
         fs::create_dir_all(base.join("run")).unwrap();
@@ -85,7 +82,7 @@ impl FreeRadius {
         edit(&raddb.join("mods-available/sql"), |t| {
             let t = replace_once(&t, "\tdialect = \"sqlite\"", "\tdialect = \"postgresql\"", "sql");
             let t = replace_once(&t, "\tdriver = \"rlm_sql_null\"", "\tdriver = \"rlm_sql_${dialect}\"", "sql");
-            let t = replace_once(&t, "\tradius_db = \"radius\"", &format!("\tradius_db = \"{}\"", env.db.dsn), "sql");
+            let t = replace_once(&t, "\tradius_db = \"radius\"", &format!("\tradius_db = \"{}\"", env.db.dsn()), "sql");
             replace_once(&t, "\tdelete_stale_sessions = yes", "\tdelete_stale_sessions = no", "sql")
         });
         std::os::unix::fs::symlink("../mods-available/sql", raddb.join("mods-enabled/sql")).unwrap();
@@ -165,7 +162,7 @@ impl Drop for FreeRadius {
     }
 }
 
-fn user(env: &Env, login: &str, password: &str, simultaneous_use: Option<u32>) -> i64 {
+fn user(env: &DbEnv, login: &str, password: &str, simultaneous_use: Option<u32>) -> i64 {
     let mut c = env.db.client();
     c.execute(
         "INSERT INTO radcheck (username, attribute, op, value) VALUES ($1, 'Cleartext-Password', ':=', $2)",
@@ -185,7 +182,7 @@ fn user(env: &Env, login: &str, password: &str, simultaneous_use: Option<u32>) -
 #[test]
 fn freeradius_enforces_simultaneous_use_without_lockouts() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-1", NAS_A);
     let alice = user(&env, "alice", "secret", Some(1));
     user(&env, "bob", "pw", Some(1));
@@ -197,7 +194,7 @@ fn freeradius_enforces_simultaneous_use_without_lockouts() {
     assert!(!fr.login("alice", "wrong"), "a wrong password is still rejected");
 
     // A live session on this NAS: a second login is rejected.
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     let row = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 30, "=25lX6b01f7fd=25hX");
@@ -240,14 +237,14 @@ fn freeradius_enforces_simultaneous_use_without_lockouts() {
 #[test]
 fn freeradius_rejects_when_the_hook_cannot_reach_the_database() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     user(&env, "alice", "secret", Some(1));
     // FreeRADIUS's own sql works; pppgate's configuration points at a database that is down.
     let good = fs::read_to_string(env.config_path("lns-1", NAS_A)).unwrap();
-    let dead = env.dir.path().join("no-server");
+    let dead = env.dir().join("no-server");
     fs::create_dir_all(&dead).unwrap();
-    let down = env.dir.path().join("down.toml");
-    fs::write(&down, good.replace(&env.db.dsn, &format!("host={} dbname=x user=postgres", dead.display()))).unwrap();
+    let down = env.dir().join("down.toml");
+    fs::write(&down, good.replace(&env.db.dsn(), &format!("host={} dbname=x user=postgres", dead.display()))).unwrap();
     let fr = FreeRadius::start(&env, &down);
     assert!(!fr.login("alice", "secret"), "SQL unreachable must never be ok");
     assert!(fr.log_text().contains("pppgate: database unavailable (fail closed)"), "{}", fr.log_text());

@@ -693,7 +693,7 @@ fn json_outputs_parse() {
 
 #[test]
 fn sql_unavailable_keeps_live_sessions_and_removes_gone_ones() {
-    let mut w = world();
+    let w = world();
     let a = w.conn("alice", Some(8000), None);
     let b = w.conn("bob", Some(4000), Some(1000));
     let sa = w.tun("ppp0", a, "100.64.0.2");

@@ -2,17 +2,14 @@
 //! PostgreSQL, live stand-in pppd processes and TUN `pppN` links in a private network namespace,
 //! the binary run as FreeRADIUS runs it (environment, argv[0]). Needs root; never skips.
 
-#[path = "../../policy-core/tests/support/mod.rs"]
-mod support;
-
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use policy_core::radius::env::encode_value;
+use pppgate_testkit::*;
 use serde_json::Value;
-use support::*;
 
 const NAS_A: &str = "192.0.2.1";
 
@@ -72,14 +69,14 @@ fn hook(cfg: &Path, user: &[u8], max: &str) -> Output {
 #[test]
 fn simultaneous_use_hook_exit_codes_and_escaped_user_names() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-a", NAS_A);
     // A login with a space, a quote, '=', a backslash and non-ASCII.
     let login = "o'brien \"x\"=\\ü";
     let conn = env.db.connection(login);
     let stored = policy_core::radius::sqlname::sql_username(login.as_bytes());
     assert_eq!(stored, "o=27brien =22x=22=3D=5Cü");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), conn, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     let row = env.db.acct_row(&stored, NAS_A, Some("198.51.100.10"), 30, "=25lX6b01f7fd=25hX");
@@ -101,7 +98,7 @@ fn simultaneous_use_hook_exit_codes_and_escaped_user_names() {
 
 #[test]
 fn simultaneous_use_hook_fails_closed() {
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-a", NAS_A);
     // No USER_NAME, a malformed one, a bad --max: fail (2), never ok.
     let o = pppgate(&bin(), &cfg, &[os("radius"), os("exec"), os("simultaneous-use"), os("--max=1")], &[]);
@@ -125,19 +122,19 @@ fn simultaneous_use_hook_fails_closed() {
 }
 
 /// A configuration whose database is unreachable (no server behind the socket directory).
-fn down_config(env: &Env) -> PathBuf {
+fn down_config(env: &DbEnv) -> PathBuf {
     let good = std::fs::read_to_string(env.config_path("lns-a", NAS_A)).unwrap();
-    let dead = env.dir.path().join("no-server");
+    let dead = env.dir().join("no-server");
     std::fs::create_dir_all(&dead).unwrap();
-    let text = good.replace(&env.db.dsn, &format!("host={} dbname=x user=postgres", dead.display()));
-    let p = env.dir.path().join("down.toml");
+    let text = good.replace(&env.db.dsn(), &format!("host={} dbname=x user=postgres", dead.display()));
+    let p = env.dir().join("down.toml");
     std::fs::write(&p, text).unwrap();
     p
 }
 
 #[test]
 fn database_down_hooks_fail_closed_and_the_janitor_logs_once_per_outage() {
-    let env = Env::new();
+    let env = DbEnv::new();
     let down = down_config(&env);
     let up = env.config_path("lns-a", NAS_A);
 
@@ -146,7 +143,7 @@ fn database_down_hooks_fail_closed_and_the_janitor_logs_once_per_outage() {
         assert_eq!(o.status.code(), Some(2), "SQL unreachable: fail, never ok\n{}", text(&o));
         assert!(String::from_utf8_lossy(&o.stdout).contains("database unavailable"), "{}", text(&o));
     }
-    let checkrad = named(env.dir.path(), "checkrad");
+    let checkrad = named(env.dir(), "checkrad");
     let o = pppgate(&checkrad, &down, &[os("pppgate"), os(NAS_A), os("0"), os("alice"), os("sid")], &[]);
     assert_eq!(o.status.code(), Some(2), "checkrad: error\n{}", text(&o));
 
@@ -161,14 +158,14 @@ fn database_down_hooks_fail_closed_and_the_janitor_logs_once_per_outage() {
     let unavailable = logs.lines().filter(|l| l.contains("database unavailable")).count();
     assert_eq!(unavailable, 1, "one line per outage, got:\n{logs}");
     assert_eq!(logs.lines().count(), 1, "nothing else either:\n{logs}");
-    assert!(env.dir.path().join("run/sql-outage.janitor").exists());
+    assert!(env.env.run_dir.join("sql-outage.janitor").exists());
 
     // Back: one recovery line, marker gone. (The "up" config shares run_dir with "down".)
     let o = pppgate(&bin(), &up, &[os("janitor")], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("database reachable again").count(), 1, "{err}");
-    assert!(!env.dir.path().join("run/sql-outage.janitor").exists());
+    assert!(!env.env.run_dir.join("sql-outage.janitor").exists());
     let o = pppgate(&bin(), &up, &[os("janitor")], &[]);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("reachable again"));
 }
@@ -176,11 +173,11 @@ fn database_down_hooks_fail_closed_and_the_janitor_logs_once_per_outage() {
 #[test]
 fn checkrad_contract_via_argv0() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-a", NAS_A);
-    let checkrad = named(env.dir.path(), "checkrad");
+    let checkrad = named(env.dir(), "checkrad");
     let alice = env.db.connection("alice");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     let live = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 30, "sid-1");
@@ -207,19 +204,19 @@ fn checkrad_contract_via_argv0() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
-fn audit_lines(env: &Env) -> Vec<Value> {
-    let p = env.dir.path().join("log/audit.log");
+fn audit_lines(env: &DbEnv) -> Vec<Value> {
+    let p = &env.env.audit_log;
     std::fs::read_to_string(p).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
 fn session_kill_refuses_anything_but_a_plain_positive_integer() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-a", NAS_A);
-    let kill = named(env.dir.path(), "vpn-session-kill");
+    let kill = named(env.dir(), "vpn-session-kill");
     let conn = env.db.connection("alice");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), conn, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     let twenty = "1".repeat(20);
@@ -253,14 +250,14 @@ fn session_kill_refuses_anything_but_a_plain_positive_integer() {
 #[test]
 fn session_kill_terminates_then_kills_and_audits() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-a", NAS_A);
     let dir = env.sessions_dir();
     let alice = env.db.connection("alice");
     let bob = env.db.connection("bob");
-    let polite = Proc::sleeper();
-    let hung = Proc::term_ignorer();
-    let bystander = Proc::sleeper();
+    let polite = StandIn::sleeper();
+    let hung = StandIn::term_ignorer();
+    let bystander = StandIn::sleeper();
     let (polite_ts, hung_ts) = (polite.start_ts(), hung.start_ts());
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     ppp_link("ppp1", "10.255.0.1", "198.51.100.11");
@@ -333,10 +330,10 @@ fn session_kill_terminates_then_kills_and_audits() {
 #[test]
 fn session_kill_never_signals_a_reused_pid() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-a", NAS_A);
     let alice = env.db.connection("alice");
-    let unrelated = Proc::sleeper();
+    let unrelated = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", unrelated.pid(), unrelated.start_ts() - 500);
     let o = pppgate(&bin(), &cfg, &[os("session"), os("kill"), os(&alice.to_string())], &[]);
@@ -350,10 +347,10 @@ fn session_kill_never_signals_a_reused_pid() {
 #[test]
 fn session_list_and_show() {
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-a", NAS_A);
     let alice = env.db.connection("alice");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     write_mapping(&env.sessions_dir(), alice, "ppp1", "198.51.100.11", dead_pid(), pppd.start_ts());
@@ -382,10 +379,10 @@ fn session_list_and_show() {
 
 #[test]
 fn janitor_by_its_canonical_name_and_boot_delay() {
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-a", NAS_A);
     let row = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 3600, "s");
-    let janitor = named(env.dir.path(), "vpn-stale-session-janitor");
+    let janitor = named(env.dir(), "vpn-stale-session-janitor");
     let t0 = std::time::Instant::now();
     let o = pppgate(&janitor, &cfg, &[os("--boot-delay"), os("1"), os("--json")], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -401,16 +398,16 @@ fn janitor_by_its_canonical_name_and_boot_delay() {
 fn unreadable_mappings_fail_the_hook_instead_of_closing_live_sessions() {
     use std::os::unix::fs::PermissionsExt;
     private_netns();
-    let env = Env::new();
+    let env = DbEnv::new();
     let cfg = env.config_path("lns-a", NAS_A);
     let alice = env.db.connection("alice");
-    let pppd = Proc::sleeper();
+    let pppd = StandIn::sleeper();
     ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
     write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
     let row = env.db.acct_row("alice", NAS_A, Some("198.51.100.10"), 30, "s");
     // The configuration is readable by everyone; the mappings only by root (a deployment where
     // FreeRADIUS's user is not in the pppgate group).
-    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(env.sessions_dir(), std::fs::Permissions::from_mode(0o750)).unwrap();
     for f in std::fs::read_dir(env.sessions_dir()).unwrap() {

@@ -258,14 +258,80 @@ ALTER TABLE pppgate_sessions SET (fillfactor = 70);
 ALTER TABLE vpn_usage SET (fillfactor = 80);
 "#;
 
+/// WireGuard for tenants (docs/wireguard.md): the concentrators' server interfaces, tenants with
+/// their /16 (second octet 100..254, UNIQUE), routers with address (UNIQUE, inside the tenant's
+/// subnet, never .0/.255, never in 10.X.0.0/24) and public key (UNIQUE), private and preshared
+/// keys sealed (never plaintext), and released addresses in quarantine.
+const WIREGUARD: &str = r#"
+CREATE TABLE wg_servers (
+	id			bigserial PRIMARY KEY,
+	nas_identity		text NOT NULL,
+	ifname			text NOT NULL CHECK (ifname ~ '^[A-Za-z0-9_.-]{1,15}$'),
+	public_key		text NOT NULL UNIQUE CHECK (length(public_key) = 44),
+	private_key_sealed	bytea NOT NULL,
+	key_id			integer NOT NULL,
+	listen_port		integer NOT NULL CHECK (listen_port BETWEEN 1 AND 65535),
+	endpoint		text NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	updated_at		timestamptz NOT NULL DEFAULT now(),
+	UNIQUE (nas_identity, ifname)
+);
+
+CREATE TABLE wg_tenants (
+	tenant_id		bigint PRIMARY KEY CHECK (tenant_id > 0),
+	octet			smallint NOT NULL UNIQUE CHECK (octet BETWEEN 100 AND 254),
+	name			text,
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	UNIQUE (tenant_id, octet)
+);
+
+CREATE TABLE wg_routers (
+	router_id		bigint PRIMARY KEY CHECK (router_id > 0),
+	tenant_id		bigint NOT NULL,
+	octet			smallint NOT NULL,
+	server_id		bigint NOT NULL REFERENCES wg_servers(id),
+	name			text,
+	address			inet NOT NULL UNIQUE CHECK (family(address) = 4 AND masklen(address) = 32),
+	public_key		text NOT NULL UNIQUE CHECK (length(public_key) = 44),
+	private_key_sealed	bytea NOT NULL,
+	psk_sealed		bytea NOT NULL,
+	key_id			integer NOT NULL,
+	interface_name		text NOT NULL,
+	listen_port		integer NOT NULL CHECK (listen_port BETWEEN 1 AND 65535),
+	keepalive_s		integer NOT NULL CHECK (keepalive_s BETWEEN 0 AND 3600),
+	routed_networks		cidr[] NOT NULL DEFAULT '{}',
+	router_allowed		cidr[] NOT NULL DEFAULT '{}',
+	dns			inet[] NOT NULL DEFAULT '{}',
+	status			text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'up', 'down')),
+	last_handshake		timestamptz,
+	endpoint		text,
+	rx_bytes		bigint NOT NULL DEFAULT 0,
+	tx_bytes		bigint NOT NULL DEFAULT 0,
+	stats_at		timestamptz,
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	updated_at		timestamptz NOT NULL DEFAULT now(),
+	FOREIGN KEY (tenant_id, octet) REFERENCES wg_tenants (tenant_id, octet),
+	CHECK ((address - ('10.0.0.0'::inet + (octet::bigint << 16))) BETWEEN 257 AND 65534),
+	CHECK (((address - '0.0.0.0'::inet) & 255) NOT IN (0, 255))
+);
+CREATE INDEX wg_routers_tenant_idx ON wg_routers (tenant_id);
+CREATE INDEX wg_routers_server_idx ON wg_routers (server_id);
+
+CREATE TABLE wg_address_quarantine (
+	address			inet PRIMARY KEY,
+	released_at		timestamptz NOT NULL DEFAULT now()
+);
+"#;
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, description: "FreeRADIUS 3.2 standard tables", sql: FREERADIUS_32 },
     Migration { version: 2, description: "pppgate core tables", sql: PPPGATE_CORE },
     Migration { version: 3, description: "accounting: radacct binding per session", sql: ACCOUNTING_BINDING },
+    Migration { version: 4, description: "wireguard: servers, tenants, routers, address quarantine", sql: WIREGUARD },
 ];
 
 /// The schema version this build needs and knows.
-pub const LATEST: i32 = 3;
+pub const LATEST: i32 = 4;
 
 const ADVISORY_KEY: i64 = 0x0070_7070_6761_7465; // "pppgate"
 

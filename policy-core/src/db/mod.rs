@@ -9,6 +9,7 @@ pub mod pbr;
 pub mod radacct;
 pub mod routes;
 pub mod settings;
+pub mod wg;
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::time::Duration;

@@ -13,17 +13,24 @@ use tempfile::TempDir;
 /// host, and a whole second host.
 pub const DEFAULT_GARDEN: [&str; 3] = ["198.51.100.53/32:tcp:8080", "198.51.100.53/32:udp:53", "198.51.100.54/32"];
 
-/// A test's own filesystem world: config file, sessions dir, locks, accounting dir, audit log and
-/// rt_tables, all inside one temp dir (removed on drop).
+/// The NAS identity and address of a [`TestEnv`]'s configuration unless the options say otherwise.
+pub const NAS_IDENTITY: &str = "lns-test";
+pub const NAS_IP: &str = "192.0.2.1";
+
+/// A test's own filesystem world: config file, sessions dir, locks, run dir (outage markers),
+/// accounting dir, audit log and rt_tables, all inside one temp dir (removed on drop).
 pub struct TestEnv {
     pub dir: TempDir,
     pub config_path: PathBuf,
     pub sessions_dir: PathBuf,
     pub apply_lock: PathBuf,
     pub collector_lock: PathBuf,
+    pub run_dir: PathBuf,
     pub accounting_dir: PathBuf,
     pub audit_log: PathBuf,
     pub rt_tables: PathBuf,
+    dsn: String,
+    options: EnvOptions,
 }
 
 /// Options of a [`TestEnv`]'s configuration.
@@ -36,6 +43,10 @@ pub struct EnvOptions {
     /// Extra rt_tables entries (id → name); `main`, `local`, `default` are always there.
     pub rt_tables: BTreeMap<u32, String>,
     pub nas_identity: String,
+    pub nas_ip: String,
+    pub connect_timeout_ms: u64,
+    /// `accounting.radacct` (auto, radius, own, off); `None` leaves the default.
+    pub radacct: Option<String>,
 }
 
 impl Default for EnvOptions {
@@ -46,7 +57,10 @@ impl Default for EnvOptions {
             max_rate_kbit: 10_000_000,
             client_pool: vec!["100.64.0.0/10".into()],
             rt_tables: BTreeMap::from([(100, "ktn".to_string()), (200, "isp2".to_string())]),
-            nas_identity: "lns-test".into(),
+            nas_identity: NAS_IDENTITY.into(),
+            nas_ip: NAS_IP.into(),
+            connect_timeout_ms: 2000,
+            radacct: None,
         }
     }
 }
@@ -71,6 +85,7 @@ impl TestEnv {
         let sessions_dir = run.join("vpn-sessions");
         let apply_lock = run.join("vpn-policy-apply.lock");
         let collector_lock = run.join("vpn-accounting-collector.lock");
+        let run_dir = run.join("pppgate");
         let accounting_dir = root.join("var/lib/vpn-accounting");
         let audit_log = root.join("var/log/pppgate/audit.log");
         let rt_tables = root.join("etc/iproute2/rt_tables");
@@ -87,22 +102,45 @@ impl TestEnv {
             rt.push_str(&format!("{id}\t{name}\n"));
         }
         std::fs::write(&rt_tables, rt).expect("write rt_tables");
+        let config_path = root.join("etc/pppgate.toml");
+        let env = TestEnv {
+            dir,
+            config_path,
+            sessions_dir,
+            apply_lock,
+            collector_lock,
+            run_dir,
+            accounting_dir,
+            audit_log,
+            rt_tables,
+            dsn: dsn.to_string(),
+            options: o,
+        };
+        std::fs::write(&env.config_path, env.render(&env.options.nas_identity, &env.options.nas_ip))
+            .expect("write config");
+        env
+    }
+
+    /// The configuration text for NAS `identity`/`ip` with this environment's paths.
+    fn render(&self, identity: &str, ip: &str) -> String {
+        let o = &self.options;
         let list = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
-        let text = format!(
+        let mut text = format!(
             r#"# Written by pppgate-testkit: every path inside {root}.
 [database]
 dsn = "{dsn}"
-connect_timeout_ms = 2000
+connect_timeout_ms = {connect_timeout}
 statement_timeout_ms = 30000
 
 [nas]
-identity = "{nas}"
-ip = "192.0.2.1"
+identity = "{identity}"
+ip = "{ip}"
 
 [paths]
 sessions_dir = "{sessions}"
 apply_lock = "{apply_lock}"
 collector_lock = "{collector_lock}"
+run_dir = "{run_dir}"
 accounting_dir = "{accounting}"
 audit_log = "{audit}"
 rt_tables = "{rt}"
@@ -113,22 +151,44 @@ lock_ttl_s = {ttl}
 max_rate_kbit = {max_rate}
 client_pool = [{pool}]
 "#,
-            root = root.display(),
-            nas = o.nas_identity,
-            sessions = sessions_dir.display(),
-            apply_lock = apply_lock.display(),
-            collector_lock = collector_lock.display(),
-            accounting = accounting_dir.display(),
-            audit = audit_log.display(),
-            rt = rt_tables.display(),
+            root = self.root().display(),
+            dsn = self.dsn,
+            connect_timeout = o.connect_timeout_ms,
+            sessions = self.sessions_dir.display(),
+            apply_lock = self.apply_lock.display(),
+            collector_lock = self.collector_lock.display(),
+            run_dir = self.run_dir.display(),
+            accounting = self.accounting_dir.display(),
+            audit = self.audit_log.display(),
+            rt = self.rt_tables.display(),
             garden = list(&o.garden),
             ttl = o.lock_ttl_s,
             max_rate = o.max_rate_kbit,
             pool = list(&o.client_pool),
         );
-        let config_path = root.join("etc/pppgate.toml");
-        std::fs::write(&config_path, text).expect("write config");
-        TestEnv { dir, config_path, sessions_dir, apply_lock, collector_lock, accounting_dir, audit_log, rt_tables }
+        if let Some(mode) = &o.radacct {
+            text.push_str(&format!("\n[accounting]\nradacct = \"{mode}\"\n"));
+        }
+        text
+    }
+
+    /// Another configuration file in this environment, for a second NAS on the same database and
+    /// the same paths (`<identity>.toml` next to the main one); returns its path.
+    pub fn config_path_for_nas(&self, identity: &str, ip: &str) -> PathBuf {
+        let path = self.root().join(format!("etc/{identity}.toml"));
+        std::fs::write(&path, self.render(identity, ip)).expect("write config");
+        path
+    }
+
+    /// [`TestEnv::config_path_for_nas`], loaded.
+    pub fn config_for_nas(&self, identity: &str, ip: &str) -> policy_core::config::Config {
+        let p = self.config_path_for_nas(identity, ip);
+        policy_core::config::Config::load(&p)
+            .unwrap_or_else(|e| panic!("test config does not load: {}", policy_core::error::one_line(&e)))
+    }
+
+    pub fn dsn(&self) -> &str {
+        &self.dsn
     }
 
     /// The configuration as pppgate loads it (panics when it does not validate).
@@ -139,7 +199,7 @@ client_pool = [{pool}]
 
     /// A runner for the `pppgate` binary at `bin` with this environment's config.
     pub fn cli(&self, bin: impl Into<PathBuf>) -> Cli {
-        Cli { bin: bin.into(), config: self.config_path.clone(), env: Vec::new() }
+        Cli { bin: bin.into(), config: self.config_path.clone(), env: Vec::new(), netns: None }
     }
 
     pub fn root(&self) -> &Path {
@@ -152,8 +212,10 @@ client_pool = [{pool}]
 pub struct Cli {
     pub bin: PathBuf,
     pub config: PathBuf,
-    /// Extra environment for every run.
+    /// Extra environment for every run (`PPPGATE_LOG` is `warn` unless set here).
     pub env: Vec<(String, String)>,
+    /// A named network namespace to run the binary in (`ip netns exec`); `None`: the caller's.
+    pub netns: Option<String>,
 }
 
 /// What one run of the binary did.
@@ -170,7 +232,14 @@ pub struct CliOut {
 
 impl Cli {
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         c.arg("--config").arg(&self.config).args(args);
         c.env_remove("PPPGATE_TEST_CRASH_AT").env("PPPGATE_LOG", "warn");
         for (k, v) in &self.env {
@@ -224,9 +293,63 @@ impl CliOut {
         self
     }
 
+    /// Asserts exit 0 and returns stdout as JSON.
+    #[track_caller]
+    pub fn ok(&self) -> Value {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "pppgate {:?}: expected success, got {:?} (signal {:?})\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.code,
+            self.signal,
+            self.stdout,
+            self.stderr
+        );
+        self.json()
+    }
+
     /// stdout as JSON (panics when it does not parse).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("pppgate {:?} printed no JSON ({e}):\n{}", self.args, self.stdout))
+    }
+}
+
+/// A private PostgreSQL (migrated) and a [`TestEnv`] on it: what the session/RADIUS tests start
+/// from. Further NAS configurations on the same database and paths: [`DbEnv::config_path`].
+pub struct DbEnv {
+    pub env: TestEnv,
+    pub db: crate::pg::PgServer,
+}
+
+impl DbEnv {
+    pub fn new() -> DbEnv {
+        let db = crate::pg::PgServer::new();
+        DbEnv { env: TestEnv::new(&db.dsn()), db }
+    }
+
+    /// The environment's temp dir.
+    pub fn dir(&self) -> &Path {
+        self.env.root()
+    }
+
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.env.sessions_dir.clone()
+    }
+
+    /// A configuration file of NAS `identity`/`ip` on this database (one file per NAS).
+    pub fn config_path(&self, identity: &str, ip: &str) -> PathBuf {
+        self.env.config_path_for_nas(identity, ip)
+    }
+
+    pub fn config(&self, identity: &str, ip: &str) -> policy_core::config::Config {
+        self.env.config_for_nas(identity, ip)
+    }
+}
+
+impl Default for DbEnv {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -10,25 +10,37 @@
 //!   runner for the `pppgate` binary ([`Cli`]);
 //! * [`traffic`]: connectivity checks (ping, TCP) and far-side counters;
 //! * [`session`]: fake sessions that are VALID by `policy_core::mapping::valid_sessions`: a live
-//!   process, an interface `pppN` carrying `local peer CLIENT_IP`, and a mapping file.
+//!   process, an interface `pppN` carrying `local peer CLIENT_IP`, and a mapping file; and the
+//!   parts for sessions assembled by hand ([`StandIn`], [`ppp_link`], [`write_mapping`]);
+//! * [`fixtures`]: rows a panel or FreeRADIUS would write (connections, routes, radacct,
+//!   pppgate_sessions);
+//! * [`tunpeer`]: a TUN link whose counters the test moves on command, and [`acct`]: the
+//!   accounting tests' world built from it;
+//! * [`lab_output`]: reading what the lab VM's connect scenarios leave behind (kernel snapshots,
+//!   probe logs, the plugin's log fields).
 //!
 //! Everything here needs root (network namespaces, PostgreSQL run as the postgres user). Without it
 //! the helpers panic with a message saying so: a test that cannot run must fail, never skip.
 
 #![forbid(unsafe_code)]
 
+pub mod acct;
 pub mod env;
 pub mod fixtures;
 pub mod kernel;
+pub mod lab_output;
 pub mod netns;
 pub mod pg;
 pub mod session;
 pub mod traffic;
+pub mod tunpeer;
 
-pub use env::{Cli, CliOut, EnvOptions, TestEnv};
+pub use acct::AcctLab;
+pub use env::{Cli, CliOut, DbEnv, EnvOptions, TestEnv, NAS_IDENTITY, NAS_IP};
 pub use fixtures::{add_connection, add_customer, add_route};
 pub use kernel::*;
 pub use netns::*;
 pub use pg::PgServer;
-pub use session::{tun_farm, FakeSession, SessionBuilder, TunFarm};
+pub use session::{dead_pid, ppp_link, tun_farm, write_mapping, FakeSession, SessionBuilder, StandIn, TunFarm};
 pub use traffic::{expect_all, ns_counter, ping, tcp, udp_burst, Check};
+pub use tunpeer::Peer;

@@ -115,6 +115,11 @@ impl NetNs {
         ns
     }
 
+    /// Turns IPv6 off in the namespace (no autoconfiguration traffic moving interface counters).
+    pub fn disable_ipv6(&self) {
+        self.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]);
+    }
+
     /// The command line that runs `args` inside the namespace.
     pub fn argv<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut v = vec!["ip", "netns", "exec", self.name.as_str()];

@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use postgres::{Client, NoTls};
@@ -67,8 +68,9 @@ fn postgres_tempdir(prefix: &str) -> TempDir {
     d
 }
 
-/// A command run as the postgres user. `CommandExt::uid/gid` instead of `runuser`: no PAM, so
-/// nothing touches a controlling terminal (a background test run would be stopped by SIGTTOU).
+/// A command run as the postgres user through `CommandExt::uid/gid`: no PAM stack (a su-like
+/// wrapper's PAM session touches the controlling terminal, and a backgrounded test run would be
+/// stopped by SIGTTOU).
 fn postgres_command(program: &str) -> Command {
     use std::os::unix::process::CommandExt;
     let (uid, gid) = postgres_ids();
@@ -110,15 +112,21 @@ rm -rf "$2""#;
         .ok()
 }
 
-fn server_options(socket_dir: &Path) -> String {
-    format!(
-        "-c listen_addresses= -k {} -c fsync=off -c full_page_writes=off \
-         -c shared_buffers=32MB -c max_connections=50",
-        socket_dir.display()
-    )
+fn server_options(socket_dir: &Path, durable: bool) -> String {
+    let mut o =
+        format!("-c listen_addresses= -k {} -c shared_buffers=32MB -c max_connections=50", socket_dir.display());
+    if !durable {
+        o.push_str(" -c fsync=off -c full_page_writes=off");
+    }
+    // Extra server options for investigations (e.g. auto_explain), never needed by a test.
+    if let Ok(extra) = std::env::var("PPPGATE_TEST_PG_OPTS") {
+        o.push(' ');
+        o.push_str(&extra);
+    }
+    o
 }
 
-fn pg_ctl_start(data: &Path, socket_dir: &Path, log: &Path) -> Result<(), String> {
+fn pg_ctl_start(data: &Path, socket_dir: &Path, log: &Path, durable: bool) -> Result<(), String> {
     as_postgres(&[
         &pg_bin("pg_ctl"),
         "-D",
@@ -126,7 +134,7 @@ fn pg_ctl_start(data: &Path, socket_dir: &Path, log: &Path) -> Result<(), String
         "-l",
         &log.display().to_string(),
         "-o",
-        &server_options(socket_dir),
+        &server_options(socket_dir, durable),
         "-w",
         "-t",
         "60",
@@ -178,7 +186,7 @@ fn build_template() -> Result<Template, String> {
     ])?;
     let migrated = dir.path().join("migrated");
     copy_dir(&base, &migrated)?;
-    pg_ctl_start(&migrated, dir.path(), &dir.path().join("template.log"))?;
+    pg_ctl_start(&migrated, dir.path(), &dir.path().join("template.log"), false)?;
     let result = (|| {
         let mut c =
             Client::connect(&dsn_for(dir.path()), NoTls).map_err(|e| format!("connect to template server: {e}"))?;
@@ -205,27 +213,34 @@ fn template() -> &'static Template {
 pub struct PgServer {
     dir: TempDir,
     data: PathBuf,
-    running: bool,
+    running: AtomicBool,
+    durable: bool,
     reaper: Option<Child>,
 }
 
 impl PgServer {
     /// A server with pppgate's schema (all migrations applied), started.
     pub fn new() -> PgServer {
-        Self::from_template(&template().migrated)
+        Self::from_template(&template().migrated, false)
     }
 
     /// A server with an empty database (`initdb` only), started: for migration tests.
     pub fn new_unmigrated() -> PgServer {
-        Self::from_template(&template().base)
+        Self::from_template(&template().base, false)
     }
 
-    fn from_template(src: &Path) -> PgServer {
+    /// A migrated server with fsync and synchronous commits on, as in production: for benchmarks
+    /// whose figures include commits.
+    pub fn new_durable() -> PgServer {
+        Self::from_template(&template().migrated, true)
+    }
+
+    fn from_template(src: &Path, durable: bool) -> PgServer {
         let dir = postgres_tempdir("pppgate-testkit-pg-");
         let data = dir.path().join("data");
         copy_dir(src, &data).unwrap_or_else(|e| panic!("{e}"));
         let reaper = spawn_reaper(Some(&data), dir.path());
-        let mut s = PgServer { dir, data, running: false, reaper };
+        let s = PgServer { dir, data, running: AtomicBool::new(false), durable, reaper };
         s.start();
         s
     }
@@ -245,26 +260,31 @@ impl PgServer {
     }
 
     pub fn is_running(&self) -> bool {
-        self.running
+        self.running.load(Ordering::SeqCst)
     }
 
     /// Starts the server on its data directory (again, after [`PgServer::stop`]).
-    pub fn start(&mut self) {
-        if self.running {
+    pub fn start(&self) {
+        if self.is_running() {
             return;
         }
-        pg_ctl_start(&self.data, self.dir.path(), &self.dir.path().join("server.log"))
+        pg_ctl_start(&self.data, self.dir.path(), &self.log_path(), self.durable)
             .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}"));
-        self.running = true;
+        self.running.store(true, Ordering::SeqCst);
     }
 
     /// Stops the server (immediate shutdown: clients see the connection drop); data stays.
-    pub fn stop(&mut self) {
-        if !self.running {
+    pub fn stop(&self) {
+        if !self.is_running() {
             return;
         }
         pg_ctl_stop(&self.data, "immediate").unwrap_or_else(|e| panic!("cannot stop PostgreSQL: {e}"));
-        self.running = false;
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
     }
 
     /// Runs SQL through `psql` (stop on the first error) and returns its unaligned, tuples-only
@@ -303,7 +323,11 @@ impl Default for PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        if self.running {
+        // A copy of the server log for investigations (`PPPGATE_TEST_PG_KEEP_LOG=/path`).
+        if let Ok(to) = std::env::var("PPPGATE_TEST_PG_KEEP_LOG") {
+            let _ = std::fs::copy(self.log_path(), to);
+        }
+        if self.is_running() {
             let _ = pg_ctl_stop(&self.data, "immediate");
         }
         if let Some(mut r) = self.reaper.take() {

@@ -273,3 +273,76 @@ impl Drop for TunFarm {
         }
     }
 }
+
+/// A TUN device named like a PPP link carrying `local peer PEER/32`, in the current namespace:
+/// a link without a session (no process, no mapping), for tests that assemble sessions by hand.
+pub fn ppp_link(ifname: &str, local: &str, peer: &str) {
+    run(&["ip", "tuntap", "add", "dev", ifname, "mode", "tun"]);
+    run(&["ip", "addr", "add", local, "peer", &format!("{peer}/32"), "dev", ifname]);
+    run(&["ip", "link", "set", ifname, "up"]);
+}
+
+/// A live process standing in for pppd (its pid and start time go into a mapping), killed on
+/// drop.
+pub struct StandIn {
+    pub child: Child,
+}
+
+impl StandIn {
+    pub fn sleeper() -> StandIn {
+        StandIn { child: spawn_standin() }
+    }
+
+    /// A process that ignores SIGTERM (a hung pppd).
+    pub fn term_ignorer() -> StandIn {
+        let child = Command::new("sh")
+            .args(["-c", "trap '' TERM; while :; do sleep 1; done"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        // Let the shell install its trap before anyone signals it.
+        std::thread::sleep(Duration::from_millis(300));
+        StandIn { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's start time as START_TS (Unix seconds, from /proc).
+    pub fn start_ts(&self) -> i64 {
+        procfs::process_start_epoch(self.pid()).expect("read /proc").expect("stand-in process is running")
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pid that existed and is gone now.
+pub fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().expect("spawn true");
+    let pid = c.id();
+    c.wait().expect("wait for true");
+    pid
+}
+
+/// Writes a mapping (no SESSION_ID, UP_TS one second after START_TS) with
+/// `Mapping::write_atomic` and returns it; nothing checks it is VALID.
+pub fn write_mapping(dir: &Path, conn: i64, ifname: &str, ip: &str, pid: u32, start_ts: i64) -> Mapping {
+    let m = Mapping {
+        connection_id: conn,
+        ppp_if: ifname.into(),
+        client_ip: ip.parse::<Ipv4Addr>().expect("client ip"),
+        start_ts,
+        pppd_pid: pid,
+        session_id: None,
+        up_ts: Some(start_ts + 1),
+        counters_base: None,
+    };
+    m.write_atomic(dir).expect("write mapping");
+    m
+}

@@ -8,7 +8,7 @@ use pppgate_testkit::*;
 #[test]
 fn pg_server_is_migrated_stops_and_starts_again() {
     let t = Instant::now();
-    let mut pg = PgServer::new();
+    let pg = PgServer::new();
     println!("PgServer::new (incl. the per-process template on first use): {:?}", t.elapsed());
     assert_eq!(pg.psql("SELECT count(*) FROM vpn_connections"), "0");
     assert_eq!(pg.psql("SELECT max(version) FROM pppgate_schema"), policy_core::db::migrate::LATEST.to_string());

@@ -6,8 +6,6 @@
 //! `key=value` log lines. Everything here reads raw
 //! kernel output; nothing asks pppgate.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::Ipv4Addr;
@@ -294,7 +292,6 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    #[allow(unused_imports)]
     use super::*;
 
     #[test]
