@@ -22,6 +22,9 @@ pub enum LabError {
     #[error("cannot build the {root} lab root: {reason} (log {})", log.display())]
     RootBuild { root: String, reason: String, log: PathBuf },
 
+    #[error("unsupported lab run: {0}")]
+    Unsupported(String),
+
     #[error("no usable kernel: {0}")]
     NoKernel(String),
 

@@ -25,6 +25,7 @@ pub mod kernel;
 pub mod paths;
 pub mod root;
 pub mod snapshot;
+pub mod system;
 pub mod vm;
 
 pub use error::LabError;
@@ -32,6 +33,7 @@ pub use facts::Facts;
 pub use paths::Artifacts;
 pub use root::Root;
 pub use snapshot::Snapshot;
+pub use system::SystemDisk;
 pub use vm::{Lab, LabOptions, LabRun};
 
 /// pppd version found at build time (headers or binary), if any.

@@ -39,6 +39,9 @@ pub struct LabOptions {
     /// The root the guest boots (`src/root.rs`); default `$PPPGATE_LAB_ROOT`, else bookworm, so
     /// `PPPGATE_LAB_ROOT=trixie cargo test --release --test lab_foundation` runs a test on Debian 13.
     pub root: Root,
+    /// The system lab: boot systemd as PID 1 with this disk as the persistent upper layer
+    /// (`crate::system`). `None`: the scenario runs as the init's child on a tmpfs overlay.
+    pub system: Option<crate::system::SystemDisk>,
 }
 
 impl Default for LabOptions {
@@ -51,6 +54,7 @@ impl Default for LabOptions {
             artifacts: None,
             follow: false,
             root: Root::from_env(),
+            system: None,
         }
     }
 }
@@ -149,11 +153,20 @@ impl Lab {
         }
         let artifacts = opts.artifacts.clone().unwrap_or_else(|| Artifacts::for_root(opts.root));
         artifacts.check()?;
+        if opts.system.is_some() && !opts.root.is_host() {
+            return Err(LabError::Unsupported(format!(
+                "the system lab boots the build machine's root only, not {}",
+                opts.root
+            )));
+        }
         let guest_root = root::ensure(opts.root)?;
         let kernel = guest_root.kernel()?;
         File::open(&kernel.image)
             .map_err(LabError::io("cannot read the kernel image (the lab runs as root in CI)", &kernel.image))?;
-        let initrd = initramfs::ensure(&kernel, &paths::lab_dir().join("initramfs"))?;
+        let initrd = match &opts.system {
+            None => initramfs::ensure(&kernel, &paths::lab_dir().join("initramfs"))?,
+            Some(_) => initramfs::ensure_system(&kernel, &paths::lab_dir().join("initramfs"))?,
+        };
 
         let dir = new_run_dir(scenario)?;
         write_env(&dir, scenario, &script, &artifacts, &kernel, &guest_root, opts)?;
@@ -195,6 +208,11 @@ impl Lab {
         fs::create_dir_all(&cache).map_err(LabError::io("cannot create the lab cache directory", &cache))?;
         cmd.arg("-fsdev").arg(format!("local,id={CACHE_TAG},path={},security_model=none", qemu_escape(&cache)));
         cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={CACHE_TAG},mount_tag={CACHE_TAG}"));
+        if let Some(disk) = &opts.system {
+            // No emulated display: udev would load drm drivers for it, minutes under TCG.
+            cmd.args(["-vga", "none"]);
+            cmd.arg("-drive").arg(format!("file={},format=raw,if=virtio,cache=writeback", qemu_escape(&disk.path)));
+        }
         if let Ok(extra) = std::env::var("PPPGATE_LAB_QEMU_ARGS") {
             cmd.args(extra.split_whitespace());
         }
