@@ -330,6 +330,10 @@ pub fn scan_checked(dir: &Path) -> Result<(Vec<Checked>, Vec<Error>)> {
     Ok((ok, bad))
 }
 
+/// Up to this many mappings are checked against their own interfaces (targeted reads); more
+/// against one address dump of the box.
+const FEW_SESSIONS: usize = 16;
+
 /// VALID mappings only (DESIGN.md): the one definition every component uses.
 pub fn valid_sessions(dir: &Path) -> Result<(Vec<Mapping>, Vec<Error>)> {
     valid_sessions_where(dir, |_| true)
@@ -351,7 +355,14 @@ pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Resu
     if wanted.is_empty() {
         return Ok((wanted, bad));
     }
-    let links = crate::kernel::links::LinkSnapshot::read_addresses()?;
+    // A few sessions (an apply for one connection): their interfaces only, not an address dump
+    // of the whole box.
+    let links = if wanted.len() <= FEW_SESSIONS {
+        let names: Vec<&str> = wanted.iter().map(|m| m.ppp_if.as_str()).collect();
+        crate::kernel::links::LinkSnapshot::read_named(&names)?
+    } else {
+        crate::kernel::links::LinkSnapshot::read_addresses()?
+    };
     let boot = procfs::boot_time().map_err(|source| Error::Read { path: "/proc/stat".into(), source })?;
     Ok((wanted.into_iter().filter(|m| m.validity_since(&links, boot).is_valid()).collect(), bad))
 }

@@ -2,12 +2,48 @@
 //! table group. Every query is parameterized. No connection outlives the operation that opened it
 //! (the plugin holds none between pppd events).
 
+// The current quota period and the usage in it, defined once for every statement that needs
+// them (the connection facts the policy is decided from, and the collector's quota trigger):
+// they must agree, or a connection would be re-applied as over quota and stay FULL, or the
+// reverse. SQL fragments over `vpn_connections c` and `vpn_usage u`.
+
+/// The first day of connection `c`'s current quota period: today for `day`, the first of the
+/// month for `month`, the epoch for `total` (the database's clock and time zone).
+macro_rules! quota_period_start {
+    () => {
+        "CASE c.quota_period WHEN 'day' THEN current_date \
+         WHEN 'month' THEN date_trunc('month', current_date)::date ELSE DATE '1970-01-01' END"
+    };
+}
+
+/// What one `vpn_usage` row `u` counts towards a quota: both directions.
+macro_rules! usage_octets {
+    () => {
+        "u.bytes_in + u.bytes_out"
+    };
+}
+
+/// Octets of connection `c` in its current quota period (0 when none), as one scalar.
+macro_rules! usage_in_quota_period {
+    () => {
+        concat!(
+            "COALESCE((SELECT sum(",
+            usage_octets!(),
+            ") FROM vpn_usage u WHERE u.connection_id = c.id AND u.day >= ",
+            quota_period_start!(),
+            "), 0)::bigint"
+        )
+    };
+}
+
 pub mod accounting;
+pub mod audit;
 pub mod connections;
 pub mod migrate;
 pub mod pbr;
 pub mod radacct;
 pub mod routes;
+pub mod session_locks;
 pub mod settings;
 pub mod wg;
 
@@ -37,11 +73,13 @@ pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_t
     // JIT cost thresholds, and compiling then costs 200-450 ms per statement (measured: the
     // collector's quota query at 10,000 sessions took 340 ms, 338 of them JIT).
     let own = format!("-c statement_timeout={ms} -c client_min_messages=warning -c jit=off");
-    let opts = match pg.get_options() {
-        Some(o) if !o.is_empty() => format!("{o} {own}"),
-        _ => own,
-    };
-    pg.options(&opts);
+    if !cfg.pooler {
+        let opts = match pg.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {own}"),
+            _ => own,
+        };
+        pg.options(&opts);
+    }
     if pg.get_application_name().is_none() {
         pg.application_name("pppgate");
     }
@@ -70,7 +108,16 @@ pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_t
             }
         }
     }
-    pg.connect(NoTls).map_err(Error::SqlUnavailable)
+    let mut client = pg.connect(NoTls).map_err(Error::SqlUnavailable)?;
+    if cfg.pooler {
+        // A pooler does not forward startup options: the same settings, one round trip. In
+        // session pooling the server connection is this client's until it disconnects, and the
+        // pooler's reset query (DISCARD ALL) clears them for the next one.
+        client
+            .batch_execute(&format!("SET statement_timeout = {ms}; SET client_min_messages = warning; SET jit = off"))
+            .map_err(Error::SqlUnavailable)?;
+    }
+    Ok(client)
 }
 
 /// Seconds since the Unix epoch as PostgreSQL computes it (`now()`), for consistent comparisons.

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{Backends, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
 use crate::mapping::Mapping;
 use crate::policy::model::{decide, ConnectionFacts, PolicyState};
-use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope, SubnetPbr};
+use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope};
 
 /// What one run did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -87,8 +87,9 @@ impl SessionReport {
     }
 }
 
-/// Reads what pppgate owns; in session scope only those sessions' objects (cheap reads).
-pub fn read_view<B: Backends>(b: &mut B, scope: &Scope) -> Result<KernelView> {
+/// Reads what pppgate owns; in session scope only what a plan for `desired` in that scope can
+/// touch (targeted gets and kernel-filtered dumps: the cost does not grow with the box).
+pub fn read_view<B: Backends>(b: &mut B, scope: &Scope, desired: &Desired) -> Result<KernelView> {
     match scope {
         Scope::All => Ok(KernelView {
             nft: b.nft().read()?,
@@ -126,7 +127,9 @@ pub fn read_view<B: Backends>(b: &mut B, scope: &Scope) -> Result<KernelView> {
                     tc.shaping.insert(ifname.clone(), s);
                 }
             }
-            Ok(KernelView { nft, tc, routes: b.routes().read()?, rules: b.rules().read()? })
+            let rules = b.rules().read()?;
+            let routes = b.routes().read_scoped(&planner::route_query(desired, scope, &rules))?;
+            Ok(KernelView { nft, tc, routes, rules })
         }
     }
 }
@@ -180,7 +183,7 @@ pub fn converge<B: Backends>(
     if !dry_run {
         b.nft().ensure_base(&cfg.policy.walled_garden)?;
     }
-    let view = read_view(b, scope)?;
+    let view = read_view(b, scope, desired)?;
     t.read_us = micros(t0);
     let t0 = Instant::now();
     let plan = planner::plan(desired, &view, scope);
@@ -205,7 +208,7 @@ pub fn converge<B: Backends>(
     // empty plan. Otherwise read back and re-plan; anything left is a verification error.
     if !out.plan.is_empty() {
         let t0 = Instant::now();
-        let after = read_view(b, scope)?;
+        let after = read_view(b, scope, desired)?;
         let residue = planner::residue(desired, &after, scope);
         t.verify_us = micros(t0);
         if !residue.is_empty() {
@@ -238,7 +241,7 @@ pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, ip: Ipv4Addr) -> Result<
     let scope = Scope::Sessions { ifnames: BTreeSet::from([ifname.to_string()]), ips: BTreeSet::from([ip]) };
     let mut errors: Vec<String> = Vec::new();
     let mut out = Outcome::default();
-    let view = read_view(b, &scope)?;
+    let view = read_view(b, &scope, &Desired::default())?;
     let plan = planner::plan(&Desired::default(), &view, &scope);
     out.steps = plan.describe();
     for op in &plan.ops {
@@ -280,29 +283,4 @@ pub fn desired_sessions(mappings: &[Mapping], facts: &[ConnectionFacts]) -> Vec<
         });
     }
     out
-}
-
-/// The subnet policy-routing rules from SQL.
-pub fn subnet_pbr(client: &mut postgres::Client) -> Result<Vec<SubnetPbr>> {
-    let rows = client
-        .query(
-            "SELECT name, source::text, table_id, host(next_hop), dev, priority FROM pbr_rules
-             WHERE source IS NOT NULL ORDER BY id",
-            &[],
-        )
-        .map_err(Error::from_sql)?;
-    rows.iter()
-        .map(|r| {
-            let src: String = r.get(1);
-            let via: String = r.get(3);
-            Ok(SubnetPbr {
-                name: r.get(0),
-                from: crate::config::parse_ipv4_net(&src).map_err(|e| Error::invalid("pbr source", src.clone(), e))?,
-                table: r.get::<_, i32>(2) as u32,
-                via: via.parse().map_err(|_| Error::invalid("pbr next hop", via.clone(), "not an IPv4 address"))?,
-                dev: r.get(4),
-                priority: r.get::<_, i32>(5) as u32,
-            })
-        })
-        .collect()
 }
