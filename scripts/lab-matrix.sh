@@ -7,7 +7,7 @@
 #   scripts/lab-matrix.sh                       # everything below, both roots
 #   PPPGATE_LAB_MATRIX_ROOTS=trixie scripts/lab-matrix.sh
 #   PPPGATE_LAB_MATRIX_TESTS="lab_radius" scripts/lab-matrix.sh
-#   PPPGATE_LAB_FULL=1 scripts/test-all.sh      # CI's suite, then this
+#   PPPGATE_LAB_LONG=1 scripts/test-all.sh      # CI's suite, then this
 #
 # Needs what scripts/test-all.sh built: the release artifacts and scripts/build-pppd-variants.sh.
 # Exits non-zero when any cell failed (every cell runs regardless).

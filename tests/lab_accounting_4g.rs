@@ -4,7 +4,7 @@
 //! and wrap, the extension against the interface's 64-bit counters.
 //!
 //! Part of the long lab run (`scripts/lab-matrix.sh`, both roots), not of CI: under TCG the
-//! transfers take many minutes (figures printed and in docs/accounting.md). Run one with
+//! transfers take many minutes (figures printed). Run one with
 //! `PPPGATE_LAB_ROOT=trixie cargo test --release --test lab_accounting_4g -- --ignored`;
 //! `PPPGATE_LAB_BIG_BYTES` changes the size.
 

@@ -18,6 +18,7 @@ pg_start
 pppgate_configure
 pppgate_migrate
 net_setup
+acct_quiet_links
 sql "insert into vpn_connections (subaccount_login, status) values ('alice', 'CLAIMED')"
 lns_user alice pw-alice
 lns_start
