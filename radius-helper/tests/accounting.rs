@@ -827,9 +827,8 @@ fn radius_row_is_bound_whatever_the_name_rendering() {
     p.rx(1, 100);
     lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp0"], None).ok();
     let k = p.counters();
-    let r = c
-        .query_one("SELECT acctinputoctets, acctoutputoctets FROM radacct WHERE radacctid = $1", &[&ours])
-        .unwrap();
+    let r =
+        c.query_one("SELECT acctinputoctets, acctoutputoctets FROM radacct WHERE radacctid = $1", &[&ours]).unwrap();
     assert_eq!((r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)), (Some(k.0), Some(k.1)));
     assert_eq!(c.query_one("SELECT count(*) FROM radacct", &[]).unwrap().get::<_, i64>(0), 1, "no second row");
     let b = c
