@@ -65,6 +65,8 @@ pub enum Cmd {
     Collect,
     /// ip-down's final accounting flush for one session.
     FinalFlush(crate::collect::FinalFlushArgs),
+    /// Checks the whole box and says what is wrong (exit 0 ok, 1 warnings, 2 failures).
+    Diag(crate::diag_cmd::DiagArgs),
     /// Prints the shell completion script for SHELL (the package installs bash, zsh and fish).
     Completions {
         #[arg(value_enum)]
@@ -123,6 +125,15 @@ pub fn main() -> ProcExit {
     init_logging();
     if let Cmd::Radius(r) = &cli.cmd {
         return ProcExit::from(crate::sessions::radius(&cli.global, r));
+    }
+    if let Cmd::Diag(a) = &cli.cmd {
+        return match crate::diag_cmd::diag(&cli.global, a) {
+            Ok(code) => ProcExit::from(code),
+            Err(f) => {
+                eprintln!("pppgate: {}", f.message);
+                ProcExit::from(f.code.code())
+            }
+        };
     }
     match run(&cli) {
         Ok(()) => ProcExit::SUCCESS,
@@ -193,7 +204,7 @@ fn run(cli: &Cli) -> CmdResult {
         Cmd::Sysctl(c) => policy_cmd::sysctl_cmd(&cli.global, c),
         Cmd::Config(ConfigCmd::Check) => config_check(&cli.global),
         Cmd::Janitor(a) => crate::sessions::janitor(&cli.global, a),
-        Cmd::Radius(_) => unreachable!("handled in main"),
+        Cmd::Radius(_) | Cmd::Diag(_) => unreachable!("handled in main"),
         Cmd::Session(c) => crate::sessions::session(&cli.global, c),
         Cmd::Collect => crate::collect::collect(&cli.global),
         Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),
