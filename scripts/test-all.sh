@@ -55,5 +55,11 @@ if [ "${PPPGATE_LAB_LONG:-0}" = 1 ]; then
   log "PPPGATE_LAB_LONG=1: scripts/lab-matrix.sh (every lab scenario family on both roots + 4 GiB accounting)"
   bash scripts/lab-matrix.sh || rc=$?
   log "lab matrix took $((SECONDS - start)) s"
+  # The package's life cycle on the systemd-booted system lab (install, upgrade and remove with a
+  # live session, purge): four apt runs under TCG.
+  start=$SECONDS
+  log "PPPGATE_LAB_LONG=1: cargo test --release --test lab_package -- --ignored"
+  cargo test --release --no-fail-fast --test lab_package -- --ignored || rc=$?
+  log "lab_package took $((SECONDS - start)) s"
 fi
 exit "$rc"

@@ -6,7 +6,8 @@
 //! repaired by the reconcile timer). Two boots over one disk; durations printed.
 //!
 //! Needs root, qemu, linux-image-amd64, e2fsprogs, the release artifacts and the package
-//! (scripts/build-deb.sh --no-build).
+//! (scripts/build-deb.sh --no-build). Not yet run to completion: `#[ignore]`d until it is green,
+//! `cargo test --release --test lab_boot -- --ignored` runs it.
 
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ fn starts(run: &LabRun, key: &str) -> Vec<f64> {
 }
 
 #[test]
+#[ignore = "work in progress, not yet run green: B167 §9 boot tests (tests/lab/README.md, 'The system lab')"]
 fn boot_reconcile_boot_janitor_start_order_and_timers_on_a_rebooted_system() {
     let disk = SystemDisk::create(&SystemDisk::default_path("boot"), 4096).expect("system disk");
 

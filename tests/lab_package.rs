@@ -5,6 +5,8 @@
 //!
 //! Needs root, qemu, linux-image-amd64, e2fsprogs, the release artifacts and both packages
 //! (scripts/test-all.sh builds them: scripts/build-deb.sh --no-build [--version <v>+lab1]).
+//! Part of the long run, not CI (tests/lab/README.md, "CI and the long run"):
+//! `cargo test --release --test lab_package -- --ignored`.
 
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ fn deb(version: &str) -> String {
 pub const UPGRADE_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+lab1");
 
 #[test]
+#[ignore = "long run (PPPGATE_LAB_LONG=1 scripts/test-all.sh): four apt runs under TCG, ~30 min on a loaded machine"]
 fn package_installs_upgrades_with_a_live_session_removes_and_purges() {
     let disk = SystemDisk::create(&SystemDisk::default_path("package"), 4096).expect("system disk");
     let opts = LabOptions { system: Some(disk), ..LabOptions::default() }
