@@ -1,4 +1,4 @@
-//! B167 §9's boot and timer tests on the systemd-booted system lab with the package installed
+//! Boot and timer tests (R701-R705) on the systemd-booted system lab with the package installed
 //! (tests/lab/scenarios/system-boot.sh): Boot-Reconcile (once, after the VPN stack), Start-Order
 //! and Early-Reconcile Protection (systemd's own timestamps and critical-chain), Boot-Janitor
 //! (after its delay, this NAS's stale radacct row closed, another NAS's untouched) and the timers
@@ -61,7 +61,7 @@ fn boot_reconcile_boot_janitor_start_order_and_timers_on_a_rebooted_system() {
     let b1 = boot(&disk, 1);
     let f = &b1.facts;
     eprintln!("system-boot: apt install took {} ms", f.get("install.ms").unwrap_or("?"));
-    // Systemd's view of the shipped timers (seed 004 §7.1: reconcile and janitor every 5 min,
+    // Systemd's view of the shipped timers (R701: reconcile and janitor every 5 min,
     // collector every 300 s).
     for t in ["vpn-policy-reconcile", "vpn-accounting-collector", "vpn-stale-session-janitor"] {
         let v = f.expect(&format!("timer.{t}"));
