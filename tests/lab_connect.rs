@@ -63,6 +63,8 @@ fn reread(dir: &Path) -> Result<LabRun, String> {
         std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
     Ok(LabRun {
         scenario: "connect".into(),
+        // The run directory's lab.env records it (LAB_ROOT); a re-read uses the same setting as a run.
+        root: pppgate_lab::Root::from_env(),
         dir: dir.to_path_buf(),
         elapsed: Duration::from_secs_f64(elapsed),
         facts: pppgate_lab::Facts::load(&dir.join("results.env")).map_err(|e| e.to_string())?,

@@ -435,13 +435,13 @@ fn cleanup(event: &str) {
 /// (docs/accounting.md). Bounded; whatever happens, the final counters are on disk for the
 /// collector once the marker is written.
 fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str) {
-    // pppd took these in ipcp_down just before the notifiers ran: octets since IPCP came up,
-    // what pppd logs as "Sent N bytes, received M bytes" and radius.so reports.
+    // pppd's octets since IPCP came up, what pppd logs as "Sent N bytes, received M bytes" and
+    // radius.so reports (how each pppd API takes them: shim::link_stats).
     let stats = shim::link_stats();
     let counters = policy_core::accounting::FinalCounters {
         pppd: stats.as_ref().map(|s| policy_core::accounting::Octets::new(s.bytes_in, s.bytes_out)),
         // pppd 2.4's link_stats are 32 bits wide: extended against the interface's counters.
-        wraps_32: shim::PPPD_API == "2.4",
+        wraps_32: stats.as_ref().is_some_and(|s| s.wraps_32),
         terminate_cause: None,
     };
     let (rx, tx) = stats.as_ref().map_or((0, 0), |s| (s.bytes_in, s.bytes_out));
