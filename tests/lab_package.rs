@@ -32,7 +32,7 @@ pub const UPGRADE_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+lab1");
 fn package_installs_upgrades_with_a_live_session_removes_and_purges() {
     let disk = SystemDisk::create(&SystemDisk::default_path("package"), 4096).expect("system disk");
     let opts = LabOptions { system: Some(disk), ..LabOptions::default() }
-        .timeout(Duration::from_secs(1500))
+        .timeout(Duration::from_secs(2400))
         .env("LAB_BOOT", "1")
         .env("LAB_DEB", &deb(env!("CARGO_PKG_VERSION")))
         .env("LAB_DEB_UPGRADE", &deb(UPGRADE_VERSION));
