@@ -5,7 +5,7 @@ use clap::Args;
 use policy_core::diag::{self, Options, Report, Status};
 use policy_core::{Error, ExitCode};
 
-use crate::cli::{load_config, CmdResult, Failure, Global};
+use crate::verb::{load_config, CmdResult, Failure, Global};
 
 #[derive(Args, Debug)]
 pub struct DiagArgs {

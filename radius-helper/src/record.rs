@@ -8,7 +8,7 @@ use policy_core::metrics::{self, events};
 use policy_core::runs::{Job, Run};
 use policy_core::ExitCode;
 
-use crate::cli::CmdResult;
+use crate::verb::CmdResult;
 
 /// Records how the run ended, then writes the job's metrics textfile (when node_exporter's
 /// textfile directory exists). The collector first folds the plugin's connect events into the

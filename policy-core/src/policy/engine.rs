@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernel::{Backends, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
+use crate::kernel::links::LinkSnapshot;
+use crate::kernel::{Backends, Netlink, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
 use crate::mapping::Mapping;
 use crate::policy::model::{decide, ConnectionFacts, PolicyState};
 use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope};
@@ -235,6 +236,66 @@ pub fn gate<B: Backends>(b: &mut B, cfg: &Config, ip: Ipv4Addr) -> Result<()> {
     b.nft().commit(&add)
 }
 
+/// Makes sure `inet pppgate` exists before a session's network phase (the plugin; see
+/// docs/ARCHITECTURE.md, connect path step 0): one netlink probe when it does; when it does not
+/// (first session after boot), it is built under the apply lock, waiting at most
+/// [`GATE_CREATE_LOCK_WAIT`], as [`gate`] does. `holder` names the lock holder.
+pub fn ensure_table(b: &mut Netlink, cfg: &Config, holder: &str) -> Result<()> {
+    if b.nft().probe()?.table {
+        return Ok(());
+    }
+    let _lock = crate::lock::Lock::acquire_within(&cfg.paths.apply_lock, holder, GATE_CREATE_LOCK_WAIT)?;
+    b.nft().ensure_base(&cfg.policy.walled_garden)
+}
+
+/// Removes `ip` from every state set, the gate included (an address whose session never came up
+/// on a known interface).
+pub fn ungate<B: Backends>(b: &mut B, ip: Ipv4Addr) -> Result<()> {
+    let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange { set: *set, ip, add: false }).collect();
+    b.nft().commit(&all)
+}
+
+/// What one pppd leaves behind when its link goes (ip-down, or exit as a backstop): every address
+/// it gated and its session (interface + client address), removed with [`disconnect`] or
+/// [`ungate`]. An address that another interface now carries as its peer belongs to a newer
+/// session and is left alone. Collects errors and keeps going (removals only, idempotent).
+pub fn teardown_link<B: Backends>(
+    b: &mut B,
+    ifname: Option<&str>,
+    client_ip: Option<Ipv4Addr>,
+    gated: &BTreeSet<Ipv4Addr>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let links = LinkSnapshot::read().ok();
+    let owned_elsewhere = |ip: Ipv4Addr| {
+        links
+            .as_ref()
+            .is_some_and(|s| s.by_name.values().any(|l| Some(l.name.as_str()) != ifname && l.peers.contains(&ip)))
+    };
+    let mut ips: BTreeSet<Ipv4Addr> = gated.clone();
+    ips.extend(client_ip);
+    for ip in ips {
+        if owned_elsewhere(ip) {
+            tracing::warn!(client_ip = %ip, "address now belongs to another session; leaving its state");
+            continue;
+        }
+        let res = match ifname.filter(|_| Some(ip) == client_ip) {
+            Some(ifn) => disconnect(b, ifn, ip).map(|_| ()),
+            None => ungate(b, ip),
+        };
+        if let Err(e) = res {
+            errors.push(crate::error::one_line(&e));
+        }
+    }
+    // An interface whose peer address was never known: its shaping, if any.
+    if let (None, Some(ifn)) = (client_ip, ifname) {
+        if let Err(e) = b.tc().clear(ifn) {
+            errors.push(crate::error::one_line(&e));
+        }
+    }
+    errors
+}
+
 /// Removes everything of one session: memberships (the gate too), shaping and its IFB, routes on
 /// its interface, rules from its address. Collects errors and keeps going.
 pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, ip: Ipv4Addr) -> Result<Outcome> {
@@ -257,7 +318,7 @@ pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, ip: Ipv4Addr) -> Result<
     out.plan = plan;
     out.applied = true;
     if !errors.is_empty() {
-        return Err(Error::Verify(format!("cleanup of {ifname} incomplete: {}", errors.join("; "))));
+        return Err(Error::Cleanup { ifname: ifname.to_string(), errors });
     }
     Ok(out)
 }
