@@ -21,7 +21,7 @@ use policy_core::db;
 use policy_core::db::connections::LoginLookup;
 use policy_core::error::one_line;
 use policy_core::kernel::links::LinkSnapshot;
-use policy_core::kernel::{Backends, Netlink, Nft, NftSet, SetChange, Tc};
+use policy_core::kernel::{Backends, Member, Netlink, Nft, NftSet, SetChange, Tc};
 use policy_core::lock::Lock;
 use policy_core::mapping::Mapping;
 use policy_core::policy::model::PolicyState;
@@ -35,11 +35,13 @@ use crate::config;
 #[derive(Debug, Default)]
 struct Link {
     ifname: Option<String>,
+    /// Our interface's index, as ip-up found it (the member nft binds the address to).
+    ifindex: Option<u32>,
     client_ip: Option<Ipv4Addr>,
     login: Option<String>,
     connection_id: Option<i64>,
-    /// Addresses this process put into connect_pending_v4.
-    gated: BTreeSet<Ipv4Addr>,
+    /// Members (address on our interface) this process put into connect_pending_v4.
+    gated: BTreeSet<Member>,
     /// The mapping file this process wrote (removed on ip-down / exit).
     mapping: Option<Mapping>,
     /// The desired state computed at ip-up, applied (possibly after retries).
@@ -136,7 +138,7 @@ pub(crate) fn address_hook(peer: Ipv4Addr, previous: Option<shim::AddrVerdict>) 
     if previous == Some(shim::AddrVerdict::Refuse) {
         return shim::AddrVerdict::Refuse;
     }
-    if with_link(|l| l.gated.contains(&peer)) {
+    if with_link(|l| l.gated.iter().any(|m| m.ip == peer)) {
         return previous.unwrap_or(shim::AddrVerdict::NoOpinion);
     }
     match set_gate(peer) {
@@ -151,12 +153,23 @@ pub(crate) fn address_hook(peer: Ipv4Addr, previous: Option<shim::AddrVerdict>) 
     }
 }
 
+/// Our interface's name and index (the gate binds the address to it).
+fn our_interface() -> Result<(String, u32), String> {
+    let ifname = shim::ifname().ok_or("pppd reports no interface name")?;
+    let ifindex = policy_core::kernel::links::ifindex(&ifname)
+        .map_err(|e| one_line(&e))?
+        .ok_or_else(|| format!("interface {ifname} does not exist"))?;
+    Ok((ifname, ifindex))
+}
+
 fn set_gate(ip: Ipv4Addr) -> Result<(), String> {
     let cfg = config().ok_or("no configuration loaded")?;
+    let (ifname, ifindex) = our_interface()?;
+    let member = Member::new(ifindex, ip);
     let mut b = Netlink::new().map_err(|e| one_line(&e))?;
-    engine::gate(&mut b, &cfg, ip).map_err(|e| one_line(&e))?;
-    with_link(|l| l.gated.insert(ip));
-    tracing::info!(client_ip = %ip, "connect gate set (connect_pending_v4)");
+    engine::gate(&mut b, &cfg, member).map_err(|e| one_line(&e))?;
+    with_link(|l| l.gated.insert(member));
+    tracing::info!(client_ip = %ip, ifname = %ifname, ifindex, "connect gate set (connect_pending_v4)");
     Ok(())
 }
 
@@ -191,7 +204,19 @@ pub(crate) fn ip_up() {
     };
     // Normally the address hook gated the address before the interface came up. If another
     // plugin replaced the hook after our last check, gate now, before anything else.
-    if !with_link(|l| l.gated.contains(&client_ip)) {
+    let ifindex = match policy_core::kernel::links::ifindex(&ifname) {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            fail_closed(&format!("interface {ifname} does not exist"));
+            return;
+        }
+        Err(e) => {
+            fail_closed(&format!("cannot look up interface {ifname}: {}", one_line(&e)));
+            return;
+        }
+    };
+    with_link(|l| l.ifindex = Some(ifindex));
+    if !with_link(|l| l.gated.contains(&Member::new(ifindex, client_ip))) {
         shim::log(shim::Level::Warn, "the address hook did not run for this peer; gating at ip-up");
         if let Err(e) = set_gate(client_ip) {
             fail_closed(&format!("the connect gate cannot be set: {e}"));
@@ -278,7 +303,7 @@ pub(crate) fn ip_up() {
         }
     }
 
-    let desired = apply::session_for_connect(&ifname, client_ip, pid, &facts);
+    let desired = apply::session_for_connect(&ifname, ifindex, client_ip, pid, &facts);
     if desired.policy.state == PolicyState::Terminate {
         fail_closed(&format!("connection {} must not be online ({:?})", facts.id, desired.policy.reason));
         return;
@@ -423,8 +448,10 @@ fn cleanup(event: &str) {
         shim::cancel(t);
     }
     let Some(cfg) = config() else { return };
-    let (ifname, client_ip, gated, mapping, exhausted) =
-        with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone(), l.lock_exhausted));
+    let (ifname, client, gated, mapping, exhausted) = with_link(|l| {
+        let client = l.ifindex.zip(l.client_ip).map(|(i, ip)| Member::new(i, ip));
+        (l.ifname.clone(), client, l.gated.clone(), l.mapping.clone(), l.lock_exhausted)
+    });
     if let Some(m) = &mapping {
         final_accounting(&cfg, m, event);
     }
@@ -440,7 +467,7 @@ fn cleanup(event: &str) {
     };
     let mut backends = Netlink::new();
     let errors = match backends.as_mut() {
-        Ok(b) => remove_kernel_state(b, ifname.as_deref(), client_ip, &gated),
+        Ok(b) => remove_kernel_state(b, ifname.as_deref(), client, &gated),
         Err(e) => vec![one_line(e)],
     };
     drop(lock);
@@ -484,13 +511,14 @@ fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str)
     }
 }
 
-/// Removes this session's kernel state. An address that another interface now carries as its
-/// peer belongs to a newer session and is left alone.
+/// Removes this session's kernel state: its members (bound to our interface, so another
+/// session's state is never touched), shaping, routes on our interface, and rules from our
+/// address unless another interface now carries it as its peer (a newer session's).
 fn remove_kernel_state(
     b: &mut Netlink,
     ifname: Option<&str>,
-    client_ip: Option<Ipv4Addr>,
-    gated: &BTreeSet<Ipv4Addr>,
+    client: Option<Member>,
+    gated: &BTreeSet<Member>,
 ) -> Vec<String> {
     let mut errors = Vec::new();
     let links = LinkSnapshot::read().ok();
@@ -499,25 +527,24 @@ fn remove_kernel_state(
             .as_ref()
             .is_some_and(|s| s.by_name.values().any(|l| Some(l.name.as_str()) != ifname && l.peers.contains(&ip)))
     };
-    let mut ips: BTreeSet<Ipv4Addr> = gated.clone();
-    ips.extend(client_ip);
-    for ip in ips {
-        if owned_elsewhere(ip) {
-            tracing::warn!(client_ip = %ip, "address now belongs to another session; leaving its state");
-            continue;
+    let mut members: BTreeSet<Member> = gated.clone();
+    members.extend(client);
+    for m in members {
+        let full_cleanup = Some(m) == client && !owned_elsewhere(m.ip);
+        if Some(m) == client && !full_cleanup {
+            tracing::warn!(client_ip = %m.ip, "address now belongs to another session; removing only our membership");
         }
-        let ifn = if Some(ip) == client_ip { ifname.unwrap_or("") } else { "" };
-        let res = if ifn.is_empty() {
-            let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange { set: *set, ip, add: false }).collect();
-            b.nft().commit(&all)
+        let res = if full_cleanup {
+            engine::disconnect(b, ifname.unwrap_or(""), m).map(|_| ())
         } else {
-            engine::disconnect(b, ifn, ip).map(|_| ())
+            let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange::new(*set, m, false)).collect();
+            b.nft().commit(&all)
         };
         if let Err(e) = res {
             errors.push(one_line(&e));
         }
     }
-    if client_ip.is_none() {
+    if client.is_none() {
         if let Some(ifn) = ifname {
             if let Err(e) = b.tc().clear(ifn) {
                 errors.push(one_line(&e));

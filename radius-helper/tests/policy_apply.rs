@@ -561,7 +561,7 @@ fn crash_mid_apply_stays_restricted_and_reconcile_converges() {
     let s = w.tun("ppp0", a, "100.64.0.2");
     // The connect gate, as pppgate.so's address hook sets it before the interface is up.
     let mut k = policy_core::kernel::Netlink::new().unwrap();
-    policy_core::policy::engine::gate(&mut k, &cfg, s.client_ip).unwrap();
+    policy_core::policy::engine::gate(&mut k, &cfg, s.member()).unwrap();
     assert_eq!(sets(&s.ip()), only("connect_pending_v4"));
 
     let id = a.to_string();

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernel::{Backends, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
-use crate::mapping::Mapping;
+use crate::kernel::{Backends, Member, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
+use crate::mapping::LiveSession;
 use crate::policy::model::{decide, ConnectionFacts, PolicyState};
 use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope, SubnetPbr};
 
@@ -96,10 +96,10 @@ pub fn read_view<B: Backends>(b: &mut B, scope: &Scope) -> Result<KernelView> {
             routes: b.routes().read()?,
             rules: b.rules().read()?,
         }),
-        Scope::Sessions { ifnames, ips } => {
+        Scope::Sessions { ifnames, members, .. } => {
             let mut nft = NftState { base_ok: true, ..Default::default() };
-            for ip in ips {
-                let sets = match b.nft().sets_of(*ip) {
+            for m in members {
+                let sets = match b.nft().sets_of(*m) {
                     Ok(s) => s,
                     Err(e) => {
                         // No table at all (a dry run before the first apply) reads as empty;
@@ -113,7 +113,7 @@ pub fn read_view<B: Backends>(b: &mut B, scope: &Scope) -> Result<KernelView> {
                     }
                 };
                 for set in sets {
-                    nft.members.entry(set).or_default().insert(*ip);
+                    nft.members.entry(set).or_default().insert(*m);
                 }
             }
             let mut tc = TcState::default();
@@ -219,11 +219,12 @@ pub fn converge<B: Backends>(
 /// How long the gate waits for the apply lock when it must create `inet pppgate` first.
 pub const GATE_CREATE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The connect gate: adds `ip` to `connect_pending_v4`. Needs no lock when the table exists (it
-/// only ever adds a drop); when it does not (first connect after boot), the table is created
-/// under the apply lock, because a layout (re)build must not race a writer.
-pub fn gate<B: Backends>(b: &mut B, cfg: &Config, ip: Ipv4Addr) -> Result<()> {
-    let add = [SetChange { set: NftSet::Pending, ip, add: true }];
+/// The connect gate: adds the member (the client address on its interface) to
+/// `connect_pending_v4`. Needs no lock when the table exists (it only ever adds a drop); when it
+/// does not (first connect after boot), the table is created under the apply lock, because a
+/// layout (re)build must not race a writer.
+pub fn gate<B: Backends>(b: &mut B, cfg: &Config, m: Member) -> Result<()> {
+    let add = [SetChange::new(NftSet::Pending, m, true)];
     if b.nft().commit(&add).is_ok() {
         return Ok(());
     }
@@ -234,8 +235,8 @@ pub fn gate<B: Backends>(b: &mut B, cfg: &Config, ip: Ipv4Addr) -> Result<()> {
 
 /// Removes everything of one session: memberships (the gate too), shaping and its IFB, routes on
 /// its interface, rules from its address. Collects errors and keeps going.
-pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, ip: Ipv4Addr) -> Result<Outcome> {
-    let scope = Scope::Sessions { ifnames: BTreeSet::from([ifname.to_string()]), ips: BTreeSet::from([ip]) };
+pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, m: Member) -> Result<Outcome> {
+    let scope = Scope::of_members(BTreeSet::from([ifname.to_string()]), BTreeSet::from([m]));
     let mut errors: Vec<String> = Vec::new();
     let mut out = Outcome::default();
     let view = read_view(b, &scope)?;
@@ -259,12 +260,12 @@ pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, ip: Ipv4Addr) -> Result<
     Ok(out)
 }
 
-/// Builds desired sessions from mappings and their facts (`None` facts: the row is gone).
-pub fn desired_sessions(mappings: &[Mapping], facts: &[ConnectionFacts]) -> Vec<DesiredSession> {
+/// Builds desired sessions from live sessions and their facts (`None` facts: the row is gone).
+pub fn desired_sessions(live: &[LiveSession], facts: &[ConnectionFacts]) -> Vec<DesiredSession> {
     let by_id: BTreeMap<i64, &ConnectionFacts> = facts.iter().map(|f| (f.id, f)).collect();
     let mut seen_ip: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut out = Vec::new();
-    for m in mappings {
+    for LiveSession { mapping: m, ifindex } in live {
         // Two VALID mappings claiming one address cannot both be right: the first wins, the
         // other is left to the kernel's default drop.
         if !seen_ip.insert(m.client_ip) {
@@ -273,6 +274,7 @@ pub fn desired_sessions(mappings: &[Mapping], facts: &[ConnectionFacts]) -> Vec<
         }
         out.push(DesiredSession {
             ifname: m.ppp_if.clone(),
+            ifindex: *ifindex,
             client_ip: m.client_ip,
             connection_id: m.connection_id,
             pppd_pid: Some(m.pppd_pid),
