@@ -19,6 +19,7 @@ PACKAGES=(
   systemd                                         # systemd-tmpfiles/-sysusers: the lab applies packaging/{tmpfiles,sysusers}.d
   bsdutils binutils dpkg apt                      # script(1) for pppd_load; nm, dpkg-deb, apt-get for build-pppd-variants.sh
   dpkg-dev debhelper lintian sudo                 # scripts/build-deb.sh (dpkg-buildpackage, dh), tests/package_deb.rs (lintian, visudo)
+  charon-systemd strongswan-swanctl strongswan-pki libstrongswan-standard-plugins  # L2TP over IPsec in the lab (charon, swanctl, pki, openssl: ECDSA)
 )
 
 missing=()
@@ -48,3 +49,6 @@ else
   echo "install-deps: all ${#PACKAGES[@]} packages present"
 fi
 
+
+# routeros-lsp from PyPI into target/routeros-lsp (a venv; the RouterOS script tests use it).
+bash "$(dirname "$0")/install-routeros-lsp.sh" > /dev/null

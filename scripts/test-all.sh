@@ -35,6 +35,8 @@ log "build took $((SECONDS - start)) s"
 start=$SECONDS
 log "scripts/build-deb.sh --no-build (the .deb tests/package_deb.rs checks)"
 bash scripts/build-deb.sh --no-build
+# The system lab's upgrade test (tests/lab_system.rs) installs the same artifacts as a higher version.
+bash scripts/build-deb.sh --no-build --version "$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)+lab1"
 log "package took $((SECONDS - start)) s"
 
 start=$SECONDS

@@ -59,9 +59,16 @@ fn init_script() -> String {
 
 /// Builds (or reuses) the initramfs for `kernel`; returns its path.
 pub fn ensure(kernel: &Kernel, cache_dir: &Path) -> Result<PathBuf> {
-    let modules = kernel.boot_modules()?;
-    let init = init_script();
+    build(kernel, cache_dir, &kernel.boot_modules()?, &init_script(), "initramfs")
+}
 
+/// The system lab's initramfs (`crate::system`): boots systemd instead of the scenario.
+pub fn ensure_system(kernel: &Kernel, cache_dir: &Path) -> Result<PathBuf> {
+    let wanted: Vec<&str> = crate::kernel::BOOT_MODULES.iter().chain(crate::kernel::SYSTEM_MODULES).copied().collect();
+    build(kernel, cache_dir, &kernel.modules_for(&wanted)?, &crate::system::init_script(), "initramfs-system")
+}
+
+fn build(kernel: &Kernel, cache_dir: &Path, modules: &[PathBuf], init: &str, stem: &str) -> Result<PathBuf> {
     let mut key = Fnv64::new();
     key.write(init.as_bytes());
     key.write(kernel.version.as_bytes());
@@ -72,7 +79,7 @@ pub fn ensure(kernel: &Kernel, cache_dir: &Path) -> Result<PathBuf> {
         key.write(&md.len().to_le_bytes());
         key.write(&md.mtime().to_le_bytes());
     }
-    let path = cache_dir.join(format!("initramfs-{}-{:016x}.cpio", kernel.version, key.finish()));
+    let path = cache_dir.join(format!("{stem}-{}-{:016x}.cpio", kernel.version, key.finish()));
     if path.is_file() {
         return Ok(path);
     }

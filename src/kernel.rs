@@ -12,6 +12,11 @@ use crate::error::{LabError, Result};
 /// overlayfs. Their dependencies are resolved from `modules.dep`.
 pub const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
+/// What the system lab's initramfs needs on top: the virtio disk holding the persistent ext4
+/// upper layer (see `crate::system`); ext4 needs a crc32c implementation, a soft dependency
+/// modules.dep does not list.
+pub const SYSTEM_MODULES: &[&str] = &["virtio_blk", "crc32c_generic", "ext4"];
+
 #[derive(Debug, Clone)]
 pub struct Kernel {
     pub version: String,
@@ -60,10 +65,15 @@ impl Kernel {
 
     /// The module files to insmod, in load order (dependencies first); built-in ones are skipped.
     pub fn boot_modules(&self) -> Result<Vec<PathBuf>> {
+        self.modules_for(BOOT_MODULES)
+    }
+
+    /// [`Kernel::boot_modules`] for another list of module names.
+    pub fn modules_for(&self, wanted: &[&str]) -> Result<Vec<PathBuf>> {
         let dep_path = self.modules_dir.join("modules.dep");
         let dep = fs::read_to_string(&dep_path).map_err(LabError::io("cannot read modules.dep", &dep_path))?;
         let builtin = fs::read_to_string(self.modules_dir.join("modules.builtin")).unwrap_or_default();
-        let order = resolve(&dep, &builtin, BOOT_MODULES)?;
+        let order = resolve(&dep, &builtin, wanted)?;
         Ok(order.into_iter().map(|rel| self.modules_dir.join(rel)).collect())
     }
 }

@@ -24,12 +24,14 @@ pub mod initramfs;
 pub mod kernel;
 pub mod paths;
 pub mod snapshot;
+pub mod system;
 pub mod vm;
 
 pub use error::LabError;
 pub use facts::Facts;
 pub use paths::Artifacts;
 pub use snapshot::Snapshot;
+pub use system::SystemDisk;
 pub use vm::{Lab, LabOptions, LabRun};
 
 /// pppd version found at build time (headers or binary), if any.

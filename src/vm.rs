@@ -35,6 +35,9 @@ pub struct LabOptions {
     pub artifacts: Option<Artifacts>,
     /// Copy the guest's log to stdout while the VM runs (demo, debugging).
     pub follow: bool,
+    /// The system lab: boot systemd as PID 1 with this disk as the persistent upper layer
+    /// (`crate::system`). `None`: the scenario runs as the init's child on a tmpfs overlay.
+    pub system: Option<crate::system::SystemDisk>,
 }
 
 impl Default for LabOptions {
@@ -46,6 +49,7 @@ impl Default for LabOptions {
             env: Vec::new(),
             artifacts: None,
             follow: false,
+            system: None,
         }
     }
 }
@@ -140,7 +144,10 @@ impl Lab {
         let kernel = Kernel::select()?;
         File::open(&kernel.image)
             .map_err(LabError::io("cannot read the kernel image (the lab runs as root in CI)", &kernel.image))?;
-        let initrd = initramfs::ensure(&kernel, &paths::lab_dir().join("initramfs"))?;
+        let initrd = match &opts.system {
+            None => initramfs::ensure(&kernel, &paths::lab_dir().join("initramfs"))?,
+            Some(_) => initramfs::ensure_system(&kernel, &paths::lab_dir().join("initramfs"))?,
+        };
 
         let dir = new_run_dir(scenario)?;
         write_env(&dir, scenario, &script, &artifacts, &kernel, opts)?;
@@ -171,6 +178,11 @@ impl Lab {
         fs::create_dir_all(&cache).map_err(LabError::io("cannot create the lab cache directory", &cache))?;
         cmd.arg("-fsdev").arg(format!("local,id={CACHE_TAG},path={},security_model=none", qemu_escape(&cache)));
         cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={CACHE_TAG},mount_tag={CACHE_TAG}"));
+        if let Some(disk) = &opts.system {
+            // No emulated display: udev would load drm drivers for it, minutes under TCG.
+            cmd.args(["-vga", "none"]);
+            cmd.arg("-drive").arg(format!("file={},format=raw,if=virtio,cache=writeback", qemu_escape(&disk.path)));
+        }
         if let Ok(extra) = std::env::var("PPPGATE_LAB_QEMU_ARGS") {
             cmd.args(extra.split_whitespace());
         }

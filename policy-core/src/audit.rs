@@ -1,6 +1,7 @@
 //! The audit trail of admin actions (`session kill`, …): one JSON object per line appended to
 //! `paths.audit_log` (/var/log/pppgate/audit.log, mode 0640), and best-effort one row in
-//! `pppgate_audit`. The file is written first and always: it needs no database.
+//! `pppgate_audit` (`db::audit::insert`). The file is written first and always: it needs no
+//! database.
 //!
 //! Who: the invoking user (`SUDO_USER` when run through sudo, as the panel does) and the real uid.
 //! Arguments are recorded exactly as given (JSON-escaped), so an injection attempt such as
@@ -11,8 +12,6 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use postgres::types::Type;
-use postgres::Client;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -90,28 +89,6 @@ pub fn append(path: &Path, record: &Record) -> Result<()> {
     }
     let mut f = OpenOptions::new().append(true).create(true).mode(0o640).open(path).map_err(werr)?;
     f.write_all(record.line().as_bytes()).map_err(werr)?;
-    Ok(())
-}
-
-/// Inserts the record into `pppgate_audit`.
-pub fn insert(client: &mut Client, record: &Record) -> Result<()> {
-    let args = serde_json::to_string(&record.args).expect("serializable");
-    let code = i32::from(record.exit_code);
-    client
-        .query_typed(
-            "INSERT INTO pppgate_audit (at, nas_identity, actor, verb, args, result, exit_code)
-             VALUES (to_timestamp($1), $2, $3, $4, $5, $6, $7)",
-            &[
-                (&(record.at as f64), Type::FLOAT8),
-                (&record.nas_identity, Type::TEXT),
-                (&record.actor.label(), Type::TEXT),
-                (&record.verb, Type::TEXT),
-                (&args, Type::TEXT),
-                (&record.result, Type::TEXT),
-                (&code, Type::INT4),
-            ],
-        )
-        .map_err(Error::from_sql)?;
     Ok(())
 }
 

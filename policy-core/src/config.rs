@@ -114,6 +114,7 @@ struct RawWireguard {
     handshake_up_s: Option<u64>,
     address_quarantine_s: Option<u64>,
     intra_tenant: Option<bool>,
+    lock_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,6 +504,7 @@ impl Config {
                     handshake_up_s: w.handshake_up_s,
                     address_quarantine_s: w.address_quarantine_s,
                     intra_tenant: w.intra_tenant,
+                    lock_file: w.lock_file,
                 },
                 &mut problems,
             )

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod hardcut;
 pub mod ids;
+pub mod input;
 pub mod janitor;
 pub mod kernel;
 pub mod lock;

@@ -43,3 +43,77 @@ fn many_ids_query_agrees_with_the_one_row_query() {
     assert!(many.iter().any(|f| f.routes.len() == 2 && f.routes.iter().any(|r| r.metric.is_some())));
     assert!(many.iter().any(|f| !f.pbr.is_empty() && f.customer_blocked));
 }
+
+/// The state decision (facts → `decide`) and the collector's quota trigger
+/// (`db::accounting::quota_use` → `QuotaUse::over`) read the same usage for the same period and
+/// apply the same rule: for every period, with usage today, earlier this month, last month and a
+/// year ago, and quotas just below, at and above the usage, they agree — and both equal what the
+/// rows say, computed here from the dates alone.
+#[test]
+fn quota_decision_and_collector_trigger_agree() {
+    use policy_core::db::{accounting::quota_use, connections};
+    use policy_core::policy::model::{decide, Reason};
+
+    let pg = PgServer::new();
+    // Dates relative to the database's own clock.
+    let dates = pg.psql(
+        "SELECT current_date, date_trunc('month', current_date)::date,
+                (date_trunc('month', current_date) - interval '1 day')::date, current_date - 400",
+    );
+    let d: Vec<&str> = dates.split('|').collect();
+    let (today, first, last_month, year_ago) = (d[0], d[1], d[2], d[3]);
+    // Octets per row (in, out): today 1+2, first of the month 10+20, last month 100+200,
+    // a year ago 1000+2000. On the 1st, "today" and "first of the month" are one row.
+    let rows = [(today, 1i64), (first, 10), (last_month, 100), (year_ago, 1000)];
+    let mut expected = std::collections::BTreeMap::new();
+    let mut id = 0;
+    for period in ["day", "month", "total"] {
+        let used: i64 = rows
+            .iter()
+            .filter(|(day, _)| match period {
+                "day" => *day == today,
+                "month" => *day >= first,
+                _ => true,
+            })
+            .map(|(_, v)| 3 * v)
+            .sum();
+        for quota in [used - 1, used, used + 1] {
+            id += 1;
+            pg.psql(&format!(
+                "INSERT INTO vpn_connections (id, subaccount_login, status, quota_bytes, quota_period)
+                 VALUES ({id}, 'q{id}', 'CLAIMED', {quota}, '{period}')"
+            ));
+            for (day, v) in rows {
+                pg.psql(&format!(
+                    "INSERT INTO vpn_usage (connection_id, day, bytes_in, bytes_out) VALUES ({id}, '{day}', {v}, {})
+                     ON CONFLICT (connection_id, day) DO UPDATE
+                     SET bytes_in = vpn_usage.bytes_in + excluded.bytes_in,
+                         bytes_out = vpn_usage.bytes_out + excluded.bytes_out",
+                    2 * v
+                ));
+            }
+            expected.insert(id, (used, used >= quota));
+        }
+    }
+    let mut c = pg.client();
+    let ids: Vec<i64> = expected.keys().copied().collect();
+    let trigger = quota_use(&mut c, "lns-test", &ids, &[]).unwrap();
+    let many = connections::facts_by_ids(&mut c, &ids).unwrap();
+    assert_eq!((trigger.len(), many.len()), (ids.len(), ids.len()));
+    for (u, f) in trigger.iter().zip(&many) {
+        let (used, over) = expected[&f.id];
+        let one = connections::facts_by_ids(&mut c, &[f.id]).unwrap().remove(0);
+        let login = match connections::lookup_login(&mut c, &format!("q{}", f.id)).unwrap() {
+            connections::LoginLookup::Found(f) => *f,
+            other => panic!("q{}: {other:?}", f.id),
+        };
+        assert_eq!(u.connection_id, f.id);
+        for (what, facts) in [("facts_by_ids (many)", f), ("facts_by_ids (one)", &one), ("lookup_login", &login)] {
+            assert_eq!(facts.used_bytes as i64, used, "connection {} {what}: usage", f.id);
+            let restricted = decide(Some(facts)).reason == Reason::QuotaExceeded;
+            assert_eq!(restricted, over, "connection {} {what}: decision", f.id);
+        }
+        assert_eq!(u.used_bytes, used, "connection {}: collector's usage", f.id);
+        assert_eq!(u.over(), over, "connection {}: collector's trigger", f.id);
+    }
+}

@@ -70,6 +70,9 @@ pub enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// WireGuard for tenants' routers: tenants, routers, configs, server interface, status.
+    #[command(subcommand)]
+    Wg(crate::wg_cmd::WgCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,6 +197,7 @@ fn run(cli: &Cli) -> CmdResult {
         Cmd::Session(c) => crate::sessions::session(&cli.global, c),
         Cmd::Collect => crate::collect::collect(&cli.global),
         Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),
+        Cmd::Wg(c) => crate::wg_cmd::wg(&cli.global, c),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();

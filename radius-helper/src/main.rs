@@ -10,6 +10,7 @@ mod policy_cmd;
 mod sessions;
 mod syslog;
 mod test_hook;
+mod wg_cmd;
 
 fn main() -> std::process::ExitCode {
     cli::main()

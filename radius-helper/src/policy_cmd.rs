@@ -3,15 +3,14 @@
 //! the single-writer lock; the panel never calls nft/tc/ip itself.
 
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 use clap::{Args, Subcommand};
-use policy_core::config::{parse_ipv4_net, Config};
+use policy_core::config::Config;
 use policy_core::kernel::lookup::route_get;
 use policy_core::kernel::{Backends, Netlink, Sysctl};
 use policy_core::lock::{self, Lock};
 use policy_core::policy::apply::{self, Report, Target};
-use policy_core::{db, mapping, rt_tables, Error, ExitCode};
+use policy_core::{db, input, mapping, rt_tables, Error, ExitCode};
 use serde_json::json;
 
 use crate::cli::{load_config, CmdResult, Failure, Global};
@@ -248,35 +247,10 @@ pub struct RouteDelArgs {
     pub no_apply: bool,
 }
 
-fn parse_net(s: &str) -> Result<ipnet::Ipv4Net, Failure> {
-    parse_ipv4_net(s).map_err(|e| Error::invalid("CIDR", s, e).into())
-}
-
-fn parse_ip(what: &'static str, s: &str) -> Result<Ipv4Addr, Failure> {
-    let a = Ipv4Addr::from_str(s.trim()).map_err(|_| Failure::from(Error::invalid(what, s, "not an IPv4 address")))?;
-    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
-        return Err(Error::invalid(what, s, "not a usable unicast address").into());
-    }
-    Ok(a)
-}
-
-fn parse_u32(what: &'static str, s: &str, max: u32) -> Result<u32, Failure> {
-    match s.parse::<u32>() {
-        Ok(v) if s.bytes().all(|b| b.is_ascii_digit()) && v <= max => Ok(v),
-        _ => Err(Error::invalid(what, s, format!("must be an integer between 0 and {max}")).into()),
-    }
-}
-
 fn table_arg(cfg: &Config, t: Option<&str>) -> Result<Option<u32>, Failure> {
     match t {
         None => Ok(None),
-        Some(t) => {
-            let id = rt_tables::resolve(&cfg.paths.rt_tables, t)?;
-            if id == 255 {
-                return Err(Error::invalid("routing table", t, "the local table is not for per-user routes").into());
-            }
-            Ok(if id == 254 { None } else { Some(id) })
-        }
+        Some(t) => Ok(input::route_table(t, rt_tables::resolve(&cfg.paths.rt_tables, t)?)?),
     }
 }
 
@@ -297,13 +271,10 @@ pub fn routes_cmd(g: &Global, c: &RoutesCmd) -> CmdResult {
     match c {
         RoutesCmd::Add(a) => {
             let conn = parse_id("connection id", &a.connection_id)?;
-            let dst = parse_net(&a.dst)?;
-            if dst.prefix_len() == 0 {
-                return Err(Error::invalid("CIDR", &a.dst, "a default route per user is not allowed; use pbr").into());
-            }
-            let gw = a.gateway.as_deref().map(|s| parse_ip("gateway", s)).transpose()?;
+            let dst = input::parse_route_dst(&a.dst)?;
+            let gw = a.gateway.as_deref().map(|s| input::parse_ipv4("gateway", s)).transpose()?;
             let table = table_arg(&cfg, a.table.as_deref())?;
-            let metric = a.metric.as_deref().map(|m| parse_u32("metric", m, 1_000_000)).transpose()?;
+            let metric = a.metric.as_deref().map(|m| input::parse_u32("metric", m, input::MAX_METRIC)).transpose()?;
             let mut client = db::connect(&cfg.database)?;
             if !db::connections::exists(&mut client, conn)? {
                 return Err(Error::NotFound { what: "connection", id: conn.to_string() }.into());
@@ -334,7 +305,7 @@ pub fn routes_cmd(g: &Global, c: &RoutesCmd) -> CmdResult {
         }
         RoutesCmd::Del(a) => {
             let conn = parse_id("connection id", &a.connection_id)?;
-            let dst = parse_net(&a.dst)?;
+            let dst = input::parse_net(&a.dst)?;
             let table = table_arg(&cfg, a.table.as_deref())?;
             let mut client = db::connect(&cfg.database)?;
             let removed = db::routes::del(&mut client, conn, dst, table)?;
@@ -455,13 +426,8 @@ pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
     let cfg = load_config(g)?;
     match c {
         PbrCmd::Add(a) => {
-            if a.name.is_empty()
-                || a.name.len() > 64
-                || !a.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-            {
-                return Err(Error::invalid("rule name", &a.name, "must be 1-64 characters of [A-Za-z0-9_.-]").into());
-            }
-            let source = a.from.as_deref().map(parse_net).transpose()?;
+            input::check_rule_name(&a.name)?;
+            let source = a.from.as_deref().map(input::parse_net).transpose()?;
             let connection_id = a.connection_id.as_deref().map(|s| parse_id("connection id", s)).transpose()?;
             if source.is_none() == connection_id.is_none() {
                 return Err(Failure {
@@ -469,23 +435,10 @@ pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
                     message: "give exactly one of --from or --connection-id".into(),
                 });
             }
-            let table = rt_tables::resolve(&cfg.paths.rt_tables, &a.table)?;
-            if [253, 254, 255].contains(&table) {
-                return Err(Error::invalid(
-                    "routing table",
-                    &a.table,
-                    "default/main/local cannot be used for policy routing",
-                )
-                .into());
-            }
-            let via = parse_ip("next hop", &a.via)?;
-            if !policy_core::mapping::valid_ifname(&a.dev) {
-                return Err(Error::invalid("interface", &a.dev, "not a valid interface name").into());
-            }
-            let priority = parse_u32("priority", &a.priority, 32765)?;
-            if priority == 0 {
-                return Err(Error::invalid("priority", &a.priority, "must be between 1 and 32765").into());
-            }
+            let table = input::pbr_table(&a.table, rt_tables::resolve(&cfg.paths.rt_tables, &a.table)?)?;
+            let via = input::parse_ipv4("next hop", &a.via)?;
+            input::check_ifname(&a.dev)?;
+            let priority = input::parse_priority(&a.priority)?;
             let mut client = db::connect(&cfg.database)?;
             if let Some(c) = connection_id {
                 if !db::connections::exists(&mut client, c)? {
@@ -552,8 +505,8 @@ pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
             Ok(())
         }
         PbrCmd::Check { ip, dst, iif } => {
-            let src = parse_ip("address", ip)?;
-            let dst = parse_ip("destination", dst)?;
+            let src = input::parse_ipv4("address", ip)?;
+            let dst = input::parse_ipv4("destination", dst)?;
             let iif = match iif {
                 Some(i) => Some(i.clone()),
                 None => {
@@ -629,50 +582,21 @@ pub struct ConnSetArgs {
     pub run: RunOpts,
 }
 
-fn parse_rate(cfg: &Config, s: &str) -> Result<Option<i32>, Failure> {
-    if s == "none" {
-        return Ok(None);
-    }
-    let v = parse_u32("rate", s, u32::MAX)?;
-    if v < 8 || v > cfg.policy.max_rate_kbit {
-        return Err(
-            Error::invalid("rate", s, format!("must be between 8 and {} kbit/s", cfg.policy.max_rate_kbit)).into()
-        );
-    }
-    Ok(Some(v as i32))
-}
-
-fn parse_status(s: &str) -> Result<String, Failure> {
-    policy_core::policy::model::Status::from_str(s).map(|_| s.to_string()).map_err(|_| {
-        Error::invalid("status", s, "not one of PREPROVISIONED CLAIMED SUSPENDED UNCLAIMED DISABLED DELETED").into()
-    })
-}
-
 pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
     let cfg = load_config(g)?;
+    let max_rate = cfg.policy.max_rate_kbit;
     match c {
         ConnectionCmd::Add(a) => {
-            if a.login.is_empty() || a.login.len() > 253 || a.login.chars().any(|c| c.is_control()) {
-                return Err(Error::invalid("login", &a.login, "must be 1-253 printable characters").into());
-            }
-            let status = parse_status(&a.status)?;
-            let customer = a.customer_id.as_deref().map(|s| parse_id("customer id", s)).transpose()?;
-            let down = a.down_kbit.as_deref().map(|s| parse_rate(&cfg, s)).transpose()?.flatten();
-            let up = a.up_kbit.as_deref().map(|s| parse_rate(&cfg, s)).transpose()?.flatten();
+            input::check_login(&a.login)?;
+            let new = db::connections::NewConnection {
+                login: a.login.clone(),
+                status: input::parse_status(&a.status)?,
+                customer_id: a.customer_id.as_deref().map(|s| parse_id("customer id", s)).transpose()?,
+                rate_down_kbit: a.down_kbit.as_deref().map(|s| input::parse_rate(s, max_rate)).transpose()?.flatten(),
+                rate_up_kbit: a.up_kbit.as_deref().map(|s| input::parse_rate(s, max_rate)).transpose()?.flatten(),
+            };
             let mut client = db::connect(&cfg.database)?;
-            let row = client
-                .query_one(
-                    "INSERT INTO vpn_connections (subaccount_login, status, customer_id, rate_down_kbit, rate_up_kbit)
-                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                    &[&a.login, &status, &customer, &down, &up],
-                )
-                .map_err(|e| match e.code() {
-                    Some(c) if *c == postgres::error::SqlState::UNIQUE_VIOLATION => {
-                        Failure::from(Error::invalid("login", &a.login, "already exists (subaccount_login is unique)"))
-                    }
-                    _ => Failure::from(Error::from_sql(e)),
-                })?;
-            let id: i64 = row.get(0);
+            let id = db::connections::insert(&mut client, &new)?;
             if g.json {
                 println!("{}", json!({ "id": id }));
             } else {
@@ -682,64 +606,21 @@ pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
         }
         ConnectionCmd::Set(a) => {
             let id = parse_id("connection id", &a.id)?;
-            let mut sets: Vec<String> = Vec::new();
-            let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
-            let mut push = |col: &str, v: Box<dyn postgres::types::ToSql + Sync>| {
-                params.push(v);
-                sets.push(format!("{col} = ${}", params.len()));
+            let change = db::connections::ConnectionChange {
+                rate_down_kbit: a.down_kbit.as_deref().map(|s| input::parse_rate(s, max_rate)).transpose()?,
+                rate_up_kbit: a.up_kbit.as_deref().map(|s| input::parse_rate(s, max_rate)).transpose()?,
+                status: a.status.as_deref().map(input::parse_status).transpose()?,
+                quota_bytes: a.quota_bytes.as_deref().map(input::parse_quota).transpose()?,
+                expires_at: a.expires_at.as_deref().map(input::parse_expiry).transpose()?,
+                manual_block: (a.block || a.unblock).then_some(a.block),
             };
-            if let Some(s) = &a.down_kbit {
-                push("rate_down_kbit", Box::new(parse_rate(&cfg, s)?));
-            }
-            if let Some(s) = &a.up_kbit {
-                push("rate_up_kbit", Box::new(parse_rate(&cfg, s)?));
-            }
-            if let Some(s) = &a.status {
-                push("status", Box::new(parse_status(s)?));
-            }
-            if let Some(s) = &a.quota_bytes {
-                let v: Option<i64> = if s == "none" {
-                    None
-                } else {
-                    Some(
-                        s.parse::<i64>().ok().filter(|v| *v >= 0 && s.bytes().all(|b| b.is_ascii_digit())).ok_or_else(
-                            || Failure::from(Error::invalid("quota", s, "bytes as a non-negative integer, or none")),
-                        )?,
-                    )
-                };
-                push("quota_bytes", Box::new(v));
-            }
-            if let Some(s) = &a.expires_at {
-                let v: Option<f64> = if s == "none" {
-                    None
-                } else {
-                    Some(
-                        s.parse::<i64>()
-                            .map_err(|_| Failure::from(Error::invalid("expiry", s, "Unix seconds, or none")))?
-                            as f64,
-                    )
-                };
-                params.push(Box::new(v));
-                sets.push(format!("expires_at = to_timestamp(${})", params.len()));
-            }
-            if a.block || a.unblock {
-                params.push(Box::new(a.block));
-                sets.push(format!("manual_block = ${}", params.len()));
-            }
-            if sets.is_empty() {
+            if change.is_empty() {
                 return Err(Failure { code: ExitCode::Usage, message: "nothing to change".into() });
             }
-            params.push(Box::new(id));
-            let sql = format!(
-                "UPDATE vpn_connections SET {}, updated_at = now() WHERE id = ${}",
-                sets.join(", "),
-                params.len()
-            );
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
             let mut client = db::connect(&cfg.database)?;
-            let n = client.execute(&sql, &refs).map_err(Error::from_sql)?;
+            let found = db::connections::update(&mut client, id, &change)?;
             drop(client);
-            if n == 0 {
+            if !found {
                 return Err(Error::NotFound { what: "connection", id: id.to_string() }.into());
             }
             apply_now(g, &cfg, id, &a.run)

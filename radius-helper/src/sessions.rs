@@ -381,7 +381,7 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
         }
         if let Some(cfg) = cfg {
             let r = db::connect_with(&cfg.database, HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT)
-                .and_then(|mut c| audit::insert(&mut c, &rec));
+                .and_then(|mut c| db::audit::insert(&mut c, &rec));
             if let Err(e) = r {
                 tracing::warn!("audit row not written to pppgate_audit: {}", one_line(&e));
             }
@@ -434,7 +434,7 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
             )?),
             None => None,
         };
-        let locks = remove_session_locks(&mut c, id)?;
+        let locks = db::session_locks::remove_for_connection(&mut c, id)?;
         Ok((report, locks))
     });
     let (janitor_report, locks_removed) = match follow {
@@ -505,30 +505,6 @@ fn outcome_text(o: &hardcut::KillOutcome) -> String {
         hardcut::KillOutcome::AlreadyGone => "already gone".into(),
         hardcut::KillOutcome::Failed { error } => format!("not ended: {error}"),
     }
-}
-
-/// Seed 004 §8.1 "Locks (active_session_locks) best-effort entfernen (falls vorhanden)": pppgate's
-/// schema has no such table; a deployment that has one (keyed by `vpn_connection_id` or
-/// `connection_id`) gets the connection's rows removed.
-fn remove_session_locks(c: &mut Client, id: i64) -> policy_core::Result<Option<u64>> {
-    use postgres::types::Type;
-    let col = c
-        .query_typed(
-            "SELECT column_name::text FROM information_schema.columns
-             WHERE table_name = 'active_session_locks' AND table_schema = current_schema()
-               AND column_name IN ('vpn_connection_id', 'connection_id') ORDER BY column_name DESC LIMIT 1",
-            &[],
-        )
-        .map_err(Error::from_sql)?;
-    let Some(col) = col.first().map(|r| r.get::<_, String>(0)) else { return Ok(None) };
-    // The column name comes from the catalog and is one of two fixed identifiers.
-    let sql = if col == "vpn_connection_id" {
-        "DELETE FROM active_session_locks WHERE vpn_connection_id = $1"
-    } else {
-        "DELETE FROM active_session_locks WHERE connection_id = $1"
-    };
-    let n = c.execute_typed(sql, &[(&id, Type::INT8)]).map_err(Error::from_sql)?;
-    Ok(Some(n))
 }
 
 #[derive(Debug, Serialize)]

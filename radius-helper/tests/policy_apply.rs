@@ -887,6 +887,14 @@ fn bad_input_exits_65_and_applies_nothing() {
     ));
     w.cli.run(&["apply", "--connection-id", &id]).expect_code(65);
     assert_eq!(kernel_dump(), before);
+    w.sql(&format!("DELETE FROM vpn_routes WHERE connection_id = {a}"));
+    // A per-user route in table `local` (the CLI refuses it; the schema does not), written to SQL
+    // directly. (PBR into default/main/local the schema itself refuses.)
+    w.sql(&format!("INSERT INTO vpn_routes (connection_id, destination, table_id) VALUES ({a}, '10.30.0.0/24', 255)"));
+    let out = w.cli.run(&["apply", "--connection-id", &id]).expect_code(65);
+    assert!(out.stderr.contains("local"), "{}", out.stderr);
+    w.cli.run(&["reconcile"]).expect_code(65);
+    assert_eq!(kernel_dump(), before, "route in table local: nothing applied");
 }
 
 // ---------------------------------------------------------------------------------------------

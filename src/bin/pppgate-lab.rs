@@ -1,4 +1,6 @@
-//! `pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]...`: runs one lab scenario
+//! `pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]... [--system DISK [--fresh]]`:
+//! runs one lab scenario (`--system`: the systemd-booted system lab over that disk, created if
+//! missing or with `--fresh`)
 //! from the command line (the tests call `pppgate_lab::Lab::run` directly). Prints the run
 //! directory; exits non-zero with the harness's error when the run fails.
 
@@ -9,7 +11,8 @@ use std::time::Duration;
 
 use pppgate_lab::{Lab, LabOptions};
 
-const USAGE: &str = "usage: pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]...";
+const USAGE: &str =
+    "usage: pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]... [--system DISK [--fresh]]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,9 +22,14 @@ fn main() -> ExitCode {
     };
     let mut opts = LabOptions::default();
     let mut rest = args[2..].iter();
+    let (mut system, mut fresh) = (None, false);
     while let Some(a) = rest.next() {
         if a == "--follow" {
             opts.follow = true;
+            continue;
+        }
+        if a == "--fresh" {
+            fresh = true;
             continue;
         }
         match (a.as_str(), rest.next()) {
@@ -32,6 +40,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(64);
                 }
             },
+            ("--system", Some(p)) => system = Some(std::path::PathBuf::from(p)),
             ("--env", Some(kv)) => match kv.split_once('=') {
                 Some((k, v)) => opts.env.push((k.to_string(), v.to_string())),
                 None => {
@@ -44,6 +53,20 @@ fn main() -> ExitCode {
                 return ExitCode::from(64);
             }
         }
+    }
+    if let Some(path) = system {
+        let disk = if fresh || !path.exists() {
+            match pppgate_lab::SystemDisk::create(&path, 4096) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("pppgate-lab: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        } else {
+            pppgate_lab::SystemDisk { path }
+        };
+        opts.system = Some(disk);
     }
     match Lab::run(scenario, &opts) {
         Ok(run) => {

@@ -31,6 +31,7 @@ use serde::Serialize;
 use crate::accounting::record::Batch;
 use crate::config::RadacctMode;
 use crate::error::{Error, Result};
+use crate::policy::model::quota_reached;
 
 /// In mode `auto`, how long after IPCP-up a session waits for radius.so's row before pppgate
 /// writes its own.
@@ -270,31 +271,30 @@ pub struct QuotaUse {
 }
 
 impl QuotaUse {
-    /// The policy engine's rule (policy::model): a quota is reached when usage ≥ quota.
+    /// The policy engine's rule ([`quota_reached`]), on the same figures the facts carry.
     pub fn over(&self) -> bool {
-        self.quota_bytes.is_some_and(|q| self.used_bytes >= q)
+        quota_reached(self.quota_bytes.map(|q| q.max(0) as u64), self.used_bytes.max(0) as u64)
     }
 }
 
-const QUOTA_SQL: &str = r#"
+const QUOTA_SQL: &str = concat!(
+    r#"
 WITH pruned AS (
     DELETE FROM pppgate_acct_batches
     WHERE nas_identity = $2 AND applied_at < now() - make_interval(days => $3)
     RETURNING 1
 )
 SELECT c.id, c.quota_bytes,
-       COALESCE((SELECT sum(u.bytes_in + u.bytes_out) FROM vpn_usage u
-                 WHERE u.connection_id = c.id
-                   AND u.day >= CASE c.quota_period
-                                  WHEN 'day' THEN current_date
-                                  WHEN 'month' THEN date_trunc('month', current_date)::date
-                                  ELSE DATE '1970-01-01' END), 0)::bigint,
+       "#,
+    usage_in_quota_period!(),
+    r#",
        (SELECT count(*) FROM pruned)
 FROM unnest($1::int8[]) AS a(id)
 JOIN vpn_connections c ON c.id = a.id
 WHERE c.quota_bytes IS NOT NULL OR c.id = ANY($4)
 ORDER BY c.id
-"#;
+"#
+);
 
 /// Usage in the current period for those of `ids` that have a quota, and for `was_over` whatever
 /// their quota is now (one round trip), pruning this NAS's batch ids older than

@@ -2,12 +2,48 @@
 //! table group. Every query is parameterized. No connection outlives the operation that opened it
 //! (the plugin holds none between pppd events).
 
+// The current quota period and the usage in it, defined once for every statement that needs
+// them (the connection facts the policy is decided from, and the collector's quota trigger):
+// they must agree, or a connection would be re-applied as over quota and stay FULL, or the
+// reverse. SQL fragments over `vpn_connections c` and `vpn_usage u`.
+
+/// The first day of connection `c`'s current quota period: today for `day`, the first of the
+/// month for `month`, the epoch for `total` (the database's clock and time zone).
+macro_rules! quota_period_start {
+    () => {
+        "CASE c.quota_period WHEN 'day' THEN current_date \
+         WHEN 'month' THEN date_trunc('month', current_date)::date ELSE DATE '1970-01-01' END"
+    };
+}
+
+/// What one `vpn_usage` row `u` counts towards a quota: both directions.
+macro_rules! usage_octets {
+    () => {
+        "u.bytes_in + u.bytes_out"
+    };
+}
+
+/// Octets of connection `c` in its current quota period (0 when none), as one scalar.
+macro_rules! usage_in_quota_period {
+    () => {
+        concat!(
+            "COALESCE((SELECT sum(",
+            usage_octets!(),
+            ") FROM vpn_usage u WHERE u.connection_id = c.id AND u.day >= ",
+            quota_period_start!(),
+            "), 0)::bigint"
+        )
+    };
+}
+
 pub mod accounting;
+pub mod audit;
 pub mod connections;
 pub mod migrate;
 pub mod pbr;
 pub mod radacct;
 pub mod routes;
+pub mod session_locks;
 pub mod settings;
 pub mod wg;
 

@@ -7,6 +7,7 @@ use postgres::Client;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::policy::planner::SubnetPbr;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PbrRow {
@@ -106,4 +107,29 @@ pub fn delete(client: &mut Client, name: &str) -> Result<Option<PbrRow>> {
         .query(&format!("DELETE FROM pbr_rules WHERE name = $1 RETURNING {COLS}"), &[&name])
         .map_err(Error::from_sql)?;
     rows.first().map(row).transpose()
+}
+
+/// The subnet policy-routing rules (those with a source), as the planner wants them.
+pub fn subnet_rules(client: &mut Client) -> Result<Vec<SubnetPbr>> {
+    let rows = client
+        .query(
+            "SELECT name, source::text, table_id, host(next_hop), dev, priority FROM pbr_rules
+             WHERE source IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .map_err(Error::from_sql)?;
+    rows.iter()
+        .map(|r| {
+            let src: String = r.get(1);
+            let via: String = r.get(3);
+            Ok(SubnetPbr {
+                name: r.get(0),
+                from: crate::config::parse_ipv4_net(&src).map_err(|e| Error::invalid("pbr source", src.clone(), e))?,
+                table: r.get::<_, i32>(2) as u32,
+                via: via.parse().map_err(|_| Error::invalid("pbr next hop", via.clone(), "not an IPv4 address"))?,
+                dev: r.get(4),
+                priority: r.get::<_, i32>(5) as u32,
+            })
+        })
+        .collect()
 }

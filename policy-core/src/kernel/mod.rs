@@ -17,6 +17,7 @@ pub mod route;
 pub mod rule;
 pub mod sysctl;
 pub mod tc;
+pub mod wg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

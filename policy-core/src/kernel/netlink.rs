@@ -231,6 +231,8 @@ pub type Answer = std::result::Result<Vec<(u16, Vec<u8>)>, io::Error>;
 pub enum Family {
     Route,
     Netfilter,
+    /// Generic netlink (the WireGuard family).
+    Generic,
 }
 
 /// A netlink socket with a receive timeout.
@@ -256,6 +258,7 @@ impl Socket {
         let proto = match family {
             Family::Route => SockProtocol::NetlinkRoute,
             Family::Netfilter => SockProtocol::NetlinkNetFilter,
+            Family::Generic => SockProtocol::NetlinkGeneric,
         };
         let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, proto)
             .map_err(|e| sys("socket", e))?;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::db;
 use crate::error::{one_line, Error, Result};
+use crate::input;
 use crate::kernel::{Backends, Member};
 use crate::mapping::{self, LiveSession};
 use crate::policy::engine::{self, micros, Outcome};
@@ -34,21 +35,25 @@ pub struct Report {
     pub sql_unavailable: Option<String>,
 }
 
-/// Checks what SQL asks for before anything is applied: absurd rates and unusable routes refuse
-/// the whole apply (exit 65, nothing applied). A route via the client itself is the same as a
-/// route on the point-to-point link and is normalised to that.
+/// Checks what SQL asks for before anything is applied, by the rules the CLI uses
+/// ([`crate::input`]): absurd rates and unusable routes refuse the whole apply (exit 65, nothing
+/// applied), and so do routing tables the CLI refuses (a per-user route in `local`, policy routing
+/// into `default`/`main`/`local`, whose default route would replace the box's own). A route via
+/// the client itself is the same as a route on the point-to-point link and is normalised to that.
 pub fn validate(cfg: &Config, desired: &mut Desired) -> Result<()> {
     for s in &mut desired.sessions {
         let p = &mut s.policy;
         for (dir, rate) in [("download", p.speed.down_kbit), ("upload", p.speed.up_kbit)] {
             if let Some(r) = rate {
-                if r < 8 || r > cfg.policy.max_rate_kbit {
+                if !input::rate_ok(r, cfg.policy.max_rate_kbit) {
                     return Err(Error::invalid(
                         "rate",
                         format!("{r}kbit"),
                         format!(
-                            "{dir} rate of connection {} is outside 8..={} kbit/s",
-                            s.connection_id, cfg.policy.max_rate_kbit
+                            "{dir} rate of connection {} is outside {}..={} kbit/s",
+                            s.connection_id,
+                            input::MIN_RATE_KBIT,
+                            cfg.policy.max_rate_kbit
                         ),
                     ));
                 }
@@ -68,7 +73,16 @@ pub fn validate(cfg: &Config, desired: &mut Desired) -> Result<()> {
                     ),
                 ));
             }
+            if let Some(t) = r.table {
+                input::route_table(&t.to_string(), t)?;
+            }
         }
+        for pbr in &p.pbr {
+            input::pbr_table(&pbr.table.to_string(), pbr.table)?;
+        }
+    }
+    for pbr in &desired.subnet_pbr {
+        input::pbr_table(&pbr.table.to_string(), pbr.table)?;
     }
     Ok(())
 }
@@ -137,7 +151,7 @@ pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<
         let ids: Vec<i64> =
             valid.iter().map(|l| l.mapping.connection_id).collect::<BTreeSet<_>>().into_iter().collect();
         let facts = db::connections::facts_by_ids(&mut c, &ids)?;
-        let subnet = engine::subnet_pbr(&mut c)?;
+        let subnet = db::pbr::subnet_rules(&mut c)?;
         Ok((facts, subnet))
     });
     let sql_us = micros(t0);

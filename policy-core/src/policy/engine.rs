@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{Backends, Member, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
 use crate::mapping::LiveSession;
 use crate::policy::model::{decide, ConnectionFacts, PolicyState};
-use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope, SubnetPbr};
+use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope};
 
 /// What one run did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -282,29 +282,4 @@ pub fn desired_sessions(live: &[LiveSession], facts: &[ConnectionFacts]) -> Vec<
         });
     }
     out
-}
-
-/// The subnet policy-routing rules from SQL.
-pub fn subnet_pbr(client: &mut postgres::Client) -> Result<Vec<SubnetPbr>> {
-    let rows = client
-        .query(
-            "SELECT name, source::text, table_id, host(next_hop), dev, priority FROM pbr_rules
-             WHERE source IS NOT NULL ORDER BY id",
-            &[],
-        )
-        .map_err(Error::from_sql)?;
-    rows.iter()
-        .map(|r| {
-            let src: String = r.get(1);
-            let via: String = r.get(3);
-            Ok(SubnetPbr {
-                name: r.get(0),
-                from: crate::config::parse_ipv4_net(&src).map_err(|e| Error::invalid("pbr source", src.clone(), e))?,
-                table: r.get::<_, i32>(2) as u32,
-                via: via.parse().map_err(|_| Error::invalid("pbr next hop", via.clone(), "not an IPv4 address"))?,
-                dev: r.get(4),
-                priority: r.get::<_, i32>(5) as u32,
-            })
-        })
-        .collect()
 }

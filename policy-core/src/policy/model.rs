@@ -32,6 +32,20 @@ pub enum Status {
     Deleted,
 }
 
+impl Status {
+    /// The value as `vpn_connections.status` stores it.
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            Status::Preprovisioned => "PREPROVISIONED",
+            Status::Claimed => "CLAIMED",
+            Status::Suspended => "SUSPENDED",
+            Status::Unclaimed => "UNCLAIMED",
+            Status::Disabled => "DISABLED",
+            Status::Deleted => "DELETED",
+        }
+    }
+}
+
 impl FromStr for Status {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
@@ -198,6 +212,13 @@ impl Policy {
 }
 
 /// Computes the policy from the facts (`None`: the connection has no row).
+/// A quota is reached when usage in the current period is at least the quota. The one rule: the
+/// state decision below and the collector's quota trigger (`db::accounting::QuotaUse::over`)
+/// both ask it.
+pub fn quota_reached(quota_bytes: Option<u64>, used_bytes: u64) -> bool {
+    quota_bytes.is_some_and(|q| used_bytes >= q)
+}
+
 pub fn decide(facts: Option<&ConnectionFacts>) -> Policy {
     let Some(f) = facts else { return Policy::bare(PolicyState::Terminate, Reason::NoRow) };
     match f.status {
@@ -223,7 +244,7 @@ pub fn decide(facts: Option<&ConnectionFacts>) -> Policy {
     if f.expires_at.is_some_and(|t| t <= f.db_now) {
         return restricted(Reason::Expired);
     }
-    if f.quota_bytes.is_some_and(|q| f.used_bytes >= q) {
+    if quota_reached(f.quota_bytes, f.used_bytes) {
         return restricted(Reason::QuotaExceeded);
     }
     let mut routes = f.routes.clone();

@@ -6,6 +6,7 @@
 
 pub mod addr;
 pub mod keys;
+pub mod reconcile;
 pub mod render;
 pub mod seal;
 
@@ -56,6 +57,8 @@ pub struct WgConfig {
     pub address_quarantine: Duration,
     /// Routers of one tenant reach each other through the concentrator.
     pub intra_tenant: bool,
+    /// Serialises WireGuard reconciles on this box.
+    pub lock_file: PathBuf,
 }
 
 /// `[wireguard]` as read (config.rs keeps the serde side).
@@ -74,6 +77,7 @@ pub struct RawWgConfig {
     pub handshake_up_s: Option<u64>,
     pub address_quarantine_s: Option<u64>,
     pub intra_tenant: Option<bool>,
+    pub lock_file: Option<PathBuf>,
 }
 
 impl WgConfig {
@@ -153,6 +157,10 @@ impl WgConfig {
         if address_quarantine > Duration::from_secs(365 * 86400) {
             p("address_quarantine_s: at most one year".into());
         }
+        let lock_file = r.lock_file.unwrap_or_else(|| "/run/pppgate/wg.lock".into());
+        if !lock_file.is_absolute() {
+            p(format!("lock_file: {} is not an absolute path", lock_file.display()));
+        }
         WgConfig {
             interface,
             endpoint_host,
@@ -168,6 +176,7 @@ impl WgConfig {
             handshake_up,
             address_quarantine,
             intra_tenant: r.intra_tenant.unwrap_or(true),
+            lock_file,
         }
     }
 }

@@ -111,8 +111,9 @@ pub fn routeros(v: &RouterView<'_>) -> String {
 
     let _ = writeln!(
         s,
-        ":if ([:len [/interface/wireguard/peers/find where comment=$c]] = 0) do={{ /interface/wireguard/peers/add interface=$ifn public-key=\"{}\" comment=$c }}",
-        v.server_public_key.to_base64()
+        ":if ([:len [/interface/wireguard/peers/find where comment=$c]] = 0) do={{ /interface/wireguard/peers/add interface=$ifn public-key=\"{}\" allowed-address={} comment=$c }}",
+        v.server_public_key.to_base64(),
+        v.allowed_text(",")
     );
     let _ = writeln!(
         s,

@@ -110,8 +110,10 @@ fn config_err(path: &Path, problem: String) -> Error {
 /// The narrow trust check for the master key file: a regular file (not a symlink), owned by root
 /// (or the effective user, for tests), not accessible by group or others.
 pub fn check_key_file(path: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(path)
-        .map_err(|e| config_err(path, format!("wireguard.master_key_file: cannot read {}: {e}", path.display())))?;
+    let meta = fs::symlink_metadata(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound { " (run `pppgate wg init`)" } else { "" };
+        config_err(path, format!("wireguard.master_key_file: cannot read {}: {e}{hint}", path.display()))
+    })?;
     if meta.file_type().is_symlink() {
         return Err(config_err(path, format!("wireguard.master_key_file: {} is a symlink; refused", path.display())));
     }

@@ -1,0 +1,36 @@
+//! The system lab (src/system.rs): Debian's kernel under qemu with systemd as PID 1 over a
+//! persistent ext4 upper layer. Boots the same disk twice: what the first boot wrote is there in
+//! the second, which is what the package and boot tests build on.
+//!
+//! Needs root, qemu-system-x86, linux-image-amd64, e2fsprogs and the release artifacts.
+//! Prints how long each boot took (systemd's own figure); nothing is asserted about time.
+
+use std::time::Duration;
+
+use pppgate_lab::{Lab, LabOptions, SystemDisk};
+
+#[test]
+fn systemd_boots_twice_over_a_persistent_disk() {
+    let disk = SystemDisk::create(&SystemDisk::default_path("smoke"), 4096).expect("system disk");
+    for boot in ["1", "2"] {
+        let opts = LabOptions { system: Some(disk.clone()), ..LabOptions::default() }
+            .timeout(Duration::from_secs(900))
+            .env("LAB_BOOT", boot);
+        let run = Lab::run("system-smoke", &opts).unwrap_or_else(|e| panic!("system lab boot {boot}: {e}"));
+        let f = &run.facts;
+        eprintln!(
+            "system lab boot {boot}: userspace {} ms (systemd), VM {:.1} s",
+            f.expect(&format!("boot{boot}.userspace_ms")),
+            run.elapsed.as_secs_f64()
+        );
+        assert_eq!(f.expect("smoke.pid1"), "systemd");
+        let state = f.expect(&format!("boot{boot}.state"));
+        assert!(state == "running" || state == "degraded", "boot {boot}: {state}");
+        let marker = f.expect("smoke.marker_before");
+        if boot == "1" {
+            assert_eq!(marker, "none", "a fresh disk carries state");
+        } else {
+            assert_eq!(marker, "boot 1", "the first boot's file did not survive the reboot");
+        }
+    }
+}
