@@ -143,6 +143,29 @@ fn main() {
         line(&mut out, "    backend session (start → exit)", &stats(sessions));
     }
 
+    // The plugin through pgbouncer (session pooling).
+    let pooled = if f.expect("bench.pooled") == "yes" {
+        let log = run.read("logs/bench-plugin-pooled-lns.log");
+        let applied = applied_lines(&log);
+        assert_eq!(applied.len(), n, "expected {n} `policy applied` lines in logs/bench-plugin-pooled-lns.log");
+        let field = |k: &str| -> Vec<u64> {
+            applied.iter().map(|a| a[k].parse().unwrap_or_else(|_| panic!("{k} in {a:?}"))).collect()
+        };
+        let _ = writeln!(
+            out,
+            "pppgate.so through a local pgbouncer (session pooling, pooler = true; {} ms wall):",
+            f.expect("bench.pooled_wall_ms")
+        );
+        let t = stats(field("gate_released_us"));
+        line(&mut out, "gate_released", &t);
+        line(&mut out, "  sql (connect + lookup)", &stats(field("sql_us")));
+        line(&mut out, "  mapping", &stats(field("mapping_us")));
+        line(&mut out, "  apply (lock, kernel, verify)", &stats(field("apply_us")));
+        Some(t)
+    } else {
+        let _ = writeln!(out, "pppgate.so through pgbouncer: not run ({})", f.expect("bench.pooled"));
+        None
+    };
     // The shell hook.
     let _ = writeln!(
         out,
@@ -168,6 +191,16 @@ fn main() {
         hook_gate.median as f64 / total.median as f64,
         hook_gate.p99 as f64 / total.p99 as f64
     );
+    if let Some(p) = &pooled {
+        let r = hook_gate.median as f64 / p.median as f64;
+        let _ = writeln!(
+            out,
+            "ratio shell hook / pppgate.so through pgbouncer (start → gate released): median {r:.1}x, p99 {:.1}x \
+             (goal ≥ 20x: {})",
+            hook_gate.p99 as f64 / p.p99 as f64,
+            if r >= 20.0 { "met" } else { "NOT met" }
+        );
+    }
 
     // Idle.
     let _ = writeln!(out, "LNS pppd at idle:");

@@ -10,6 +10,7 @@ PACKAGES=(
   ppp ppp-dev                                     # pppd and the headers the shim binds to
   xl2tpd                                          # LNS and LAC inside the lab
   postgresql postgresql-client                    # PostgreSQL 15 (initdb/pg_ctl/psql in tests and the lab)
+  pgbouncer                                       # the connect path through a pooler (policy_apply benchmark, lab connect bench)
   freeradius freeradius-postgresql freeradius-utils
   qemu-system-x86 linux-image-amd64 busybox-static  # the lab VM: emulator, guest kernel + modules, initramfs shell
   iproute2 iputils-ping nftables kmod util-linux procps  # namespaces, ping, nft, modprobe, setpriv, sysctl

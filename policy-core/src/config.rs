@@ -47,6 +47,7 @@ struct RawDatabase {
     secrets_file: Option<PathBuf>,
     connect_timeout_ms: Option<u64>,
     statement_timeout_ms: Option<u64>,
+    pooler: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +145,10 @@ pub struct DatabaseConfig {
     pub pg: postgres::Config,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
+    /// The DSN names a connection pooler (pgbouncer in session mode) in front of PostgreSQL:
+    /// pppgate's per-connection settings are sent with SET after connecting, as poolers do not
+    /// forward startup options (docs/ARCHITECTURE.md, "Warm SQL").
+    pub pooler: bool,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -153,6 +158,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("pg", &self.pg)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("pooler", &self.pooler)
             .finish()
     }
 }
@@ -515,7 +521,12 @@ impl Config {
         }
         Ok(Config {
             source: path.into(),
-            database: DatabaseConfig { pg: pg.expect("checked above"), connect_timeout, statement_timeout },
+            database: DatabaseConfig {
+                pg: pg.expect("checked above"),
+                connect_timeout,
+                statement_timeout,
+                pooler: raw.database.pooler.unwrap_or(false),
+            },
             nas: NasConfig { identity, ip: nas_ip.expect("checked above") },
             paths,
             policy: PolicyConfig { walled_garden, lock_ttl, max_rate_kbit, client_pool },

@@ -330,6 +330,10 @@ pub fn scan_checked(dir: &Path) -> Result<(Vec<Checked>, Vec<Error>)> {
     Ok((ok, bad))
 }
 
+/// Up to this many mappings are checked against their own interfaces (targeted reads); more
+/// against one address dump of the box.
+const FEW_SESSIONS: usize = 16;
+
 /// VALID mappings only (DESIGN.md): the one definition every component uses.
 pub fn valid_sessions(dir: &Path) -> Result<(Vec<Mapping>, Vec<Error>)> {
     valid_sessions_where(dir, |_| true)
@@ -365,7 +369,14 @@ pub fn live_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Resul
     if wanted.is_empty() {
         return Ok((Vec::new(), bad));
     }
-    let links = crate::kernel::links::LinkSnapshot::read_addresses()?;
+    // A few sessions (an apply for one connection): their interfaces only, not an address dump
+    // of the whole box.
+    let links = if wanted.len() <= FEW_SESSIONS {
+        let names: Vec<&str> = wanted.iter().map(|m| m.ppp_if.as_str()).collect();
+        crate::kernel::links::LinkSnapshot::read_named(&names)?
+    } else {
+        crate::kernel::links::LinkSnapshot::read_addresses()?
+    };
     let boot = procfs::boot_time().map_err(|source| Error::Read { path: "/proc/stat".into(), source })?;
     let live = wanted
         .into_iter()

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use policy_core::kernel::{OwnedRoute, OwnedRule, Routes, RoutesNetlink, Rules, RulesNetlink, Sysctl, SysctlProc};
+use policy_core::kernel::{
+    OwnedRoute, OwnedRule, RouteQuery, Routes, RoutesNetlink, Rules, RulesNetlink, Sysctl, SysctlProc,
+};
 use pppgate_testkit::*;
 
 fn veth(name: &str, addr: &str) {
@@ -20,6 +22,85 @@ fn all_routes_text() -> String {
 
 fn route(dst: &str, gw: Option<&str>, dev: &str, table: u32, metric: Option<u32>) -> OwnedRoute {
     OwnedRoute { dst: dst.parse().unwrap(), gateway: gw.map(|g| g.parse().unwrap()), dev: dev.into(), table, metric }
+}
+
+/// A session-scope read returns exactly what the query names — the interfaces' routes in every
+/// table, wanted destinations through any device, the named tables' default routes — and nothing
+/// else of ours or anybody's; read back against `ip route`.
+#[test]
+fn scoped_route_reads_return_only_what_was_asked() {
+    private_netns();
+    for (i, dev) in ["ppp0", "ppp1", "ppp2", "wg0"].iter().enumerate() {
+        veth(dev, &format!("10.{i}.0.1/24"));
+    }
+    run(&["ip", "route", "add", "192.168.0.0/24", "dev", "ppp0", "proto", "static"]);
+    let mut routes = RoutesNetlink::new().unwrap();
+    let mine =
+        [route("192.168.50.0/24", None, "ppp0", 254, None), route("192.168.51.0/24", None, "ppp0", 100, Some(7))];
+    let wanted_elsewhere = route("192.168.60.0/24", None, "ppp1", 254, None);
+    let table_default = route("0.0.0.0/0", Some("10.3.0.2"), "wg0", 100, None);
+    let others = [
+        route("192.168.61.0/24", None, "ppp1", 254, None),
+        route("192.168.70.0/24", None, "ppp2", 100, None),
+        route("0.0.0.0/0", Some("10.3.0.3"), "wg0", 200, None),
+    ];
+    for r in mine.iter().chain([&wanted_elsewhere, &table_default]).chain(others.iter()) {
+        routes.add(r).unwrap();
+    }
+    assert_eq!(tool_routes().len(), 7);
+    let q = RouteQuery {
+        ifnames: BTreeSet::from(["ppp0".to_string(), "ppp9".to_string()]),
+        dsts: BTreeSet::from([("192.168.60.0/24".parse().unwrap(), 254), ("192.168.99.0/24".parse().unwrap(), 254)]),
+        table_defaults: BTreeSet::from([100, 300]),
+    };
+    let got: BTreeSet<OwnedRoute> = routes.read_scoped(&q).unwrap().into_iter().collect();
+    let want: BTreeSet<OwnedRoute> = mine.iter().cloned().chain([wanted_elsewhere, table_default]).collect();
+    assert_eq!(got, want);
+    // The default implementation (read everything, filter) agrees.
+    let all: BTreeSet<OwnedRoute> = routes.read().unwrap().into_iter().filter(|r| q.wants(r)).collect();
+    assert_eq!(all, want);
+    assert!(RouteQuery::default().ifnames.is_empty() && routes.read_scoped(&RouteQuery::default()).unwrap().is_empty());
+}
+
+/// With many interfaces the rp_filter values come from one RTM_GETNETCONF dump named through the
+/// address dump: the same answers and the same writes as the per-file path, read back from /proc.
+#[test]
+fn sysctl_of_many_interfaces_from_netconf() {
+    private_netns();
+    let mut script = String::new();
+    for i in 0..40 {
+        script.push_str(&format!(
+            "tuntap add dev ppp{i} mode tun\naddr add 100.64.0.1 peer 100.65.0.{}/32 dev ppp{i}\nlink set ppp{i} up\n",
+            i + 2
+        ));
+    }
+    ip_batch(&script);
+    // ppp40 exists without an IPv4 address: the dump cannot name it, its file is read instead.
+    run(&["ip", "tuntap", "add", "dev", "ppp40", "mode", "tun"]);
+    run(&["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]);
+    for i in (0..41).filter(|i| i % 3 == 0) {
+        run(&["sysctl", "-q", "-w", &format!("net.ipv4.conf.ppp{i}.rp_filter=1")]);
+    }
+    run(&["sysctl", "-q", "-w", "net.ipv4.conf.ppp1.rp_filter=2"]);
+    let mut names: Vec<String> = (0..41).map(|i| format!("ppp{i}")).collect();
+    names.push("ppp99".into());
+    let mut s = SysctlProc::new();
+    let r = s.read(&names).unwrap();
+    let strict: Vec<String> = (0..41).filter(|i| i % 3 == 0).map(|i| format!("ppp{i}")).collect();
+    let mut got = r.strict_interfaces();
+    got.sort();
+    let mut want = strict.clone();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(r.rp_filter.get("ppp1"), Some(&2));
+    assert_eq!(r.rp_filter.len(), 41, "every existing interface, not the missing one");
+    s.ensure(&names).unwrap();
+    for i in 0..41 {
+        let v = cat(&format!("/proc/sys/net/ipv4/conf/ppp{i}/rp_filter"));
+        let want = if i % 3 == 0 || i == 1 { "2" } else { "0" };
+        assert_eq!(v, want, "ppp{i}");
+    }
+    assert!(s.read(&names).unwrap().ok());
 }
 
 #[test]

@@ -197,7 +197,7 @@ fn timings_of(v: &serde_json::Value) -> Timings {
 }
 
 /// The connect path of pppgate.so, in-process, `iters` times on fresh TUN interfaces.
-fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: usize, with_upload: bool) {
+fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: usize, with_upload: bool) -> Duration {
     let up = if with_upload { "2000" } else { "NULL" };
     pg.psql(&format!(
         "INSERT INTO vpn_connections (subaccount_login, status, rate_down_kbit, rate_up_kbit)
@@ -314,10 +314,11 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
         script.push_str(&format!("link del ppp{}\n", base + i));
     }
     ip_batch(&script);
+    med
 }
 
 /// `pppgate apply --connection-id N` as a process, a rate change each time.
-fn cli_apply(pg: &PgServer, cli: &Cli, conn: usize, iters: usize) {
+fn cli_apply(pg: &PgServer, cli: &Cli, conn: usize, iters: usize) -> Duration {
     let mut wall = Vec::new();
     let mut inner = Vec::new();
     for i in 0..iters {
@@ -329,6 +330,7 @@ fn cli_apply(pg: &PgServer, cli: &Cli, conn: usize, iters: usize) {
     }
     stats("CLI `pppgate apply --connection-id` (wall)", &wall);
     phases("  inside (median)", &median_timings(&inner));
+    pct(&mut wall, 0.5)
 }
 
 fn shell_baseline(pg: &PgServer, iters: usize) {
@@ -373,6 +375,167 @@ fn shell_baseline(pg: &PgServer, iters: usize) {
     run(&["ip", "link", "del", "pppsh0"]);
 }
 
+/// A pgbouncer in front of the private PostgreSQL (session pooling, its own socket directory),
+/// run as the postgres user (it refuses root).
+struct Bouncer {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_bouncer(pg: &PgServer) -> Option<Bouncer> {
+    use std::os::unix::process::CommandExt;
+    let bin = std::path::Path::new("/usr/sbin/pgbouncer");
+    if !bin.exists() {
+        println!(" pgbouncer: not installed (scripts/install-deps.sh installs it); pooled figures skipped");
+        return None;
+    }
+    let user = nix::unistd::User::from_name("postgres").ok().flatten().expect("postgres user");
+    let dir = tempfile::Builder::new().prefix("pppgate-bench-bouncer-").tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pgbouncer.ini"),
+        format!(
+            "[databases]\n* = host={pgdir} port=5432\n[pgbouncer]\nlisten_addr =\nlisten_port = 6432\n\
+             unix_socket_dir = {d}\nauth_type = trust\nauth_file = {d}/users.txt\npool_mode = session\n\
+             default_pool_size = 8\nmax_client_conn = 1000\nserver_reset_query = DISCARD ALL\n\
+             ignore_startup_parameters = extra_float_digits\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+            pgdir = pg.socket_dir().display(),
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+    nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+    let mut child = Command::new(bin)
+        .arg(dir.path().join("pgbouncer.ini"))
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgbouncer");
+    let sock = dir.path().join(".s.PGSQL.6432");
+    if !wait_until(Duration::from_secs(10), || sock.exists()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default();
+        println!(" pgbouncer: did not start ({log})");
+        return None;
+    }
+    Some(Bouncer { dir, child })
+}
+
+/// The connect path's SQL part (connect + lookup, a fresh connection each time as pppd holds
+/// none), directly against PostgreSQL and through pgbouncer, in the same run.
+fn warm_sql(pg: &PgServer, cfg: &Config, iters: usize) {
+    let Some(b) = start_bouncer(pg) else { return };
+    let mut pooled_cfg = cfg.database.clone();
+    pooled_cfg.pg = format!("host={} port=6432 user=postgres dbname=postgres", b.dir.path().display()).parse().unwrap();
+    pooled_cfg.pooler = true;
+    let run = |db: &policy_core::config::DatabaseConfig| -> Vec<Duration> {
+        (0..iters)
+            .map(|i| {
+                let t = Instant::now();
+                let mut c = db::connect(db).unwrap_or_else(|e| panic!("connect: {}", policy_core::error::one_line(&e)));
+                let login = format!("bench{}", 1 + i % 50);
+                let LoginLookup::Found(_) = db::connections::lookup_login(&mut c, &login).unwrap() else {
+                    panic!("login {login}")
+                };
+                drop(c);
+                t.elapsed()
+            })
+            .collect()
+    };
+    // Interleaved rounds, so load changes hit both alike.
+    let (mut direct, mut pooled) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        direct.extend(run(&cfg.database));
+        pooled.extend(run(&pooled_cfg));
+    }
+    println!(" warm SQL: the connect path's SQL connect + lookup, a new connection each time:");
+    stats("direct to PostgreSQL (a backend started per connect)", &direct);
+    stats("through pgbouncer (session pooling)", &pooled);
+    let (d, p) = (pct(&mut direct, 0.5), pct(&mut pooled, 0.5));
+    println!("  → pooled is {:.1}× faster at the median", d.as_secs_f64() / p.as_secs_f64().max(1e-9));
+}
+
+/// The issue's figures at one size (medians).
+struct SizeFigures {
+    n: usize,
+    locked_up: Duration,
+    locked_down: Duration,
+    cli_apply: Duration,
+    steady_us: u64,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Every figure with its goal and its ratio to the smallest size of the same run.
+fn print_goals(v: &[SizeFigures]) {
+    println!("\n=== goals (ratios against the first size of this run; load average now {}) ===", loadavg());
+    let Some(base) = v.first() else { return };
+    println!(
+        "  {:>7} | {:>26} | {:>26} | {:>22} | {:>24}",
+        "sessions",
+        "connect lock held, up+down",
+        "connect lock held, down",
+        "apply --connection-id",
+        "reconcile-all steady"
+    );
+    for f in v {
+        let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+        println!(
+            "  {:>8} | {:>9.2} ms  ({:>5.2}×)     | {:>9.2} ms  ({:>5.2}×)     | {:>9.2} ms ({:>5.2}×) | {:>9.1} ms",
+            f.n,
+            ms(f.locked_up),
+            r(f.locked_up, base.locked_up),
+            ms(f.locked_down),
+            r(f.locked_down, base.locked_down),
+            ms(f.cli_apply),
+            r(f.cli_apply, base.cli_apply),
+            f.steady_us as f64 / 1e3
+        );
+    }
+    let last = v.last().expect("one size at least");
+    let ratio = last.locked_up.as_secs_f64() / base.locked_up.as_secs_f64().max(1e-9);
+    println!(
+        "  O(1) connect: lock held at {} vs {} sessions {:.2}× (goal ≤ 2×): {}",
+        last.n,
+        base.n,
+        ratio,
+        if ratio <= 2.0 { "met" } else { "NOT met" }
+    );
+    let get = |n: usize| v.iter().find(|f| f.n == n).map(|f| f.steady_us as f64);
+    if let Some(t) = get(10_000) {
+        println!(
+            "  reconcile-all steady at 10,000: {:.0} ms (goal < 300 ms): {}",
+            t / 1e3,
+            if t < 300_000.0 { "met" } else { "NOT met" }
+        );
+        if let Some(k) = get(1_000) {
+            println!(
+                "  reconcile cost 10k/1k: {:.2} (goal ≤ 11): {}",
+                t / k,
+                if t / k <= 11.0 { "met" } else { "NOT met" }
+            );
+        }
+    }
+}
+
 fn main() {
     let a = args();
     private_netns();
@@ -400,6 +563,7 @@ fn main() {
     let mut farms: Vec<TunFarm> = Vec::new();
     let mut have = 0usize;
     let mut steady_totals: Vec<(usize, u64)> = Vec::new();
+    let mut summary: Vec<SizeFigures> = Vec::new();
     for (round, &n) in a.sizes.iter().enumerate() {
         println!("\n=== {n} sessions ===");
         let t = Instant::now();
@@ -443,13 +607,16 @@ fn main() {
 
         println!(" one session's apply with {n} sessions on the box:");
         let iters = if n >= 10_000 { a.iters / 2 } else { a.iters };
-        connect_path(&pg, &env, &cfg, iters, 50_000 + round * 1000, true);
-        connect_path(&pg, &env, &cfg, iters / 2, 60_000 + round * 1000, false);
-        cli_apply(&pg, &cli, 2, (iters / 4).max(10));
+        let up = connect_path(&pg, &env, &cfg, iters, 50_000 + round * 1000, true);
+        let down = connect_path(&pg, &env, &cfg, iters / 2, 60_000 + round * 1000, false);
+        let cli_apply = cli_apply(&pg, &cli, 2, (iters / 4).max(10));
+        summary.push(SizeFigures { n, locked_up: up, locked_down: down, cli_apply, steady_us: st.total_us() });
         if round == 0 {
             shell_baseline(&pg, 20);
+            warm_sql(&pg, &cfg, 25);
         }
     }
+    print_goals(&summary);
     println!("\n=== reconcile-all growth (steady state) ===");
     for (n, us) in &steady_totals {
         println!("  {n:>6} sessions: {:>8.1} ms  ({:.1} µs/session)", *us as f64 / 1e3, *us as f64 / *n as f64);

@@ -15,7 +15,7 @@ use policy_core::lock::Lock;
 use policy_core::wg::keys::{generate_private, generate_psk, public_of, Key, KeyPair};
 use policy_core::wg::reconcile::{self, Report};
 use policy_core::wg::render::{self, RouterView};
-use policy_core::wg::seal::{check_key_file, Binding, MasterKey, MasterKeys};
+use policy_core::wg::seal::{Binding, MasterKey, MasterKeys};
 use policy_core::wg::{self, WgConfig};
 use policy_core::{db, Error, ExitCode};
 use serde_json::json;
@@ -688,7 +688,6 @@ fn rotate_key(g: &Global) -> CmdResult {
     let old: Vec<i32> = keys.ids();
     // 1. The new key goes into the file first: a crash after this leaves a file that opens both.
     keys.push(MasterKey::generate()?);
-    check_key_file(&c.wg.master_key_file)?;
     keys.write(false)?;
     // 2. Every row, one transaction.
     let n = dbwg::reseal_all(&mut client, |s| match s {

@@ -115,6 +115,133 @@ fn apply_one_connection_installs_its_policy_and_nothing_else() {
     assert!(out.stdout.contains(&format!("connection {c}: no live session")), "{}", out.stdout);
 }
 
+/// Everything of one session as the real tools print it: set memberships, the qdiscs, classes
+/// and ingress filter of its interface and of its upload IFB (with the IFB's index: recreated
+/// devices show), its routes in every table and its rules.
+fn session_state(dev: &str, ip: &str) -> String {
+    let ifb = format!("pgi-{dev}");
+    let mut s = format!("sets {:?}\n", sets(ip));
+    for d in [dev, ifb.as_str()] {
+        if !link_names().iter().any(|n| n == d) {
+            s.push_str(&format!("{d}: absent\n"));
+            continue;
+        }
+        s.push_str(&run(&["ip", "-o", "link", "show", d]).split(':').take(2).collect::<Vec<_>>().join(":"));
+        s.push('\n');
+        for what in [&["qdisc", "show"][..], &["-d", "class", "show"][..], &["filter", "show"][..]] {
+            let mut args = vec!["tc"];
+            args.extend_from_slice(what);
+            args.extend_from_slice(&["dev", d]);
+            s.push_str(&run(&args));
+        }
+        s.push_str(&run(&["tc", "filter", "show", "dev", d, "ingress"]));
+    }
+    s.push_str(&format!("routes {:?}\n", routes_on(dev)));
+    let from = format!("{ip}/32");
+    s.push_str(&format!(
+        "rules {:?}\n",
+        tool_rules().into_iter().filter(|r| r.from.to_string() == from).collect::<Vec<_>>()
+    ));
+    s
+}
+
+/// What is shared or nobody's session: the nft table's chains and rules with their handles (a
+/// rebuild would show), the policy-routing tables' default routes, every rule that is not a
+/// session's, the link list and the forwarding sysctls.
+fn shared_state(session_ips: &[&str]) -> String {
+    let mut s = String::new();
+    for line in run(&["nft", "-a", "list", "table", "inet", "pppgate"]).lines() {
+        // Set elements are the sessions' (compared per session); counters move with traffic.
+        if !line.contains("elements") && !line.trim_start().starts_with(|c: char| c.is_ascii_digit()) {
+            s.push_str(line.split("counter packets").next().unwrap_or(line));
+            s.push('\n');
+        }
+    }
+    s.push_str(&format!(
+        "table defaults {:?}\n",
+        tool_routes().into_iter().filter(|r| r.dst.prefix_len() == 0).collect::<Vec<_>>()
+    ));
+    let sessions: Vec<String> = session_ips.iter().map(|ip| format!("{ip}/32")).collect();
+    s.push_str(&format!(
+        "other rules {:?}\n",
+        tool_rules().into_iter().filter(|r| !sessions.contains(&r.from.to_string())).collect::<Vec<_>>()
+    ));
+    s.push_str(&run(&[
+        "sysctl",
+        "net.ipv4.ip_forward",
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+    ]));
+    s
+}
+
+/// A session-scope apply (what the plugin does at connect, and `apply --connection-id`) on a box
+/// with other sessions' routes (main and another table), policy-routing rules sharing a table,
+/// up- and download shaping and set members: every object of the other sessions and everything
+/// shared reads back exactly as before, while the applied session's own objects did change.
+#[test]
+fn session_scope_apply_touches_no_other_session() {
+    let w = world();
+    wg0();
+    let ids: Vec<i64> = (0..4).map(|i| w.conn(&format!("user{i}"), Some(8000 + i * 1000), Some(2000))).collect();
+    for (i, id) in ids.iter().enumerate() {
+        add_route(&w.pg, *id, &format!("192.168.{}.0/24", 50 + i), None);
+        add_route(&w.pg, *id, &format!("192.168.{}.0/24", 60 + i), Some(100));
+        w.sql(&format!(
+            "INSERT INTO pbr_rules (name, connection_id, table_id, next_hop, dev, priority) VALUES ('p{i}', {id}, 100, '10.100.0.40', 'wg0', {})",
+            100 + i
+        ));
+    }
+    // One of the others is restricted (its address in another set, no routes).
+    w.sql(&format!("UPDATE vpn_connections SET expires_at = now() - interval '1 day' WHERE id = {}", ids[3]));
+    let sessions: Vec<FakeSession> =
+        ids.iter().enumerate().map(|(i, id)| w.tun(&format!("ppp{i}"), *id, &format!("100.64.0.{}", 2 + i))).collect();
+    let ips: Vec<String> = sessions.iter().map(|s| s.ip()).collect();
+    let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    w.cli.ok(&["reconcile"]);
+    assert_eq!(sets(&ips[1]), only("full_v4"));
+    assert_eq!(sets(&ips[3]), only("restricted_v4"));
+    assert_eq!(tool_shaping("ppp1"), shaping(Some(9000), Some(2000)));
+
+    let others = || -> Vec<String> { (1..4).map(|i| session_state(&format!("ppp{i}"), &ips[i])).collect() };
+    let before = others();
+    let shared_before = shared_state(&ip_refs);
+    let mine_before = session_state("ppp0", &ips[0]);
+
+    // 1. Rates, a route and the policy-routing priority of session 0 change.
+    let a = ids[0];
+    w.sql(&format!("UPDATE vpn_connections SET rate_down_kbit = 6000, rate_up_kbit = 1000 WHERE id = {a}"));
+    w.sql(&format!("UPDATE vpn_routes SET destination = '192.168.70.0/24' WHERE connection_id = {a} AND destination = '192.168.50.0/24'"));
+    w.sql(&format!("UPDATE pbr_rules SET priority = 150 WHERE connection_id = {a}"));
+    let out = w.cli.ok(&["--json", "apply", "--connection-id", &a.to_string()]).json();
+    assert!(!out["plan"]["ops"].as_array().unwrap().is_empty(), "{out}");
+    let mine = session_state("ppp0", &ips[0]);
+    assert_ne!(mine, mine_before, "the applied session changed");
+    assert_eq!(tool_shaping("ppp0"), shaping(Some(6000), Some(1000)));
+    assert!(routes_on("ppp0").contains(&route("192.168.70.0/24", "ppp0", 254, None)));
+    assert_eq!(others(), before, "other sessions untouched by a rate/route/rule change");
+    assert_eq!(shared_state(&ip_refs), shared_before, "shared objects untouched");
+
+    // 2. Blocked: its shaping, IFB, routes and rule go; the shared table's default stays (the
+    //    others' rules still point at it).
+    w.sql(&format!("UPDATE vpn_connections SET manual_block = true WHERE id = {a}"));
+    w.cli.ok(&["apply", "--connection-id", &a.to_string()]);
+    assert_eq!(sets(&ips[0]), only("blocked_v4"));
+    assert!(leftovers("ppp0", &ips[0]).iter().all(|l| l.contains("blocked_v4")), "{:?}", leftovers("ppp0", &ips[0]));
+    assert_eq!(others(), before, "other sessions untouched by a block");
+    assert_eq!(shared_state(&ip_refs), shared_before, "shared objects untouched");
+
+    // 3. The session goes (the plugin's ip-down, in-process): the others still read the same.
+    let mut b = policy_core::kernel::Netlink::new().unwrap();
+    let idx = policy_core::kernel::links::ifindex("ppp0").unwrap().expect("ppp0 exists");
+    let member = policy_core::kernel::Member::new(idx, ips[0].parse().unwrap());
+    policy_core::policy::engine::disconnect(&mut b, "ppp0", member).unwrap();
+    assert!(leftovers("ppp0", &ips[0]).is_empty(), "{:?}", leftovers("ppp0", &ips[0]));
+    assert_eq!(others(), before, "other sessions untouched by a disconnect");
+    assert_eq!(shared_state(&ip_refs), shared_before, "shared objects untouched");
+    drop(sessions);
+}
+
 #[test]
 fn apply_for_a_customer_and_for_everything() {
     let w = world();

@@ -201,7 +201,7 @@ fn read_live(
     counts: &mut SessionCounts,
 ) -> Result<(Vec<Entry>, BTreeSet<String>, Duration)> {
     let t = Instant::now();
-    let links = LinkSnapshot::read()?;
+    let links = LinkSnapshot::read_counters()?;
     let t_netlink = t.elapsed();
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();

@@ -7,7 +7,7 @@
 //! Later migrations create pppgate's tables. Each migration runs in one transaction under an
 //! advisory lock and records its version in `pppgate_schema`; running `migrate` again is a no-op.
 
-use postgres::Client;
+use postgres::{Client, GenericClient};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -373,17 +373,37 @@ fn ensure_version_table(client: &mut Client) -> Result<()> {
         .map_err(Error::from_sql)
 }
 
-/// Current version (0 when pppgate's schema was never migrated).
+/// Current version: the highest N such that every migration 1..=N is recorded (0 when pppgate's
+/// schema was never migrated). A gap — a version missing below a recorded one — counts as not
+/// migrated past it, and `migrate` applies what is missing.
 pub fn current_version(client: &mut Client) -> Result<i32> {
+    Ok(contiguous(&recorded_versions(client)?))
+}
+
+/// The versions recorded in `pppgate_schema`, ascending (empty when it does not exist).
+fn recorded_versions(client: &mut impl GenericClient) -> Result<Vec<i32>> {
     // Two statements: PostgreSQL resolves table names when it parses, even in a CASE branch
     // that is never taken, so one query would fail on a database never migrated.
     let exists: bool =
         client.query_one("SELECT to_regclass('pppgate_schema') IS NOT NULL", &[]).map_err(Error::from_sql)?.get(0);
     if !exists {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let row = client.query_one("SELECT COALESCE(max(version), 0) FROM pppgate_schema", &[]).map_err(Error::from_sql)?;
-    Ok(row.get(0))
+    let rows = client.query("SELECT version FROM pppgate_schema ORDER BY version", &[]).map_err(Error::from_sql)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The highest N with 1..=N all in `versions` (ascending).
+fn contiguous(versions: &[i32]) -> i32 {
+    let mut n = 0;
+    for &v in versions {
+        if v == n + 1 {
+            n = v;
+        } else if v > n + 1 {
+            break;
+        }
+    }
+    n
 }
 
 /// Applies every missing migration; returns the versions applied now (empty: nothing to do).
@@ -395,13 +415,12 @@ pub fn migrate(client: &mut Client) -> Result<Vec<i32>> {
     })?;
     let mut tx = client.transaction().map_err(Error::from_sql)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADVISORY_KEY]).map_err(Error::from_sql)?;
-    let row = tx.query_one("SELECT COALESCE(max(version), 0) FROM pppgate_schema", &[]).map_err(Error::from_sql)?;
-    let have: i32 = row.get(0);
-    if have > LATEST {
-        return Err(Error::SchemaTooNew { found: have, known: LATEST });
+    let have = recorded_versions(&mut tx)?;
+    if let Some(&newest) = have.last().filter(|&&v| v > LATEST) {
+        return Err(Error::SchemaTooNew { found: newest, known: LATEST });
     }
     let mut applied = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| m.version > have) {
+    for m in MIGRATIONS.iter().filter(|m| !have.contains(&m.version)) {
         tx.batch_execute(m.sql).map_err(Error::from_sql)?;
         tx.execute("INSERT INTO pppgate_schema (version, description) VALUES ($1, $2)", &[&m.version, &m.description])
             .map_err(Error::from_sql)?;
@@ -413,12 +432,13 @@ pub fn migrate(client: &mut Client) -> Result<Vec<i32>> {
 
 /// Fails with `SchemaTooOld`/`SchemaTooNew` unless the database is at [`LATEST`].
 pub fn require_current(client: &mut Client) -> Result<()> {
-    let v = current_version(client)?;
+    let versions = recorded_versions(client)?;
+    if let Some(&newest) = versions.last().filter(|&&v| v > LATEST) {
+        return Err(Error::SchemaTooNew { found: newest, known: LATEST });
+    }
+    let v = contiguous(&versions);
     if v < LATEST {
         return Err(Error::SchemaTooOld { found: v, needed: LATEST });
-    }
-    if v > LATEST {
-        return Err(Error::SchemaTooNew { found: v, known: LATEST });
     }
     Ok(())
 }
@@ -444,4 +464,18 @@ pub fn status(client: &mut Client) -> Result<Status> {
         freeradius_tables.push((t.to_string(), r.get(0)));
     }
     Ok(Status { version, latest: LATEST, applied, freeradius_tables })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contiguous;
+
+    #[test]
+    fn the_current_version_stops_at_the_first_gap() {
+        assert_eq!(contiguous(&[]), 0);
+        assert_eq!(contiguous(&[1, 2, 3, 4]), 4);
+        assert_eq!(contiguous(&[1, 2, 4]), 2, "version 3 missing: not migrated past 2");
+        assert_eq!(contiguous(&[2, 3]), 0);
+        assert_eq!(contiguous(&[1, 2, 3, 7]), 3);
+    }
 }

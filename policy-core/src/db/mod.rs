@@ -73,11 +73,13 @@ pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_t
     // JIT cost thresholds, and compiling then costs 200-450 ms per statement (measured: the
     // collector's quota query at 10,000 sessions took 340 ms, 338 of them JIT).
     let own = format!("-c statement_timeout={ms} -c client_min_messages=warning -c jit=off");
-    let opts = match pg.get_options() {
-        Some(o) if !o.is_empty() => format!("{o} {own}"),
-        _ => own,
-    };
-    pg.options(&opts);
+    if !cfg.pooler {
+        let opts = match pg.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {own}"),
+            _ => own,
+        };
+        pg.options(&opts);
+    }
     if pg.get_application_name().is_none() {
         pg.application_name("pppgate");
     }
@@ -106,7 +108,16 @@ pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_t
             }
         }
     }
-    pg.connect(NoTls).map_err(Error::SqlUnavailable)
+    let mut client = pg.connect(NoTls).map_err(Error::SqlUnavailable)?;
+    if cfg.pooler {
+        // A pooler does not forward startup options: the same settings, one round trip. In
+        // session pooling the server connection is this client's until it disconnects, and the
+        // pooler's reset query (DISCARD ALL) clears them for the next one.
+        client
+            .batch_execute(&format!("SET statement_timeout = {ms}; SET client_min_messages = warning; SET jit = off"))
+            .map_err(Error::SqlUnavailable)?;
+    }
+    Ok(client)
 }
 
 /// Seconds since the Unix epoch as PostgreSQL computes it (`now()`), for consistent comparisons.

@@ -211,8 +211,40 @@ pub struct OwnedRoute {
     pub metric: Option<u32>,
 }
 
+/// Which of pppgate's routes a session-scope read needs (not the whole box): what a plan for some
+/// sessions may add, replace or remove, and nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteQuery {
+    /// Every route through these interfaces, in any table.
+    pub ifnames: BTreeSet<String>,
+    /// Routes to these (destination, table) keys through any device: the routes the sessions want,
+    /// so one another interface holds stays with it.
+    pub dsts: BTreeSet<(Ipv4Net, u32)>,
+    /// The default route of these tables (policy routing's next hop).
+    pub table_defaults: BTreeSet<u32>,
+}
+
+impl RouteQuery {
+    /// Whether `r` is one the query asks for.
+    pub fn wants(&self, r: &OwnedRoute) -> bool {
+        self.ifnames.contains(&r.dev)
+            || self.dsts.contains(&(r.dst, r.table))
+            || (r.dst.prefix_len() == 0 && self.table_defaults.contains(&r.table))
+    }
+
+    /// The tables a filtered read has to look into (besides the interfaces' own routes).
+    pub fn tables(&self) -> BTreeSet<u32> {
+        self.dsts.iter().map(|(_, t)| *t).chain(self.table_defaults.iter().copied()).collect()
+    }
+}
+
 pub trait Routes {
     fn read(&mut self) -> Result<Vec<OwnedRoute>>;
+    /// The routes `q` asks for (session scope). The kernel backend asks the kernel for exactly
+    /// those (filtered dumps); the default reads everything and filters.
+    fn read_scoped(&mut self, q: &RouteQuery) -> Result<Vec<OwnedRoute>> {
+        Ok(self.read()?.into_iter().filter(|r| q.wants(r)).collect())
+    }
     /// Adds (or replaces the same key) idempotently.
     fn add(&mut self, r: &OwnedRoute) -> Result<()>;
     /// Deletes; a route that is already gone is fine.

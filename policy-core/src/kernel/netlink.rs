@@ -2,15 +2,17 @@
 //! dumps and nfnetlink batches. Synchronous and self-contained on purpose: it runs inside pppd's
 //! single-threaded loop (no runtime, no threads) and in the CLI alike. Every receive has a timeout,
 //! so a kernel that does not answer can never hang pppd.
+//!
+//! The socket itself is `netlink-sys`'s (the rust-netlink family's socket layer, synchronous, no
+//! runtime): it sets the netlink socket options nix has no safe API for, above all
+//! `NETLINK_GET_STRICT_CHK` ([`Socket::strict`]), without which the kernel ignores every filter
+//! in a dump request and sends the whole table.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    bind, getsockname, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
-    SockProtocol, SockType,
-};
+use nix::sys::socket::{recv, send, setsockopt, sockopt, MsgFlags};
 use nix::sys::time::TimeVal;
 
 use crate::error::{Error, Result};
@@ -237,10 +239,11 @@ pub enum Family {
 
 /// A netlink socket with a receive timeout.
 pub struct Socket {
-    fd: OwnedFd,
+    fd: netlink_sys::Socket,
     seq: u32,
     port: u32,
     buf: Vec<u8>,
+    strict: bool,
 }
 
 impl std::fmt::Debug for Socket {
@@ -253,23 +256,43 @@ fn sys(op: &str, e: nix::Error) -> Error {
     Error::Netlink { op: op.to_string(), source: io::Error::from_raw_os_error(e as i32) }
 }
 
+fn io_err(op: &str, source: io::Error) -> Error {
+    Error::Netlink { op: op.to_string(), source }
+}
+
 impl Socket {
     pub fn open(family: Family) -> Result<Socket> {
         let proto = match family {
-            Family::Route => SockProtocol::NetlinkRoute,
-            Family::Netfilter => SockProtocol::NetlinkNetFilter,
-            Family::Generic => SockProtocol::NetlinkGeneric,
+            Family::Route => netlink_sys::protocols::NETLINK_ROUTE,
+            Family::Netfilter => netlink_sys::protocols::NETLINK_NETFILTER,
+            Family::Generic => netlink_sys::protocols::NETLINK_GENERIC,
         };
-        let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, proto)
-            .map_err(|e| sys("socket", e))?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|e| sys("bind", e))?;
-        let addr: NetlinkAddr = getsockname(fd.as_raw_fd()).map_err(|e| sys("getsockname", e))?;
+        // netlink-sys opens it with SOCK_CLOEXEC.
+        let mut fd = netlink_sys::Socket::new(proto).map_err(|e| io_err("socket", e))?;
+        let addr = fd.bind_auto().map_err(|e| io_err("bind", e))?;
         setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(RECV_TIMEOUT.as_secs() as _, 0))
             .map_err(|e| sys("setsockopt", e))?;
         let _ = setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));
         let seq = (std::process::id() << 8)
             ^ (nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_nsec() as u32).unwrap_or(1));
-        Ok(Socket { fd, seq, port: addr.pid(), buf: vec![0u8; RECV_BUF] })
+        Ok(Socket { fd, seq, port: addr.port_number(), buf: vec![0u8; RECV_BUF], strict: false })
+    }
+
+    /// Turns on `NETLINK_GET_STRICT_CHK` (Linux ≥ 4.20): the kernel then validates dump requests
+    /// strictly and honours their filters (a route dump by table, protocol and output device; a
+    /// link dump by kind), so a session-scope read gets that session's objects instead of the whole
+    /// box. Returns whether the kernel accepted it; without it every filtered reader still filters
+    /// what it receives itself (correct, only slower).
+    pub fn strict(&mut self) -> bool {
+        if !self.strict {
+            self.strict = self.fd.set_netlink_get_strict_chk(true).is_ok();
+        }
+        self.strict
+    }
+
+    /// Whether [`Socket::strict`] is in effect.
+    pub fn is_strict(&self) -> bool {
+        self.strict
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -285,22 +308,35 @@ impl Socket {
         Ok(())
     }
 
-    fn recv_raw(&mut self, op: &str) -> Result<usize> {
+    /// Receives the next datagram into the buffer. `peek`: size it first (MSG_PEEK|MSG_TRUNC)
+    /// and grow the buffer, as dumps of devices with many VFs can exceed it. Without: one
+    /// syscall; a datagram larger than the buffer is an error (the answers to gets of single
+    /// objects are a few hundred bytes, and the many-gets readers receive thousands of them).
+    fn recv_into(&mut self, op: &str, peek: bool) -> Result<usize> {
         loop {
-            // MSG_PEEK | MSG_TRUNC: the next datagram's whole length, without taking it.
-            match recv(self.fd.as_raw_fd(), &mut [], MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC) {
-                Ok(n) if n > self.buf.len() => self.buf.resize(n, 0),
-                Ok(_) => {}
-                Err(nix::Error::EINTR) => continue,
-                Err(nix::Error::EAGAIN) => {
+            if peek {
+                // MSG_PEEK | MSG_TRUNC: the next datagram's whole length, without taking it.
+                match recv(self.fd.as_raw_fd(), &mut [], MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC) {
+                    Ok(n) if n > self.buf.len() => self.buf.resize(n, 0),
+                    Ok(_) => {}
+                    Err(nix::Error::EINTR) => continue,
+                    Err(nix::Error::EAGAIN) => {
+                        return Err(Error::Netlink {
+                            op: op.into(),
+                            source: io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel"),
+                        })
+                    }
+                    Err(e) => return Err(sys(op, e)),
+                }
+            }
+            match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC) {
+                Ok(n) if n > self.buf.len() => {
+                    self.buf.resize(n, 0);
                     return Err(Error::Netlink {
                         op: op.into(),
-                        source: io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel"),
-                    })
+                        source: io::Error::other(format!("a {n}-byte answer did not fit the receive buffer")),
+                    });
                 }
-                Err(e) => return Err(sys(op, e)),
-            }
-            match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
                 Ok(n) => return Ok(n),
                 Err(nix::Error::EINTR) => continue,
                 Err(nix::Error::EAGAIN) => {
@@ -312,6 +348,10 @@ impl Socket {
                 Err(e) => return Err(sys(op, e)),
             }
         }
+    }
+
+    fn recv_raw(&mut self, op: &str) -> Result<usize> {
+        self.recv_into(op, true)
     }
 
     /// Sends one request with NLM_F_ACK and waits for its acknowledgement.
@@ -428,7 +468,7 @@ impl Socket {
         let mut done: Vec<Option<Option<io::Error>>> = (0..seqs.len()).map(|_| None).collect();
         let mut left = seqs.len();
         while left > 0 {
-            let n = self.recv_raw(op)?;
+            let n = self.recv_into(op, false)?;
             for m in messages(&self.buf[..n]) {
                 let Some(i) = seqs.iter().position(|s| *s == m.seq) else { continue };
                 if done[i].is_some() {

@@ -2,14 +2,14 @@
 //! Only routes carrying that protocol are read back or deleted, so the operator's routes (and the
 //! kernel's own) are never touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
 use super::links::{self, get_link};
 use super::netlink::{self, attrs, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
-use super::{OwnedRoute, Routes, RTPROT_PPPGATE};
+use super::{OwnedRoute, RouteQuery, Routes, RTPROT_PPPGATE};
 use crate::error::{Error, Result};
 
 const RTM_NEWROUTE: u16 = 24;
@@ -99,20 +99,61 @@ fn oif_of(payload: &[u8]) -> Option<u32> {
     attrs(payload.get(12..)?).find(|(t, _)| *t == RTA_OIF).and_then(|(_, d)| netlink::attr_u32(d))
 }
 
+fn table_of(payload: &[u8]) -> Option<u32> {
+    let hdr = payload.get(..12)?;
+    let table = attrs(&payload[12..]).find(|(t, _)| *t == RTA_TABLE).and_then(|(_, d)| netlink::attr_u32(d));
+    Some(table.unwrap_or(u32::from(hdr[4])))
+}
+
+/// A route dump request for our IPv4 unicast routes. With `NETLINK_GET_STRICT_CHK` the kernel
+/// sends only routes with protocol 77, of `table` (0: all tables) through `oif` (if given); without
+/// it, everything (the caller filters anyway).
+fn dump_request(table: u32, oif: Option<u32>) -> MsgBuilder {
+    let mut hdr = [0u8; 12];
+    hdr[0] = libc::AF_INET as u8;
+    hdr[5] = RTPROT_PPPGATE;
+    hdr[7] = RTN_UNICAST;
+    let mut m = MsgBuilder::new(RTM_GETROUTE, NLM_F_DUMP).bytes(&hdr);
+    if table != 0 {
+        m = m.attr_u32(RTA_TABLE, table);
+    }
+    if let Some(i) = oif {
+        m = m.attr_u32(RTA_OIF, i);
+    }
+    m
+}
+
+impl RoutesNetlink {
+    /// Our routes (protocol 77) of one filtered dump, as raw payloads filtered again here.
+    fn dump_ours(&mut self, table: u32, oif: Option<u32>) -> Result<Vec<Vec<u8>>> {
+        self.sock.strict();
+        let op = match oif {
+            Some(i) => format!("dump routes via ifindex {i}"),
+            None => format!("dump routes of table {table}"),
+        };
+        let msgs = match self.sock.dump(&op, dump_request(table, oif)) {
+            Ok(m) => m,
+            // A table that does not exist (yet) holds no routes; a device gone has none either.
+            Err(e) if matches!(netlink::errno_of(&e), Some(libc::ENOENT) | Some(libc::ENODEV)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(msgs
+            .into_iter()
+            .filter(|(ty, p)| *ty == RTM_NEWROUTE && p.get(5) == Some(&RTPROT_PPPGATE))
+            .filter(|(_, p)| table == 0 || table_of(p) == Some(table))
+            .filter(|(_, p)| oif.is_none() || oif_of(p) == oif)
+            .map(|(_, p)| p)
+            .collect())
+    }
+}
+
 impl Routes for RoutesNetlink {
     /// Every IPv4 route with protocol 77, from all tables. A metric of 0 reads back as `None`
     /// (the kernel does not report priority 0).
     fn read(&mut self) -> Result<Vec<OwnedRoute>> {
-        let mut hdr = [0u8; 12];
-        hdr[0] = libc::AF_INET as u8;
-        let req = MsgBuilder::new(RTM_GETROUTE, NLM_F_DUMP).bytes(&hdr);
-        let ours: Vec<Vec<u8>> = self
-            .sock
-            .dump("dump routes", req)?
-            .into_iter()
-            .filter(|(ty, p)| *ty == RTM_NEWROUTE && p.get(5) == Some(&RTPROT_PPPGATE))
-            .map(|(_, p)| p)
-            .collect();
+        // Filtered by the kernel to protocol 77 (strict checking), so the kernel's own routes for
+        // every session's peer are not sent at all.
+        let ours = self.dump_ours(0, None)?;
         // Names only for the devices our routes use (not a dump of every link on the box).
         let mut indexes: Vec<u32> = ours.iter().filter_map(|p| oif_of(p)).collect();
         indexes.sort_unstable();
@@ -121,6 +162,38 @@ impl Routes for RoutesNetlink {
         let mut out: Vec<OwnedRoute> = ours.iter().filter_map(|p| parse_route(p, &names)).collect();
         out.sort();
         Ok(out)
+    }
+
+    /// Filtered dumps: one per interface (its routes in every table) and one per table the query
+    /// names (our routes in it, kept when they match a wanted destination or are the table's
+    /// default). Names are looked up only for the devices of what is kept.
+    fn read_scoped(&mut self, q: &RouteQuery) -> Result<Vec<OwnedRoute>> {
+        let mut names: BTreeMap<u32, String> = BTreeMap::new();
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        for ifname in &q.ifnames {
+            let Some(link) = get_link(&mut self.sock, ifname)? else { continue };
+            names.insert(link.index, link.name.clone());
+            payloads.extend(self.dump_ours(0, Some(link.index))?);
+        }
+        for table in q.tables() {
+            let none = BTreeMap::new();
+            for p in self.dump_ours(table, None)? {
+                // Keep only what the query asks for (the device name does not matter here).
+                let Some(r) = parse_route(&p, &none) else { continue };
+                if q.dsts.contains(&(r.dst, r.table))
+                    || (r.dst.prefix_len() == 0 && q.table_defaults.contains(&r.table))
+                {
+                    payloads.push(p);
+                }
+            }
+        }
+        let mut missing: Vec<u32> =
+            payloads.iter().filter_map(|p| oif_of(p)).filter(|i| !names.contains_key(i)).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        names.extend(links::names_of(&mut self.sock, &missing)?);
+        let out: BTreeSet<OwnedRoute> = payloads.iter().filter_map(|p| parse_route(p, &names)).collect();
+        Ok(out.into_iter().filter(|r| q.wants(r)).collect())
     }
 
     fn add(&mut self, r: &OwnedRoute) -> Result<()> {

@@ -5,6 +5,7 @@
 //! out through other tables, which strict rp_filter would drop. It never makes a setting
 //! stricter: 0 (off) and 2 (loose) stay as they are.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,11 @@ pub struct SysctlProc {
     root: PathBuf,
 }
 
+const PROC_ROOT: &str = "/proc/sys/net/ipv4";
+
 impl Default for SysctlProc {
     fn default() -> Self {
-        SysctlProc { root: "/proc/sys/net/ipv4".into() }
+        SysctlProc { root: PROC_ROOT.into() }
     }
 }
 
@@ -63,6 +66,37 @@ fn valid_ifname(name: &str) -> bool {
     !name.is_empty() && name.len() <= 15 && !name.contains('/') && name != "." && name != ".."
 }
 
+/// Above this many interfaces the per-interface values come from one RTM_GETNETCONF dump instead
+/// of one /proc file each (10,000 files cost ~80 ms; the dump a few).
+const NETCONF_FROM: usize = 32;
+
+impl SysctlProc {
+    /// The interfaces' own rp_filter values: from the kernel's netconf dump when this backend
+    /// reads the real /proc and there are many, else (and for any name the dump cannot place)
+    /// from their files. Interfaces that are gone are absent.
+    fn rp_filters(&self, ifnames: &[String]) -> Result<BTreeMap<String, u8>> {
+        let names: Vec<&String> = ifnames.iter().filter(|n| valid_ifname(n)).collect();
+        let mut out = BTreeMap::new();
+        let mut by_netlink: BTreeMap<String, u8> = BTreeMap::new();
+        if names.len() >= NETCONF_FROM && self.root == Path::new(PROC_ROOT) {
+            // Best effort: anything the dump does not answer is read from its file below.
+            if let Ok(v) = netconf::rp_filters() {
+                by_netlink = v;
+            }
+        }
+        for name in names {
+            let own = match by_netlink.get(name.as_str()) {
+                Some(v) => Some(*v),
+                None => read_int(&self.rp_path(name))?,
+            };
+            if let Some(own) = own {
+                out.insert(name.clone(), own);
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Sysctl for SysctlProc {
     fn read(&mut self, ifnames: &[String]) -> Result<SysctlReport> {
         let fwd_path = self.path("ip_forward");
@@ -73,10 +107,8 @@ impl Sysctl for SysctlProc {
         let rp_filter_all = read_int(&self.rp_path("all"))?.unwrap_or(0);
         let rp_filter_default = read_int(&self.rp_path("default"))?.unwrap_or(0);
         let mut report = SysctlReport { ip_forward, rp_filter_all, rp_filter_default, ..Default::default() };
-        for name in ifnames.iter().filter(|n| valid_ifname(n)) {
-            if let Some(own) = read_int(&self.rp_path(name))? {
-                report.rp_filter.insert(name.clone(), own.max(rp_filter_all));
-            }
+        for (name, own) in self.rp_filters(ifnames)? {
+            report.rp_filter.insert(name, own.max(rp_filter_all));
         }
         Ok(report)
     }
@@ -86,19 +118,62 @@ impl Sysctl for SysctlProc {
         if read_int(&fwd)? != Some(1) {
             write_int(&fwd, 1)?;
         }
-        let mut scopes = vec!["all".to_string(), "default".to_string()];
-        scopes.extend(ifnames.iter().filter(|n| valid_ifname(n)).cloned());
-        for scope in scopes {
-            let p = self.rp_path(&scope);
-            if read_int(&p)? == Some(1) {
-                match write_int(&p, 2) {
-                    // The interface went away between the read and the write.
-                    Err(Error::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-                    other => other?,
-                }
+        let mut strict: Vec<String> = Vec::new();
+        for scope in ["all", "default"] {
+            if read_int(&self.rp_path(scope))? == Some(1) {
+                strict.push(scope.to_string());
+            }
+        }
+        strict.extend(self.rp_filters(ifnames)?.into_iter().filter(|(_, v)| *v == 1).map(|(n, _)| n));
+        for scope in strict {
+            match write_int(&self.rp_path(&scope), 2) {
+                // The interface went away between the read and the write.
+                Err(Error::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                other => other?,
             }
         }
         Ok(())
+    }
+}
+
+/// rp_filter of every interface from one RTM_GETNETCONF dump (AF_INET), named through one
+/// IPv4 address dump (session interfaces carry an address; others are not asked for).
+mod netconf {
+    use std::collections::BTreeMap;
+
+    use crate::error::Result;
+    use crate::kernel::links::LinkSnapshot;
+    use crate::kernel::netlink::{self, attrs, Family, MsgBuilder, Socket, NLM_F_DUMP};
+
+    const RTM_NEWNETCONF: u16 = 80;
+    const RTM_GETNETCONF: u16 = 82;
+    const NETCONFA_IFINDEX: u16 = 1;
+    const NETCONFA_RP_FILTER: u16 = 3;
+
+    pub(super) fn rp_filters() -> Result<BTreeMap<String, u8>> {
+        let mut sock = Socket::open(Family::Route)?;
+        sock.strict();
+        let mut ncm = [0u8; 4];
+        ncm[0] = libc::AF_INET as u8;
+        let mut by_index: BTreeMap<i32, u8> = BTreeMap::new();
+        for (ty, p) in sock.dump("dump netconf", MsgBuilder::new(RTM_GETNETCONF, NLM_F_DUMP).bytes(&ncm))? {
+            if ty != RTM_NEWNETCONF || p.first() != Some(&(libc::AF_INET as u8)) {
+                continue;
+            }
+            let (mut index, mut rp) = (None, None);
+            for (t, d) in attrs(p.get(4..).unwrap_or(&[])) {
+                match t {
+                    NETCONFA_IFINDEX => index = netlink::attr_u32(d).map(|v| v as i32),
+                    NETCONFA_RP_FILTER => rp = netlink::attr_u32(d),
+                    _ => {}
+                }
+            }
+            if let (Some(i), Some(v)) = (index, rp) {
+                by_index.insert(i, v.min(u32::from(u8::MAX)) as u8);
+            }
+        }
+        let names = LinkSnapshot::read_addresses()?;
+        Ok(names.by_name.into_iter().filter_map(|(n, l)| by_index.get(&(l.index as i32)).map(|v| (n, *v))).collect())
     }
 }
 

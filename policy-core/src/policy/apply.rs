@@ -183,7 +183,7 @@ pub fn remove_gone_sessions<B: Backends>(
     valid: &[LiveSession],
     dry_run: bool,
 ) -> Result<Outcome> {
-    let view = engine::read_view(b, &Scope::All)?;
+    let view = engine::read_view(b, &Scope::All, &Desired::default())?;
     let live_ifs: BTreeSet<&str> = valid.iter().map(|l| l.mapping.ppp_if.as_str()).collect();
     let live_ips: BTreeSet<Ipv4Addr> = valid.iter().map(|l| l.mapping.client_ip).collect();
     let live_members: BTreeSet<Member> = valid.iter().map(|l| Member::new(l.ifindex, l.mapping.client_ip)).collect();

@@ -87,8 +87,9 @@ impl SessionReport {
     }
 }
 
-/// Reads what pppgate owns; in session scope only those sessions' objects (cheap reads).
-pub fn read_view<B: Backends>(b: &mut B, scope: &Scope) -> Result<KernelView> {
+/// Reads what pppgate owns; in session scope only what a plan for `desired` in that scope can
+/// touch (targeted gets and kernel-filtered dumps: the cost does not grow with the box).
+pub fn read_view<B: Backends>(b: &mut B, scope: &Scope, desired: &Desired) -> Result<KernelView> {
     match scope {
         Scope::All => Ok(KernelView {
             nft: b.nft().read()?,
@@ -126,7 +127,9 @@ pub fn read_view<B: Backends>(b: &mut B, scope: &Scope) -> Result<KernelView> {
                     tc.shaping.insert(ifname.clone(), s);
                 }
             }
-            Ok(KernelView { nft, tc, routes: b.routes().read()?, rules: b.rules().read()? })
+            let rules = b.rules().read()?;
+            let routes = b.routes().read_scoped(&planner::route_query(desired, scope, &rules))?;
+            Ok(KernelView { nft, tc, routes, rules })
         }
     }
 }
@@ -180,7 +183,7 @@ pub fn converge<B: Backends>(
     if !dry_run {
         b.nft().ensure_base(&cfg.policy.walled_garden)?;
     }
-    let view = read_view(b, scope)?;
+    let view = read_view(b, scope, desired)?;
     t.read_us = micros(t0);
     let t0 = Instant::now();
     let plan = planner::plan(desired, &view, scope);
@@ -205,7 +208,7 @@ pub fn converge<B: Backends>(
     // empty plan. Otherwise read back and re-plan; anything left is a verification error.
     if !out.plan.is_empty() {
         let t0 = Instant::now();
-        let after = read_view(b, scope)?;
+        let after = read_view(b, scope, desired)?;
         let residue = planner::residue(desired, &after, scope);
         t.verify_us = micros(t0);
         if !residue.is_empty() {
@@ -239,7 +242,7 @@ pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, m: Member) -> Result<Out
     let scope = Scope::of_members(BTreeSet::from([ifname.to_string()]), BTreeSet::from([m]));
     let mut errors: Vec<String> = Vec::new();
     let mut out = Outcome::default();
-    let view = read_view(b, &scope)?;
+    let view = read_view(b, &scope, &Desired::default())?;
     let plan = planner::plan(&Desired::default(), &view, &scope);
     out.steps = plan.describe();
     for op in &plan.ops {

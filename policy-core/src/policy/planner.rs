@@ -19,7 +19,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::kernel::{ifb_name, Member, NftSet, NftState, OwnedRoute, OwnedRule, SetChange, Shaping, TcState};
+use crate::kernel::{
+    ifb_name, Member, NftSet, NftState, OwnedRoute, OwnedRule, RouteQuery, SetChange, Shaping, TcState,
+};
 use crate::policy::model::{PbrSpec, Policy, PolicyState};
 
 /// Main routing table id.
@@ -257,6 +259,28 @@ fn session_objects(s: &DesiredSession) -> (Vec<OwnedRoute>, Vec<OwnedRule>, Vec<
         }
     }
     (routes, rules, table_routes)
+}
+
+/// The routes a plan for `desired` in session scope can look at: those on the scope's interfaces,
+/// those with a destination the sessions want (whoever holds it), and the default routes of the
+/// policy-routing tables the sessions want or that a rule of theirs (`rules`, as read) points at.
+/// Reading only these keeps a session-scope apply independent of how many sessions the box has.
+/// (A table default whose rules all went away outside this scope is reconcile's to remove.)
+pub fn route_query(desired: &Desired, scope: &Scope, rules: &[OwnedRule]) -> RouteQuery {
+    let mut q = RouteQuery::default();
+    let Scope::Sessions { ifnames, ips, .. } = scope else { return q };
+    q.ifnames = ifnames.clone();
+    for s in &desired.sessions {
+        let (routes, _, table_routes) = session_objects(s);
+        q.dsts.extend(routes.iter().map(|r| (r.dst, r.table)));
+        q.table_defaults.extend(table_routes.iter().map(|r| r.table));
+    }
+    for u in rules {
+        if u.from.prefix_len() == 32 && ips.contains(&u.from.addr()) {
+            q.table_defaults.insert(u.table);
+        }
+    }
+    q
 }
 
 /// Computes the plan that turns `actual` into `desired` within `scope`.

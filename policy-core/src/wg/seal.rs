@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -23,6 +23,7 @@ use zeroize::Zeroize;
 
 use super::keys::{random_bytes, Key};
 use crate::error::{Error, Result};
+use crate::trust::{self, Sensitivity};
 
 pub const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
@@ -107,44 +108,24 @@ fn config_err(path: &Path, problem: String) -> Error {
     Error::Config { path: path.into(), problems: vec![problem] }
 }
 
-/// The narrow trust check for the master key file: a regular file (not a symlink), owned by root
-/// (or the effective user, for tests), not accessible by group or others.
-pub fn check_key_file(path: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(path).map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::NotFound { " (run `pppgate wg init`)" } else { "" };
-        config_err(path, format!("wireguard.master_key_file: cannot read {}: {e}{hint}", path.display()))
-    })?;
-    if meta.file_type().is_symlink() {
-        return Err(config_err(path, format!("wireguard.master_key_file: {} is a symlink; refused", path.display())));
-    }
-    if !meta.is_file() {
-        return Err(config_err(path, format!("wireguard.master_key_file: {} is not a regular file", path.display())));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(config_err(
+/// Reads the master key file through the shared trust rule ([`trust`], [`Sensitivity::Secret`]):
+/// a regular file, no symlink anywhere on its path, owned by root (or the effective user), not
+/// accessible by group or others, and no directory above it writable by anyone else. A missing
+/// file is a configuration error that says how to create it.
+fn read_key_file(path: &Path) -> Result<String> {
+    trust::read_trusted_to_string(path, Sensitivity::Secret).map_err(|e| match e {
+        Error::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => config_err(
             path,
-            format!(
-                "wireguard.master_key_file: {} has mode {mode:04o}; it must not be accessible by group or others (chmod 600)",
-                path.display()
-            ),
-        ));
-    }
-    let uid = nix::unistd::Uid::effective().as_raw();
-    if meta.uid() != 0 && meta.uid() != uid {
-        return Err(config_err(
-            path,
-            format!("wireguard.master_key_file: {} is owned by uid {}, not root", path.display(), meta.uid()),
-        ));
-    }
-    Ok(())
+            format!("wireguard.master_key_file: {} does not exist (run `pppgate wg init`)", path.display()),
+        ),
+        e => e,
+    })
 }
 
 impl MasterKeys {
-    /// Loads the key file after [`check_key_file`].
+    /// Loads the key file (see [`read_key_file`] for what is refused).
     pub fn load(path: &Path) -> Result<MasterKeys> {
-        check_key_file(path)?;
-        let mut text = fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        let mut text = read_key_file(path)?;
         let parsed = Self::parse(path, &text);
         text.zeroize();
         parsed
@@ -206,13 +187,15 @@ impl MasterKeys {
     }
 
     /// Writes the file atomically (temp file 0600 in the same directory, fsync, rename, directory
-    /// fsync). `create_new`: refuse to replace an existing file.
+    /// fsync). `create_new`: refuse to replace an existing file. The directory must pass the trust
+    /// rule first: a secret written where someone else can rename or replace entries is not ours.
     pub fn write(&self, create_new: bool) -> Result<()> {
         let path = &self.path;
         if create_new && fs::symlink_metadata(path).is_ok() {
             return Err(Error::invalid("master key file", path.display().to_string(), "exists already"));
         }
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        trust::check_trusted_dir(dir)?;
         let tmp = dir.join(format!(
             ".{}.tmp{}",
             path.file_name().and_then(|s| s.to_str()).unwrap_or("wg-master.key"),
@@ -371,8 +354,13 @@ mod tests {
 
     #[test]
     fn key_file_trust_and_format() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("wg-master.key");
+        let etc = dir.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        chmod(&etc, 0o755);
+        let path = etc.join("wg-master.key");
         let mk = MasterKeys::from_keys(&path, vec![MasterKey::generate().unwrap(), MasterKey::generate().unwrap()]);
         mk.write(true).unwrap();
         assert!(mk.write(true).is_err(), "create_new refuses an existing file");
@@ -382,17 +370,34 @@ mod tests {
         assert_eq!(back.ids(), mk.ids());
         assert_eq!(back.active().id, mk.active().id);
 
-        for mode in [0o640, 0o604, 0o644] {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        // The shared trust rule (Secret): the file's mode, …
+        for mode in [0o640, 0o604, 0o644, 0o620] {
+            chmod(&path, mode);
             let e = MasterKeys::load(&path).unwrap_err();
             assert_eq!(e.exit_code(), crate::ExitCode::Config);
-            assert!(e.to_string().contains(&format!("{mode:04o}")), "{e}");
+            assert!(matches!(e, Error::Untrusted { .. }), "{e:?}");
+            assert!(e.to_string().contains(&format!("has mode {mode:04o}")), "{e}");
         }
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        let link = dir.path().join("link.key");
+        chmod(&path, 0o600);
+        // … every directory above it (reading and writing) …
+        chmod(&etc, 0o775);
+        let e = MasterKeys::load(&path).unwrap_err();
+        assert!(e.to_string().contains("directory has mode 0775: group may write"), "{e}");
+        let e = mk.write(false).unwrap_err();
+        assert!(matches!(e, Error::Untrusted { .. }), "writing into an untrusted directory: {e:?}");
+        chmod(&etc, 0o755);
+        // … and no symlink, for the file or a directory on the way.
+        let link = etc.join("link.key");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         let e = MasterKeys::load(&link).unwrap_err();
-        assert!(e.to_string().contains("symlink"), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let dirlink = dir.path().join("etc-link");
+        std::os::unix::fs::symlink(&etc, &dirlink).unwrap();
+        let e = MasterKeys::load(&dirlink.join("wg-master.key")).unwrap_err();
+        assert!(e.to_string().contains("etc-link: is a symbolic link"), "{e}");
+        // A missing file says how to create it.
+        let e = MasterKeys::load(&etc.join("missing.key")).unwrap_err();
+        assert!(matches!(e, Error::Config { .. }) && e.to_string().contains("wg init"), "{e}");
 
         for bad in ["", "# only a comment\n", "v2 1 AAAA\n", "v1 0 x\n", "v1 1 AAAA\n"] {
             fs::write(&path, bad).unwrap();

@@ -100,6 +100,52 @@ fact bench.plugin_wall_ms $(( $(uptime_ms) - t0 ))
 lns_log_since "$mark" > "$LAB_OUT/logs/bench-plugin-lns.log"
 tail -c +$((pg_mark + 1)) "$PG_SOCK/postgres.log" > "$LAB_OUT/logs/bench-plugin-postgres.log"
 
+# --- the plugin through pgbouncer: BENCH_CONNECTS connects that reach a running backend ----------
+# A local pgbouncer (session pooling) in front of PostgreSQL; pppgate.toml names it and says
+# `pooler = true` (its session settings then go with SET). Nothing else changes.
+if [ -x /usr/sbin/pgbouncer ]; then
+  BOUNCER=$LAB_TMP/bouncer
+  mkdir -p "$BOUNCER"
+  {
+    echo "[databases]"
+    echo "* = host=$PG_SOCK port=5432"
+    echo "[pgbouncer]"
+    echo "listen_addr ="
+    echo "listen_port = 6432"
+    echo "unix_socket_dir = $BOUNCER"
+    echo "auth_type = trust"
+    echo "auth_file = $BOUNCER/users.txt"
+    echo "pool_mode = session"
+    echo "default_pool_size = 4"
+    echo "server_reset_query = DISCARD ALL"
+    echo "ignore_startup_parameters = extra_float_digits"
+    echo "logfile = $BOUNCER/pgbouncer.log"
+    echo "pidfile = $BOUNCER/pgbouncer.pid"
+  } > "$BOUNCER/pgbouncer.ini"
+  echo '"postgres" ""' > "$BOUNCER/users.txt"
+  chown -R postgres "$BOUNCER"
+  as_postgres /usr/sbin/pgbouncer -d "$BOUNCER/pgbouncer.ini" || die "pgbouncer did not start"
+  wait_for 10 "pgbouncer's socket" test -S "$BOUNCER/.s.PGSQL.6432"
+  cp "$PPPGATE_CONF" "$LAB_TMP/pppgate-direct.toml"
+  sed -i "s|^dsn = .*|dsn = \"host=$BOUNCER port=6432 dbname=$PG_DB user=postgres\"\npooler = true|" "$PPPGATE_CONF"
+  "$LAB_PPPGATE" -c "$PPPGATE_CONF" config check > /dev/null || die "the pooled pppgate.toml was rejected"
+  # Warm the pool: one connect through it before the timed ones.
+  cycle
+  mark=$(lns_log_mark)
+  t0=$(uptime_ms)
+  for ((i = 1; i <= BENCH_CONNECTS; i++)); do
+    cycle
+  done
+  fact bench.pooled_wall_ms $(( $(uptime_ms) - t0 ))
+  lns_log_since "$mark" > "$LAB_OUT/logs/bench-plugin-pooled-lns.log"
+  cp "$BOUNCER/pgbouncer.log" "$LAB_OUT/logs/pgbouncer.log" 2> /dev/null || true
+  cp "$LAB_TMP/pppgate-direct.toml" "$PPPGATE_CONF"
+  kill "$(cat "$BOUNCER/pgbouncer.pid")" 2> /dev/null || true
+  fact bench.pooled yes
+else
+  fact bench.pooled "no (/usr/sbin/pgbouncer absent)"
+fi
+
 # --- idle without the plugin, and the shell hook on that session ---------------------------------
 lns_stop
 LNS_PLUGIN=0

@@ -181,8 +181,10 @@ mod tests {
         let c = spec("10.101.1.1/32");
         assert_eq!(plan_peers(&[a.clone(), b.clone()], &[state(&a), state(&b)]), vec![]);
         let stray = state(&c);
-        let plan = plan_peers(&[a.clone(), b.clone()], &[state(&a), stray]);
+        let plan = plan_peers(&[a.clone(), b.clone()], &[state(&a), state(&b), stray.clone()]);
         assert_eq!(plan, vec![PeerChange::Remove(c.public_key.clone())]);
+        let plan = plan_peers(&[a.clone(), b.clone()], &[state(&a), stray]);
+        assert_eq!(plan, vec![PeerChange::Remove(c.public_key.clone()), PeerChange::Set(b.clone())]);
         let plan = plan_peers(&[a.clone(), b.clone()], &[state(&a)]);
         assert_eq!(plan, vec![PeerChange::Set(b.clone())]);
         // Allowed IPs, preshared key or keepalive differing: set again.

@@ -1,0 +1,213 @@
+//! WireGuard on the build machine (its kernel has no WireGuard module): the server interface is
+//! Debian's wireguard-go in a namespace, driven by `pppgate wg reconcile` through the UAPI socket;
+//! two tenants × two routers are Linux namespaces configured from the generated wg-quick configs
+//! (`wg-quick strip` + `wg setconf`, tools we did not write). Handshakes happen, `wg status
+//! --json` matches `wg show dump`, and a peer removed out of band comes back with reconcile.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pppgate_testkit::{wait_until, Cli, DbEnv, NetNs};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pppgate");
+const SERVER_IP: &str = "198.18.0.1";
+
+fn wg_config(env: &DbEnv, ifname: &str) -> PathBuf {
+    let path = env.config_path("lns-a", "192.0.2.1");
+    let root = env.dir();
+    let mut text = fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "\n[wireguard]\ninterface = \"{ifname}\"\nendpoint = \"{SERVER_IP}:51820\"\nbackend = \"userspace\"\nmaster_key_file = \"{}\"\nlock_file = \"{}\"\n",
+        root.join("etc/wg-master.key").display(),
+        root.join("run/wg.lock").display(),
+    ));
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// Removes the UAPI socket files of our wireguard-go instances (namespace teardown SIGKILLs them,
+/// which leaves the files in /var/run/wireguard).
+struct Sockets(Vec<String>);
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = fs::remove_file(format!("/var/run/wireguard/{n}.sock"));
+        }
+    }
+}
+
+struct Router {
+    id: u32,
+    ns: NetNs,
+    ifname: String,
+    address: String,
+    public_key: String,
+}
+
+/// `wg show IF dump` peers: public key → (latest handshake, rx, tx, allowed ips).
+fn dump(ns: &NetNs, ifname: &str) -> BTreeMap<String, (i64, u64, u64, String)> {
+    let text = ns.run(&["wg", "show", ifname, "dump"]);
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].to_string(), (f[4].parse().unwrap(), f[5].parse().unwrap(), f[6].parse().unwrap(), f[3].to_string()))
+        })
+        .collect()
+}
+
+fn ping(ns: &NetNs, dst: &str) -> bool {
+    ns.output(&["ping", "-c", "1", "-W", "2", dst]).status.success()
+}
+
+fn load_router(r: &Router, conf: &str, dir: &Path) {
+    let path = dir.join(format!("{}.conf", r.ifname));
+    fs::write(&path, conf).unwrap();
+    let stripped = pppgate_testkit::run(&["wg-quick", "strip", path.to_str().unwrap()]);
+    let sp = dir.join(format!("{}.stripped", r.ifname));
+    fs::write(&sp, stripped).unwrap();
+    r.ns.run(&["wireguard-go", &r.ifname]);
+    assert!(wait_until(Duration::from_secs(5), || Path::new(&format!("/var/run/wireguard/{}.sock", r.ifname)).exists()));
+    r.ns.run(&["wg", "setconf", &r.ifname, sp.to_str().unwrap()]);
+    let addr = conf.lines().find_map(|l| l.strip_prefix("Address = ")).unwrap();
+    r.ns.run(&["ip", "address", "add", addr, "dev", &r.ifname]);
+    r.ns.run(&["ip", "link", "set", &r.ifname, "up"]);
+}
+
+#[test]
+fn userspace_server_two_tenants_two_routers_each() {
+    let env = DbEnv::new();
+    let tag = std::process::id() % 10000;
+    let sifname = format!("wgs{tag}");
+    let cfg = wg_config(&env, &sifname);
+    let _sockets = Sockets(std::iter::once(sifname.clone()).chain((1..=4).map(|i| format!("wgr{tag}{i}"))).collect());
+    let srv = NetNs::new("wgsrv");
+    srv.run(&["ip", "address", "add", &format!("{SERVER_IP}/32"), "dev", "lo"]);
+    let c = Cli { bin: BIN.into(), config: cfg.clone(), env: Vec::new(), netns: Some(srv.name.clone()) };
+    c.ok(&["wg", "init"]);
+
+    let mut routers = Vec::new();
+    for (i, tenant) in [(1u32, 1), (2, 1), (3, 2), (4, 2)] {
+        let ns = NetNs::new(&format!("wgr{i}"));
+        // Underlay: a veth from the server namespace to the router's.
+        let (a, b) = (format!("wu{tag}{i}"), format!("wd{tag}{i}"));
+        srv.run(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &ns.name]);
+        srv.run(&["ip", "address", "add", &format!("172.31.{i}.1/24"), "dev", &a]);
+        srv.run(&["ip", "link", "set", &a, "up"]);
+        ns.run(&["ip", "address", "add", &format!("172.31.{i}.2/24"), "dev", &b]);
+        ns.run(&["ip", "link", "set", &b, "up"]);
+        ns.run(&["ip", "route", "add", &format!("{SERVER_IP}/32"), "via", &format!("172.31.{i}.1")]);
+        let j = c
+            .run(&[
+                "--json",
+                "wg",
+                "router",
+                "add",
+                "--tenant",
+                &tenant.to_string(),
+                "--router",
+                &i.to_string(),
+                "--keepalive",
+                "0",
+            ])
+            .ok();
+        routers.push(Router {
+            id: i,
+            ns,
+            ifname: format!("wgr{tag}{i}"),
+            address: j["router"]["address"].as_str().unwrap().to_string(),
+            public_key: j["router"]["public_key"].as_str().unwrap().to_string(),
+        });
+    }
+
+    // The server interface from SQL: wireguard-go started, 4 peers, the two gateways.
+    let rep = c.run(&["--json", "wg", "reconcile"]).ok();
+    assert_eq!(rep["reconcile"]["backend"], "userspace");
+    assert_eq!(rep["reconcile"]["created_interface"], true);
+    assert_eq!(rep["reconcile"]["peers"], 4);
+    let addrs = srv.run(&["ip", "-4", "-o", "address", "show", "dev", &sifname]);
+    assert!(addrs.contains("10.100.0.1/16") && addrs.contains("10.101.0.1/16"), "{addrs}");
+    // Steady: a second run changes nothing.
+    let again = c.run(&["--json", "wg", "reconcile"]).ok();
+    assert_eq!(
+        (again["reconcile"]["peers_set"].as_u64(), again["reconcile"]["peers_removed"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    for r in &routers {
+        let conf = c.ok(&["wg", "router", "config", &r.id.to_string(), "--format", "wg-quick"]).stdout;
+        load_router(r, &conf, env.dir());
+    }
+    // Handshakes: each router reaches its tenant's gateway through the tunnel.
+    for r in &routers {
+        let gw = if r.address.starts_with("10.100.") { "10.100.0.1" } else { "10.101.0.1" };
+        assert!(ping(&r.ns, gw), "router {} cannot reach {gw}", r.id);
+    }
+    let d = dump(&srv, &sifname);
+    for r in &routers {
+        let (hs, rx, tx, allowed) = &d[&r.public_key];
+        assert!(*hs > 0 && *rx > 0 && *tx > 0, "router {}: {:?}", r.id, d[&r.public_key]);
+        assert_eq!(allowed, &format!("{}/32", r.address));
+    }
+    // The concentrator reaches every router (management).
+    for r in &routers {
+        assert!(ping(&srv, &r.address), "server cannot reach router {}", r.id);
+    }
+
+    // wg status --json against wg show dump, read right after (no keepalives: figures stand still).
+    let st = c.run(&["--json", "wg", "status"]).ok();
+    let d = dump(&srv, &sifname);
+    let now: i64 = st["now"].as_i64().unwrap();
+    assert_eq!(st["routers_up"], 4);
+    for r in st["routers"].as_array().unwrap() {
+        let pk = r["public_key"].as_str().unwrap();
+        let (hs, rx, tx, _) = d[pk];
+        assert_eq!(r["status"], "up");
+        assert_eq!(r["rx_bytes"].as_u64(), Some(rx), "{r}");
+        assert_eq!(r["tx_bytes"].as_u64(), Some(tx), "{r}");
+        let age = r["handshake_age_s"].as_i64().unwrap();
+        assert!((age - (now - hs)).abs() <= 2, "handshake age {age} vs dump {hs} at {now}");
+        assert!(r["endpoint"].as_str().unwrap().starts_with("172.31."), "{r}");
+    }
+    let sql: String = env.db.psql("SELECT string_agg(status, ',' ORDER BY router_id) FROM wg_routers");
+    assert_eq!(sql, "up,up,up,up");
+
+    // Out of band: a peer removed behind pppgate's back comes back with reconcile.
+    let victim = &routers[2];
+    srv.run(&["wg", "set", &sifname, "peer", &victim.public_key, "remove"]);
+    assert!(!dump(&srv, &sifname).contains_key(&victim.public_key));
+    let rep = c.run(&["--json", "wg", "reconcile"]).ok();
+    assert_eq!(rep["reconcile"]["peers_set"], 1);
+    let d = dump(&srv, &sifname);
+    assert_eq!(d[&victim.public_key].3, format!("{}/32", victim.address));
+    // The concentrator lost the session and the router's endpoint with the peer; the router
+    // keeps sending on its old session until WireGuard gives up on it (~15 s without answers) and
+    // handshakes anew: the tunnel is back within that, driven by the router's own traffic.
+    assert!(
+        wait_until(Duration::from_secs(40), || ping(&victim.ns, "10.101.0.1")),
+        "router 3 does not come back after reconcile restored its peer"
+    );
+    assert!(ping(&srv, &victim.address), "the concentrator reaches router 3 again");
+    // A stray peer is removed; a deleted router's peer goes with --apply.
+    srv.run(&[
+        "wg",
+        "set",
+        &sifname,
+        "peer",
+        "2CoB8gm8iQ2+bxBEy1bFqjm5Mx6V3PHFIwGbY6WVAWE=",
+        "allowed-ips",
+        "10.250.0.9/32",
+    ]);
+    let rep = c.run(&["--json", "wg", "reconcile"]).ok();
+    assert_eq!(rep["reconcile"]["peers_removed"], 1);
+    c.ok(&["wg", "router", "del", "4", "--apply"]);
+    assert!(!dump(&srv, &sifname).contains_key(&routers[3].public_key));
+    let _: Value = c.run(&["--json", "wg", "status"]).ok();
+    // Namespaces (and the wireguard-go processes in them) go first, then the socket files.
+    drop(routers);
+    drop(srv);
+}
