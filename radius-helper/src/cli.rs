@@ -124,7 +124,22 @@ pub fn main() -> ProcExit {
     if let Cmd::Radius(r) = &cli.cmd {
         return ProcExit::from(crate::sessions::radius(&cli.global, r));
     }
-    match run(&cli) {
+    let sudo = crate::sudo::caller();
+    let mut refused = false;
+    let result = match &sudo {
+        Some(caller) => match crate::sudo::refuse_overrides(caller, &cli.global) {
+            Ok(()) => run(&cli),
+            Err(f) => {
+                refused = true;
+                Err(f)
+            }
+        },
+        None => run(&cli),
+    };
+    if let Some(caller) = &sudo {
+        crate::sudo::audit(caller, &argv, &result, refused);
+    }
+    match result {
         Ok(()) => ProcExit::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {

@@ -8,6 +8,7 @@ mod cli;
 mod collect;
 mod policy_cmd;
 mod sessions;
+mod sudo;
 mod syslog;
 mod test_hook;
 mod wg_cmd;
