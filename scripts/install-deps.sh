@@ -16,6 +16,8 @@ PACKAGES=(
   iproute2 iputils-ping nftables kmod util-linux procps  # namespaces, ping, nft, modprobe, setpriv, sysctl
   iperf3 socat tcpdump                            # traffic tests
   python3                                         # TUN helpers of the accounting kernel tests
+  python3-jsonschema                              # --json outputs validated against docs/schemas (tests/testkit/src/schema.rs)
+  prometheus prometheus-node-exporter             # promtool check metrics; node_exporter's textfile collector scraped in tests
   wireguard-tools wireguard-go python3-venv       # wg(8) key/config checks, userspace WireGuard for host tests, venv for routeros-lsp
   systemd                                         # systemd-tmpfiles/-sysusers: the lab applies packaging/{tmpfiles,sysusers}.d
   bsdutils binutils dpkg apt                      # script(1) for pppd_load; nm, dpkg-deb, apt-get for build-pppd-variants.sh

@@ -161,8 +161,12 @@ fn configuration_files_are_conffiles() {
     assert_eq!(conffiles, want);
 }
 
-const TIMERS: [&str; 3] =
-    ["vpn-policy-reconcile.timer", "vpn-accounting-collector.timer", "vpn-stale-session-janitor.timer"];
+const TIMERS: [&str; 4] = [
+    "vpn-policy-reconcile.timer",
+    "vpn-accounting-collector.timer",
+    "vpn-stale-session-janitor.timer",
+    "pppgate-wg-reconcile.timer",
+];
 
 #[test]
 fn maintainer_scripts_start_only_timers_and_touch_no_policy_outside_purge() {

@@ -37,6 +37,10 @@ struct RawConfig {
     accounting: RawAccounting,
     #[serde(default)]
     janitor: RawJanitor,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    diag: RawDiag,
     wireguard: Option<RawWireguard>,
 }
 
@@ -67,6 +71,7 @@ struct RawPaths {
     audit_log: Option<PathBuf>,
     rt_tables: Option<PathBuf>,
     run_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +106,26 @@ struct RawJanitor {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile_dir: Option<PathBuf>,
+    per_session: Option<bool>,
+    per_session_max: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiag {
+    pppd: Option<PathBuf>,
+    plugin_dir: Option<PathBuf>,
+    xl2tpd_conf: Option<PathBuf>,
+    pppd_options: Option<Vec<PathBuf>>,
+    freeradius_dir: Option<PathBuf>,
+    systemd: Option<String>,
+    systemctl: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawWireguard {
     interface: Option<String>,
     endpoint: Option<String>,
@@ -115,6 +140,7 @@ struct RawWireguard {
     handshake_up_s: Option<u64>,
     address_quarantine_s: Option<u64>,
     intra_tenant: Option<bool>,
+    management_nets: Option<Vec<String>>,
     lock_file: Option<PathBuf>,
 }
 
@@ -135,6 +161,8 @@ pub struct Config {
     pub connect: ConnectConfig,
     pub accounting: AccountingConfig,
     pub janitor: JanitorConfig,
+    pub metrics: MetricsConfig,
+    pub diag: DiagConfig,
     /// `[wireguard]`: present when this concentrator provisions WireGuard for tenants.
     pub wireguard: Option<crate::wg::WgConfig>,
 }
@@ -145,6 +173,8 @@ pub struct DatabaseConfig {
     pub pg: postgres::Config,
     pub connect_timeout: Duration,
     pub statement_timeout: Duration,
+    /// Where the password came from (`pppgate diag` checks its trust).
+    pub secrets_file: Option<PathBuf>,
     /// The DSN names a connection pooler (pgbouncer in session mode) in front of PostgreSQL:
     /// pppgate's per-connection settings are sent with SET after connecting, as poolers do not
     /// forward startup options (docs/ARCHITECTURE.md, "Warm SQL").
@@ -158,6 +188,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("pg", &self.pg)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("secrets_file", &self.secrets_file)
             .field("pooler", &self.pooler)
             .finish()
     }
@@ -179,8 +210,10 @@ pub struct Paths {
     pub accounting_dir: PathBuf,
     pub audit_log: PathBuf,
     pub rt_tables: PathBuf,
-    /// pppgate's volatile state (outage markers): /run/pppgate.
+    /// pppgate's volatile state (outage markers, connect events): /run/pppgate.
     pub run_dir: PathBuf,
+    /// pppgate's persistent state (last-run records, connect statistics): /var/lib/pppgate.
+    pub state_dir: PathBuf,
 }
 
 impl Default for Paths {
@@ -193,6 +226,7 @@ impl Default for Paths {
             audit_log: "/var/log/pppgate/audit.log".into(),
             rt_tables: "/etc/iproute2/rt_tables".into(),
             run_dir: "/run/pppgate".into(),
+            state_dir: "/var/lib/pppgate".into(),
         }
     }
 }
@@ -322,6 +356,56 @@ pub struct AccountingConfig {
     pub interim_interval: Duration,
 }
 
+/// Prometheus metrics (docs/operations.md).
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// node_exporter's textfile-collector directory; the timer runs write their `.prom` files
+    /// there when it exists. `None`: never written.
+    pub textfile_dir: Option<PathBuf>,
+    /// Per-session byte counters (label `ppp_if`, `connection_id`).
+    pub per_session: bool,
+    /// Above this many VALID sessions the per-session series are left out entirely (a
+    /// predictable cardinality bound; `pppgate_session_series_suppressed` says so).
+    pub per_session_max: usize,
+}
+
+/// Where `pppgate diag` looks for the rest of the stack.
+#[derive(Debug, Clone)]
+pub struct DiagConfig {
+    pub pppd: PathBuf,
+    /// pppd's plugin directory; `None`: /usr/lib/pppd/<version pppd reports>.
+    pub plugin_dir: Option<PathBuf>,
+    pub xl2tpd_conf: PathBuf,
+    /// pppd option files that must load the plugin; empty: every `pppoptfile` of xl2tpd.conf.
+    pub pppd_options: Vec<PathBuf>,
+    pub freeradius_dir: PathBuf,
+    /// Whether timers are checked through systemctl.
+    pub systemd: SystemdMode,
+    pub systemctl: PathBuf,
+}
+
+/// `diag.systemd`: check timers when systemd is PID 1 (`auto`), always, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemdMode {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Default for DiagConfig {
+    fn default() -> Self {
+        DiagConfig {
+            pppd: "/usr/sbin/pppd".into(),
+            plugin_dir: None,
+            xl2tpd_conf: "/etc/xl2tpd/xl2tpd.conf".into(),
+            pppd_options: Vec::new(),
+            freeradius_dir: "/etc/freeradius/3.0".into(),
+            systemd: SystemdMode::Auto,
+            systemctl: "/bin/systemctl".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JanitorConfig {
     /// Another NAS's open row is stale when its acctupdatetime is older than this many interim
@@ -416,6 +500,7 @@ impl Config {
             audit_log: p.audit_log.unwrap_or(d.audit_log),
             rt_tables: p.rt_tables.unwrap_or(d.rt_tables),
             run_dir: p.run_dir.unwrap_or(d.run_dir),
+            state_dir: p.state_dir.unwrap_or(d.state_dir),
         };
         for (name, v) in [
             ("paths.sessions_dir", &paths.sessions_dir),
@@ -425,6 +510,7 @@ impl Config {
             ("paths.audit_log", &paths.audit_log),
             ("paths.rt_tables", &paths.rt_tables),
             ("paths.run_dir", &paths.run_dir),
+            ("paths.state_dir", &paths.state_dir),
         ] {
             if !v.is_absolute() {
                 problems.push(format!("{name}: {} is not an absolute path", v.display()));
@@ -493,6 +579,61 @@ impl Config {
             problems.push(format!("janitor.terminate_cause: {terminate_cause:?} is not a RADIUS cause name"));
         }
 
+        // [metrics]
+        let textfile_dir = match raw.metrics.textfile_dir {
+            None => Some(PathBuf::from("/var/lib/prometheus/node-exporter")),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => {
+                if !p.is_absolute() {
+                    problems.push(format!("metrics.textfile_dir: {} is not an absolute path", p.display()));
+                }
+                Some(p)
+            }
+        };
+        let per_session_max = raw.metrics.per_session_max.unwrap_or(2000);
+        if per_session_max == 0 || per_session_max > 100_000 {
+            problems.push("metrics.per_session_max: must be between 1 and 100000".into());
+        }
+        let metrics =
+            MetricsConfig { textfile_dir, per_session: raw.metrics.per_session.unwrap_or(true), per_session_max };
+
+        // [diag]
+        let dd = DiagConfig::default();
+        let diag = DiagConfig {
+            pppd: raw.diag.pppd.unwrap_or(dd.pppd),
+            plugin_dir: raw.diag.plugin_dir,
+            xl2tpd_conf: raw.diag.xl2tpd_conf.unwrap_or(dd.xl2tpd_conf),
+            pppd_options: raw.diag.pppd_options.unwrap_or_default(),
+            freeradius_dir: raw.diag.freeradius_dir.unwrap_or(dd.freeradius_dir),
+            systemd: match raw.diag.systemd.as_deref().unwrap_or("auto") {
+                "auto" => SystemdMode::Auto,
+                "always" => SystemdMode::Always,
+                "never" => SystemdMode::Never,
+                other => {
+                    problems.push(format!("diag.systemd: {other:?} is not one of auto, always, never"));
+                    SystemdMode::Auto
+                }
+            },
+            systemctl: raw.diag.systemctl.unwrap_or(dd.systemctl),
+        };
+        let mut diag_paths: Vec<(String, &PathBuf)> = vec![
+            ("diag.pppd".into(), &diag.pppd),
+            ("diag.xl2tpd_conf".into(), &diag.xl2tpd_conf),
+            ("diag.freeradius_dir".into(), &diag.freeradius_dir),
+            ("diag.systemctl".into(), &diag.systemctl),
+        ];
+        if let Some(p) = &diag.plugin_dir {
+            diag_paths.push(("diag.plugin_dir".into(), p));
+        }
+        for (i, p) in diag.pppd_options.iter().enumerate() {
+            diag_paths.push((format!("diag.pppd_options[{i}]"), p));
+        }
+        for (name, v) in diag_paths {
+            if !v.is_absolute() {
+                problems.push(format!("{name}: {} is not an absolute path", v.display()));
+            }
+        }
+
         // [wireguard]
         let wireguard = raw.wireguard.map(|w| {
             crate::wg::WgConfig::from_raw(
@@ -510,6 +651,7 @@ impl Config {
                     handshake_up_s: w.handshake_up_s,
                     address_quarantine_s: w.address_quarantine_s,
                     intra_tenant: w.intra_tenant,
+                    management_nets: w.management_nets,
                     lock_file: w.lock_file,
                 },
                 &mut problems,
@@ -525,6 +667,7 @@ impl Config {
                 pg: pg.expect("checked above"),
                 connect_timeout,
                 statement_timeout,
+                secrets_file: raw.database.secrets_file,
                 pooler: raw.database.pooler.unwrap_or(false),
             },
             nas: NasConfig { identity, ip: nas_ip.expect("checked above") },
@@ -533,6 +676,8 @@ impl Config {
             connect: ConnectConfig { apply_window_fallback, settings_timeout },
             accounting: AccountingConfig { radacct, interim_interval },
             janitor: JanitorConfig { heartbeat_multiple, terminate_cause },
+            metrics,
+            diag,
             wireguard,
         })
     }

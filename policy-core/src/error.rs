@@ -155,14 +155,27 @@ impl Error {
         Error::InvalidInput { what, value: value.into(), reason: reason.into() }
     }
 
-    /// Wraps a postgres error, classifying connection-level failures as "unavailable".
+    /// Wraps a postgres error, classifying connection-level failures as "unavailable": a closed
+    /// connection, an I/O error, and the server ending the session (SQLSTATE class 08, and
+    /// 57P01/57P02/57P03/57P05: `pg_ctl restart -m fast`, `pg_terminate_backend`, a crash of
+    /// another backend, a server still starting, an idle-session timeout).
     pub fn from_sql(e: postgres::Error) -> Self {
-        if e.is_closed() || e.code().is_none() && e.as_db_error().is_none() {
+        if e.is_closed()
+            || e.code().is_none() && e.as_db_error().is_none()
+            || e.code().is_some_and(state_is_unavailable)
+        {
             Error::SqlUnavailable(e)
         } else {
             Error::Sql(e)
         }
     }
+}
+
+/// SQLSTATEs that say the server ended (or would not start) the session, not that the query was
+/// wrong.
+fn state_is_unavailable(c: &postgres::error::SqlState) -> bool {
+    let c = c.code();
+    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "57P05")
 }
 
 fn sql_is_transient(e: &postgres::Error) -> bool {

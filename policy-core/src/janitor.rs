@@ -600,6 +600,7 @@ mod tests {
                 session_id: None,
                 up_ts: None,
                 counters_base: None,
+                process: None,
             },
             sql_username: Some(user.into()),
         }

@@ -6,7 +6,9 @@
 pub mod accounting;
 pub mod audit;
 pub mod config;
+pub mod connect;
 pub mod db;
+pub mod diag;
 pub mod error;
 pub mod hardcut;
 pub mod ids;
@@ -20,6 +22,7 @@ pub mod policy;
 pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
+pub mod runs;
 pub mod trust;
 pub mod wg;
 

@@ -408,6 +408,7 @@ fn sql_down_cleanup_removes_only_gone_sessions() {
         session_id: None,
         up_ts: None,
         counters_base: None,
+        process: None,
     };
     let before = r.kernel.clone();
     policy_core::policy::apply::remove_gone_sessions(

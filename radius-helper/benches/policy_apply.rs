@@ -251,6 +251,7 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
             session_id: None,
             up_ts: None,
             counters_base: None,
+            process: policy_core::procfs::identity(pid).unwrap(),
         };
         m.write_atomic(&env.sessions_dir).unwrap();
         let t3 = Instant::now();

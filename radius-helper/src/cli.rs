@@ -65,6 +65,8 @@ pub enum Cmd {
     Collect,
     /// ip-down's final accounting flush for one session.
     FinalFlush(crate::collect::FinalFlushArgs),
+    /// Checks the whole box and says what is wrong (exit 0 ok, 1 warnings, 2 failures).
+    Diag(crate::diag_cmd::DiagArgs),
     /// Prints the shell completion script for SHELL (the package installs bash, zsh and fish).
     Completions {
         #[arg(value_enum)]
@@ -125,19 +127,27 @@ pub fn main() -> ProcExit {
         return ProcExit::from(crate::sessions::radius(&cli.global, r));
     }
     let sudo = crate::sudo::caller();
-    let mut refused = false;
-    let result = match &sudo {
-        Some(caller) => match crate::sudo::refuse_overrides(caller, &cli.global) {
-            Ok(()) => run(&cli),
-            Err(f) => {
-                refused = true;
-                Err(f)
-            }
-        },
-        None => run(&cli),
-    };
     if let Some(caller) = &sudo {
-        crate::sudo::audit(caller, &argv, &result, refused);
+        if let Err(f) = crate::sudo::refuse_overrides(caller, &cli.global) {
+            let result = Err(f);
+            crate::sudo::audit(caller, &argv, &result, true);
+            let Err(f) = result else { unreachable!() };
+            eprintln!("pppgate: {}", f.message);
+            return ProcExit::from(f.code.code());
+        }
+    }
+    if let Cmd::Diag(a) = &cli.cmd {
+        return match crate::diag_cmd::diag(&cli.global, a) {
+            Ok(code) => ProcExit::from(code),
+            Err(f) => {
+                eprintln!("pppgate: {}", f.message);
+                ProcExit::from(f.code.code())
+            }
+        };
+    }
+    let result = run(&cli);
+    if let Some(caller) = &sudo {
+        crate::sudo::audit(caller, &argv, &result, false);
     }
     match result {
         Ok(()) => ProcExit::SUCCESS,
@@ -208,7 +218,7 @@ fn run(cli: &Cli) -> CmdResult {
         Cmd::Sysctl(c) => policy_cmd::sysctl_cmd(&cli.global, c),
         Cmd::Config(ConfigCmd::Check) => config_check(&cli.global),
         Cmd::Janitor(a) => crate::sessions::janitor(&cli.global, a),
-        Cmd::Radius(_) => unreachable!("handled in main"),
+        Cmd::Radius(_) | Cmd::Diag(_) => unreachable!("handled in main"),
         Cmd::Session(c) => crate::sessions::session(&cli.global, c),
         Cmd::Collect => crate::collect::collect(&cli.global),
         Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),

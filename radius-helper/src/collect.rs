@@ -11,6 +11,7 @@ use policy_core::kernel::Netlink;
 use policy_core::lock::Lock;
 use policy_core::mapping::Mapping;
 use policy_core::policy::apply::{self, Target};
+use policy_core::runs::{Job, Run};
 use policy_core::{Error, ExitCode};
 
 use crate::cli::{load_config, CmdResult, Failure, Global};
@@ -31,9 +32,32 @@ fn crash_hook() -> impl Fn(Step) {
 
 pub fn collect(g: &Global) -> CmdResult {
     let cfg = load_config(g)?;
+    let mut run = Run::start(Job::Collector);
+    let res = collect_run(g, &cfg, &mut run);
+    crate::record::finish(&cfg, run, &res);
+    res
+}
+
+fn collect_run(g: &Global, cfg: &Config, run: &mut Run) -> CmdResult {
     let hook = crash_hook();
     let opts = accounting::Options { step: &hook, ..Default::default() };
-    let report = accounting::collect(&cfg, &opts)?;
+    let report = accounting::collect(cfg, &opts)?;
+    let t = &report.timings;
+    for (phase, ms) in
+        [("open", t.open_ms), ("read", t.read_ms), ("spool", t.spool_ms), ("sql", t.sql_ms), ("quota", t.quota_ms)]
+    {
+        run.phase(phase, std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+    }
+    // The collector holds its lock for the whole run (taken without waiting).
+    run.lock_taken(std::time::Duration::ZERO);
+    run.figure("sessions_read", report.sessions.read as u64);
+    run.figure("sessions_closed", (report.sessions.closed_final + report.sessions.closed_vanished) as u64);
+    run.figure("records_committed", report.replay.records_applied as u64);
+    run.figure("records_pending", report.replay.pending_after as u64);
+    run.figure("quarantined", report.quarantined.len() as u64);
+    if let Some(e) = &report.db_error {
+        run.note(format!("database: {}", one_line(e)));
+    }
     if g.json {
         println!("{}", serde_json::to_string(&report).expect("serializable"));
     } else if std::io::stdout().is_terminal() {
@@ -51,7 +75,7 @@ pub fn collect(g: &Global) -> CmdResult {
             serde_json::to_value(&report.db).ok().and_then(|v| v["status"].as_str().map(str::to_string)).unwrap_or_default(),
         );
     }
-    let quota = reapply_quota_changes(&cfg, &report.quota_changes);
+    let quota = reapply_quota_changes(cfg, &report.quota_changes);
     if let Some(e) = &report.db_error {
         return Err(match &report.db {
             // Logged by the collector when the outage began; later runs stay quiet.

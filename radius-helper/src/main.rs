@@ -6,7 +6,9 @@
 
 mod cli;
 mod collect;
+mod diag_cmd;
 mod policy_cmd;
+mod record;
 mod sessions;
 mod sudo;
 mod syslog;

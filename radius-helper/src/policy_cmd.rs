@@ -10,6 +10,7 @@ use policy_core::kernel::lookup::route_get;
 use policy_core::kernel::{Backends, Netlink, Sysctl};
 use policy_core::lock::{self, Lock};
 use policy_core::policy::apply::{self, Report, Target};
+use policy_core::runs::{Job, Run};
 use policy_core::{db, input, mapping, rt_tables, Error, ExitCode};
 use serde_json::json;
 
@@ -171,13 +172,49 @@ pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
 
 pub fn reconcile_cmd(g: &Global, a: &ReconcileArgs) -> CmdResult {
     let cfg = load_config(g)?;
+    if a.run.dry_run {
+        return reconcile_run(g, a, &cfg, None);
+    }
+    let mut run = Run::start(Job::Reconcile);
+    let res = reconcile_run(g, a, &cfg, Some(&mut run));
+    crate::record::finish(&cfg, run, &res);
+    res
+}
+
+fn reconcile_run(g: &Global, a: &ReconcileArgs, cfg: &Config, mut run: Option<&mut Run>) -> CmdResult {
     let mut b = test_hook::kernel()?;
-    let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "reconcile", &a.run)?) };
+    let t_lock = std::time::Instant::now();
+    let lock = if a.run.dry_run { None } else { Some(take_lock(cfg, "reconcile", &a.run)?) };
+    if let Some(r) = run.as_deref_mut() {
+        r.lock_taken(t_lock.elapsed());
+    }
     if a.boot && !a.run.dry_run {
         // Sessions interfaces inherit conf.default; make forwarding right before anything else.
         b.sysctl().ensure(&[])?;
     }
-    let r = apply::reconcile(&cfg, &mut b, a.run.dry_run)?;
+    let r = apply::reconcile(cfg, &mut b, a.run.dry_run)?;
+    drop(lock);
+    if let Some(run) = run {
+        run.lock_released();
+        let t = &r.outcome.timings;
+        for (phase, us) in [
+            ("scan", t.scan_us),
+            ("sql", t.sql_us),
+            ("read", t.read_us),
+            ("plan", t.plan_us),
+            ("apply", t.apply_us),
+            ("verify", t.verify_us),
+        ] {
+            run.phase_us(phase, us);
+        }
+        run.figure("sessions", r.outcome.sessions.len() as u64);
+        run.figure("changes", r.outcome.steps.len() as u64);
+        run.figure("terminated", r.outcome.terminated.len() as u64);
+        run.figure("malformed_mappings", r.malformed.len() as u64);
+        if let Some(e) = &r.sql_unavailable {
+            run.note(format!("database unavailable: {e}"));
+        }
+    }
     print_report(g, &r, a.run.dry_run);
     if r.sql_unavailable.is_some() && !a.boot {
         return Err(Failure { code: ExitCode::SqlUnavailable, message: String::new() });

@@ -18,6 +18,7 @@ use policy_core::outage::{Outage, Transition};
 use policy_core::policy::apply;
 use policy_core::radius::env::RadiusEnv;
 use policy_core::radius::{self, CheckradArgs};
+use policy_core::runs::{Job, Run};
 use policy_core::{audit, hardcut, Error, ExitCode};
 use postgres::Client;
 use serde::Serialize;
@@ -159,11 +160,29 @@ pub fn janitor(g: &Global, a: &JanitorArgs) -> CmdResult {
         Some(l) if l.is_empty() => return Err(Error::invalid("subaccount login", "", "is empty").into()),
         Some(l) => Scope::Login(l.as_bytes().to_vec()),
     };
+    // The timer's sweep is recorded (runs: diag and the metrics); a login's on-demand run is not.
+    let mut run = (scope == Scope::All && !a.dry_run).then(|| Run::start(Job::Janitor));
     let t0 = Instant::now();
-    let report =
-        with_db(&cfg, "janitor", None, |c| janitor::run(&cfg, c, &scope, &LazyStateView::new(&cfg), a.dry_run))
-            .map_err(quiet_or_loud)?;
+    let res = with_db(&cfg, "janitor", None, |c| janitor::run(&cfg, c, &scope, &LazyStateView::new(&cfg), a.dry_run));
+    let report = match res {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(mut run) = run {
+                run.note(one_line(&e));
+                crate::record::finish(&cfg, run, &Err(Failure { code: e.exit_code(), message: String::new() }));
+            }
+            return Err(quiet_or_loud(e));
+        }
+    };
     let elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if let Some(mut run) = run.take() {
+        run.phase("total", t0.elapsed());
+        run.figure("radacct_closed", report.radacct.closed as u64);
+        run.figure("sessions_closed", report.sessions.closed as u64);
+        run.figure("radacct_live", report.radacct.live as u64);
+        run.figure("radacct_too_young", report.radacct.too_young as u64);
+        crate::record::finish(&cfg, run, &Ok(()));
+    }
     tracing::info!(
         scope = report.scope,
         closed = report.radacct.closed,

@@ -463,7 +463,14 @@ fn router(g: &Global, cmd: &RouterCmd) -> CmdResult {
             let server_pub = Key::from_base64("server public key", &server.public_key)?;
             let (host, port) = wg::parse_endpoint(&server.endpoint)
                 .map_err(|e| Error::invalid("server endpoint", server.endpoint.clone(), e))?;
-            let allowed = row.allowed_on_router();
+            // The management networks go into the tunnel too: the panel reaches routers through
+            // the concentrator (docs/wireguard.md, tenant isolation), and the answers must follow.
+            let mut allowed = row.allowed_on_router();
+            for n in &c.wg.management_nets {
+                if !allowed.contains(n) {
+                    allowed.push(*n);
+                }
+            }
             let view = RouterView {
                 tenant: row.tenant_id,
                 router: row.router_id,
@@ -527,6 +534,13 @@ fn router_add(g: &Global, a: &RouterAddArgs) -> CmdResult {
         }
     };
     let routes = nets("route", &a.routes)?;
+    // Tenant subnets are routed by their routers' /32s only: a routed network inside the pool
+    // would hand another tenant's (unassigned) addresses to this router. 0.0.0.0/0 is for policy
+    // routing and loses to every /32 in WireGuard's longest-prefix match.
+    if let Some(n) = routes.iter().find(|n| n.prefix_len() > 0 && policy_core::kernel::wg::isolation::overlaps_pool(n))
+    {
+        return Err(Error::invalid("route", n.to_string(), "overlaps the tenant pool 10.100.0.0-10.254.255.255").into());
+    }
     let allow = nets("allowed network", &a.allow)?;
     let mut dns = Vec::new();
     for d in &a.dns {
@@ -592,7 +606,7 @@ fn reconcile_now(c: &Ctx, wait: Duration) -> Result<(Report, u64), Failure> {
     let mut client = connect(c)?;
     let server = reconcile::server_row(&mut client, &c.wg, &c.cfg.nas.identity)?;
     let routers = dbwg::routers_of_server(&mut client, server.id)?;
-    let want = reconcile::desired(&server, &routers, &keys)?;
+    let want = reconcile::desired(&server, &routers, &keys, &c.wg)?;
     let mut dev = reconcile::open_backend(c.wg.backend, &want.ifname)?;
     let (rep, after) = reconcile::apply(dev.as_mut(), &want)?;
     drop(lock);

@@ -707,3 +707,96 @@ fn a_session_with_an_ipcp_up_base_ends_on_pppds_own_figure_through_an_outage() {
     assert_eq!(lab.snapshot(), before, "a second run changes nothing");
     assert_eq!(lab.spool_records(), 0);
 }
+
+/// SQLSTATE 57P01 ("terminating connection due to administrator command": what a
+/// `pg_ctl restart -m fast` or `pg_terminate_backend` sends) arriving in the middle of the
+/// collector's commit is the database being unavailable: exit 69, `db.status` unavailable, the
+/// outage marker, one log line; the record stays spooled and the totals are exact after recovery.
+/// The commit is held inside the server by a lock on the batch table, so the terminate lands
+/// during that very statement.
+#[test]
+fn admin_shutdown_during_a_commit_takes_the_outage_path() {
+    let lab = new_lab("own");
+    let conn = lab.add_connection("alice", None, "month");
+    let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    lab.write_mapping(&p.mapping(conn, None));
+    p.rx(3, 1000);
+    lab.collect().ok();
+    p.rx(4, 900);
+    let mut locker = lab.pg.client();
+    let mut hold = locker.transaction().unwrap();
+    hold.batch_execute("LOCK TABLE pppgate_acct_batches IN ACCESS EXCLUSIVE MODE").unwrap();
+    let (r, terminated) = std::thread::scope(|s| {
+        let run = s.spawn(|| lab.collect());
+        let mut killer = lab.pg.client();
+        let mut terminated = 0;
+        while terminated == 0 && !run.is_finished() {
+            terminated = killer
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO pppgate_acct_batches%'",
+                    &[],
+                )
+                .unwrap()
+                .len();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (run.join().unwrap(), terminated)
+    });
+    hold.rollback().unwrap();
+    assert_eq!(terminated, 1, "the collector's commit was terminated inside the server: {r:?}");
+    assert_eq!(r.code, Some(69), "{r:?}");
+    assert_eq!(r.json()["db"]["status"], "unavailable", "{}", r.stdout);
+    assert_eq!(r.stderr.lines().filter(|l| l.contains("database unavailable")).count(), 1, "{}", r.stderr);
+    assert!(!r.stderr.contains("cannot be committed"), "{}", r.stderr);
+    assert!(lab.acct_dir.join("sql-outage.accounting").exists(), "the outage marker");
+    assert_eq!(lab.spool_records(), 1);
+
+    let r = lab.collect().ok();
+    assert_eq!(r["replay"]["records_applied"], 2, "the spooled record and this run's");
+    assert_sql_matches_kernel(&lab, &p, conn);
+    assert!(!lab.acct_dir.join("sql-outage.accounting").exists());
+    assert_eq!(lab.spool_records(), 0);
+}
+
+/// The wall clock stepped back an hour between a session's start and its end: the session came
+/// up at "now + 1 h" by the clock of then, its readings and its stop are at "now". Stop times are
+/// never before the start, durations never negative, update times never before the start.
+#[test]
+fn a_clock_stepped_back_gives_no_stop_before_start() {
+    let lab = new_lab("own");
+    let conn = lab.add_connection("alice", None, "month");
+    let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    let up = policy_core::lock::now_unix() + 3600;
+    lab.write_mapping(&p.mapping(conn, Some(up)));
+    p.rx(3, 1000);
+    lab.collect().ok();
+    p.rx(1, 500);
+    lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp0"], None).ok();
+    assert_sql_matches_kernel(&lab, &p, conn);
+    let mut c = lab.pg.client();
+    let row = c
+        .query_one(
+            "SELECT extract(epoch FROM acctstarttime)::bigint, extract(epoch FROM acctstoptime)::bigint,
+                    extract(epoch FROM acctupdatetime)::bigint, acctsessiontime
+               FROM radacct WHERE acctuniqueid = 'pppgate:' || $1",
+            &[&p.session_key()],
+        )
+        .unwrap();
+    let (start, stop, update, dur): (i64, Option<i64>, i64, Option<i64>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(start, up);
+    let stop = stop.expect("the row is closed");
+    assert!(stop >= start, "stop {stop} before start {start}");
+    assert!(update >= start, "update {update} before start {start}");
+    assert_eq!(dur, Some(stop - start));
+    let row = c
+        .query_one(
+            "SELECT extract(epoch FROM start_time)::bigint, extract(epoch FROM stop_time)::bigint
+               FROM pppgate_sessions WHERE session_key = $1",
+            &[&p.session_key()],
+        )
+        .unwrap();
+    let (s, e): (i64, Option<i64>) = (row.get(0), row.get(1));
+    assert!(e.expect("closed") >= s, "pppgate_sessions stop before start");
+}

@@ -113,9 +113,9 @@ fn provisioning_configs_and_bad_input() {
             "--router",
             "2",
             "--route",
-            "10.200.0.0/24",
+            "192.168.200.0/24",
             "--allow",
-            "10.200.0.0/24",
+            "192.168.200.0/24",
             "--keepalive",
             "15",
             "--interface-name",
@@ -123,7 +123,7 @@ fn provisioning_configs_and_bad_input() {
         ])
         .ok();
     assert_eq!(r3["router"]["address"], "10.100.1.2");
-    assert_eq!(r3["router"]["routed_networks"], serde_json::json!(["10.200.0.0/24"]));
+    assert_eq!(r3["router"]["routed_networks"], serde_json::json!(["192.168.200.0/24"]));
     let t8 = c.run(&["--json", "wg", "router", "add", "--tenant", "8", "--router", "3"]).ok();
     assert_eq!(t8["router"]["address"], "10.101.1.1");
 
@@ -141,7 +141,7 @@ fn provisioning_configs_and_bad_input() {
         assert!(q.contains("[Interface]") && q.contains("PresharedKey = "));
     }
     let s2 = c.run(&["wg", "router", "config", "2", "--format", "routeros"]).expect_code(0).stdout;
-    assert!(s2.contains("allowed-address=10.100.0.0/16,10.200.0.0/24"), "{s2}");
+    assert!(s2.contains("allowed-address=10.100.0.0/16,192.168.200.0/24"), "{s2}");
     assert!(s2.contains("persistent-keepalive=15s") && s2.contains(":local ifn \"wg-mgmt\""));
     // The private key in the download belongs to the public key in SQL.
     let q = c.run(&["wg", "router", "config", "1", "--format", "wg-quick"]).expect_code(0).stdout;
@@ -160,6 +160,9 @@ fn provisioning_configs_and_bad_input() {
         (vec!["wg", "router", "add", "--tenant", "7", "--router", "x5"], 65),
         (vec!["wg", "router", "add", "--tenant", "7", "--router", "5", "--keepalive", "99999"], 65),
         (vec!["wg", "router", "add", "--tenant", "7", "--router", "5", "--route", "10.0.0.1/8"], 65),
+        // A routed network inside the tenant pool would take another tenant's addresses.
+        (vec!["wg", "router", "add", "--tenant", "7", "--router", "5", "--route", "10.101.7.0/24"], 65),
+        (vec!["wg", "router", "add", "--tenant", "7", "--router", "5", "--route", "10.0.0.0/8"], 65),
         (vec!["wg", "router", "add", "--tenant", "7", "--router", "5", "--name", "a\"b"], 65),
         (vec!["wg", "router", "add", "--tenant", "7", "--router", "5", "--interface-name", "wg 0"], 65),
         (vec!["wg", "router", "config", "99", "--format", "routeros"], 65),

@@ -303,6 +303,64 @@ impl AcctDir {
     }
 }
 
+/// What waits in the accounting directory, read without changing anything (no directory is
+/// created, no temp file removed, nothing decoded): for `pppgate diag` and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    /// Journal records not yet known to be in SQL.
+    pub batches: u64,
+    pub bytes: u64,
+    /// Modification time (Unix s) of the oldest record: when it was spooled.
+    pub oldest_at: Option<i64>,
+    /// Final markers of ip-down waiting for the collector.
+    pub final_markers: u64,
+    /// Files moved to `spool/bad/` (kept for forensics).
+    pub quarantined: u64,
+    /// Since when the collector has found the database unreachable, if it has.
+    pub outage_since: Option<i64>,
+}
+
+/// Reads the backlog of the accounting directory `root` (a missing directory is empty).
+pub fn backlog(root: &Path) -> Result<Backlog> {
+    let mut b = Backlog::default();
+    let list = |dir: &Path| -> Result<Vec<(String, fs::Metadata)>> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(Error::Read { path: dir.into(), source }),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|source| Error::Read { path: dir.into(), source })?;
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_file() {
+                out.push((entry.file_name().to_string_lossy().into_owned(), meta));
+            }
+        }
+        Ok(out)
+    };
+    let mtime = |m: &fs::Metadata| {
+        m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs() as i64)
+    };
+    for (name, meta) in list(&root.join("spool"))? {
+        if parse_batch_name(&name).is_some() {
+            b.batches += 1;
+            b.bytes += meta.len();
+            if let Some(t) = mtime(&meta) {
+                b.oldest_at = Some(b.oldest_at.map_or(t, |o: i64| o.min(t)));
+            }
+        }
+    }
+    b.final_markers = list(&root.join("final"))?.iter().filter(|(n, _)| !n.starts_with('.')).count() as u64;
+    b.quarantined = list(&root.join("spool").join("bad"))?.len() as u64;
+    let outage = crate::outage::Outage::new(root, "accounting");
+    if let Ok(text) = fs::read_to_string(outage.path()) {
+        b.outage_since =
+            text.lines().find_map(|l| l.strip_prefix("since=")).and_then(|v| v.trim().parse().ok()).or(Some(0));
+    }
+    Ok(b)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

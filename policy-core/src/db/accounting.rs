@@ -9,6 +9,9 @@
 //!   use GREATEST, stop times COALESCE, and the usage added to `vpn_usage` is the growth of the
 //!   session's total over what `pppgate_sessions` already holds. Even a replay the batch table
 //!   no longer remembers, or a state file that was lost, cannot count a byte twice.
+//! * times are ordered whatever the wall clock did (it may be stepped back between a session's
+//!   start and its readings): a stop time is never before the start (GREATEST with it), update
+//!   times never go back (GREATEST with the last), durations are never negative.
 //!
 //! radacct identity: a session is bound once, and the binding is kept in `pppgate_sessions`
 //! (`radacct_owner`, `radacct_id`):
@@ -101,7 +104,8 @@ WITH nb AS (
                          acctinputoctets, acctoutputoctets, acctterminatecause, servicetype,
                          framedprotocol, framedipaddress)
     SELECT b.session_key, 'pppgate:' || b.session_key, b.login, $3, b.ppp_if, 'Virtual',
-           to_timestamp(COALESCE(b.up_ts, b.start_ts)), to_timestamp(b.at), to_timestamp(b.stop_at),
+           to_timestamp(COALESCE(b.up_ts, b.start_ts)), to_timestamp(GREATEST(b.at, COALESCE(b.up_ts, b.start_ts))),
+           to_timestamp(CASE WHEN b.stop_at IS NOT NULL THEN GREATEST(b.stop_at, COALESCE(b.up_ts, b.start_ts)) END),
            GREATEST(0, COALESCE(b.stop_at, b.at) - COALESCE(b.up_ts, b.start_ts)),
            b.t_in, b.t_out, b.cause, 'Framed-User', 'PPP', b.client_ip
     FROM b WHERE b.owner = 'pppgate'
@@ -119,8 +123,9 @@ WITH nb AS (
                                   pppd_pid, start_time, stop_time, terminate_cause, bytes_in, bytes_out,
                                   updated_at, radacct_id, radacct_owner)
     SELECT b.session_key, $2, b.connection_id, b.login, b.ppp_if, b.client_ip, b.pppd_pid,
-           to_timestamp(COALESCE(b.up_ts, b.start_ts)), to_timestamp(b.stop_at), b.cause,
-           b.t_in, b.t_out, to_timestamp(b.at),
+           to_timestamp(COALESCE(b.up_ts, b.start_ts)),
+           to_timestamp(CASE WHEN b.stop_at IS NOT NULL THEN GREATEST(b.stop_at, COALESCE(b.up_ts, b.start_ts)) END),
+           b.cause, b.t_in, b.t_out, to_timestamp(b.at),
            CASE WHEN b.owner = 'radius' THEN b.radius_id END, b.owner
     FROM b
     ON CONFLICT (session_key) DO UPDATE SET

@@ -11,6 +11,7 @@ pub mod links;
 pub mod lookup;
 pub mod netlink;
 pub mod nft;
+pub mod nft_counters;
 pub mod peers;
 pub mod recording;
 pub mod route;

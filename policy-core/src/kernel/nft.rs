@@ -236,7 +236,7 @@ fn errno(e: &std::io::Error) -> Option<i32> {
 }
 
 /// Finds the `nft` binary: pppd runs hooks with a minimal PATH, so look in the usual places.
-fn find_nft() -> PathBuf {
+pub(crate) fn find_nft() -> PathBuf {
     for p in ["/usr/sbin/nft", "/sbin/nft", "/usr/local/sbin/nft"] {
         if std::path::Path::new(p).exists() {
             return p.into();

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::kernel::{Backends, Member, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
+use crate::kernel::links::LinkSnapshot;
+use crate::kernel::{Backends, Member, Netlink, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
 use crate::mapping::LiveSession;
 use crate::policy::model::{decide, ConnectionFacts, PolicyState};
 use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope};
@@ -234,6 +235,68 @@ pub fn gate<B: Backends>(b: &mut B, cfg: &Config, m: Member) -> Result<()> {
     let _lock = crate::lock::Lock::acquire_within(&cfg.paths.apply_lock, "pppd-gate", GATE_CREATE_LOCK_WAIT)?;
     b.nft().ensure_base(&cfg.policy.walled_garden)?;
     b.nft().commit(&add)
+}
+
+/// Makes sure `inet pppgate` exists before a session's network phase (the plugin; see
+/// docs/ARCHITECTURE.md, connect path step 0): one netlink probe when it does; when it does not
+/// (first session after boot), it is built under the apply lock, waiting at most
+/// [`GATE_CREATE_LOCK_WAIT`], as [`gate`] does. `holder` names the lock holder.
+pub fn ensure_table(b: &mut Netlink, cfg: &Config, holder: &str) -> Result<()> {
+    if b.nft().probe()?.table {
+        return Ok(());
+    }
+    let _lock = crate::lock::Lock::acquire_within(&cfg.paths.apply_lock, holder, GATE_CREATE_LOCK_WAIT)?;
+    b.nft().ensure_base(&cfg.policy.walled_garden)
+}
+
+/// Removes a member from every state set, the gate included (an address whose session never
+/// came up on a known interface).
+pub fn ungate<B: Backends>(b: &mut B, m: Member) -> Result<()> {
+    let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange::new(*set, m, false)).collect();
+    b.nft().commit(&all)
+}
+
+/// What one pppd leaves behind when its link goes (ip-down, or exit as a backstop): every member
+/// it gated and its session (interface + client member), removed with [`disconnect`] or
+/// [`ungate`]. Members are bound to our interface, so another session's state is never touched;
+/// when another interface now carries the client address as its peer (a newer session's), only
+/// our membership goes, not the address's rules. Collects errors and keeps going (removals only,
+/// idempotent).
+pub fn teardown_link<B: Backends>(
+    b: &mut B,
+    ifname: Option<&str>,
+    client: Option<Member>,
+    gated: &BTreeSet<Member>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let links = LinkSnapshot::read().ok();
+    let owned_elsewhere = |ip: Ipv4Addr| {
+        links
+            .as_ref()
+            .is_some_and(|s| s.by_name.values().any(|l| Some(l.name.as_str()) != ifname && l.peers.contains(&ip)))
+    };
+    let mut members: BTreeSet<Member> = gated.clone();
+    members.extend(client);
+    for m in members {
+        let full_cleanup = Some(m) == client && !owned_elsewhere(m.ip);
+        if Some(m) == client && !full_cleanup {
+            tracing::warn!(client_ip = %m.ip, "address now belongs to another session; removing only our membership");
+        }
+        let res = match ifname.filter(|_| full_cleanup) {
+            Some(ifn) => disconnect(b, ifn, m).map(|_| ()),
+            None => ungate(b, m),
+        };
+        if let Err(e) = res {
+            errors.push(crate::error::one_line(&e));
+        }
+    }
+    // An interface whose peer address was never known: its shaping, if any.
+    if let (None, Some(ifn)) = (client, ifname) {
+        if let Err(e) = b.tc().clear(ifn) {
+            errors.push(crate::error::one_line(&e));
+        }
+    }
+    errors
 }
 
 /// Removes everything of one session: memberships (the gate too), shaping and its IFB, routes on

@@ -57,6 +57,9 @@ pub struct WgConfig {
     pub address_quarantine: Duration,
     /// Routers of one tenant reach each other through the concentrator.
     pub intra_tenant: bool,
+    /// Networks (the panel) allowed to reach routers through the concentrator; the routers'
+    /// answers to them pass too. None of them may overlap the tenant pool.
+    pub management_nets: Vec<ipnet::Ipv4Net>,
     /// Serialises WireGuard reconciles on this box.
     pub lock_file: PathBuf,
 }
@@ -77,6 +80,7 @@ pub struct RawWgConfig {
     pub handshake_up_s: Option<u64>,
     pub address_quarantine_s: Option<u64>,
     pub intra_tenant: Option<bool>,
+    pub management_nets: Option<Vec<String>>,
     pub lock_file: Option<PathBuf>,
 }
 
@@ -157,6 +161,16 @@ impl WgConfig {
         if address_quarantine > Duration::from_secs(365 * 86400) {
             p("address_quarantine_s: at most one year".into());
         }
+        let mut management_nets = Vec::new();
+        for (i, n) in r.management_nets.unwrap_or_default().iter().enumerate() {
+            match n.parse::<ipnet::Ipv4Net>() {
+                Ok(net) if crate::kernel::wg::isolation::overlaps_pool(&net) => {
+                    p(format!("management_nets[{i}]: {n} overlaps the tenant pool 10.100.0.0-10.254.255.255"))
+                }
+                Ok(net) => management_nets.push(net.trunc()),
+                Err(_) => p(format!("management_nets[{i}]: {n:?} is not an IPv4 network (a.b.c.d/len)")),
+            }
+        }
         let lock_file = r.lock_file.unwrap_or_else(|| "/run/pppgate/wg.lock".into());
         if !lock_file.is_absolute() {
             p(format!("lock_file: {} is not an absolute path", lock_file.display()));
@@ -176,6 +190,7 @@ impl WgConfig {
             handshake_up,
             address_quarantine,
             intra_tenant: r.intra_tenant.unwrap_or(true),
+            management_nets,
             lock_file,
         }
     }
@@ -313,10 +328,12 @@ mod tests {
                 listen_port: Some(70000),
                 backend: Some("magic".into()),
                 master_key_file: Some("rel/key".into()),
+                management_nets: Some(vec!["192.0.2.0/24".into(), "10.150.0.0/24".into(), "panel".into()]),
                 ..Default::default()
             },
             &mut p,
         );
-        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!(p.len(), 6, "{p:?}");
+        assert!(p.iter().any(|x| x.contains("management_nets[1]: 10.150.0.0/24 overlaps the tenant pool")), "{p:?}");
     }
 }

@@ -19,6 +19,7 @@ use super::{BackendKind, WgConfig};
 use crate::db::wg::{self as dbwg, PeerStats, RouterRow, ServerRow};
 use crate::error::{Error, Result};
 use crate::kernel::wg::genl::Genl;
+use crate::kernel::wg::isolation::{self, Drops, Isolation};
 use crate::kernel::wg::uapi::Uapi;
 use crate::kernel::wg::{self as kwg, link, DeviceChange, DeviceState, PeerChange, PeerSpec, WgDevice};
 
@@ -31,6 +32,8 @@ pub struct Desired {
     pub peers: Vec<PeerSpec>,
     pub addresses: Vec<Ipv4Net>,
     pub routes: Vec<Ipv4Net>,
+    /// Tenant isolation in `inet pppgate_wg` ([`isolation`]).
+    pub isolation: Isolation,
 }
 
 /// The server row of this NAS's interface, or a configuration error telling to run `wg init`.
@@ -45,7 +48,7 @@ pub fn server_row(client: &mut Client, cfg: &WgConfig, nas: &str) -> Result<Serv
 }
 
 /// Desired state from SQL (decrypts the server's private key and every router's preshared key).
-pub fn desired(server: &ServerRow, routers: &[RouterRow], keys: &MasterKeys) -> Result<Desired> {
+pub fn desired(server: &ServerRow, routers: &[RouterRow], keys: &MasterKeys, cfg: &WgConfig) -> Result<Desired> {
     let private_key =
         keys.open(&server.private_key, &Binding::ServerPrivate { nas: &server.nas_identity, ifname: &server.ifname })?;
     if public_of(&private_key).to_base64() != server.public_key {
@@ -81,6 +84,12 @@ pub fn desired(server: &ServerRow, routers: &[RouterRow], keys: &MasterKeys) -> 
         peers,
         addresses: octets.iter().map(|o| kwg::host_net(addr::gateway(*o), 16)).collect(),
         routes: routes.into_iter().collect(),
+        isolation: Isolation {
+            ifname: server.ifname.clone(),
+            intra_tenant: cfg.intra_tenant,
+            management: cfg.management_nets.iter().copied().collect(),
+            routers: routers.iter().map(|r| (r.address, r.subnet)).collect(),
+        },
     })
 }
 
@@ -119,6 +128,10 @@ pub struct Report {
     pub routes_added: Vec<Ipv4Net>,
     pub routes_removed: Vec<Ipv4Net>,
     pub link_set_up: bool,
+    /// `inet pppgate_wg` was (re)written.
+    pub isolation_written: bool,
+    /// Its drop counters as read back (packets).
+    pub isolation_drops: Drops,
     pub peers: usize,
     pub timings_us: Timings,
 }
@@ -177,6 +190,8 @@ pub fn apply(dev: &mut dyn WgDevice, want: &Desired) -> Result<(Report, DeviceSt
         link::del_route(ifname, *r)?;
     }
     (rep.addresses_added, rep.addresses_removed, rep.routes_added, rep.routes_removed) = (add_a, del_a, add_r, del_r);
+    // Isolation after the peers: written and read back before anything is reported as done.
+    (rep.isolation_written, rep.isolation_drops) = isolation::ensure(&want.isolation)?;
     rep.timings_us.apply_us = t1.elapsed().as_micros() as u64;
 
     let t2 = Instant::now();

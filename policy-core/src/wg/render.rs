@@ -225,7 +225,7 @@ mod tests {
     fn routeros_script_is_idempotent_by_comment() {
         let (p, k, srv) =
             (generate_private().unwrap(), generate_psk().unwrap(), public_of(&generate_private().unwrap()));
-        let allowed: Vec<Ipv4Net> = vec!["10.100.0.0/16".parse().unwrap(), "10.200.0.0/24".parse().unwrap()];
+        let allowed: Vec<Ipv4Net> = vec!["10.100.0.0/16".parse().unwrap(), "192.168.200.0/24".parse().unwrap()];
         let v = fixture(&p, &k, &srv, &allowed, &[]);
         let s = routeros(&v);
         assert!(s.contains(":local c \"pppgate-wg tenant=7 router=42\""));
@@ -236,7 +236,7 @@ mod tests {
             assert!(a.starts_with(":if ([:len [") && a.contains("find where comment=$c]] = 0)"), "{a}");
         }
         assert!(!s.contains("numbers="));
-        assert!(s.contains("allowed-address=10.100.0.0/16,10.200.0.0/24"));
+        assert!(s.contains("allowed-address=10.100.0.0/16,192.168.200.0/24"));
         assert!(s.contains(&format!("private-key=\"{}\"", p.to_base64())));
         assert!(s.contains("persistent-keepalive=25s"));
         assert!(s.contains("RouterOS 7.1 or later"));

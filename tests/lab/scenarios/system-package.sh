@@ -31,7 +31,7 @@ timed() {
 
 enabled() { [ "$(systemctl is-enabled "$1" 2> /dev/null)" = enabled ]; }
 active() { [ "$(systemctl is-active "$1" 2> /dev/null)" = active ]; }
-TIMERS="vpn-policy-reconcile.timer vpn-accounting-collector.timer vpn-stale-session-janitor.timer"
+TIMERS="vpn-policy-reconcile.timer vpn-accounting-collector.timer vpn-stale-session-janitor.timer pppgate-wg-reconcile.timer"
 
 install_case() {
   timed install "${APT[@]}" "$LAB_DEB" > "$LAB_OUT/logs/apt-install.log" 2>&1 ||

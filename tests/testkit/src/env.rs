@@ -26,6 +26,8 @@ pub struct TestEnv {
     pub apply_lock: PathBuf,
     pub collector_lock: PathBuf,
     pub run_dir: PathBuf,
+    /// pppgate's persistent state (last-run records of the timer jobs).
+    pub state_dir: PathBuf,
     pub accounting_dir: PathBuf,
     pub audit_log: PathBuf,
     pub rt_tables: PathBuf,
@@ -86,6 +88,7 @@ impl TestEnv {
         let apply_lock = run.join("vpn-policy-apply.lock");
         let collector_lock = run.join("vpn-accounting-collector.lock");
         let run_dir = run.join("pppgate");
+        let state_dir = root.join("var/lib/pppgate");
         let accounting_dir = root.join("var/lib/vpn-accounting");
         let audit_log = root.join("var/log/pppgate/audit.log");
         let rt_tables = root.join("etc/iproute2/rt_tables");
@@ -110,6 +113,7 @@ impl TestEnv {
             apply_lock,
             collector_lock,
             run_dir,
+            state_dir,
             accounting_dir,
             audit_log,
             rt_tables,
@@ -141,6 +145,7 @@ sessions_dir = "{sessions}"
 apply_lock = "{apply_lock}"
 collector_lock = "{collector_lock}"
 run_dir = "{run_dir}"
+state_dir = "{state_dir}"
 accounting_dir = "{accounting}"
 audit_log = "{audit}"
 rt_tables = "{rt}"
@@ -158,6 +163,7 @@ client_pool = [{pool}]
             apply_lock = self.apply_lock.display(),
             collector_lock = self.collector_lock.display(),
             run_dir = self.run_dir.display(),
+            state_dir = self.state_dir.display(),
             accounting = self.accounting_dir.display(),
             audit = self.audit_log.display(),
             rt = self.rt_tables.display(),

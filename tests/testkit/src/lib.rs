@@ -17,7 +17,8 @@
 //! * [`tunpeer`]: a TUN link whose counters the test moves on command, and [`acct`]: the
 //!   accounting tests' world built from it;
 //! * [`lab_output`]: reading what the lab VM's connect scenarios leave behind (kernel snapshots,
-//!   probe logs, the plugin's log fields).
+//!   probe logs, the plugin's log fields);
+//! * [`schema`]: validating `--json` outputs against docs/schemas (python3-jsonschema).
 //!
 //! Everything here needs root (network namespaces, PostgreSQL run as the postgres user). Without it
 //! the helpers panic with a message saying so: a test that cannot run must fail, never skip.
@@ -31,6 +32,7 @@ pub mod kernel;
 pub mod lab_output;
 pub mod netns;
 pub mod pg;
+pub mod schema;
 pub mod session;
 pub mod traffic;
 pub mod tunpeer;
@@ -41,6 +43,7 @@ pub use fixtures::{add_connection, add_customer, add_route};
 pub use kernel::*;
 pub use netns::*;
 pub use pg::PgServer;
+pub use schema::{assert_schema, schema_errors};
 pub use session::{dead_pid, ppp_link, tun_farm, write_mapping, FakeSession, SessionBuilder, StandIn, TunFarm};
 pub use traffic::{expect_all, ns_counter, ping, tcp, udp_burst, Check};
 pub use tunpeer::Peer;

@@ -110,6 +110,7 @@ impl Peer {
             session_id: None,
             up_ts,
             counters_base: None,
+            process: crate::session::identity_at(self.pid, self.start_ts),
         }
     }
 

@@ -8,6 +8,7 @@
 //! function of the desired peers and the device as read.
 
 pub mod genl;
+pub mod isolation;
 pub mod link;
 pub mod uapi;
 
