@@ -1,4 +1,4 @@
-//! The admin hardcut (seed 004 §8.1, D012): `vpn-session-kill <vpn_connection_id>` ends every live
+//! The admin hardcut (R601–R603): `vpn-session-kill <vpn_connection_id>` ends every live
 //! session of one connection — kill first, then reconcile, then best-effort cleanup.
 //!
 //! * The id must be a plain positive decimal integer (`[1-9][0-9]*`, fitting i64): anything else

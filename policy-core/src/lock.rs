@@ -16,12 +16,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Holder {
-    pub pid: u32,
-    pub since: i64,
-    pub what: String,
-}
+pub use crate::error::LockHolder as Holder;
 
 impl Holder {
     pub fn parse(text: &str) -> Option<Holder> {

@@ -1,4 +1,4 @@
-//! Session mapping files: `/run/vpn-sessions/<ppp_if>.env` (seed 004 §2/§3).
+//! Session mapping files: `/run/vpn-sessions/<ppp_if>.env` (R106, R501).
 //!
 //! Format: one `KEY=VALUE` per line, written atomically (temp file, fsync, rename; mode 0640).
 //! Required: CONNECTION_ID, PPP_IF, CLIENT_IP, START_TS, PPPD_PID. Optional: SESSION_ID, UP_TS,
@@ -39,6 +39,8 @@ pub struct Mapping {
     pub client_ip: Ipv4Addr,
     pub start_ts: i64,
     pub pppd_pid: u32,
+    /// SESSION_ID (optional, diagnostic): the session's accounting key
+    /// (`accounting::SessionKey`, `<nas>:<PPP_IF>:<PPPD_PID>:<START_TS>`) when the plugin wrote it.
     pub session_id: Option<String>,
     pub up_ts: Option<i64>,
     /// The interface's (rx, tx) octets when IPCP came up.
@@ -48,21 +50,7 @@ pub struct Mapping {
     pub process: Option<ProcessIdentity>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MappingError {
-    #[error("line {0} is not KEY=VALUE")]
-    NotKeyValue(usize),
-    #[error("key {0} appears twice")]
-    Duplicate(String),
-    #[error("missing {0}")]
-    Missing(&'static str),
-    #[error("{key} has an invalid value {value:?}")]
-    BadValue { key: &'static str, value: String },
-    #[error("PPP_IF {0:?} does not match the file name")]
-    NameMismatch(String),
-    #[error("file is not valid UTF-8")]
-    NotUtf8,
-}
+pub use crate::error::MappingError;
 
 /// Interface names as the kernel accepts them (IFNAMSIZ - 1, no '/', no whitespace, not . or ..).
 pub fn valid_ifname(s: &str) -> bool {

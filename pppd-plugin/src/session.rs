@@ -1,4 +1,4 @@
-//! The session's life inside pppd (seed 004 §3/§4, D009 "no unpoliced window"):
+//! The session's life inside pppd (R101–R119, R201–R207; "no unpoliced window"):
 //!
 //! 0. **table** (phase notifier, before the network phase): `inet pppgate` exists, or the link ends.
 //! 1. **address hook** (before the interface is up, before any SQL): the client address enters
@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use policy_core::accounting::SessionKey;
 use policy_core::config::Config;
 use policy_core::connect::{self, Action, Attempt, Phase};
 use policy_core::db;
@@ -270,17 +271,20 @@ pub(crate) fn ip_up() {
     };
     let pid = shim::pppd_pid();
     let up_ts = policy_core::lock::now_unix();
-    let mapping = Mapping {
+    let mut mapping = Mapping {
         connection_id: facts.id,
         ppp_if: ifname.clone(),
         client_ip,
         start_ts,
         pppd_pid: pid,
-        session_id: Some(format!("{}:{}:{}:{}", cfg.nas.identity, ifname, pid, up_ts)),
+        session_id: None,
         up_ts: Some(up_ts),
         counters_base,
         process: Some(process),
     };
+    // SESSION_ID is the session's accounting key (pppgate_sessions.session_key): one name, one
+    // meaning, for operators joining a mapping file to SQL.
+    mapping.session_id = Some(SessionKey::of(&cfg.nas.identity, &mapping).into_string());
     note_replaced_mapping(&cfg.paths.sessions_dir, &ifname, pid);
     let mapping_us = match mapping.write_atomic(&cfg.paths.sessions_dir) {
         Ok(path) => {
@@ -458,17 +462,17 @@ fn cleanup(event: &str) {
     }
 }
 
-/// Seed 004 §4.1: the final accounting flush, before the cleanup and before the mapping goes
+/// R201: the final accounting flush, before the cleanup and before the mapping goes
 /// (docs/accounting.md). Bounded; whatever happens, the final counters are on disk for the
 /// collector once the marker is written.
 fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str) {
-    // pppd took these in ipcp_down just before the notifiers ran: octets since IPCP came up,
-    // what pppd logs as "Sent N bytes, received M bytes" and radius.so reports.
+    // pppd's octets since IPCP came up, what pppd logs as "Sent N bytes, received M bytes" and
+    // radius.so reports (how each pppd API takes them: shim::link_stats).
     let stats = shim::link_stats();
     let counters = policy_core::accounting::FinalCounters {
         pppd: stats.as_ref().map(|s| policy_core::accounting::Octets::new(s.bytes_in, s.bytes_out)),
         // pppd 2.4's link_stats are 32 bits wide: extended against the interface's counters.
-        wraps_32: shim::PPPD_API == "2.4",
+        wraps_32: stats.as_ref().is_some_and(|s| s.wraps_32),
         terminate_cause: None,
     };
     let (rx, tx) = stats.as_ref().map_or((0, 0), |s| (s.bytes_in, s.bytes_out));

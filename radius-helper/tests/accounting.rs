@@ -800,3 +800,40 @@ fn a_clock_stepped_back_gives_no_stop_before_start() {
     let (s, e): (i64, Option<i64>) = (row.get(0), row.get(1));
     assert!(e.expect("closed") >= s, "pppgate_sessions stop before start");
 }
+
+/// radius.so's row is bound by NAS address, framed IP and start window, not by the user name:
+/// radacct holds the login as pppd rendered it and rlm_sql escaped it (`jürgen` →
+/// `jM-CM-=3Crgen`, lab), which never equals the raw login. Bound, updated, and no second
+/// (pppgate-owned) row even at the final flush in mode `auto`.
+#[test]
+fn radius_row_is_bound_whatever_the_name_rendering() {
+    let lab = new_lab("auto");
+    let conn = lab.add_connection("jürgen", None, "month");
+    let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    let mut c = lab.pg.client();
+    let ip = client(2).to_string();
+    let ours: i64 = c
+        .query_one(
+            "INSERT INTO radacct (acctsessionid, acctuniqueid, username, nasipaddress, acctstarttime, framedipaddress)
+             VALUES ('=25lX6b01f7fd=25hX', 'r-ours', 'jM-CM-=3Crgen', $1::text::inet, to_timestamp($2), $3::text::inet)
+             RETURNING radacctid",
+            &[&NAS_IP, &(p.start_ts as f64 + 1.0), &ip],
+        )
+        .unwrap()
+        .get(0);
+    lab.write_mapping(&p.mapping(conn, Some(p.start_ts + 1)));
+    p.rx(6, 1000);
+    p.tx(2, 100);
+    lab.collect().ok();
+    p.rx(1, 100);
+    lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp0"], None).ok();
+    let k = p.counters();
+    let r =
+        c.query_one("SELECT acctinputoctets, acctoutputoctets FROM radacct WHERE radacctid = $1", &[&ours]).unwrap();
+    assert_eq!((r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)), (Some(k.0), Some(k.1)));
+    assert_eq!(c.query_one("SELECT count(*) FROM radacct", &[]).unwrap().get::<_, i64>(0), 1, "no second row");
+    let b = c
+        .query_one("SELECT radacct_owner, radacct_id FROM pppgate_sessions WHERE session_key = $1", &[&p.session_key()])
+        .unwrap();
+    assert_eq!((b.get::<_, Option<String>>(0), b.get::<_, Option<i64>>(1)), (Some("radius".into()), Some(ours)));
+}

@@ -15,10 +15,14 @@
 //!
 //! radacct identity: a session is bound once, and the binding is kept in `pppgate_sessions`
 //! (`radacct_owner`, `radacct_id`):
-//! * `radius` — the row radius.so's accounting created: same NAS-IP-Address, Framed-IP-Address
-//!   and User-Name (the connection's login), started between the pppd start − 5 s and IPCP-up
-//!   plus 30 s (or the reading, when IPCP-up is not known), not a pppgate row and not bound to
-//!   another session. radius.so's Acct-Session-Id is never used (it is malformed, lab FINDINGS).
+//! * `radius` — the row radius.so's accounting created: same NAS-IP-Address and
+//!   Framed-IP-Address, started between the pppd start − 5 s and IPCP-up plus 30 s (or the
+//!   reading, when IPCP-up is not known), not a pppgate row and not bound to another session.
+//!   The user name is deliberately not compared: the name in radacct is the login after pppd's
+//!   rendering, FreeRADIUS's xlat and rlm_sql's escaping (`jürgen` is stored as `jM-CM-=3Crgen`),
+//!   and the address a live session holds on this NAS plus a start window bounded by this pppd's
+//!   own start already name one row (docs/accounting.md). radius.so's Acct-Session-Id is never
+//!   used (it is malformed, lab FINDINGS).
 //!   Totals are written while the row is open; radius.so's own Stop closes it, never pppgate.
 //! * `pppgate` — a row pppgate owns, `acctuniqueid = 'pppgate:<session key>'`, opened, updated and
 //!   closed by pppgate. In mode `own` always; in mode `auto` only when no RADIUS row exists by the
@@ -72,7 +76,7 @@ WITH nb AS (
 ), found AS (
     SELECT DISTINCT ON (sc.session_key) sc.session_key, r.radacctid
     FROM sc JOIN radacct r
-      ON r.nasipaddress = $3 AND r.framedipaddress = sc.client_ip AND r.username = sc.login
+      ON r.nasipaddress = $3 AND r.framedipaddress = sc.client_ip
      AND r.acctstarttime >= to_timestamp(sc.start_ts - 5)
      AND r.acctstarttime <= to_timestamp(COALESCE(sc.up_ts + 30, sc.at))
      AND r.acctuniqueid NOT LIKE 'pppgate:%'

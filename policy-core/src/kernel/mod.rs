@@ -12,7 +12,6 @@ pub mod lookup;
 pub mod netlink;
 pub mod nft;
 pub mod nft_counters;
-pub mod peers;
 pub mod recording;
 pub mod route;
 pub mod rule;
@@ -171,11 +170,19 @@ impl From<Speed> for Shaping {
     }
 }
 
+/// Prefix of the IFB devices carrying sessions' upload (`pgi-<ppp_if>`): the one definition.
+pub const IFB_PREFIX: &str = "pgi-";
+
 /// Name of the IFB device carrying a session's upload.
 pub fn ifb_name(ppp_if: &str) -> String {
-    let n = format!("pgi-{ppp_if}");
+    let n = format!("{IFB_PREFIX}{ppp_if}");
     debug_assert!(n.len() <= 15);
     n
+}
+
+/// The session interface an IFB name belongs to (the name itself when it has no IFB prefix).
+pub fn ifb_owner(ifb: &str) -> &str {
+    ifb.strip_prefix(IFB_PREFIX).unwrap_or(ifb)
 }
 
 /// tc state pppgate owns.

@@ -307,7 +307,7 @@ impl Tc for Recording {
         if !self.record(Call::TcRemoveIfb(ifb.into()))? {
             return Ok(());
         }
-        if !ifb.starts_with("pgi-") {
+        if !ifb.starts_with(super::IFB_PREFIX) {
             return Err(Error::invalid("ifb device", ifb, "not a pppgate ifb (pgi-*)"));
         }
         self.kernel.tc.ifbs.remove(ifb);

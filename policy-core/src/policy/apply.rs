@@ -201,7 +201,7 @@ pub fn remove_gone_sessions<B: Backends>(
         }
     }
     for ifb in &view.tc.ifbs {
-        let owner = ifb.strip_prefix("pgi-").unwrap_or(ifb);
+        let owner = crate::kernel::ifb_owner(ifb);
         if !live_ifs.contains(owner) {
             ifnames.insert(owner.to_string());
         }

@@ -321,7 +321,7 @@ pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, m: Member) -> Result<Out
     out.plan = plan;
     out.applied = true;
     if !errors.is_empty() {
-        return Err(Error::Verify(format!("cleanup of {ifname} incomplete: {}", errors.join("; "))));
+        return Err(Error::Cleanup { ifname: ifname.to_string(), errors });
     }
     Ok(out)
 }

@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::kernel::{
-    ifb_name, Member, NftSet, NftState, OwnedRoute, OwnedRule, RouteQuery, SetChange, Shaping, TcState,
+    ifb_name, ifb_owner, Member, NftSet, NftState, OwnedRoute, OwnedRule, RouteQuery, SetChange, Shaping, TcState,
 };
 use crate::policy::model::{PbrSpec, Policy, PolicyState};
 
@@ -285,16 +285,34 @@ pub fn route_query(desired: &Desired, scope: &Scope, rules: &[OwnedRule]) -> Rou
 
 /// Computes the plan that turns `actual` into `desired` within `scope`.
 pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
+    let (restrict, open) = plan_membership(desired, actual, scope);
+    let tc_ops = plan_shaping(desired, actual, scope);
+    let wanted = wanted_routing(desired, actual, scope);
+    let routing = plan_routing(&wanted, actual, scope);
+    let terminate = plan_terminations(desired);
+
+    let mut ops = Vec::new();
+    if !restrict.is_empty() {
+        ops.push(Op::NftTransaction { changes: restrict });
+    }
+    // Rules before routes: a rule never points at a table whose default route is already gone.
+    ops.extend(routing.rule_dels);
+    ops.extend(routing.route_dels);
+    ops.extend(tc_ops);
+    ops.extend(routing.route_adds);
+    ops.extend(routing.rule_adds);
+    if !open.is_empty() {
+        ops.push(Op::NftTransaction { changes: open });
+    }
+    ops.extend(terminate);
+    Plan { ops }
+}
+
+/// nft membership: the set changes that make a session more restricted (first transaction) and
+/// those that open one (last transaction).
+fn plan_membership(desired: &Desired, actual: &KernelView, scope: &Scope) -> (Vec<SetChange>, Vec<SetChange>) {
     let mut restrict: Vec<SetChange> = Vec::new();
     let mut open: Vec<SetChange> = Vec::new();
-    let mut route_dels = Vec::new();
-    let mut rule_dels = Vec::new();
-    let mut tc_ops = Vec::new();
-    let mut route_adds = Vec::new();
-    let mut rule_adds = Vec::new();
-    let mut terminate = Vec::new();
-
-    // --- nft membership -------------------------------------------------------------------
     // A member is a session's address bound to its interface. A member of the kernel that no
     // session wants (an interface that is gone, an address it no longer carries) is removed in
     // the first, restricting transaction.
@@ -334,8 +352,12 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             open.extend(changes);
         }
     }
+    (restrict, open)
+}
 
-    // --- tc ---------------------------------------------------------------------------------
+/// tc: shaping to set or clear, and IFBs whose session is gone.
+fn plan_shaping(desired: &Desired, actual: &KernelView, scope: &Scope) -> Vec<Op> {
+    let mut tc_ops = Vec::new();
     let mut want_tc: BTreeMap<&str, Shaping> = BTreeMap::new();
     for s in &desired.sessions {
         if matches!(s.policy.state, PolicyState::Full | PolicyState::Restricted) && !s.policy.speed.is_unlimited() {
@@ -362,7 +384,7 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
         })
         .collect();
     for ifb in &actual.tc.ifbs {
-        let owner = ifb.strip_prefix("pgi-").unwrap_or(ifb);
+        let owner = ifb_owner(ifb);
         let wanted_up = want_tc.get(owner).is_some_and(|s| s.up_kbit.is_some());
         if scope.has_if(owner) && !wanted_up && !cleared.contains(ifb) {
             let owner_has_entry = actual.tc.shaping.contains_key(owner);
@@ -371,8 +393,18 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             }
         }
     }
+    tc_ops
+}
 
-    // --- routes and rules --------------------------------------------------------------------
+/// Routes and rules the desired state wants: per-session routes (one owner per kernel route
+/// key), rules, and the shared per-table default routes of policy routing.
+struct WantedRouting {
+    routes: BTreeSet<OwnedRoute>,
+    rules: BTreeSet<OwnedRule>,
+    shared: BTreeSet<OwnedRoute>,
+}
+
+fn wanted_routing(desired: &Desired, actual: &KernelView, scope: &Scope) -> WantedRouting {
     // The kernel keeps one route per (destination, table, metric): adding a second replaces the
     // first. Two sessions wanting the same destination (one login online twice, or two users
     // given the same subnet) would take it from each other on every run and never verify, so
@@ -407,6 +439,23 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
         per_table.entry(r.table).or_insert(r);
     }
     let shared: BTreeSet<OwnedRoute> = per_table.into_values().collect();
+    WantedRouting { routes: want_routes, rules: want_rules, shared }
+}
+
+/// The route and rule changes, in the order they are applied.
+struct RoutingOps {
+    rule_dels: Vec<Op>,
+    route_dels: Vec<Op>,
+    route_adds: Vec<Op>,
+    rule_adds: Vec<Op>,
+}
+
+fn plan_routing(wanted: &WantedRouting, actual: &KernelView, scope: &Scope) -> RoutingOps {
+    let (want_routes, want_rules, shared) = (&wanted.routes, &wanted.rules, &wanted.shared);
+    let mut route_dels = Vec::new();
+    let mut rule_dels = Vec::new();
+    let mut route_adds = Vec::new();
+    let mut rule_adds = Vec::new();
     let actual_routes: BTreeSet<&OwnedRoute> = actual.routes.iter().collect();
     let actual_rules: BTreeSet<&OwnedRule> = actual.rules.iter().collect();
 
@@ -415,7 +464,7 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             route_adds.push(Op::RouteAdd { route: r.clone() });
         }
     }
-    for u in &want_rules {
+    for u in want_rules {
         if !actual_rules.contains(u) {
             rule_adds.push(Op::RuleAdd { rule: u.clone() });
         }
@@ -456,7 +505,12 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             route_dels.push(Op::RouteDel { route: r.clone() });
         }
     }
+    RoutingOps { rule_dels, route_dels, route_adds, rule_adds }
+}
 
+/// Sessions whose pppd is to be signalled.
+fn plan_terminations(desired: &Desired) -> Vec<Op> {
+    let mut terminate = Vec::new();
     for s in &desired.sessions {
         if s.policy.state == PolicyState::Terminate {
             terminate.push(Op::Terminate {
@@ -466,22 +520,7 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             });
         }
     }
-
-    let mut ops = Vec::new();
-    if !restrict.is_empty() {
-        ops.push(Op::NftTransaction { changes: restrict });
-    }
-    // Rules before routes: a rule never points at a table whose default route is already gone.
-    ops.extend(rule_dels);
-    ops.extend(route_dels);
-    ops.extend(tc_ops);
-    ops.extend(route_adds);
-    ops.extend(rule_adds);
-    if !open.is_empty() {
-        ops.push(Op::NftTransaction { changes: open });
-    }
-    ops.extend(terminate);
-    Plan { ops }
+    terminate
 }
 
 /// A plan is verified when re-planning against the kernel read back after applying it finds

@@ -22,6 +22,7 @@ pg_start
 pppgate_configure
 pppgate_migrate
 net_setup
+acct_quiet_links
 sql "insert into vpn_connections (subaccount_login, status) values ('alice', 'CLAIMED')"
 sql "insert into vpn_connections (subaccount_login, status, quota_bytes, quota_period) values ('carol', 'CLAIMED', 3000000, 'month')"
 lns_user alice pw-alice
