@@ -12,7 +12,7 @@ use policy_core::config::{Config, Paths, DEFAULT_PATH};
 use policy_core::error::one_line;
 use policy_core::ExitCode;
 
-use crate::cli::{Failure, Global};
+use crate::verb::{Failure, Global};
 
 /// Who ran us through sudo.
 #[derive(Debug, Clone)]
