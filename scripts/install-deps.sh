@@ -23,6 +23,7 @@ PACKAGES=(
   bsdutils binutils dpkg apt                      # script(1) for pppd_load; nm, dpkg-deb, apt-get for build-pppd-variants.sh
   dpkg-dev debhelper lintian sudo                 # scripts/build-deb.sh (dpkg-buildpackage, dh), tests/package_deb.rs (lintian, visudo)
   charon-systemd strongswan-swanctl strongswan-pki libstrongswan-standard-plugins  # L2TP over IPsec in the lab (charon, swanctl, pki, openssl: ECDSA)
+  mmdebstrap debian-archive-keyring xz-utils      # the Debian 13 lab root (src/root.rs): built from Debian's registry, trixie's keys, .ko.xz modules
 )
 
 missing=()

@@ -5,6 +5,8 @@
 #   cargo build --release --workspace (+ scripts/build-pppd-variants.sh)
 #   scripts/build-deb.sh --no-build (the .deb, from those artifacts)
 #   cargo test --release --workspace
+#   with PPPGATE_LAB_LONG=1: scripts/lab-matrix.sh, the full lab matrix on both roots (long run,
+#   not CI; tests/lab/README.md, "CI and the long run")
 # The lab tests (tests/lab_*.rs) boot Debian's kernel under qemu (TCG) with the host's root over
 # 9p; they run the release artifacts this script builds first. Nothing global is started: every
 # server the tests need (PostgreSQL, xl2tpd, pppd, FreeRADIUS) runs inside a VM or a network
@@ -39,7 +41,25 @@ bash scripts/build-deb.sh --no-build
 bash scripts/build-deb.sh --no-build --version "$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)+lab1"
 log "package took $((SECONDS - start)) s"
 
+rc=0
 start=$SECONDS
 log "cargo test --release --workspace --no-fail-fast"
-cargo test --release --workspace --no-fail-fast
+cargo test --release --workspace --no-fail-fast || rc=$?
 log "tests took $((SECONDS - start)) s"
+
+# The Debian 13 root in CI is tests/lab_trixie.rs (within the workspace tests above: root built,
+# booted, pppd 2.5.2 loads the 2.5 build and refuses the others). Every scenario family on it is
+# the long run (CI budget; tests/lab/README.md, "CI and the long run").
+if [ "${PPPGATE_LAB_LONG:-0}" = 1 ]; then
+  start=$SECONDS
+  log "PPPGATE_LAB_LONG=1: scripts/lab-matrix.sh (every lab scenario family on both roots + 4 GiB accounting)"
+  bash scripts/lab-matrix.sh || rc=$?
+  log "lab matrix took $((SECONDS - start)) s"
+  # The package's life cycle on the systemd-booted system lab (install, upgrade and remove with a
+  # live session, purge): four apt runs under TCG.
+  start=$SECONDS
+  log "PPPGATE_LAB_LONG=1: cargo test --release --test lab_package -- --ignored"
+  cargo test --release --no-fail-fast --test lab_package -- --ignored || rc=$?
+  log "lab_package took $((SECONDS - start)) s"
+fi
+exit "$rc"

@@ -87,6 +87,7 @@ fn main() {
         b = b
             .allowlist_type("ppp_notify_t")
             .allowlist_type("ppp_exit_code_t")
+            .allowlist_type("ppp_phase_t")
             .allowlist_function("ppp_add_notify")
             .allowlist_function("ppp_del_notify")
             .allowlist_function("ppp_add_options")

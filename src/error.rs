@@ -16,6 +16,15 @@ pub enum LabError {
     #[error("missing build artifact {}; build it first with `{build}` (the lab never builds)", path.display())]
     MissingArtifact { path: PathBuf, build: String },
 
+    #[error("the lab artifact {} is older than {}; rebuild it with `{build}`", path.display(), newer.display())]
+    StaleArtifact { path: PathBuf, newer: PathBuf, build: String },
+
+    #[error("cannot build the {root} lab root: {reason} (log {})", log.display())]
+    RootBuild { root: String, reason: String, log: PathBuf },
+
+    #[error("unsupported lab run: {0}")]
+    Unsupported(String),
+
     #[error("no usable kernel: {0}")]
     NoKernel(String),
 

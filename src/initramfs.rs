@@ -11,13 +11,19 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{LabError, Result};
-use crate::kernel::Kernel;
+use crate::kernel::{Compression, Kernel};
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
-/// Mount tags of the two 9p exports (see `vm.rs`).
+/// Mount tags of the 9p exports (see `vm.rs`).
 pub const ROOT_TAG: &str = "hostroot";
 pub const OUT_TAG: &str = "labout";
+/// A foreign guest root (`src/root.rs`, e.g. Debian 13): exported under this tag and made the
+/// overlay's lower layer when the kernel command line says [`GUEST_ROOT_ARG`]. The host's root is
+/// then mounted at `/host` in the initramfs and the paths in `$LAB_HOST_BINDS` (lab.env: the
+/// checkout, the artifacts) are bound read-only into the guest at the same paths.
+pub const GUEST_ROOT_TAG: &str = "labroot";
+pub const GUEST_ROOT_ARG: &str = "pppgate_lab.root=labroot";
 /// Writable cache shared by all runs (`target/lab/cache`), at `/var/cache/pppgate-lab` in the guest.
 pub const CACHE_TAG: &str = "labcache";
 pub const GUEST_CACHE_DIR: &str = "/var/cache/pppgate-lab";
@@ -36,7 +42,13 @@ for m in /lib/modules/*.ko; do
   insmod "$m" || fail "insmod $m"
 done
 mkdir -p /lower /upper /newroot
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose @ROOT_TAG@ /lower || fail "cannot mount the host root over 9p"
+lower=@ROOT_TAG@
+case " $(cat /proc/cmdline) " in *" @GUEST_ROOT_ARG@ "*) lower=@GUEST_ROOT_TAG@ ;; esac
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose $lower /lower || fail "cannot mount the guest root ($lower) over 9p"
+if [ "$lower" != @ROOT_TAG@ ]; then
+  mkdir -p /host
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose @ROOT_TAG@ /host || fail "cannot mount the host root over 9p"
+fi
 mount -t tmpfs -o mode=0755 tmpfs /upper || fail "cannot mount the overlay's tmpfs"
 mkdir -p /upper/u /upper/w
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w /newroot || fail "cannot mount the overlay"
@@ -47,6 +59,13 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 @CACHE_TAG@ /newroot/v
 [ -r /newroot/out/lab.env ] || fail "the run directory has no lab.env"
 . /newroot/out/lab.env
 [ -n "${LAB_BOOT:-}" ] || fail "lab.env does not set LAB_BOOT"
+# boot.sh powers off with busybox; a guest root may have none (Debian 13's minbase).
+[ -e /newroot/bin/busybox ] || cp /bin/busybox /newroot/bin/busybox || fail "cannot copy busybox into the guest root"
+for p in ${LAB_HOST_BINDS:-}; do
+  [ "$lower" != @ROOT_TAG@ ] || fail "LAB_HOST_BINDS needs a guest root"
+  [ -d "/host$p" ] || fail "host path $p does not exist"
+  mkdir -p "/newroot$p" && mount --bind "/host$p" "/newroot$p" || fail "cannot bind the host's $p into the guest"
+done
 mount --move /dev /newroot/dev || fail "cannot move /dev"
 echo "lab-init: root ready, running $LAB_BOOT"
 exec chroot /newroot /bin/sh "$LAB_BOOT"
@@ -54,7 +73,11 @@ fail "cannot exec chroot"
 "#;
 
 fn init_script() -> String {
-    INIT.replace("@ROOT_TAG@", ROOT_TAG).replace("@OUT_TAG@", OUT_TAG).replace("@CACHE_TAG@", CACHE_TAG)
+    INIT.replace("@ROOT_TAG@", ROOT_TAG)
+        .replace("@OUT_TAG@", OUT_TAG)
+        .replace("@CACHE_TAG@", CACHE_TAG)
+        .replace("@GUEST_ROOT_TAG@", GUEST_ROOT_TAG)
+        .replace("@GUEST_ROOT_ARG@", GUEST_ROOT_ARG)
 }
 
 /// Builds (or reuses) the initramfs for `kernel`; returns its path.
@@ -94,7 +117,8 @@ fn build(kernel: &Kernel, cache_dir: &Path, modules: &[PathBuf], init: &str, ste
     cpio.file("init", 0o755, init.as_bytes());
     for (i, m) in modules.iter().enumerate() {
         let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("module.ko");
-        cpio.file(&format!("lib/modules/{i:02}-{name}"), 0o644, &read(m)?);
+        let stem = name.split(".ko").next().unwrap_or(name);
+        cpio.file(&format!("lib/modules/{i:02}-{stem}.ko"), 0o644, &module_bytes(m)?);
     }
     let bytes = cpio.finish();
 
@@ -107,6 +131,23 @@ fn build(kernel: &Kernel, cache_dir: &Path, modules: &[PathBuf], init: &str, ste
     drop(f);
     fs::rename(&tmp, &path).map_err(LabError::io("cannot install the initramfs", &path))?;
     Ok(path)
+}
+
+/// A module as plain ELF: compressed ones are decompressed with the format's own tool.
+fn module_bytes(p: &Path) -> Result<Vec<u8>> {
+    let compression = Compression::of(&p.to_string_lossy());
+    let Some(tool) = compression.and_then(Compression::command) else { return read(p) };
+    let out =
+        std::process::Command::new(tool).arg("-dc").arg(p).stdin(std::process::Stdio::null()).output().map_err(
+            LabError::io("cannot run the decompressor for a kernel module (apt-get install xz-utils zstd)", p),
+        )?;
+    if !out.status.success() || !out.stdout.starts_with(b"\x7fELF") {
+        return Err(LabError::Module {
+            name: p.display().to_string(),
+            reason: format!("`{tool} -dc` did not give an ELF module: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(out.stdout)
 }
 
 fn read(p: &Path) -> Result<Vec<u8>> {
@@ -175,13 +216,13 @@ impl Newc {
 }
 
 /// FNV-1a, 64 bit: a stable cache key (std's hasher may change between releases).
-struct Fnv64(u64);
+pub(crate) struct Fnv64(u64);
 
 impl Fnv64 {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Fnv64(0xcbf2_9ce4_8422_2325)
     }
-    fn write(&mut self, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
@@ -190,7 +231,7 @@ impl Fnv64 {
         self.0 ^= 0xff;
         self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
     }
-    fn finish(&self) -> u64 {
+    pub(crate) fn finish(&self) -> u64 {
         self.0
     }
 }
@@ -243,8 +284,9 @@ mod tests {
     #[test]
     fn init_hands_over_to_the_boot_script() {
         let s = init_script();
-        assert!(s.contains("hostroot /lower") && s.contains("labout /newroot/out"));
+        assert!(s.contains("lower=hostroot") && s.contains("$lower /lower") && s.contains("labout /newroot/out"));
         assert!(s.contains("exec chroot /newroot /bin/sh \"$LAB_BOOT\""));
+        assert!(s.contains(GUEST_ROOT_ARG) && s.contains("hostroot /host"), "a guest root is supported");
         assert!(!s.contains('@'), "unreplaced placeholder in {s}");
     }
 

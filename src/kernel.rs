@@ -118,10 +118,10 @@ pub fn resolve(modules_dep: &str, modules_builtin: &str, wanted: &[&str]) -> Res
         for d in list {
             visit(&module_name(d), deps, builtin, seen, order)?;
         }
-        if !path.ends_with(".ko") {
+        if Compression::of(path).is_none() {
             return Err(LabError::Module {
                 name: name.to_string(),
-                reason: format!("{path} is compressed and the initramfs's insmod cannot load it"),
+                reason: format!("{path} is in a format the initramfs cannot load (.ko, .ko.xz, .ko.zst, .ko.gz)"),
             });
         }
         order.push(path.clone());
@@ -131,6 +131,42 @@ pub fn resolve(modules_dep: &str, modules_builtin: &str, wanted: &[&str]) -> Res
         visit(&w.replace('-', "_"), &deps, &builtin, &mut seen, &mut order)?;
     }
     Ok(order)
+}
+
+/// How a module file is stored. The initramfs's busybox `insmod` loads plain ELF only, so
+/// compressed modules (Debian 13 ships `.ko.xz`) are decompressed on the host while the
+/// initramfs is written (`xz`, `zstd` or `gzip -dc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Xz,
+    Zstd,
+    Gzip,
+}
+
+impl Compression {
+    /// `None` (the Option) for anything that is not a module file we can load.
+    pub fn of(path: &str) -> Option<Compression> {
+        [
+            (".ko", Compression::None),
+            (".ko.xz", Compression::Xz),
+            (".ko.zst", Compression::Zstd),
+            (".ko.gz", Compression::Gzip),
+        ]
+        .into_iter()
+        .find(|(suffix, _)| path.ends_with(suffix))
+        .map(|(_, c)| c)
+    }
+
+    /// The decompressing command (`None` for a plain module).
+    pub fn command(self) -> Option<&'static str> {
+        match self {
+            Compression::None => None,
+            Compression::Xz => Some("xz"),
+            Compression::Zstd => Some("zstd"),
+            Compression::Gzip => Some("gzip"),
+        }
+    }
 }
 
 /// Compares kernel versions numerically where they are numbers ("6.10" > "6.9").
@@ -205,9 +241,15 @@ kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virt
     }
 
     #[test]
-    fn compressed_modules_are_refused() {
-        let err = resolve("kernel/fs/overlayfs/overlay.ko.xz:\n", "", &["overlay"]).unwrap_err();
-        assert!(err.to_string().contains("compressed"), "{err}");
+    fn compressed_modules_resolve_and_unknown_formats_are_refused() {
+        let order =
+            resolve("kernel/fs/9p/9p.ko.xz: kernel/net/9p/9pnet.ko.zst\nkernel/net/9p/9pnet.ko.zst:\n", "", &["9p"])
+                .unwrap();
+        assert_eq!(order, ["kernel/net/9p/9pnet.ko.zst", "kernel/fs/9p/9p.ko.xz"]);
+        assert_eq!(Compression::of("a/b.ko.xz"), Some(Compression::Xz));
+        assert_eq!(Compression::of("a/b.ko"), Some(Compression::None));
+        let err = resolve("kernel/fs/overlayfs/overlay.ko.bz2:\n", "", &["overlay"]).unwrap_err();
+        assert!(err.to_string().contains("format"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! * `/etc/fstab` without entries (the host's belongs to the host), host name `lns`, a tmpfs on
 //!   `/tmp` (not persistent);
 //! * masks for units that only cost time under TCG (apt/man-db/e2scrub/fstrim timers, time sync,
-//!   the host's monitoring daemons);
+//!   the host's monitoring daemons and connection pooler, a console getty);
+//! * `DefaultTimeoutStartSec=900s` (system.conf.d): a start slower than 90 s under TCG is not
+//!   killed and restarted;
 //! * `pppgate-lab.service` (enabled): runs `tests/lab/guest/system-run.sh`, which runs the
 //!   scenario with `LAB_BOOT` = the boot number, records `guest.rc`, and powers off.
 //!
@@ -36,10 +38,18 @@ pub const MASKED_UNITS: &[&str] = &[
     "systemd-timesyncd.service",
     "prometheus.service",
     "prometheus-node-exporter.service",
+    "pgbouncer.service",
     "getty@tty1.service",
+    "console-getty.service",
+    "systemd-pstore.service",
     "systemd-binfmt.service",
     "proc-sys-fs-binfmt_misc.automount",
 ];
+
+/// Appended to the guest kernel's command line: udev's coldplug would load drivers for emulated
+/// devices nobody uses (floppy, parallel port, speaker, CD-ROM), which costs tens of seconds
+/// under TCG.
+pub const KERNEL_ARGS: &str = "module_blacklist=floppy,parport_pc,ppdev,pcspkr,joydev,serio_raw,sr_mod,cdrom,sg";
 
 const INIT: &str = r##"#!/bin/busybox sh
 # pppgate system lab initramfs: host root (9p, read-only) + overlay whose upper layer is the ext4
@@ -79,6 +89,11 @@ for u in @MASKED@; do
   rm -f "$S/$u"
   ln -s /dev/null "$S/$u"
 done
+# Under TCG a service's start can take longer than systemd's default 90 s (FreeRADIUS's config
+# check, charon, PostgreSQL starting together): a timeout would kill and restart it, doubling the
+# cost. Nothing in the lab relies on the default timeout.
+mkdir -p /newroot/etc/systemd/system.conf.d
+printf '[Manager]\nDefaultTimeoutStartSec=900s\n' > /newroot/etc/systemd/system.conf.d/pppgate-lab.conf
 cat > "$S/pppgate-lab.service" <<EOF
 [Unit]
 Description=pppgate lab scenario (boot \$LAB_BOOT)

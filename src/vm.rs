@@ -11,9 +11,10 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{LabError, Result};
 use crate::facts::Facts;
-use crate::initramfs::{self, CACHE_TAG, GUEST_CACHE_DIR, OUT_TAG, ROOT_TAG};
+use crate::initramfs::{self, CACHE_TAG, GUEST_CACHE_DIR, GUEST_ROOT_ARG, GUEST_ROOT_TAG, OUT_TAG, ROOT_TAG};
 use crate::kernel::Kernel;
 use crate::paths::{self, Artifacts};
+use crate::root::{self, GuestRoot, Root};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -35,6 +36,9 @@ pub struct LabOptions {
     pub artifacts: Option<Artifacts>,
     /// Copy the guest's log to stdout while the VM runs (demo, debugging).
     pub follow: bool,
+    /// The root the guest boots (`src/root.rs`); default `$PPPGATE_LAB_ROOT`, else bookworm, so
+    /// `PPPGATE_LAB_ROOT=trixie cargo test --release --test lab_foundation` runs a test on Debian 13.
+    pub root: Root,
     /// The system lab: boot systemd as PID 1 with this disk as the persistent upper layer
     /// (`crate::system`). `None`: the scenario runs as the init's child on a tmpfs overlay.
     pub system: Option<crate::system::SystemDisk>,
@@ -49,6 +53,7 @@ impl Default for LabOptions {
             env: Vec::new(),
             artifacts: None,
             follow: false,
+            root: Root::from_env(),
             system: None,
         }
     }
@@ -57,6 +62,11 @@ impl Default for LabOptions {
 impl LabOptions {
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+
+    pub fn root(mut self, root: Root) -> Self {
+        self.root = root;
         self
     }
 
@@ -78,6 +88,8 @@ impl LabOptions {
 #[derive(Debug, Clone)]
 pub struct LabRun {
     pub scenario: String,
+    /// The root the guest booted.
+    pub root: Root,
     /// `target/lab/runs/<scenario>-<timestamp>/`: lab.env, console.log, guest.log, guest.rc,
     /// results.env and whatever the scenario collected.
     pub dir: PathBuf,
@@ -139,9 +151,16 @@ impl Lab {
         if !script.is_file() {
             return Err(LabError::UnknownScenario { name: scenario.to_string(), path: script });
         }
-        let artifacts = opts.artifacts.clone().unwrap_or_else(Artifacts::locate);
+        let artifacts = opts.artifacts.clone().unwrap_or_else(|| Artifacts::for_root(opts.root));
         artifacts.check()?;
-        let kernel = Kernel::select()?;
+        if opts.system.is_some() && !opts.root.is_host() {
+            return Err(LabError::Unsupported(format!(
+                "the system lab boots the build machine's root only, not {}",
+                opts.root
+            )));
+        }
+        let guest_root = root::ensure(opts.root)?;
+        let kernel = guest_root.kernel()?;
         File::open(&kernel.image)
             .map_err(LabError::io("cannot read the kernel image (the lab runs as root in CI)", &kernel.image))?;
         let initrd = match &opts.system {
@@ -150,7 +169,7 @@ impl Lab {
         };
 
         let dir = new_run_dir(scenario)?;
-        write_env(&dir, scenario, &script, &artifacts, &kernel, opts)?;
+        write_env(&dir, scenario, &script, &artifacts, &kernel, &guest_root, opts)?;
 
         // One VM at a time: two TCG guests on a 2-core machine only make both miss deadlines.
         let _lock = lock_lab()?;
@@ -165,6 +184,14 @@ impl Lab {
         cmd.arg("-m").arg(opts.memory_mb.to_string()).arg("-smp").arg(opts.cpus.to_string());
         cmd.arg("-kernel").arg(&kernel.image).arg("-initrd").arg(&initrd);
         let mut append = String::from(KERNEL_ARGS);
+        if opts.system.is_some() {
+            append.push(' ');
+            append.push_str(crate::system::KERNEL_ARGS);
+        }
+        if !guest_root.root.is_host() {
+            append.push(' ');
+            append.push_str(GUEST_ROOT_ARG);
+        }
         if let Ok(extra) = std::env::var("PPPGATE_LAB_KERNEL_ARGS") {
             append.push(' ');
             append.push_str(&extra);
@@ -172,6 +199,13 @@ impl Lab {
         cmd.arg("-append").arg(append);
         cmd.arg("-fsdev").arg(format!("local,id={ROOT_TAG},path=/,security_model=none,readonly=on,multidevs=remap"));
         cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={ROOT_TAG},mount_tag={ROOT_TAG}"));
+        if !guest_root.root.is_host() {
+            cmd.arg("-fsdev").arg(format!(
+                "local,id={GUEST_ROOT_TAG},path={},security_model=none,readonly=on,multidevs=remap",
+                qemu_escape(&guest_root.dir)
+            ));
+            cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={GUEST_ROOT_TAG},mount_tag={GUEST_ROOT_TAG}"));
+        }
         cmd.arg("-fsdev").arg(format!("local,id={OUT_TAG},path={},security_model=none", qemu_escape(&dir)));
         cmd.arg("-device").arg(format!("virtio-9p-pci,fsdev={OUT_TAG},mount_tag={OUT_TAG}"));
         let cache = paths::lab_dir().join("cache");
@@ -216,7 +250,12 @@ impl Lab {
         };
         let elapsed = started.elapsed();
         let _ = fs::write(dir.join("elapsed"), format!("{:.3}\n", elapsed.as_secs_f64()));
-        eprintln!("lab: {scenario}: VM ran {:.1}s; output in {}", elapsed.as_secs_f64(), dir.display());
+        eprintln!(
+            "lab: {scenario} ({} root): VM ran {:.1}s; output in {}",
+            guest_root.root,
+            elapsed.as_secs_f64(),
+            dir.display()
+        );
 
         let rc = match fs::read_to_string(dir.join("guest.rc")) {
             Ok(s) => s.trim().parse::<i32>().ok(),
@@ -234,7 +273,7 @@ impl Lab {
             return Err(LabError::GuestFailed { scenario: scenario.to_string(), rc, tails: tails(&dir), dir });
         }
         let facts = Facts::load(&dir.join("results.env"))?;
-        Ok(LabRun { scenario: scenario.to_string(), dir, elapsed, facts })
+        Ok(LabRun { scenario: scenario.to_string(), root: guest_root.root, dir, elapsed, facts })
     }
 }
 
@@ -359,7 +398,43 @@ fn valid_env_name(k: &str) -> bool {
         && b.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
 }
 
-fn write_env(dir: &Path, scenario: &str, script: &Path, a: &Artifacts, k: &Kernel, opts: &LabOptions) -> Result<()> {
+/// The host directories a guest booting a foreign root needs at the same paths: the checkout
+/// (scenarios, guest library, packaging) and the artifacts' directories, outermost only.
+fn host_binds(repo: &Path, a: &Artifacts) -> Result<Vec<PathBuf>> {
+    let mut dirs = vec![repo.to_path_buf()];
+    for p in [&a.plugin, &a.pppgate] {
+        let p = paths::guest_path(p)?;
+        dirs.push(p.parent().unwrap_or(Path::new("/")).to_path_buf());
+    }
+    dirs.sort();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for d in dirs {
+        if !out.iter().any(|o| d.starts_with(o)) {
+            out.push(d);
+        }
+    }
+    for d in &out {
+        let s = d.display().to_string();
+        if d == Path::new("/") || s.contains(char::is_whitespace) || s.contains(['\'', '"', '$', '`']) {
+            return Err(LabError::Malformed {
+                path: d.clone(),
+                line: 0,
+                reason: "a path the guest needs from the host must be a plain path below /".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn write_env(
+    dir: &Path,
+    scenario: &str,
+    script: &Path,
+    a: &Artifacts,
+    k: &Kernel,
+    guest_root: &GuestRoot,
+    opts: &LabOptions,
+) -> Result<()> {
     let repo = paths::guest_path(&paths::repo_root())?;
     let mut vars: Vec<(String, String)> = vec![
         ("LAB_SCENARIO_NAME".into(), scenario.into()),
@@ -373,8 +448,14 @@ fn write_env(dir: &Path, scenario: &str, script: &Path, a: &Artifacts, k: &Kerne
         ("LAB_OUT".into(), "/out".into()),
         ("LAB_CACHE".into(), GUEST_CACHE_DIR.into()),
         ("LAB_HOST_RUN_DIR".into(), dir.display().to_string()),
-        ("LAB_PPPD_VERSION".into(), crate::PPPD_VERSION.unwrap_or("").into()),
+        ("LAB_PPPD_VERSION".into(), guest_root.pppd_version().unwrap_or_default()),
+        ("LAB_ROOT".into(), guest_root.root.name().into()),
     ];
+    if !guest_root.root.is_host() {
+        let binds = host_binds(&repo, a)?;
+        let list: Vec<String> = binds.iter().map(|p| p.display().to_string()).collect();
+        vars.push(("LAB_HOST_BINDS".into(), list.join(" ")));
+    }
     for (key, v) in &opts.env {
         if !valid_env_name(key) {
             return Err(LabError::Malformed {
@@ -427,6 +508,28 @@ mod tests {
     fn env_values_are_quoted_for_sh() {
         assert_eq!(shell_quote("a'b c"), r"'a'\''b c'");
         assert!(valid_env_name("LAB_X1") && !valid_env_name("lab") && !valid_env_name("1A"));
+    }
+
+    #[test]
+    fn host_binds_are_the_outermost_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("repo");
+        std::fs::create_dir_all(repo.join("target/release")).unwrap();
+        std::fs::create_dir_all(d.path().join("elsewhere")).unwrap();
+        for f in ["target/release/pppgate", "target/release/libpppgate.so"] {
+            std::fs::write(repo.join(f), "").unwrap();
+        }
+        std::fs::write(d.path().join("elsewhere/libpppgate.so"), "").unwrap();
+        let repo = repo.canonicalize().unwrap();
+        let a = Artifacts {
+            plugin: repo.join("target/release/libpppgate.so"),
+            pppgate: repo.join("target/release/pppgate"),
+        };
+        assert_eq!(host_binds(&repo, &a).unwrap(), vec![repo.clone()]);
+        let b = Artifacts { plugin: d.path().join("elsewhere/libpppgate.so"), pppgate: a.pppgate.clone() };
+        let binds = host_binds(&repo, &b).unwrap();
+        assert_eq!(binds.len(), 2);
+        assert!(binds.contains(&d.path().canonicalize().unwrap().join("elsewhere")));
     }
 
     #[test]

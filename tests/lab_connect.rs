@@ -1,6 +1,6 @@
 //! The connect and disconnect path of pppgate.so, fail closed, proven with packets: real L2TP
 //! sessions (xl2tpd + pppd in network namespaces of the lab VM) through the built
-//! `libpppgate.so`, PostgreSQL behind it (seed 004 B167 §3, §4, §5, §9).
+//! `libpppgate.so`, PostgreSQL behind it (docs/requirements.md R101–R118, R201–R207, R301).
 //!
 //! All tests share one run of `tests/lab/scenarios/connect.sh` (one VM boot, about 6 minutes).
 //! Each asserts on its case's facts, on snapshots of srv's kernel state read back with `ip`, `tc`
@@ -13,7 +13,7 @@
 //! Needs root, qemu-system-x86, linux-image-amd64, iperf3 and the release artifacts:
 //! `cargo build --release --workspace && cargo test --release --test lab_connect`.
 //!
-//! PPPD_PID, code review (B167 §3 "PPPD_PID Quelle", §9 "PPPD_PID Source Test"): the plugin runs
+//! PPPD_PID, code review (R108): the plugin runs
 //! inside pppd, and the mapping's PPPD_PID is `shim::pppd_pid()` (shim/src/lib.rs), which is
 //! `std::process::id()` — getpid() of pppd itself — called from `session::ip_up`
 //! (pppd-plugin/src/session.rs). Ending a session goes through pppd's own path
@@ -63,6 +63,8 @@ fn reread(dir: &Path) -> Result<LabRun, String> {
         std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
     Ok(LabRun {
         scenario: "connect".into(),
+        // The run directory's lab.env records it (LAB_ROOT); a re-read uses the same setting as a run.
+        root: pppgate_lab::Root::from_env(),
         dir: dir.to_path_buf(),
         elapsed: Duration::from_secs_f64(elapsed),
         facts: pppgate_lab::Facts::load(&dir.join("results.env")).map_err(|e| e.to_string())?,
@@ -97,7 +99,7 @@ fn session_of(s: &Snapshot, user: &str) -> (String, Ipv4Addr, u32) {
 }
 
 /// The mapping of `user`'s session carries all five required keys, each matching independent
-/// facts (seed 004 §3.1); returns (LNS interface, client address).
+/// facts (R106); returns (LNS interface, client address).
 #[track_caller]
 fn assert_mapped(s: &Snapshot, user: &str, connection_id: &str) -> (String, Ipv4Addr) {
     let (ifname, client_ip, pid) = session_of(s, user);
@@ -192,7 +194,7 @@ fn every_case_ran() {
     }
 }
 
-/// ip-up (§3): mapping with all five keys, and the policy read back from the kernel: FULL set
+/// ip-up (R106, R109): mapping with all five keys, and the policy read back from the kernel: FULL set
 /// membership with the gate gone, HTB download rate on the session interface, ingress redirect
 /// to an IFB carrying the upload rate, the per-user route, the policy-routing rule and its
 /// table, loose rp_filter; the plugin's own line names the same.
@@ -333,7 +335,7 @@ fn ipup_lets_no_packet_through_before_the_policy() {
     }
 }
 
-/// ip-down (§4): everything the session had is gone, read back from the kernel.
+/// ip-down (R202–R204): everything the session had is gone, read back from the kernel.
 #[test]
 fn ipdown_removes_every_trace_of_the_session() {
     let run = run();
@@ -357,7 +359,7 @@ fn ipdown_removes_every_trace_of_the_session() {
     println!("ipup-down: pppgate routes left (shared): {:?}", k.pppgate_routes());
 }
 
-/// §3 PPPD_PID source and §9 audit check (see the module comment for the code review).
+/// R108: PPPD_PID source and audit check (see the module comment for the code review).
 #[test]
 fn pppd_pid_is_pppds_own_and_nothing_looks_pids_up() {
     let run = run();
@@ -393,7 +395,7 @@ fn pppd_pid_is_pppds_own_and_nothing_looks_pids_up() {
     }
 }
 
-/// Gate removed only after success (§3 D1a, §9 Lock-Contention): while another process holds
+/// Gate removed only after success (R102, R110): while another process holds
 /// the apply lock, the address sits in connect_pending_v4, nothing is applied and nothing
 /// arrives in inet; once the lock is released inside the window the session becomes FULL and
 /// traffic flows — every datagram that arrived was received after the release.
@@ -466,7 +468,7 @@ fn a_held_lock_keeps_the_session_gated_until_it_is_released() {
     assert!(rx.iter().all(|r| r.src == ip.to_string()), "foreign sources passed");
 }
 
-/// §3 bounded retry, fail closed (§9 Lock-Contention): the lock stays busy for the whole window
+/// R110, R113: bounded retry, fail closed: the lock stays busy for the whole window
 /// (3 s from SQL settings); the session ends about 3 s after ip-up — not before, not much after
 /// — the plugin names the real holder, nothing passed, nothing is left.
 #[test]
@@ -496,7 +498,7 @@ fn a_lock_busy_for_the_whole_window_ends_the_session() {
     assert_no_session_state(&kernel(run, "lockexhaust-after"), &after, f.expect("lockexhaust.lns_if"), ip);
 }
 
-/// §3 Performance-Schutz: when SQL settings cannot be read quickly (here: a session holds an
+/// R111: when SQL settings cannot be read quickly (here: a session holds an
 /// exclusive lock on `settings`, so the read times out), the configured fallback window (5 s,
 /// not the 3 s in SQL) is used at once.
 #[test]
@@ -515,7 +517,7 @@ fn unreadable_settings_use_the_fallback_window_at_once() {
     assert_nothing_passed(run, "fallback");
 }
 
-/// §9 Apply-Failure: a real kernel-level failure — a veth already carries the name of the
+/// R114: a real kernel-level failure — a veth already carries the name of the
 /// session's upload IFB — makes the apply fail: the session ends, nothing passed, and the
 /// foreign device is left alone.
 #[test]
@@ -546,7 +548,7 @@ fn assert_rate(what: &str, measured: i64, configured: i64) {
     assert!(dev.abs() <= RATE_TOLERANCE, "{what}: measured {measured} kbit/s vs {configured} kbit/s configured");
 }
 
-/// §5 Panel event: `pppgate connection set ID --down-kbit/--up-kbit` on a live session changes
+/// R301 panel event: `pppgate connection set ID --down-kbit/--up-kbit` on a live session changes
 /// the kernel's rates at once, and TCP transfers (iperf3, inet ↔ client) follow within ±15%.
 #[test]
 fn a_panel_change_applies_at_once_and_the_rates_follow() {
@@ -638,7 +640,7 @@ fn fifty_cycles_of_two_sessions_leave_nothing_behind() {
     assert!(s.procs_in("srv", "pppd").is_empty());
 }
 
-/// §3 SQL not reachable → fail closed, and nothing passed.
+/// R107: SQL not reachable → fail closed, and nothing passed.
 #[test]
 fn sql_down_ends_the_session_and_passes_nothing() {
     let run = run();
@@ -650,7 +652,7 @@ fn sql_down_ends_the_session_and_passes_nothing() {
     assert_no_session_state(&kernel(run, "sqldown-after"), &after, run.facts.expect("sqldown.lns_if"), ip);
 }
 
-/// §3/§9 Username source: the peer does not authenticate (LNS with noauth, client without
+/// R103 username source: the peer does not authenticate (LNS with noauth, client without
 /// credentials): no mapping, no apply, session ended with a diagnostic, nothing passed.
 #[test]
 fn an_unauthenticated_peer_gets_no_mapping_no_policy_and_no_packets() {

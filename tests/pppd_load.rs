@@ -122,6 +122,20 @@ fn the_2_5_build_uses_the_2_5_api() {
     assert!(std::fs::read(&so).unwrap().windows(6).any(|w| w == b"2.5.2\0"), "pppd_version is not 2.5.2");
 }
 
+/// One source tree, one build per pppd ABI: the build against Debian 13's pppd 2.5.2 headers is
+/// refused by Debian 12's pppd 2.4.9 (the reverse is tests/lab_trixie.rs, inside pppd 2.5.2).
+/// pppd dlopen()s with RTLD_NOW, so the 2.5 API's symbols (`ppp_add_notify`, ...) that pppd 2.4.9
+/// does not have make the dynamic linker refuse the plugin before its version is compared.
+#[test]
+fn the_2_5_2_build_is_refused_by_pppd_2_4_9() {
+    let so = artifact("pppd-variants/libpppgate-pppd-2.5.so", "scripts/build-pppd-variants.sh");
+    let (code, out) = pppd(&format!("plugin {} dryrun", so.display()));
+    assert!(out.contains(&format!("Couldn't load plugin {}", so.display())), "pppd 2.4.9 output:\n{out}");
+    assert!(out.contains("undefined symbol: ppp_"), "{out}");
+    assert!(!out.contains("pppgate: pppgate "), "the plugin must not have initialised:\n{out}");
+    assert_eq!(code, 2, "pppd exits with EXIT_OPTION_ERROR:\n{out}");
+}
+
 #[test]
 fn world_readable_secrets_make_pppd_refuse_to_start() {
     use std::os::unix::fs::PermissionsExt;

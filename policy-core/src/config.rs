@@ -17,9 +17,9 @@ use crate::trust::{self, Sensitivity};
 
 pub const DEFAULT_PATH: &str = "/etc/pppgate/pppgate.toml";
 
-/// Hard cap of the connect path's apply window (seed 004 §3: at most 15 s).
+/// Hard cap of the connect path's apply window (R112: at most 15 s).
 pub const APPLY_WINDOW_CAP: Duration = Duration::from_secs(15);
-/// Fallback apply window when the SQL setting cannot be read quickly (seed 004 §3: 10 s).
+/// Fallback apply window when the SQL setting cannot be read quickly (R112: 10 s).
 pub const APPLY_WINDOW_FALLBACK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use serde::Serialize;
+
 /// Exit codes of the `pppgate` admin and timer verbs (DESIGN.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -23,6 +25,33 @@ impl ExitCode {
     pub fn code(self) -> u8 {
         self as u8
     }
+}
+
+/// Why a mapping file does not parse (`mapping::Mapping::parse`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("line {0} is not KEY=VALUE")]
+    NotKeyValue(usize),
+    #[error("key {0} appears twice")]
+    Duplicate(String),
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("{key} has an invalid value {value:?}")]
+    BadValue { key: &'static str, value: String },
+    #[error("PPP_IF {0:?} does not match the file name")]
+    NameMismatch(String),
+    #[error("file is not valid UTF-8")]
+    NotUtf8,
+}
+
+/// Who holds a lock, as its holder wrote it into the lock file (`lock`: `pid= since= what=`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockHolder {
+    pub pid: u32,
+    /// Unix seconds.
+    pub since: i64,
+    /// The verb holding it.
+    pub what: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +79,7 @@ pub enum Error {
     },
 
     #[error("malformed mapping file {path}: {reason}")]
-    Mapping { path: PathBuf, reason: crate::mapping::MappingError },
+    Mapping { path: PathBuf, reason: MappingError },
 
     /// A value given on the command line or from an external source that does not parse.
     #[error("invalid {what} {value:?}: {reason}")]
@@ -72,7 +101,7 @@ pub enum Error {
     SchemaTooNew { found: i32, known: i32 },
 
     #[error("lock {path} is held{}", holder_text(.holder))]
-    Locked { path: PathBuf, holder: Option<crate::lock::Holder> },
+    Locked { path: PathBuf, holder: Option<LockHolder> },
 
     #[error("failed to lock {path}")]
     Lock {
@@ -105,6 +134,11 @@ pub enum Error {
     #[error("kernel state does not match the plan after apply: {0}")]
     Verify(String),
 
+    /// Removing a session's kernel state left something behind (each removal was tried; the
+    /// next reconcile converges).
+    #[error("cleanup of {ifname} incomplete: {}", .errors.join("; "))]
+    Cleanup { ifname: String, errors: Vec<String> },
+
     #[error("spool record {path} is unusable: {reason}")]
     Spool { path: PathBuf, reason: String },
 
@@ -116,7 +150,7 @@ pub enum Error {
     },
 }
 
-fn holder_text(h: &Option<crate::lock::Holder>) -> String {
+fn holder_text(h: &Option<LockHolder>) -> String {
     match h {
         Some(h) => format!(" by pid {} since {}", h.pid, h.since),
         None => String::new(),
@@ -155,14 +189,27 @@ impl Error {
         Error::InvalidInput { what, value: value.into(), reason: reason.into() }
     }
 
-    /// Wraps a postgres error, classifying connection-level failures as "unavailable".
+    /// Wraps a postgres error, classifying connection-level failures as "unavailable": a closed
+    /// connection, an I/O error, and the server ending the session (SQLSTATE class 08, and
+    /// 57P01/57P02/57P03/57P05: `pg_ctl restart -m fast`, `pg_terminate_backend`, a crash of
+    /// another backend, a server still starting, an idle-session timeout).
     pub fn from_sql(e: postgres::Error) -> Self {
-        if e.is_closed() || e.code().is_none() && e.as_db_error().is_none() {
+        if e.is_closed()
+            || e.code().is_none() && e.as_db_error().is_none()
+            || e.code().is_some_and(state_is_unavailable)
+        {
             Error::SqlUnavailable(e)
         } else {
             Error::Sql(e)
         }
     }
+}
+
+/// SQLSTATEs that say the server ended (or would not start) the session, not that the query was
+/// wrong.
+fn state_is_unavailable(c: &postgres::error::SqlState) -> bool {
+    let c = c.code();
+    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "57P05")
 }
 
 fn sql_is_transient(e: &postgres::Error) -> bool {

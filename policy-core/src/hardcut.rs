@@ -1,12 +1,13 @@
-//! The admin hardcut (seed 004 §8.1, D012): `vpn-session-kill <vpn_connection_id>` ends every live
+//! The admin hardcut (R601–R603): `vpn-session-kill <vpn_connection_id>` ends every live
 //! session of one connection — kill first, then reconcile, then best-effort cleanup.
 //!
 //! * The id must be a plain positive decimal integer (`[1-9][0-9]*`, fitting i64): anything else
 //!   (`1; rm -rf /`, `-1`, `0x10`, ``, `007`, 20 digits) is refused with exit 65 before anything
 //!   is looked at.
 //! * Sessions come from VALID mappings only; PPPD_PID comes from the mapping (no pgrep/ps).
-//!   Right before each signal the PID's start time is compared with START_TS again, so a PID that
-//!   was reused by another process is never signalled.
+//!   Right before each signal the PID's identity is compared with the mapping's again
+//!   (START_TICKS + BOOT_ID, or START_TS in older mappings), so a PID that was reused by another
+//!   process is never signalled.
 //! * SIGTERM lets pppd end the link its normal way: LCP terminate, ip-down notifiers (pppgate.so
 //!   removes its state, radius.so sends Accounting-Stop). After `term_timeout` a pppd still alive
 //!   gets SIGKILL (reported: then no Stop was sent and the janitor closes the row).
@@ -80,7 +81,8 @@ impl KillReport {
     }
 }
 
-/// Whether `pid` is still the process that started at `start_ts`.
+/// Whether `pid` is still the process that started at Unix time `start_ts` (a wall-clock step moves
+/// this comparison; mappings are checked with [`Mapping::is_same_process`]).
 pub fn same_process(pid: u32, start_ts: i64) -> bool {
     matches!(procfs::process_start_epoch(pid), Ok(Some(t)) if (t - start_ts).abs() <= START_TS_TOLERANCE)
 }
@@ -108,7 +110,7 @@ pub fn kill_connection(sessions_dir: &Path, connection_id: i64, opts: &KillOptio
     let mut pending: Vec<(Mapping, bool)> = Vec::new();
     let mut done: Vec<Killed> = Vec::new();
     for m in ours {
-        if !same_process(m.pppd_pid, m.start_ts) {
+        if !m.is_same_process() {
             done.push(Killed { mapping: m, outcome: KillOutcome::AlreadyGone });
             continue;
         }
@@ -128,7 +130,7 @@ pub fn kill_connection(sessions_dir: &Path, connection_id: i64, opts: &KillOptio
     while !pending.is_empty() {
         let now = Instant::now();
         pending.retain(|(m, killed)| {
-            if same_process(m.pppd_pid, m.start_ts) {
+            if m.is_same_process() {
                 return true;
             }
             let after_ms = started.elapsed().as_millis() as u64;
@@ -141,7 +143,7 @@ pub fn kill_connection(sessions_dir: &Path, connection_id: i64, opts: &KillOptio
         }
         if kill_deadline.is_none() && now >= term_deadline {
             for (m, killed) in &mut pending {
-                if same_process(m.pppd_pid, m.start_ts) {
+                if m.is_same_process() {
                     tracing::warn!(pid = m.pppd_pid, ppp_if = %m.ppp_if, "pppd did not exit after SIGTERM; sending SIGKILL");
                     let _ = kill(Pid::from_raw(m.pppd_pid as i32), Signal::SIGKILL);
                     *killed = true;
@@ -170,7 +172,7 @@ pub fn remove_dead_mappings(sessions_dir: &Path, connection_id: i64) -> Vec<Stri
     let mut removed = Vec::new();
     let Ok(scanned) = mapping::scan(sessions_dir) else { return removed };
     for m in scanned.into_iter().filter_map(|s| s.mapping.ok()) {
-        if m.connection_id == connection_id && !same_process(m.pppd_pid, m.start_ts) {
+        if m.connection_id == connection_id && !m.is_same_process() {
             if let Ok(true) = Mapping::remove(sessions_dir, &m.ppp_if) {
                 removed.push(m.ppp_if);
             }

@@ -1,4 +1,4 @@
-//! The stale-session janitor (seed 004 §7.1, B168): closes this NAS's open radacct rows and open
+//! The stale-session janitor (R502–R504): closes this NAS's open radacct rows and open
 //! pppgate_sessions rows that no live session stands behind, so Simultaneous-Use never locks a
 //! user out because of a session that ended without an Accounting-Stop.
 //!
@@ -34,7 +34,7 @@
 //!
 //! # Closing
 //! `acctstoptime` is the database's now() — as FreeRADIUS's own Accounting-On bulk close does —
-//! unless the accounting state knows when the session was last seen ([`FinalCounters`]);
+//! unless the accounting state knows when the session was last seen ([`CounterSource`]);
 //! `acctsessiontime = stop - acctstarttime`; `acctterminatecause = janitor.terminate_cause`
 //! (Lost-Carrier); octets from the accounting state when known, never lower than what interim
 //! updates stored. The UPDATE only touches rows that are still open, so a real Stop that arrives
@@ -53,7 +53,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::db::radacct::{self, Close, CloseSession, OpenRow, OpenSession};
 use crate::error::{one_line, Error, Result};
-use crate::kernel::peers::address_snapshot;
+use crate::kernel::links::LinkSnapshot;
 use crate::mapping::{self, Mapping};
 use crate::radius::sqlname::sql_username;
 
@@ -92,14 +92,14 @@ pub struct FinalUsage {
 
 /// Where final counters come from: the collector's state in /var/lib/vpn-accounting
 /// (`accounting::LazyStateView`); [`NoAccountingState`] keeps what SQL already has.
-pub trait FinalCounters {
+pub trait CounterSource {
     fn final_counters(&self, session: &EndedSession<'_>) -> Option<FinalUsage>;
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoAccountingState;
 
-impl FinalCounters for NoAccountingState {
+impl CounterSource for NoAccountingState {
     fn final_counters(&self, _: &EndedSession<'_>) -> Option<FinalUsage> {
         None
     }
@@ -251,7 +251,7 @@ pub fn live_mappings(dir: &Path, only: Option<i64>) -> Result<Mappings> {
     if candidates.is_empty() {
         return Ok(out);
     }
-    let links = address_snapshot()?;
+    let links = LinkSnapshot::read_addresses()?;
     for m in candidates {
         let v = m.validity(&links);
         if v.is_valid() {
@@ -275,7 +275,7 @@ pub fn live_mappings_for(
     ifnames: &BTreeSet<String>,
 ) -> Result<Mappings> {
     let mut out = Mappings::default();
-    let links = address_snapshot()?;
+    let links = LinkSnapshot::read_addresses()?;
     let mut names: BTreeSet<&str> = ifnames.iter().map(String::as_str).collect();
     for (name, link) in &links.by_name {
         if link.peers.iter().any(|p| ips.contains(p)) {
@@ -373,7 +373,7 @@ impl Report {
 }
 
 /// Runs the janitor once. The caller opened `client` (and handles an unreachable database).
-pub fn run<S: FinalCounters>(
+pub fn run<S: CounterSource>(
     cfg: &Config,
     client: &mut Client,
     scope: &Scope,
@@ -405,129 +405,11 @@ pub fn run<S: FinalCounters>(
         }
     };
 
-    // Mappings are read only when a row of this NAS needs judging.
-    let needs_mappings = rows.iter().any(|r| r.nas_ip == nas_ip) || !sessions.is_empty();
-    let mappings = match (needs_mappings, scope, connection_id) {
-        (false, _, _) => Mappings::default(),
-        (true, Scope::All, _) => live_mappings(&cfg.paths.sessions_dir, None)?,
-        (true, Scope::Login(_), Some(id)) => {
-            let here: Vec<&OpenRow> = rows.iter().filter(|r| r.nas_ip == nas_ip).collect();
-            if here.iter().all(|r| r.framed_ip.is_some()) {
-                let ips: BTreeSet<Ipv4Addr> = here.iter().filter_map(|r| r.framed_ip).collect();
-                let ifnames: BTreeSet<String> = sessions.iter().map(|s| s.ppp_if.clone()).collect();
-                live_mappings_for(&cfg.paths.sessions_dir, id, &ips, &ifnames)?
-            } else {
-                live_mappings(&cfg.paths.sessions_dir, Some(id))?
-            }
-        }
-        (true, Scope::Login(_), None) => Mappings::default(),
-    };
-    let live: Vec<Live> = match scope {
-        Scope::Login(_) => {
-            mappings.valid.iter().map(|m| Live { mapping: m.clone(), sql_username: sql_user.clone() }).collect()
-        }
-        Scope::All => {
-            let ids: Vec<i64> = mappings.valid.iter().map(|m| m.connection_id).collect();
-            let logins: BTreeMap<i64, String> = radacct::logins_of(client, &ids)?.into_iter().collect();
-            mappings
-                .valid
-                .iter()
-                .map(|m| Live {
-                    mapping: m.clone(),
-                    sql_username: logins.get(&m.connection_id).map(|l| sql_username(l.as_bytes())),
-                })
-                .collect()
-        }
-    };
-
-    // radacct
-    let mut reports: Vec<RowReport> = Vec::with_capacity(rows.len());
-    let mut counts = Counts::default();
-    let mut closes = Vec::new();
-    for row in rows {
-        let verdict = classify(&row, &live, &rules, db_now);
-        match &verdict {
-            Verdict::Live { .. } => counts.live += 1,
-            Verdict::TooYoung => counts.too_young += 1,
-            Verdict::Stale { .. } => {
-                counts.stale += 1;
-                let usage = state.final_counters(&EndedSession {
-                    nas_identity: &cfg.nas.identity,
-                    username: Some(&row.username),
-                    framed_ip: row.framed_ip,
-                    start: row.start,
-                    acct_session_id: Some(&row.acct_session_id),
-                    session_key: None,
-                    ppp_if: None,
-                    pppd_pid: None,
-                });
-                closes.push(close_for(&row, usage, db_now));
-            }
-            Verdict::OtherNasAlive => counts.other_nas_alive += 1,
-            Verdict::OtherNasStale => counts.other_nas_stale += 1,
-        }
-        reports.push(RowReport { row, verdict, closed: false });
-    }
-    let closed_ids =
-        if dry_run { Vec::new() } else { radacct::close_rows(client, nas_ip, &closes, &cfg.janitor.terminate_cause)? };
-    counts.closed = closed_ids.len();
-    for r in &mut reports {
-        if closed_ids.binary_search(&r.row.radacctid).is_ok() {
-            r.closed = true;
-            tracing::info!(radacctid = r.row.radacctid, user = %r.row.username,
-                framed_ip = ?r.row.framed_ip, start = ?r.row.start, "stale radacct row closed");
-        }
-    }
-    if matches!(scope, Scope::All) {
-        reports.retain(|r| matches!(r.verdict, Verdict::Stale { .. }));
-    }
-
-    // pppgate_sessions
-    let mut scounts = Counts::default();
-    let mut sreports = Vec::with_capacity(sessions.len());
-    let mut scloses = Vec::new();
-    for s in sessions {
-        let verdict = classify_session(&s, &mappings.valid, &rules, db_now);
-        match &verdict {
-            Verdict::Live { .. } => scounts.live += 1,
-            Verdict::TooYoung => scounts.too_young += 1,
-            _ => {
-                scounts.stale += 1;
-                let usage = state.final_counters(&EndedSession {
-                    nas_identity: &cfg.nas.identity,
-                    username: s.username.as_deref(),
-                    framed_ip: s.client_ip,
-                    start: Some(s.start),
-                    acct_session_id: None,
-                    session_key: Some(&s.session_key),
-                    ppp_if: Some(&s.ppp_if),
-                    pppd_pid: u32::try_from(s.pppd_pid).ok(),
-                });
-                scloses.push(CloseSession {
-                    session_key: s.session_key.clone(),
-                    stop: usage.and_then(|u| u.last_seen).map(|t| t.clamp(s.start, db_now.max(s.start))),
-                    bytes_in: usage.map(|u| clamp_i64(u.input_octets)),
-                    bytes_out: usage.map(|u| clamp_i64(u.output_octets)),
-                });
-            }
-        }
-        sreports.push(SessionReport { session: s, verdict, closed: false });
-    }
-    let closed_keys = if dry_run {
-        Vec::new()
-    } else {
-        radacct::close_sessions(client, &cfg.nas.identity, &scloses, &cfg.janitor.terminate_cause)?
-    };
-    scounts.closed = closed_keys.len();
-    for r in &mut sreports {
-        if closed_keys.binary_search(&r.session.session_key).is_ok() {
-            r.closed = true;
-            tracing::info!(session_key = %r.session.session_key, ppp_if = %r.session.ppp_if, "stale pppgate session closed");
-        }
-    }
-    if matches!(scope, Scope::All) {
-        sreports.retain(|r| matches!(r.verdict, Verdict::Stale { .. }));
-    }
+    let mappings = mappings_to_judge(cfg, scope, connection_id, &rows, &sessions)?;
+    let live = live_sessions(client, scope, &mappings, sql_user.as_deref())?;
+    let run = Judging { cfg, rules: &rules, db_now, state, scope, dry_run };
+    let (counts, reports) = run.radacct(client, rows, &live)?;
+    let (scounts, sreports) = run.sessions(client, sessions, &mappings.valid)?;
 
     Ok(Report {
         nas_identity: cfg.nas.identity.clone(),
@@ -549,6 +431,175 @@ pub fn run<S: FinalCounters>(
 
 fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The mappings a run judges rows against: none when no row of this NAS needs judging; for one
+/// login, only that connection's (by its rows' addresses and sessions' interfaces when every row
+/// has an address — the fast path — else by scanning for the connection).
+fn mappings_to_judge(
+    cfg: &Config,
+    scope: &Scope,
+    connection_id: Option<i64>,
+    rows: &[OpenRow],
+    sessions: &[OpenSession],
+) -> Result<Mappings> {
+    let nas_ip = IpAddr::V4(cfg.nas.ip);
+    let needs_mappings = rows.iter().any(|r| r.nas_ip == nas_ip) || !sessions.is_empty();
+    Ok(match (needs_mappings, scope, connection_id) {
+        (false, _, _) => Mappings::default(),
+        (true, Scope::All, _) => live_mappings(&cfg.paths.sessions_dir, None)?,
+        (true, Scope::Login(_), Some(id)) => {
+            let here: Vec<&OpenRow> = rows.iter().filter(|r| r.nas_ip == nas_ip).collect();
+            if here.iter().all(|r| r.framed_ip.is_some()) {
+                let ips: BTreeSet<Ipv4Addr> = here.iter().filter_map(|r| r.framed_ip).collect();
+                let ifnames: BTreeSet<String> = sessions.iter().map(|s| s.ppp_if.clone()).collect();
+                live_mappings_for(&cfg.paths.sessions_dir, id, &ips, &ifnames)?
+            } else {
+                live_mappings(&cfg.paths.sessions_dir, Some(id))?
+            }
+        }
+        (true, Scope::Login(_), None) => Mappings::default(),
+    })
+}
+
+/// The VALID mappings with the radacct user name each session's rows carry: the login's own for
+/// one login, looked up per connection for a global run.
+fn live_sessions(client: &mut Client, scope: &Scope, mappings: &Mappings, sql_user: Option<&str>) -> Result<Vec<Live>> {
+    Ok(match scope {
+        Scope::Login(_) => mappings
+            .valid
+            .iter()
+            .map(|m| Live { mapping: m.clone(), sql_username: sql_user.map(str::to_string) })
+            .collect(),
+        Scope::All => {
+            let ids: Vec<i64> = mappings.valid.iter().map(|m| m.connection_id).collect();
+            let logins: BTreeMap<i64, String> = radacct::logins_of(client, &ids)?.into_iter().collect();
+            mappings
+                .valid
+                .iter()
+                .map(|m| Live {
+                    mapping: m.clone(),
+                    sql_username: logins.get(&m.connection_id).map(|l| sql_username(l.as_bytes())),
+                })
+                .collect()
+        }
+    })
+}
+
+/// One run's judging: its rules, the database's clock, where final counters come from.
+struct Judging<'a, S> {
+    cfg: &'a Config,
+    rules: &'a Rules,
+    db_now: i64,
+    state: &'a S,
+    scope: &'a Scope,
+    dry_run: bool,
+}
+
+impl<S: CounterSource> Judging<'_, S> {
+    /// radacct: each open row's verdict; stale rows of this NAS closed (unless a dry run). A
+    /// global run reports only the stale rows.
+    fn radacct(&self, client: &mut Client, rows: Vec<OpenRow>, live: &[Live]) -> Result<(Counts, Vec<RowReport>)> {
+        let mut reports: Vec<RowReport> = Vec::with_capacity(rows.len());
+        let mut counts = Counts::default();
+        let mut closes = Vec::new();
+        for row in rows {
+            let verdict = classify(&row, live, self.rules, self.db_now);
+            match &verdict {
+                Verdict::Live { .. } => counts.live += 1,
+                Verdict::TooYoung => counts.too_young += 1,
+                Verdict::Stale { .. } => {
+                    counts.stale += 1;
+                    let usage = self.state.final_counters(&EndedSession {
+                        nas_identity: &self.cfg.nas.identity,
+                        username: Some(&row.username),
+                        framed_ip: row.framed_ip,
+                        start: row.start,
+                        acct_session_id: Some(&row.acct_session_id),
+                        session_key: None,
+                        ppp_if: None,
+                        pppd_pid: None,
+                    });
+                    closes.push(close_for(&row, usage, self.db_now));
+                }
+                Verdict::OtherNasAlive => counts.other_nas_alive += 1,
+                Verdict::OtherNasStale => counts.other_nas_stale += 1,
+            }
+            reports.push(RowReport { row, verdict, closed: false });
+        }
+        let closed_ids = if self.dry_run {
+            Vec::new()
+        } else {
+            radacct::close_rows(client, IpAddr::V4(self.cfg.nas.ip), &closes, &self.cfg.janitor.terminate_cause)?
+        };
+        counts.closed = closed_ids.len();
+        for r in &mut reports {
+            if closed_ids.binary_search(&r.row.radacctid).is_ok() {
+                r.closed = true;
+                tracing::info!(radacctid = r.row.radacctid, user = %r.row.username,
+                    framed_ip = ?r.row.framed_ip, start = ?r.row.start, "stale radacct row closed");
+            }
+        }
+        if matches!(self.scope, Scope::All) {
+            reports.retain(|r| matches!(r.verdict, Verdict::Stale { .. }));
+        }
+        Ok((counts, reports))
+    }
+
+    /// pppgate_sessions: the same for pppgate's own session rows.
+    fn sessions(
+        &self,
+        client: &mut Client,
+        sessions: Vec<OpenSession>,
+        valid: &[Mapping],
+    ) -> Result<(Counts, Vec<SessionReport>)> {
+        let mut scounts = Counts::default();
+        let mut sreports = Vec::with_capacity(sessions.len());
+        let mut scloses = Vec::new();
+        for s in sessions {
+            let verdict = classify_session(&s, valid, self.rules, self.db_now);
+            match &verdict {
+                Verdict::Live { .. } => scounts.live += 1,
+                Verdict::TooYoung => scounts.too_young += 1,
+                _ => {
+                    scounts.stale += 1;
+                    let usage = self.state.final_counters(&EndedSession {
+                        nas_identity: &self.cfg.nas.identity,
+                        username: s.username.as_deref(),
+                        framed_ip: s.client_ip,
+                        start: Some(s.start),
+                        acct_session_id: None,
+                        session_key: Some(&s.session_key),
+                        ppp_if: Some(&s.ppp_if),
+                        pppd_pid: u32::try_from(s.pppd_pid).ok(),
+                    });
+                    scloses.push(CloseSession {
+                        session_key: s.session_key.clone(),
+                        stop: usage.and_then(|u| u.last_seen).map(|t| t.clamp(s.start, self.db_now.max(s.start))),
+                        bytes_in: usage.map(|u| clamp_i64(u.input_octets)),
+                        bytes_out: usage.map(|u| clamp_i64(u.output_octets)),
+                    });
+                }
+            }
+            sreports.push(SessionReport { session: s, verdict, closed: false });
+        }
+        let closed_keys = if self.dry_run {
+            Vec::new()
+        } else {
+            radacct::close_sessions(client, &self.cfg.nas.identity, &scloses, &self.cfg.janitor.terminate_cause)?
+        };
+        scounts.closed = closed_keys.len();
+        for r in &mut sreports {
+            if closed_keys.binary_search(&r.session.session_key).is_ok() {
+                r.closed = true;
+                tracing::info!(session_key = %r.session.session_key, ppp_if = %r.session.ppp_if, "stale pppgate session closed");
+            }
+        }
+        if matches!(self.scope, Scope::All) {
+            sreports.retain(|r| matches!(r.verdict, Verdict::Stale { .. }));
+        }
+        Ok((scounts, sreports))
+    }
 }
 
 fn close_for(row: &OpenRow, usage: Option<FinalUsage>, db_now: i64) -> Close {
@@ -600,6 +651,7 @@ mod tests {
                 session_id: None,
                 up_ts: None,
                 counters_base: None,
+                process: None,
             },
             sql_username: Some(user.into()),
         }

@@ -6,6 +6,7 @@
 pub mod accounting;
 pub mod audit;
 pub mod config;
+pub mod connect;
 pub mod db;
 pub mod diag;
 pub mod error;

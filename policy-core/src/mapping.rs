@@ -1,10 +1,14 @@
-//! Session mapping files: `/run/vpn-sessions/<ppp_if>.env` (seed 004 §2/§3).
+//! Session mapping files: `/run/vpn-sessions/<ppp_if>.env` (R106, R501).
 //!
 //! Format: one `KEY=VALUE` per line, written atomically (temp file, fsync, rename; mode 0640).
 //! Required: CONNECTION_ID, PPP_IF, CLIENT_IP, START_TS, PPPD_PID. Optional: SESSION_ID, UP_TS,
-//! RX_BASE + TX_BASE (both or neither).
-//! * START_TS is the start time of the pppd process (Unix seconds), so a PID reused by another
-//!   process is recognised: see [`Mapping::validity`].
+//! RX_BASE + TX_BASE (both or neither), START_TICKS + BOOT_ID (both or neither).
+//! * START_TS is the start time of the pppd process (Unix seconds): part of the session key and
+//!   what a mapping written by an older pppgate (without START_TICKS) is checked by.
+//! * START_TICKS + BOOT_ID identify the pppd process by values no wall-clock step moves (its
+//!   start in clock ticks after boot, and the boot), so a PID reused by another process is
+//!   recognised and a `date -s` does not make a live session look dead: see [`Mapping::validity`]
+//!   and [`procfs::ProcessIdentity`].
 //! * UP_TS is when the session's IPCP came up (Unix seconds), used for session time.
 //! * RX_BASE/TX_BASE are the interface's octet counters when IPCP came up (the plugin reads them
 //!   in its ip-up notifier, right after pppd reset its own link statistics): accounting counts
@@ -26,7 +30,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::procfs;
+use crate::procfs::{self, Liveness, ProcessIdentity};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mapping {
@@ -35,27 +39,18 @@ pub struct Mapping {
     pub client_ip: Ipv4Addr,
     pub start_ts: i64,
     pub pppd_pid: u32,
+    /// SESSION_ID (optional, diagnostic): the session's accounting key
+    /// (`accounting::SessionKey`, `<nas>:<PPP_IF>:<PPPD_PID>:<START_TS>`) when the plugin wrote it.
     pub session_id: Option<String>,
     pub up_ts: Option<i64>,
     /// The interface's (rx, tx) octets when IPCP came up.
     pub counters_base: Option<(u64, u64)>,
+    /// START_TICKS + BOOT_ID; `None` in mappings written before they existed.
+    #[serde(skip)]
+    pub process: Option<ProcessIdentity>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MappingError {
-    #[error("line {0} is not KEY=VALUE")]
-    NotKeyValue(usize),
-    #[error("key {0} appears twice")]
-    Duplicate(String),
-    #[error("missing {0}")]
-    Missing(&'static str),
-    #[error("{key} has an invalid value {value:?}")]
-    BadValue { key: &'static str, value: String },
-    #[error("PPP_IF {0:?} does not match the file name")]
-    NameMismatch(String),
-    #[error("file is not valid UTF-8")]
-    NotUtf8,
-}
+pub use crate::error::MappingError;
 
 /// Interface names as the kernel accepts them (IFNAMSIZ - 1, no '/', no whitespace, not . or ..).
 pub fn valid_ifname(s: &str) -> bool {
@@ -93,6 +88,9 @@ impl Mapping {
         }
         if let Some((rx, tx)) = self.counters_base {
             s.push_str(&format!("RX_BASE={rx}\nTX_BASE={tx}\n"));
+        }
+        if let Some(p) = &self.process {
+            s.push_str(&format!("START_TICKS={}\nBOOT_ID={}\n", p.start_ticks, p.boot_id));
         }
         s
     }
@@ -155,6 +153,15 @@ impl Mapping {
             (Some(_), None) => return Err(MappingError::Missing("TX_BASE")),
             (None, Some(_)) => return Err(MappingError::Missing("RX_BASE")),
         };
+        let process = match (counter("START_TICKS")?, kv.get("BOOT_ID")) {
+            (Some(start_ticks), Some(b)) if procfs::valid_boot_id(b) => {
+                Some(ProcessIdentity { start_ticks, boot_id: b.to_string() })
+            }
+            (Some(_), Some(b)) => return Err(bad("BOOT_ID", b)),
+            (None, None) => None,
+            (Some(_), None) => return Err(MappingError::Missing("BOOT_ID")),
+            (None, Some(_)) => return Err(MappingError::Missing("START_TICKS")),
+        };
         Ok(Mapping {
             connection_id,
             ppp_if: ppp_if.to_string(),
@@ -164,6 +171,7 @@ impl Mapping {
             session_id,
             up_ts,
             counters_base,
+            process,
         })
     }
 
@@ -228,19 +236,44 @@ impl Mapping {
         }
     }
 
-    /// [`Mapping::validity`] with the boot time already read (`procfs::boot_time`).
+    /// [`Mapping::validity`] with the boot time already read (`procfs::boot_time`). With
+    /// START_TICKS + BOOT_ID the process is compared by them, and `boot_time` (which the kernel
+    /// moves with every wall-clock step) only dates another process holding the PID; mappings
+    /// without them are compared by START_TS as before.
     pub fn validity_since(&self, links: &crate::kernel::links::LinkSnapshot, boot_time: i64) -> Validity {
-        match procfs::process_start_epoch_since(self.pppd_pid, boot_time) {
-            Ok(Some(t)) if (t - self.start_ts).abs() <= procfs::START_TS_TOLERANCE => {}
-            Ok(Some(t)) => return Validity::PidReused { actual_start: t },
-            Ok(None) => return Validity::ProcessGone,
-            Err(_) => return Validity::ProcessGone,
+        match self.liveness(boot_time) {
+            Ok(Liveness::Same) => {}
+            Ok(Liveness::Other { actual_start }) => return Validity::PidReused { actual_start },
+            Ok(Liveness::Gone) | Err(_) => return Validity::ProcessGone,
         }
         match links.peer_of(&self.ppp_if) {
             None => Validity::InterfaceGone,
             Some(peers) if peers.contains(&self.client_ip) => Validity::Valid,
             Some(_) => Validity::PeerMismatch,
         }
+    }
+}
+
+impl Mapping {
+    /// Whether PPPD_PID is still the process this mapping was written for (see
+    /// [`Mapping::validity_since`] for which values are compared).
+    pub fn liveness(&self, boot_time: i64) -> std::io::Result<Liveness> {
+        match &self.process {
+            Some(id) => procfs::liveness_by_identity(self.pppd_pid, id, boot_time),
+            None => procfs::liveness_by_start(self.pppd_pid, self.start_ts, boot_time),
+        }
+    }
+
+    /// [`Mapping::liveness`] is `Same`, reading the boot time only when the mapping needs it.
+    pub fn is_same_process(&self) -> bool {
+        let boot = match &self.process {
+            Some(_) => procfs::boot_time().unwrap_or(0),
+            None => match procfs::boot_time() {
+                Ok(b) => b,
+                Err(_) => return false,
+            },
+        };
+        matches!(self.liveness(boot), Ok(Liveness::Same))
     }
 }
 
@@ -343,6 +376,20 @@ pub fn valid_sessions(dir: &Path) -> Result<(Vec<Mapping>, Vec<Error>)> {
 /// reported) but not checked, so an apply for one connection does not read /proc for every
 /// session on the box.
 pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Result<(Vec<Mapping>, Vec<Error>)> {
+    let (live, bad) = live_sessions_where(dir, want)?;
+    Ok((live.into_iter().map(|l| l.mapping).collect(), bad))
+}
+
+/// A VALID mapping with the index of its interface, as the same VALID check read it (nft
+/// membership is bound to the index: `kernel::Member`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveSession {
+    pub mapping: Mapping,
+    pub ifindex: u32,
+}
+
+/// [`valid_sessions_where`] with each session's interface index.
+pub fn live_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Result<(Vec<LiveSession>, Vec<Error>)> {
     let mut wanted = Vec::new();
     let mut bad = Vec::new();
     for s in scan(dir)? {
@@ -353,7 +400,7 @@ pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Resu
         }
     }
     if wanted.is_empty() {
-        return Ok((wanted, bad));
+        return Ok((Vec::new(), bad));
     }
     // A few sessions (an apply for one connection): their interfaces only, not an address dump
     // of the whole box.
@@ -364,7 +411,15 @@ pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Resu
         crate::kernel::links::LinkSnapshot::read_addresses()?
     };
     let boot = procfs::boot_time().map_err(|source| Error::Read { path: "/proc/stat".into(), source })?;
-    Ok((wanted.into_iter().filter(|m| m.validity_since(&links, boot).is_valid()).collect(), bad))
+    let live = wanted
+        .into_iter()
+        .filter(|m| m.validity_since(&links, boot).is_valid())
+        .filter_map(|m| {
+            let ifindex = links.get(&m.ppp_if)?.index;
+            Some(LiveSession { mapping: m, ifindex })
+        })
+        .collect();
+    Ok((live, bad))
 }
 
 /// A decimal u64 without sign, spaces or leading zeros (0 itself is fine).
@@ -403,6 +458,10 @@ mod tests {
             session_id: Some("lns-1:ppp0:1732000000".into()),
             up_ts: Some(1_732_000_003),
             counters_base: Some((180, 0)),
+            process: Some(ProcessIdentity {
+                start_ticks: 1_234_567,
+                boot_id: "0f3c2a9e-8d1b-4c6e-9a7f-123456789abc".into(),
+            }),
         }
     }
 
@@ -424,7 +483,7 @@ mod tests {
 
     #[test]
     fn minimal_file_has_the_five_keys() {
-        let m = Mapping { session_id: None, up_ts: None, counters_base: None, ..sample() };
+        let m = Mapping { session_id: None, up_ts: None, counters_base: None, process: None, ..sample() };
         let text = m.render();
         for k in ["CONNECTION_ID=42", "PPP_IF=ppp0", "CLIENT_IP=198.51.100.10", "START_TS=1732000000", "PPPD_PID=1234"]
         {
@@ -454,11 +513,68 @@ mod tests {
             (good.replace("RX_BASE=180", "RX_BASE=-1"), "RX_BASE"),
             (good.replace("TX_BASE=0", "TX_BASE=00"), "TX_BASE"),
             (good.replace("RX_BASE=180", "RX_BASE=18446744073709551616"), "RX_BASE"),
+            (good.replace("START_TICKS=1234567\n", ""), "missing START_TICKS"),
+            (good.replace("BOOT_ID=0f3c2a9e-8d1b-4c6e-9a7f-123456789abc\n", ""), "missing BOOT_ID"),
+            (good.replace("START_TICKS=1234567", "START_TICKS=-3"), "START_TICKS"),
+            (good.replace("BOOT_ID=0f3c2a9e", "BOOT_ID=0f3c2a9"), "BOOT_ID"),
         ];
         for (text, expect) in cases {
             let e = Mapping::parse(&text).expect_err(&text);
             assert!(e.to_string().contains(expect), "{text:?}: {e} should mention {expect}");
         }
+    }
+
+    #[test]
+    fn old_mappings_without_identity_still_parse() {
+        let old = "CONNECTION_ID=42\nPPP_IF=ppp0\nCLIENT_IP=198.51.100.10\nSTART_TS=1732000000\nPPPD_PID=1234\n";
+        assert_eq!(Mapping::parse(old).unwrap().process, None);
+    }
+
+    /// A wall-clock step moves the boot time the kernel reports (/proc/stat `btime` = now −
+    /// uptime), so "boot time + start ticks" moves with it. Stepping the host's clock in a test is
+    /// not acceptable (and a time namespace shifts ticks and btime together, so it cannot show
+    /// this): instead the boot time is injected, shifted by an hour each way, for a live process
+    /// with a peer address. A mapping with START_TICKS/BOOT_ID stays VALID; one without (START_TS
+    /// only) does not — the defect this fixes. Proven: the VALID check of a mapping with identity
+    /// reads nothing the wall clock moves; not proven here: the other consumers (lab test).
+    #[test]
+    fn validity_with_identity_ignores_a_stepped_boot_time() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let boot = procfs::boot_time().unwrap();
+        let start_ts = procfs::process_start_epoch(pid).unwrap().unwrap();
+        let ip = Ipv4Addr::new(198, 51, 100, 10);
+        let mut links = crate::kernel::links::LinkSnapshot::default();
+        links.by_name.insert(
+            "ppp0".into(),
+            crate::kernel::links::Link { name: "ppp0".into(), index: 9, peers: vec![ip], ..Default::default() },
+        );
+        let m = Mapping {
+            pppd_pid: pid,
+            start_ts,
+            client_ip: ip,
+            process: Some(procfs::identity(pid).unwrap().unwrap()),
+            ..sample()
+        };
+        let legacy = Mapping { process: None, ..m.clone() };
+        for step in [-3600, 0, 3600] {
+            assert_eq!(m.validity_since(&links, boot + step), Validity::Valid, "step {step}");
+        }
+        assert_eq!(legacy.validity_since(&links, boot), Validity::Valid);
+        assert!(matches!(legacy.validity_since(&links, boot - 3600), Validity::PidReused { .. }));
+        assert!(matches!(legacy.validity_since(&links, boot + 3600), Validity::PidReused { .. }));
+        assert!(m.is_same_process());
+        // Another process's ticks under the same PID: reused, whatever the boot time.
+        let other = Mapping {
+            process: m.process.clone().map(|p| ProcessIdentity { start_ticks: p.start_ticks + 7, ..p }),
+            ..m.clone()
+        };
+        assert!(matches!(other.validity_since(&links, boot), Validity::PidReused { .. }));
+        assert!(!other.is_same_process());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(m.validity_since(&links, boot), Validity::ProcessGone);
+        assert!(!m.is_same_process());
     }
 
     #[test]
@@ -488,7 +604,8 @@ mod tests {
                                    ip in any::<u32>().prop_filter("usable", |v| *v != 0 && *v != u32::MAX),
                                    unit in 0u32..100_000, base in proptest::option::of((any::<u64>(), any::<u64>()))) {
             let m = Mapping { connection_id: cid, ppp_if: format!("ppp{unit}"), client_ip: Ipv4Addr::from(ip),
-                              start_ts: ts, pppd_pid: pid, session_id: None, up_ts: Some(ts), counters_base: base };
+                              start_ts: ts, pppd_pid: pid, session_id: None, up_ts: Some(ts), counters_base: base,
+                              process: None };
             prop_assert_eq!(Mapping::parse(&m.render()).unwrap(), m);
         }
 

@@ -1,4 +1,4 @@
-//! "Log sparingly" during a database outage (seed 004 §7.4): best-effort components (janitor,
+//! "Log sparingly" during a database outage (R705): best-effort components (janitor,
 //! collector) and the FreeRADIUS hooks log ONE line when the database becomes unreachable and one
 //! when it answers again, not one per run or per login.
 //!

@@ -207,7 +207,7 @@ fn on_demand_janitor_touches_only_that_login() {
 #[test]
 fn final_counters_from_the_accounting_state_are_used() {
     struct State;
-    impl janitor::FinalCounters for State {
+    impl janitor::CounterSource for State {
         fn final_counters(&self, s: &janitor::EndedSession<'_>) -> Option<janitor::FinalUsage> {
             (s.username == Some("alice")).then_some(janitor::FinalUsage {
                 input_octets: 5000,
@@ -384,7 +384,7 @@ fn address_snapshot_agrees_with_the_full_link_snapshot() {
     }
     run(&["ip", "tuntap", "add", "dev", "ppp99", "mode", "tun"]);
     let full = policy_core::kernel::links::LinkSnapshot::read().unwrap();
-    let fast = policy_core::kernel::peers::address_snapshot().unwrap();
+    let fast = policy_core::kernel::links::LinkSnapshot::read_addresses().unwrap();
     for i in 0..20 {
         let n = format!("ppp{i}");
         assert_eq!(fast.peer_of(&n), full.peer_of(&n), "{n}");

@@ -1,12 +1,28 @@
-//! `pppgate.so`: the pppd plugin. Thin glue from pppd's events (through the shim) to policy-core.
+//! `pppgate.so`: the pppd plugin. Thin glue from pppd's events (through the shim) to policy-core;
+//! one pppd process serves one link, and this plugin does for it, in order:
 //!
-//! Per link (one pppd process serves one session):
-//! * option `pppgate-config <path>` loads and validates the configuration (default
-//!   /etc/pppgate/pppgate.toml); an invalid file makes pppd refuse to start;
-//! * ip-up: the authenticated peer name is looked up in `vpn_connections`, the session mapping
-//!   `/run/vpn-sessions/<ppp_if>.env` is written atomically; anything failing ends the session
-//!   through pppd's own path (fail closed);
-//! * ip-down (and exit, as a backstop): the mapping is removed.
+//! 0. **options and start**: `pppgate-config <path>` loads and validates the configuration
+//!    (default /etc/pppgate/pppgate.toml, through policy-core's file-trust rules); a missing or
+//!    invalid one makes pppd refuse to start. Before the network phase (phase notifier at
+//!    Establish/Authenticate/Network) the nft table `inet pppgate` must exist — probed, or built
+//!    under the apply lock — or the link is ended: its forward chain drops anything from a ppp
+//!    interface whose address is not policed.
+//! 1. **connect gate** (the allowed-address hook, before the interface is up, before any SQL): the
+//!    client address enters `connect_pending_v4`; if that fails the address is refused.
+//! 2. **ip-up**: the interface's counters (accounting baseline), the authenticated peer name looked
+//!    up in `vpn_connections` (one typed query), the session mapping
+//!    `/run/vpn-sessions/<ppp_if>.env` written atomically, then this session's policy applied under
+//!    the single-writer lock (nftables state sets, HTB shaping with its upload IFB, routes, policy
+//!    rules), verified by reading the kernel back; the gate goes in the same nft transaction that
+//!    opens the session. A busy lock is retried from pppd timers within a window from SQL
+//!    `settings` (fallback from the config, cap 15 s). Anything failing ends the link through pppd
+//!    (fail closed).
+//! 3. **ip-down** (and exit as a backstop): the final accounting flush, then every kernel object of
+//!    this session is removed (waiting a bounded time for the lock), then the mapping.
+//!
+//! The link's phases and the decisions between them (window, backoff, deadline, cleanup lock wait)
+//! are `policy_core::connect`, pure and unit-tested; `session` performs them. Kernel work goes
+//! through `policy_core::policy::engine` (gate, ensure_table, converge, teardown_link).
 //!
 //! No threads, no runtime left running, no database connection held between events: each event
 //! opens what it needs and closes it before returning to pppd's loop.

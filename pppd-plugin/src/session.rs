@@ -1,5 +1,6 @@
-//! The session's life inside pppd (seed 004 §3/§4, D009 "no unpoliced window"):
+//! The session's life inside pppd (R101–R119, R201–R207; "no unpoliced window"):
 //!
+//! 0. **table** (phase notifier, before the network phase): `inet pppgate` exists, or the link ends.
 //! 1. **address hook** (before the interface is up, before any SQL): the client address enters
 //!    `connect_pending_v4`; if that fails the address is refused and the link never comes up.
 //! 2. **ip-up**: authenticated name → SQL lookup → mapping → apply this session's policy under the
@@ -10,56 +11,49 @@
 //! 3. **ip-down** (and exit as a backstop when ip-down never ran): the final accounting flush,
 //!    then everything of this session is removed (memberships including the gate, shaping and
 //!    IFB, routes, rules), then the mapping.
+//!
+//! Where the link is between these events is a [`Phase`] (policy_core::connect); its transitions
+//! return an [`Action`] that [`perform`] carries out.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use policy_core::config::{Config, APPLY_WINDOW_CAP};
+use policy_core::accounting::SessionKey;
+use policy_core::config::Config;
+use policy_core::connect::{self, Action, Attempt, Phase};
 use policy_core::db;
 use policy_core::db::connections::LoginLookup;
 use policy_core::error::one_line;
-use policy_core::kernel::links::LinkSnapshot;
-use policy_core::kernel::{Backends, Netlink, Nft, NftSet, SetChange, Tc};
+use policy_core::kernel::{Member, Netlink};
 use policy_core::lock::Lock;
 use policy_core::mapping::Mapping;
 use policy_core::policy::model::PolicyState;
-use policy_core::policy::planner::{Desired, DesiredSession, Scope};
+use policy_core::policy::planner::{Desired, Scope};
 use policy_core::policy::{apply, engine};
 use policy_core::{procfs, Error};
 
 use crate::config;
 
-/// What the plugin knows about the link it serves.
+/// What the plugin knows about the link it serves, and where the link is
+/// ([`policy_core::connect::Phase`]: the transitions and their decisions live there, pure and
+/// unit-tested; this module performs what they return).
 #[derive(Debug, Default)]
 struct Link {
-    ifname: Option<String>,
-    client_ip: Option<Ipv4Addr>,
-    login: Option<String>,
-    connection_id: Option<i64>,
-    /// Addresses this process put into connect_pending_v4.
-    gated: BTreeSet<Ipv4Addr>,
-    /// The mapping file this process wrote (removed on ip-down / exit).
-    mapping: Option<Mapping>,
-    /// The desired state computed at ip-up, applied (possibly after retries).
-    desired: Option<DesiredSession>,
-    /// When ip-up started (the connect-path clock) and when the apply window ends.
-    up_started: Option<Instant>,
-    deadline: Option<Instant>,
-    attempts: u32,
-    retry: Option<shim::TimerId>,
-    applied: bool,
-    /// Connect-path phase timings (µs): SQL lookup, mapping write.
-    sql_us: u64,
-    mapping_us: u64,
-    /// Reason the session is being ended, logged once.
-    failed: Option<String>,
-    cleaned: bool,
     /// `inet pppgate` was checked (or created) before the network phase.
     table_checked: bool,
-    /// The apply lock stayed busy for the whole window: the cleanup does not wait for it again.
-    lock_exhausted: bool,
+    /// Members (address on our interface) this process put into connect_pending_v4.
+    gated: BTreeSet<Member>,
+    /// What pppd told ip-up (for the log and the cleanup).
+    ifname: Option<String>,
+    /// Our interface's index, as ip-up found it (the member nft binds the address to).
+    ifindex: Option<u32>,
+    client_ip: Option<Ipv4Addr>,
+    login: Option<String>,
+    /// The mapping file this process wrote (removed on ip-down / exit).
+    mapping: Option<Mapping>,
+    phase: Phase<shim::TimerId>,
 }
 
 thread_local! {
@@ -72,29 +66,37 @@ fn with_link<T>(f: impl FnOnce(&mut Link) -> T) -> T {
 
 /// Ends the session (fail closed) and logs the reason once.
 pub(crate) fn fail_closed(reason: &str) {
-    let first = with_link(|l| {
-        if let Some(t) = l.retry.take() {
-            shim::cancel(t);
+    let action = with_link(|l| l.phase.fail(reason));
+    perform(action);
+}
+
+/// Performs what a phase transition asked for.
+fn perform(action: Action<shim::TimerId>) {
+    match action {
+        Action::Nothing => {}
+        Action::Retry(wait) => {
+            let t = shim::schedule(attempt_apply, 0, wait);
+            with_link(|l| l.phase.retry_scheduled(t));
         }
-        if l.failed.is_some() {
-            false
-        } else {
-            l.failed = Some(reason.to_string());
-            true
+        Action::Applied { .. } => {}
+        Action::End { reason, log, cancel } => {
+            if let Some(t) = cancel {
+                shim::cancel(t);
+            }
+            if log {
+                let (ifname, login) = with_link(|l| (l.ifname.clone(), l.login.clone()));
+                shim::log(
+                    shim::Level::Error,
+                    &format!(
+                        "ending session on {} (user {}): {reason} (fail closed)",
+                        ifname.as_deref().unwrap_or("?"),
+                        login.as_deref().map(|s| format!("{s:?}")).unwrap_or_else(|| "unknown".into()),
+                    ),
+                );
+            }
+            shim::end_link(shim::ExitCode::FatalError, &format!("pppgate: {reason}"));
         }
-    });
-    if first {
-        let (ifname, login) = with_link(|l| (l.ifname.clone(), l.login.clone()));
-        shim::log(
-            shim::Level::Error,
-            &format!(
-                "ending session on {} (user {}): {reason} (fail closed)",
-                ifname.as_deref().unwrap_or("?"),
-                login.as_deref().map(|s| format!("{s:?}")).unwrap_or_else(|| "unknown".into()),
-            ),
-        );
     }
-    shim::end_link(shim::ExitCode::FatalError, &format!("pppgate: {reason}"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -115,14 +117,7 @@ pub(crate) fn ensure_table() {
         fail_closed("no configuration loaded");
         return;
     };
-    let res = (|| -> policy_core::Result<()> {
-        let mut b = Netlink::new()?;
-        if b.nft().probe()?.table {
-            return Ok(());
-        }
-        let _lock = Lock::acquire_within(&cfg.paths.apply_lock, "pppd-table", engine::GATE_CREATE_LOCK_WAIT)?;
-        b.nft().ensure_base(&cfg.policy.walled_garden)
-    })();
+    let res = Netlink::new().and_then(|mut b| engine::ensure_table(&mut b, &cfg, "pppd-table"));
     if let Err(e) = res {
         fail_closed(&format!("the nft table inet pppgate cannot be created: {}", one_line(&e)));
     }
@@ -136,7 +131,7 @@ pub(crate) fn address_hook(peer: Ipv4Addr, previous: Option<shim::AddrVerdict>) 
     if previous == Some(shim::AddrVerdict::Refuse) {
         return shim::AddrVerdict::Refuse;
     }
-    if with_link(|l| l.gated.contains(&peer)) {
+    if with_link(|l| l.gated.iter().any(|m| m.ip == peer)) {
         return previous.unwrap_or(shim::AddrVerdict::NoOpinion);
     }
     match set_gate(peer) {
@@ -151,12 +146,23 @@ pub(crate) fn address_hook(peer: Ipv4Addr, previous: Option<shim::AddrVerdict>) 
     }
 }
 
+/// Our interface's name and index (the gate binds the address to it).
+fn our_interface() -> Result<(String, u32), String> {
+    let ifname = shim::ifname().ok_or("pppd reports no interface name")?;
+    let ifindex = policy_core::kernel::links::ifindex(&ifname)
+        .map_err(|e| one_line(&e))?
+        .ok_or_else(|| format!("interface {ifname} does not exist"))?;
+    Ok((ifname, ifindex))
+}
+
 fn set_gate(ip: Ipv4Addr) -> Result<(), String> {
     let cfg = config().ok_or("no configuration loaded")?;
+    let (ifname, ifindex) = our_interface()?;
+    let member = Member::new(ifindex, ip);
     let mut b = Netlink::new().map_err(|e| one_line(&e))?;
-    engine::gate(&mut b, &cfg, ip).map_err(|e| one_line(&e))?;
-    with_link(|l| l.gated.insert(ip));
-    tracing::info!(client_ip = %ip, "connect gate set (connect_pending_v4)");
+    engine::gate(&mut b, &cfg, member).map_err(|e| one_line(&e))?;
+    with_link(|l| l.gated.insert(member));
+    tracing::info!(client_ip = %ip, ifname = %ifname, ifindex, "connect gate set (connect_pending_v4)");
     Ok(())
 }
 
@@ -166,7 +172,6 @@ fn set_gate(ip: Ipv4Addr) -> Result<(), String> {
 
 pub(crate) fn ip_up() {
     let t0 = Instant::now();
-    with_link(|l| l.up_started = Some(t0));
     let Some(cfg) = config() else {
         fail_closed("no configuration loaded");
         return;
@@ -191,7 +196,19 @@ pub(crate) fn ip_up() {
     };
     // Normally the address hook gated the address before the interface came up. If another
     // plugin replaced the hook after our last check, gate now, before anything else.
-    if !with_link(|l| l.gated.contains(&client_ip)) {
+    let ifindex = match policy_core::kernel::links::ifindex(&ifname) {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            fail_closed(&format!("interface {ifname} does not exist"));
+            return;
+        }
+        Err(e) => {
+            fail_closed(&format!("cannot look up interface {ifname}: {}", one_line(&e)));
+            return;
+        }
+    };
+    with_link(|l| l.ifindex = Some(ifindex));
+    if !with_link(|l| l.gated.contains(&Member::new(ifindex, client_ip))) {
         shim::log(shim::Level::Warn, "the address hook did not run for this peer; gating at ip-up");
         if let Err(e) = set_gate(client_ip) {
             fail_closed(&format!("the connect gate cannot be set: {e}"));
@@ -236,10 +253,6 @@ pub(crate) fn ip_up() {
     };
     drop(client);
     let sql_us = t_sql.elapsed().as_micros() as u64;
-    with_link(|l| {
-        l.connection_id = Some(facts.id);
-        l.sql_us = sql_us;
-    });
     let t_map = Instant::now();
 
     let start_ts = match procfs::own_start_epoch() {
@@ -249,41 +262,49 @@ pub(crate) fn ip_up() {
             return;
         }
     };
+    let process = match procfs::own_identity() {
+        Ok(p) => p,
+        Err(e) => {
+            fail_closed(&format!("cannot read pppd's start ticks or the boot id: {e}"));
+            return;
+        }
+    };
     let pid = shim::pppd_pid();
     let up_ts = policy_core::lock::now_unix();
-    let mapping = Mapping {
+    let mut mapping = Mapping {
         connection_id: facts.id,
         ppp_if: ifname.clone(),
         client_ip,
         start_ts,
         pppd_pid: pid,
-        session_id: Some(format!("{}:{}:{}:{}", cfg.nas.identity, ifname, pid, up_ts)),
+        session_id: None,
         up_ts: Some(up_ts),
         counters_base,
+        process: Some(process),
     };
+    // SESSION_ID is the session's accounting key (pppgate_sessions.session_key): one name, one
+    // meaning, for operators joining a mapping file to SQL.
+    mapping.session_id = Some(SessionKey::of(&cfg.nas.identity, &mapping).into_string());
     note_replaced_mapping(&cfg.paths.sessions_dir, &ifname, pid);
-    match mapping.write_atomic(&cfg.paths.sessions_dir) {
+    let mapping_us = match mapping.write_atomic(&cfg.paths.sessions_dir) {
         Ok(path) => {
             tracing::info!(ifname = %ifname, user = %login, conn_id = facts.id, client_ip = %client_ip, pid,
                 "session mapped at {}", path.display());
-            let mapping_us = t_map.elapsed().as_micros() as u64;
-            with_link(|l| {
-                l.mapping = Some(mapping);
-                l.mapping_us = mapping_us;
-            });
+            with_link(|l| l.mapping = Some(mapping));
+            t_map.elapsed().as_micros() as u64
         }
         Err(e) => {
             fail_closed(&format!("cannot write the session mapping: {}", one_line(&e)));
             return;
         }
-    }
+    };
 
-    let desired = apply::session_for_connect(&ifname, client_ip, pid, &facts);
+    let desired = apply::session_for_connect(&ifname, ifindex, client_ip, pid, &facts);
     if desired.policy.state == PolicyState::Terminate {
         fail_closed(&format!("connection {} must not be online ({:?})", facts.id, desired.policy.reason));
         return;
     }
-    with_link(|l| l.desired = Some(desired));
+    with_link(|l| l.phase.start_applying(desired, t0, sql_us, mapping_us));
     attempt_apply(0);
 }
 
@@ -305,50 +326,34 @@ fn note_replaced_mapping(dir: &std::path::Path, ifname: &str, pid: u32) {
 
 /// One apply attempt; re-scheduled from a pppd timer while the lock is busy.
 fn attempt_apply(_: usize) {
-    with_link(|l| {
-        l.retry = None;
-        l.attempts += 1;
-    });
-    if with_link(|l| l.failed.is_some() || l.cleaned) {
-        return;
-    }
+    let Some(desired) = with_link(|l| l.phase.begin_attempt()) else { return };
     let Some(cfg) = config() else {
         fail_closed("no configuration loaded");
         return;
     };
-    let Some(desired) = with_link(|l| l.desired.clone()) else { return };
     let lock = match Lock::try_acquire(&cfg.paths.apply_lock, "pppd-connect") {
         Ok(l) => l,
         Err(Error::Locked { holder, .. }) => {
-            let deadline = with_link(|l| l.deadline).unwrap_or_else(|| {
-                let w = apply_window(&cfg);
-                let started = with_link(|l| l.up_started).unwrap_or_else(Instant::now);
-                let d = started + w;
-                with_link(|l| l.deadline = Some(d));
-                tracing::info!(window_ms = w.as_millis() as u64, "apply lock busy; retrying within the window");
-                d
+            let holder = holder.map(|h| format!("pid {} ({})", h.pid, h.what));
+            let action = with_link(|l| {
+                l.phase.attempted(Attempt::LockBusy { holder }, Instant::now(), || {
+                    let w = apply_window(&cfg);
+                    tracing::info!(window_ms = w.as_millis() as u64, "apply lock busy; retrying within the window");
+                    w
+                })
             });
-            let now = Instant::now();
-            if now >= deadline {
-                let who = holder.map(|h| format!(" by pid {} ({})", h.pid, h.what)).unwrap_or_default();
-                let attempts = with_link(|l| {
-                    l.lock_exhausted = true;
-                    l.attempts
-                });
-                fail_closed(&format!(
-                    "policy not applied: the apply lock stayed busy{who} for the whole window ({attempts} attempts)"
-                ));
-                return;
-            }
-            let attempts = with_link(|l| l.attempts);
-            let backoff = Duration::from_millis((10u64 << attempts.min(6)).min(250));
-            let wait = backoff.min(deadline - now).max(Duration::from_millis(1));
-            let t = shim::schedule(attempt_apply, 0, wait);
-            with_link(|l| l.retry = Some(t));
+            perform(action);
             return;
         }
         Err(e) => {
-            fail_closed(&format!("cannot take the apply lock: {}", one_line(&e)));
+            let action = with_link(|l| {
+                l.phase.attempted(
+                    Attempt::Failed(format!("cannot take the apply lock: {}", one_line(&e))),
+                    Instant::now(),
+                    || cfg.connect.apply_window_fallback,
+                )
+            });
+            perform(action);
             return;
         }
     };
@@ -362,32 +367,34 @@ fn attempt_apply(_: usize) {
         engine::converge(b, &cfg, &d, &scope, false)
     })();
     // The gate was released by the last nft transaction of the plan, inside converge.
-    let elapsed = with_link(|l| l.up_started).map(|t| t.elapsed()).unwrap_or_default();
-    let apply_us = t_apply.elapsed().as_micros() as u64;
+    let now = Instant::now();
+    let apply_us = now.duration_since(t_apply).as_micros() as u64;
     drop(lock);
     // Closing the nfnetlink socket after a commit waits for nf_tables' deferred destroy work (an
     // RCU grace period, 8-16 ms measured): done after the lock is released, not while holding it.
     drop(backends);
-    match result {
-        Ok(out) => {
-            with_link(|l| l.applied = true);
-            let (sql_us, mapping_us) = with_link(|l| (l.sql_us, l.mapping_us));
-            let p = &desired.policy;
-            tracing::info!(
-                ifname = %desired.ifname, conn_id = desired.connection_id, state = %p.state,
-                down_kbit = p.speed.down_kbit.unwrap_or(0), up_kbit = p.speed.up_kbit.unwrap_or(0),
-                routes = p.routes.len(), pbr = p.pbr.len(), attempts = with_link(|l| l.attempts),
-                steps = out.steps.len(), sql_us, mapping_us, apply_us,
-                gate_released_us = elapsed.as_micros() as u64,
-                "policy applied, connect gate released"
-            );
-        }
-        Err(e) => fail_closed(&format!("policy apply failed: {}", one_line(&e))),
+    let outcome = match &result {
+        Ok(_) => Attempt::Applied,
+        Err(e) => Attempt::Failed(format!("policy apply failed: {}", one_line(e))),
+    };
+    let action = with_link(|l| l.phase.attempted(outcome, now, || cfg.connect.apply_window_fallback));
+    if let (Action::Applied { attempts, sql_us, mapping_us, since_up }, Ok(out)) = (&action, &result) {
+        let p = &desired.policy;
+        tracing::info!(
+            ifname = %desired.ifname, conn_id = desired.connection_id, state = %p.state,
+            down_kbit = p.speed.down_kbit.unwrap_or(0), up_kbit = p.speed.up_kbit.unwrap_or(0),
+            routes = p.routes.len(), pbr = p.pbr.len(), attempts,
+            steps = out.steps.len(), sql_us, mapping_us, apply_us,
+            gate_released_us = since_up.as_micros() as u64,
+            "policy applied, connect gate released"
+        );
     }
+    perform(action);
 }
 
-/// The apply window: SQL `settings.connect_apply_window_s`, read with a tight timeout; when SQL
-/// is slow or down, the configured fallback at once. Never above 15 s.
+/// The apply window (asked the first time the lock is busy): SQL
+/// `settings.connect_apply_window_s`, read with a tight timeout; when SQL is slow or down, the
+/// configured fallback at once (`connect::apply_window`).
 fn apply_window(cfg: &Config) -> Duration {
     let t = cfg.connect.settings_timeout;
     let from_sql = db::connect_with(&cfg.database, t, t)
@@ -395,7 +402,7 @@ fn apply_window(cfg: &Config) -> Duration {
         .ok()
         .flatten()
         .and_then(|v| db::settings::parse_apply_window(&v));
-    from_sql.unwrap_or(cfg.connect.apply_window_fallback).min(APPLY_WINDOW_CAP)
+    connect::apply_window(from_sql, cfg.connect.apply_window_fallback)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,27 +418,20 @@ pub(crate) fn on_exit(_status: i32) {
     cleanup("exit");
 }
 
-/// Seconds the ip-down path waits for the apply lock before cleaning up without it (removals
-/// only, idempotent; the next reconcile converges whatever raced).
-const CLEANUP_LOCK_WAIT: Duration = Duration::from_millis(1500);
-
 fn cleanup(event: &str) {
-    if with_link(|l| std::mem::replace(&mut l.cleaned, true)) {
-        return;
-    }
-    if let Some(t) = with_link(|l| l.retry.take()) {
+    let Some(plan) = with_link(|l| l.phase.cleanup()) else { return };
+    if let Some(t) = plan.cancel {
         shim::cancel(t);
     }
     let Some(cfg) = config() else { return };
-    let (ifname, client_ip, gated, mapping, exhausted) =
-        with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone(), l.lock_exhausted));
+    let (ifname, client, gated, mapping) = with_link(|l| {
+        let client = l.ifindex.zip(l.client_ip).map(|(i, ip)| Member::new(i, ip));
+        (l.ifname.clone(), client, l.gated.clone(), l.mapping.clone())
+    });
     if let Some(m) = &mapping {
         final_accounting(&cfg, m, event);
     }
-    // pppd runs ip-down notifiers before it sends the LCP Terminate-Request: after a window the
-    // lock stayed busy for, waiting for it again would only delay the end of the session.
-    let wait = if exhausted { Duration::ZERO } else { CLEANUP_LOCK_WAIT };
-    let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", wait) {
+    let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", plan.lock_wait) {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!("cleaning up on {event} without the apply lock: {}", one_line(&e));
@@ -440,7 +440,7 @@ fn cleanup(event: &str) {
     };
     let mut backends = Netlink::new();
     let errors = match backends.as_mut() {
-        Ok(b) => remove_kernel_state(b, ifname.as_deref(), client_ip, &gated),
+        Ok(b) => engine::teardown_link(b, ifname.as_deref(), client, &gated),
         Err(e) => vec![one_line(e)],
     };
     drop(lock);
@@ -462,17 +462,17 @@ fn cleanup(event: &str) {
     }
 }
 
-/// Seed 004 §4.1: the final accounting flush, before the cleanup and before the mapping goes
+/// R201: the final accounting flush, before the cleanup and before the mapping goes
 /// (docs/accounting.md). Bounded; whatever happens, the final counters are on disk for the
 /// collector once the marker is written.
 fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str) {
-    // pppd took these in ipcp_down just before the notifiers ran: octets since IPCP came up,
-    // what pppd logs as "Sent N bytes, received M bytes" and radius.so reports.
+    // pppd's octets since IPCP came up, what pppd logs as "Sent N bytes, received M bytes" and
+    // radius.so reports (how each pppd API takes them: shim::link_stats).
     let stats = shim::link_stats();
     let counters = policy_core::accounting::FinalCounters {
         pppd: stats.as_ref().map(|s| policy_core::accounting::Octets::new(s.bytes_in, s.bytes_out)),
         // pppd 2.4's link_stats are 32 bits wide: extended against the interface's counters.
-        wraps_32: shim::PPPD_API == "2.4",
+        wraps_32: stats.as_ref().is_some_and(|s| s.wraps_32),
         terminate_cause: None,
     };
     let (rx, tx) = stats.as_ref().map_or((0, 0), |s| (s.bytes_in, s.bytes_out));
@@ -482,47 +482,4 @@ fn final_accounting(cfg: &policy_core::config::Config, m: &Mapping, event: &str)
         Err(e) => tracing::error!(ifname = %m.ppp_if, conn_id = m.connection_id, rx, tx,
             "final accounting failed on {event}: {}", one_line(&e)),
     }
-}
-
-/// Removes this session's kernel state. An address that another interface now carries as its
-/// peer belongs to a newer session and is left alone.
-fn remove_kernel_state(
-    b: &mut Netlink,
-    ifname: Option<&str>,
-    client_ip: Option<Ipv4Addr>,
-    gated: &BTreeSet<Ipv4Addr>,
-) -> Vec<String> {
-    let mut errors = Vec::new();
-    let links = LinkSnapshot::read().ok();
-    let owned_elsewhere = |ip: Ipv4Addr| {
-        links
-            .as_ref()
-            .is_some_and(|s| s.by_name.values().any(|l| Some(l.name.as_str()) != ifname && l.peers.contains(&ip)))
-    };
-    let mut ips: BTreeSet<Ipv4Addr> = gated.clone();
-    ips.extend(client_ip);
-    for ip in ips {
-        if owned_elsewhere(ip) {
-            tracing::warn!(client_ip = %ip, "address now belongs to another session; leaving its state");
-            continue;
-        }
-        let ifn = if Some(ip) == client_ip { ifname.unwrap_or("") } else { "" };
-        let res = if ifn.is_empty() {
-            let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange { set: *set, ip, add: false }).collect();
-            b.nft().commit(&all)
-        } else {
-            engine::disconnect(b, ifn, ip).map(|_| ())
-        };
-        if let Err(e) = res {
-            errors.push(one_line(&e));
-        }
-    }
-    if client_ip.is_none() {
-        if let Some(ifn) = ifname {
-            if let Err(e) = b.tc().clear(ifn) {
-                errors.push(one_line(&e));
-            }
-        }
-    }
-    errors
 }

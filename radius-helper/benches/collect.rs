@@ -155,6 +155,7 @@ fn bench_size(n: usize) {
             session_id: None,
             up_ts: Some(start_ts),
             counters_base: None,
+            process: policy_core::procfs::identity(pid).unwrap(),
         }
         .write_atomic(&lab.sessions_dir)
         .unwrap();

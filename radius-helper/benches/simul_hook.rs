@@ -196,7 +196,7 @@ fn main() {
         assert!(l.by_name.len() > LIVE);
         parts[2].samples.push(t.elapsed());
         let t = Instant::now();
-        let a = policy_core::kernel::peers::address_snapshot().unwrap();
+        let a = policy_core::kernel::links::LinkSnapshot::read_addresses().unwrap();
         assert!(a.by_name.len() > LIVE);
         parts[3].samples.push(t.elapsed());
         let t = Instant::now();

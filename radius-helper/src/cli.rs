@@ -1,14 +1,14 @@
 //! Command line: clap derive, shared option groups, `--json` wherever a panel reads output.
 
-use std::path::PathBuf;
 use std::process::ExitCode as ProcExit;
 
-use clap::{Args, Parser, Subcommand};
-use policy_core::config::{Config, DEFAULT_PATH};
+use clap::{Parser, Subcommand};
+use policy_core::config::Config;
 use policy_core::error::one_line;
 use policy_core::{db, Error, ExitCode};
 
 use crate::policy_cmd;
+use crate::verb::{load_config, CmdResult, Failure, Global};
 
 #[derive(Parser, Debug)]
 #[command(name = "pppgate", version, about = "Per-user policy and accounting for xl2tpd/pppd concentrators")]
@@ -17,16 +17,6 @@ pub struct Cli {
     pub global: Global,
     #[command(subcommand)]
     pub cmd: Cmd,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct Global {
-    /// Configuration file.
-    #[arg(long, short = 'c', global = true, env = "PPPGATE_CONFIG", default_value = DEFAULT_PATH)]
-    pub config: PathBuf,
-    /// Machine-readable output.
-    #[arg(long, global = true)]
-    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,20 +81,6 @@ pub enum DbCmd {
     Status,
 }
 
-/// A failure with the exit code it maps to.
-pub struct Failure {
-    pub code: ExitCode,
-    pub message: String,
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure { code: e.exit_code(), message: one_line(&e) }
-    }
-}
-
-pub type CmdResult = Result<(), Failure>;
-
 pub fn main() -> ProcExit {
     let argv: Vec<String> = std::env::args().collect();
     let argv = crate_multicall(argv);
@@ -126,6 +102,16 @@ pub fn main() -> ProcExit {
     if let Cmd::Radius(r) = &cli.cmd {
         return ProcExit::from(crate::sessions::radius(&cli.global, r));
     }
+    let sudo = crate::sudo::caller();
+    if let Some(caller) = &sudo {
+        if let Err(f) = crate::sudo::refuse_overrides(caller, &cli.global) {
+            let result = Err(f);
+            crate::sudo::audit(caller, &argv, &result, true);
+            let Err(f) = result else { unreachable!() };
+            eprintln!("pppgate: {}", f.message);
+            return ProcExit::from(f.code.code());
+        }
+    }
     if let Cmd::Diag(a) = &cli.cmd {
         return match crate::diag_cmd::diag(&cli.global, a) {
             Ok(code) => ProcExit::from(code),
@@ -135,7 +121,11 @@ pub fn main() -> ProcExit {
             }
         };
     }
-    match run(&cli) {
+    let result = run(&cli);
+    if let Some(caller) = &sudo {
+        crate::sudo::audit(caller, &argv, &result, false);
+    }
+    match result {
         Ok(()) => ProcExit::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
@@ -146,7 +136,7 @@ pub fn main() -> ProcExit {
     }
 }
 
-/// Maps seed 004's canonical program names onto verbs.
+/// Maps the canonical program names onto verbs (R707).
 fn crate_multicall(mut argv: Vec<String>) -> Vec<String> {
     let name = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
     let verb: Option<&[&str]> = match name.as_str() {
@@ -188,10 +178,6 @@ fn init_logging() {
         .with_target(false)
         .with_ansi(ansi)
         .try_init();
-}
-
-pub fn load_config(g: &Global) -> Result<Config, Failure> {
-    Config::load(&g.config).map_err(Failure::from)
 }
 
 fn run(cli: &Cli) -> CmdResult {

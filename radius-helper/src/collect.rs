@@ -14,7 +14,7 @@ use policy_core::policy::apply::{self, Target};
 use policy_core::runs::{Job, Run};
 use policy_core::{Error, ExitCode};
 
-use crate::cli::{load_config, CmdResult, Failure, Global};
+use crate::verb::{load_config, CmdResult, Failure, Global};
 
 /// Test hook: `PPPGATE_TEST_CRASH_AT=<step>` makes this process SIGKILL itself when the run
 /// reaches that step (after-read, after-spool, after-state, after-commit, replay-mid-delete,

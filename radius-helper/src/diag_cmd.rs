@@ -5,7 +5,7 @@ use clap::Args;
 use policy_core::diag::{self, Options, Report, Status};
 use policy_core::{Error, ExitCode};
 
-use crate::cli::{Failure, Global};
+use crate::verb::{Failure, Global};
 
 #[derive(Args, Debug)]
 pub struct DiagArgs {

@@ -14,8 +14,8 @@ use policy_core::runs::{Job, Run};
 use policy_core::{db, input, mapping, rt_tables, Error, ExitCode};
 use serde_json::json;
 
-use crate::cli::{load_config, CmdResult, Failure, Global};
 use crate::test_hook;
+use crate::verb::{load_config, CmdResult, Failure, Global};
 
 /// Parses an id the way every verb must: a plain positive decimal integer up to i64::MAX.
 pub fn parse_id(what: &'static str, s: &str) -> Result<i64, Failure> {

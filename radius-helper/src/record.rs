@@ -6,7 +6,7 @@ use policy_core::error::one_line;
 use policy_core::runs::Run;
 use policy_core::ExitCode;
 
-use crate::cli::CmdResult;
+use crate::verb::CmdResult;
 
 /// Records how the run ended.
 pub fn finish(cfg: &Config, run: Run, res: &CmdResult) {

@@ -23,7 +23,7 @@ use policy_core::{audit, hardcut, Error, ExitCode};
 use postgres::Client;
 use serde::Serialize;
 
-use crate::cli::{load_config, CmdResult, Failure, Global};
+use crate::verb::{load_config, CmdResult, Failure, Global};
 
 /// Connect and statement timeouts of the FreeRADIUS-facing verbs: they must answer well inside
 /// rlm_exec's 10 s (and checkrad's wait), whatever the configuration says.
@@ -99,7 +99,7 @@ pub enum SessionCmd {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Database access with outage bookkeeping (seed 004 §7.4)
+// Database access with outage bookkeeping (R705)
 
 /// Runs `f` on a fresh connection. An unreachable database is logged once per outage (marker in
 /// paths.run_dir) and its return to service once; repeated failures stay quiet.
@@ -355,7 +355,7 @@ enum ReconcileOutcome {
 /// How long the kill waits for the apply lock before reporting it busy (exit 75).
 const KILL_LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// Seed 004 §8.1: after the kill, reconcile so nft/tc are deterministically right — under the
+/// R602: after the kill, reconcile so nft/tc are deterministically right — under the
 /// apply lock, with the real kernel backends. Without SQL the reconcile still removes the state
 /// of sessions that no longer exist (exactly what a kill needs) and says so.
 fn reconcile_after_kill(cfg: &Config) -> ReconcileOutcome {
@@ -385,17 +385,18 @@ struct KillResult {
     warnings: Vec<String>,
 }
 
-fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
-    let raw_text = raw.map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
-    let args: Vec<String> = raw.map(|_| raw_text.clone()).into_iter().collect();
-    let cfg = Config::load(&g.config);
-    let (audit_path, nas) = match &cfg {
-        Ok(c) => (c.paths.audit_log.clone(), c.nas.identity.clone()),
-        Err(_) => (Paths::default().audit_log, "unknown".to_string()),
-    };
-    let finish = |result: String, code: ExitCode, cfg: Option<&Config>| {
-        let rec = audit::Record::new(&nas, "session-kill", args.clone(), result, code.code());
-        if let Err(e) = audit::append(&audit_path, &rec) {
+/// Where a kill's audit record goes: the file always, `pppgate_audit` when the configuration
+/// loaded (best effort).
+struct KillAudit {
+    path: std::path::PathBuf,
+    nas: String,
+    args: Vec<String>,
+}
+
+impl KillAudit {
+    fn record(&self, result: String, code: ExitCode, cfg: Option<&Config>) {
+        let rec = audit::Record::new(&self.nas, "session-kill", self.args.clone(), result, code.code());
+        if let Err(e) = audit::append(&self.path, &rec) {
             tracing::error!("cannot write the audit log: {}", one_line(&e));
         }
         if let Some(cfg) = cfg {
@@ -405,67 +406,48 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
                 tracing::warn!("audit row not written to pppgate_audit: {}", one_line(&e));
             }
         }
-    };
+    }
+}
 
-    let id = match raw.map(|r| r.to_str()) {
+/// The id argument, strictly (`hardcut::parse_connection_id`).
+fn kill_target(raw: Option<&OsString>) -> policy_core::Result<i64> {
+    match raw.map(|r| r.to_str()) {
         None => Err(Error::invalid("vpn_connection_id", "", "is missing")),
-        Some(None) => Err(Error::invalid("vpn_connection_id", raw_text.clone(), "is not valid UTF-8")),
+        Some(None) => Err(Error::invalid(
+            "vpn_connection_id",
+            raw.map(|r| r.to_string_lossy().into_owned()).unwrap_or_default(),
+            "is not valid UTF-8",
+        )),
         Some(Some(s)) => hardcut::parse_connection_id(s),
-    };
-    let id = match id {
-        Ok(id) => id,
-        Err(e) => {
-            finish(format!("refused: {}", one_line(&e)), e.exit_code(), cfg.as_ref().ok());
-            return Err(e.into());
-        }
-    };
-    let cfg = match cfg {
-        Ok(c) => c,
-        Err(e) => {
-            finish(format!("failed: {}", one_line(&e)), e.exit_code(), None);
-            return Err(e.into());
-        }
-    };
+    }
+}
 
-    let opts = hardcut::KillOptions { term_timeout: Duration::from_secs(timeout), ..Default::default() };
-    let kill = match hardcut::kill_connection(&cfg.paths.sessions_dir, id, &opts) {
-        Ok(k) => k,
-        Err(e) => {
-            finish(format!("failed before killing: {}", one_line(&e)), e.exit_code(), Some(&cfg));
-            return Err(e.into());
-        }
-    };
-    let mappings_removed = hardcut::remove_dead_mappings(&cfg.paths.sessions_dir, id);
-    let reconcile = reconcile_after_kill(&cfg);
-
-    // Database follow-up, best effort: rows whose Stop never came (SIGKILL), pppgate_sessions,
-    // and the spec's active_session_locks where a deployment has that table.
-    let mut warnings = Vec::new();
+/// Database follow-up, best effort: rows whose Stop never came (SIGKILL), pppgate_sessions, and
+/// the spec's active_session_locks where a deployment has that table. Returns the janitor's
+/// report, the lock rows removed, and a warning when the database could not be reached.
+fn kill_follow_up(cfg: &Config, id: i64) -> (Option<janitor::Report>, Option<u64>, Vec<String>) {
     let follow = db::connect_with(&cfg.database, HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT).and_then(|mut c| {
         let login = db::connections::login_of(&mut c, id)?;
         let report = match &login {
-            Some(l) => Some(janitor::run(
-                &cfg,
-                &mut c,
-                &Scope::Login(l.as_bytes().to_vec()),
-                &LazyStateView::new(&cfg),
-                false,
-            )?),
+            Some(l) => {
+                Some(janitor::run(cfg, &mut c, &Scope::Login(l.as_bytes().to_vec()), &LazyStateView::new(cfg), false)?)
+            }
             None => None,
         };
         let locks = db::session_locks::remove_for_connection(&mut c, id)?;
         Ok((report, locks))
     });
-    let (janitor_report, locks_removed) = match follow {
-        Ok(v) => v,
-        Err(e) => {
-            warnings.push(format!("database follow-up skipped: {}", one_line(&e)));
-            (None, None)
-        }
-    };
+    match follow {
+        Ok((report, locks)) => (report, locks, Vec::new()),
+        Err(e) => (None, None, vec![format!("database follow-up skipped: {}", one_line(&e))]),
+    }
+}
 
+/// The one-line result of a kill and its exit code: 70 when a session did not end, else the
+/// reconcile's failure code, else 0.
+fn kill_summary(kill: &hardcut::KillReport, reconcile: &ReconcileOutcome) -> (String, ExitCode) {
     let ok = kill.all_ended();
-    let reconcile_failed = match &reconcile {
+    let reconcile_failed = match reconcile {
         ReconcileOutcome::Failed { error, code } => Some((error.clone(), *code)),
         ReconcileOutcome::Done { .. } => None,
     };
@@ -489,7 +471,46 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
         (Some((_, c)), true) => *c,
         (None, true) => ExitCode::Ok,
     };
-    tracing::info!(conn_id = id, sessions = kill.sessions.len(), ok, "session kill: {result}");
+    (result, code)
+}
+
+fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
+    let args: Vec<String> = raw.map(|r| r.to_string_lossy().into_owned()).into_iter().collect();
+    let cfg = Config::load(&g.config);
+    let audit = match &cfg {
+        Ok(c) => KillAudit { path: c.paths.audit_log.clone(), nas: c.nas.identity.clone(), args },
+        Err(_) => KillAudit { path: Paths::default().audit_log, nas: "unknown".to_string(), args },
+    };
+
+    let id = match kill_target(raw) {
+        Ok(id) => id,
+        Err(e) => {
+            audit.record(format!("refused: {}", one_line(&e)), e.exit_code(), cfg.as_ref().ok());
+            return Err(e.into());
+        }
+    };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            audit.record(format!("failed: {}", one_line(&e)), e.exit_code(), None);
+            return Err(e.into());
+        }
+    };
+
+    let opts = hardcut::KillOptions { term_timeout: Duration::from_secs(timeout), ..Default::default() };
+    let kill = match hardcut::kill_connection(&cfg.paths.sessions_dir, id, &opts) {
+        Ok(k) => k,
+        Err(e) => {
+            audit.record(format!("failed before killing: {}", one_line(&e)), e.exit_code(), Some(&cfg));
+            return Err(e.into());
+        }
+    };
+    let mappings_removed = hardcut::remove_dead_mappings(&cfg.paths.sessions_dir, id);
+    let reconcile = reconcile_after_kill(&cfg);
+    let (janitor_report, locks_removed, warnings) = kill_follow_up(&cfg, id);
+
+    let (result, code) = kill_summary(&kill, &reconcile);
+    tracing::info!(conn_id = id, sessions = kill.sessions.len(), ok = kill.all_ended(), "session kill: {result}");
     let out = KillResult {
         connection_id: id,
         kill,
@@ -499,7 +520,7 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
         locks_removed,
         warnings,
     };
-    finish(result.clone(), code, Some(&cfg));
+    audit.record(result.clone(), code, Some(&cfg));
     if g.json {
         print_json(&out);
     } else {

@@ -20,8 +20,8 @@ use policy_core::wg::{self, WgConfig};
 use policy_core::{db, Error, ExitCode};
 use serde_json::json;
 
-use crate::cli::{load_config, CmdResult, Failure, Global};
 use crate::policy_cmd::parse_id;
+use crate::verb::{load_config, CmdResult, Failure, Global};
 
 #[derive(Subcommand, Debug)]
 pub enum WgCmd {

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use policy_core::mapping::Mapping;
-use pppgate_testkit::{AcctLab as Lab, Peer, NAS_IP};
+use pppgate_testkit::{member_is, render_elem, AcctLab as Lab, Peer, NAS_IP};
 
 /// A lab running this build's `pppgate` with `accounting.radacct = radacct`.
 fn new_lab(radacct: &str) -> Lab {
@@ -403,7 +403,8 @@ fn nft_sets_of(lab: &Lab, ip: std::net::Ipv4Addr) -> Vec<String> {
         if !name.ends_with("_v4") || name.starts_with("garden") {
             continue;
         }
-        if set["elem"].as_array().is_some_and(|e| e.iter().any(|x| x.as_str() == Some(&ip.to_string()))) {
+        let ip = ip.to_string();
+        if set["elem"].as_array().is_some_and(|e| e.iter().any(|x| member_is(&render_elem(x), &ip))) {
             sets.push(name.to_string());
         }
     }
@@ -705,4 +706,134 @@ fn a_session_with_an_ipcp_up_base_ends_on_pppds_own_figure_through_an_outage() {
     lab.collect().ok();
     assert_eq!(lab.snapshot(), before, "a second run changes nothing");
     assert_eq!(lab.spool_records(), 0);
+}
+
+/// SQLSTATE 57P01 ("terminating connection due to administrator command": what a
+/// `pg_ctl restart -m fast` or `pg_terminate_backend` sends) arriving in the middle of the
+/// collector's commit is the database being unavailable: exit 69, `db.status` unavailable, the
+/// outage marker, one log line; the record stays spooled and the totals are exact after recovery.
+/// The commit is held inside the server by a lock on the batch table, so the terminate lands
+/// during that very statement.
+#[test]
+fn admin_shutdown_during_a_commit_takes_the_outage_path() {
+    let lab = new_lab("own");
+    let conn = lab.add_connection("alice", None, "month");
+    let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    lab.write_mapping(&p.mapping(conn, None));
+    p.rx(3, 1000);
+    lab.collect().ok();
+    p.rx(4, 900);
+    let mut locker = lab.pg.client();
+    let mut hold = locker.transaction().unwrap();
+    hold.batch_execute("LOCK TABLE pppgate_acct_batches IN ACCESS EXCLUSIVE MODE").unwrap();
+    let (r, terminated) = std::thread::scope(|s| {
+        let run = s.spawn(|| lab.collect());
+        let mut killer = lab.pg.client();
+        let mut terminated = 0;
+        while terminated == 0 && !run.is_finished() {
+            terminated = killer
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO pppgate_acct_batches%'",
+                    &[],
+                )
+                .unwrap()
+                .len();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (run.join().unwrap(), terminated)
+    });
+    hold.rollback().unwrap();
+    assert_eq!(terminated, 1, "the collector's commit was terminated inside the server: {r:?}");
+    assert_eq!(r.code, Some(69), "{r:?}");
+    assert_eq!(r.json()["db"]["status"], "unavailable", "{}", r.stdout);
+    assert_eq!(r.stderr.lines().filter(|l| l.contains("database unavailable")).count(), 1, "{}", r.stderr);
+    assert!(!r.stderr.contains("cannot be committed"), "{}", r.stderr);
+    assert!(lab.acct_dir.join("sql-outage.accounting").exists(), "the outage marker");
+    assert_eq!(lab.spool_records(), 1);
+
+    let r = lab.collect().ok();
+    assert_eq!(r["replay"]["records_applied"], 2, "the spooled record and this run's");
+    assert_sql_matches_kernel(&lab, &p, conn);
+    assert!(!lab.acct_dir.join("sql-outage.accounting").exists());
+    assert_eq!(lab.spool_records(), 0);
+}
+
+/// The wall clock stepped back an hour between a session's start and its end: the session came
+/// up at "now + 1 h" by the clock of then, its readings and its stop are at "now". Stop times are
+/// never before the start, durations never negative, update times never before the start.
+#[test]
+fn a_clock_stepped_back_gives_no_stop_before_start() {
+    let lab = new_lab("own");
+    let conn = lab.add_connection("alice", None, "month");
+    let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    let up = policy_core::lock::now_unix() + 3600;
+    lab.write_mapping(&p.mapping(conn, Some(up)));
+    p.rx(3, 1000);
+    lab.collect().ok();
+    p.rx(1, 500);
+    lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp0"], None).ok();
+    assert_sql_matches_kernel(&lab, &p, conn);
+    let mut c = lab.pg.client();
+    let row = c
+        .query_one(
+            "SELECT extract(epoch FROM acctstarttime)::bigint, extract(epoch FROM acctstoptime)::bigint,
+                    extract(epoch FROM acctupdatetime)::bigint, acctsessiontime
+               FROM radacct WHERE acctuniqueid = 'pppgate:' || $1",
+            &[&p.session_key()],
+        )
+        .unwrap();
+    let (start, stop, update, dur): (i64, Option<i64>, i64, Option<i64>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(start, up);
+    let stop = stop.expect("the row is closed");
+    assert!(stop >= start, "stop {stop} before start {start}");
+    assert!(update >= start, "update {update} before start {start}");
+    assert_eq!(dur, Some(stop - start));
+    let row = c
+        .query_one(
+            "SELECT extract(epoch FROM start_time)::bigint, extract(epoch FROM stop_time)::bigint
+               FROM pppgate_sessions WHERE session_key = $1",
+            &[&p.session_key()],
+        )
+        .unwrap();
+    let (s, e): (i64, Option<i64>) = (row.get(0), row.get(1));
+    assert!(e.expect("closed") >= s, "pppgate_sessions stop before start");
+}
+
+/// radius.so's row is bound by NAS address, framed IP and start window, not by the user name:
+/// radacct holds the login as pppd rendered it and rlm_sql escaped it (`jürgen` →
+/// `jM-CM-=3Crgen`, lab), which never equals the raw login. Bound, updated, and no second
+/// (pppgate-owned) row even at the final flush in mode `auto`.
+#[test]
+fn radius_row_is_bound_whatever_the_name_rendering() {
+    let lab = new_lab("auto");
+    let conn = lab.add_connection("jürgen", None, "month");
+    let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    let mut c = lab.pg.client();
+    let ip = client(2).to_string();
+    let ours: i64 = c
+        .query_one(
+            "INSERT INTO radacct (acctsessionid, acctuniqueid, username, nasipaddress, acctstarttime, framedipaddress)
+             VALUES ('=25lX6b01f7fd=25hX', 'r-ours', 'jM-CM-=3Crgen', $1::text::inet, to_timestamp($2), $3::text::inet)
+             RETURNING radacctid",
+            &[&NAS_IP, &(p.start_ts as f64 + 1.0), &ip],
+        )
+        .unwrap()
+        .get(0);
+    lab.write_mapping(&p.mapping(conn, Some(p.start_ts + 1)));
+    p.rx(6, 1000);
+    p.tx(2, 100);
+    lab.collect().ok();
+    p.rx(1, 100);
+    lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp0"], None).ok();
+    let k = p.counters();
+    let r =
+        c.query_one("SELECT acctinputoctets, acctoutputoctets FROM radacct WHERE radacctid = $1", &[&ours]).unwrap();
+    assert_eq!((r.get::<_, Option<i64>>(0), r.get::<_, Option<i64>>(1)), (Some(k.0), Some(k.1)));
+    assert_eq!(c.query_one("SELECT count(*) FROM radacct", &[]).unwrap().get::<_, i64>(0), 1, "no second row");
+    let b = c
+        .query_one("SELECT radacct_owner, radacct_id FROM pppgate_sessions WHERE session_key = $1", &[&p.session_key()])
+        .unwrap();
+    assert_eq!((b.get::<_, Option<String>>(0), b.get::<_, Option<i64>>(1)), (Some("radius".into()), Some(ours)));
 }

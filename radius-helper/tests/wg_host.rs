@@ -277,7 +277,7 @@ fn drops(srv: &NetNs) -> (u64, u64, u64) {
     d
 }
 
-/// Seed 002's isolation with packets counted where they would arrive: routers of one tenant reach
+/// R906, tenant isolation, with packets counted where they would arrive: routers of one tenant reach
 /// each other (intra_tenant) and not those of another, even when a router sends into the tunnel
 /// on purpose; PPP clients and other networks do not reach routers, the management network does;
 /// tunnel addresses do not transit. Removing the table lets the cross-tenant ping through (the

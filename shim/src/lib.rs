@@ -30,6 +30,7 @@ use std::time::Duration;
     non_snake_case,
     dead_code,
     improper_ctypes,
+    unused_imports,
     clippy::all,
     clippy::undocumented_unsafe_blocks
 )]
@@ -298,6 +299,12 @@ impl Phase {
 const _: () = {
     assert!(ffi::PHASE_DEAD == 0 && ffi::PHASE_NETWORK == 7 && ffi::PHASE_RUNNING == 8);
     assert!(ffi::PHASE_TERMINATE == 9 && ffi::PHASE_MASTER == 12);
+};
+
+#[cfg(pppd_2_5)]
+const _: () = {
+    assert!(ffi::ppp_phase_PHASE_DEAD == 0 && ffi::ppp_phase_PHASE_NETWORK == 7 && ffi::ppp_phase_PHASE_RUNNING == 8);
+    assert!(ffi::ppp_phase_PHASE_TERMINATE == 9 && ffi::ppp_phase_PHASE_MASTER == 12);
 };
 
 /// The current phase, as last reported by pppd.
@@ -587,7 +594,7 @@ pub fn local_address() -> Option<Ipv4Addr> {
     (raw != 0).then(|| Ipv4Addr::from(u32::from_be(raw)))
 }
 
-/// Octets and packets pppd counted on the link (final once ip-down runs).
+/// Octets and packets pppd counted on the link since IPCP came up (final once ip-down runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LinkStats {
     /// Received from the peer (the client's upload; RADIUS Acct-Input-Octets).
@@ -596,9 +603,21 @@ pub struct LinkStats {
     pub bytes_out: u64,
     pub pkts_in: u32,
     pub pkts_out: u32,
+    /// The octet counts are only 32 bits wide and wrap every 4 GiB: pppd 2.4 keeps `link_stats`
+    /// in `unsigned int`s (the kernel's PPPIOCGSTATS counters). pppd 2.5 reads the interface's
+    /// 64-bit counters (RTM_GETSTATS) into `uint64_t`s: never set there.
+    pub wraps_32: bool,
 }
 
 /// pppd's own link statistics, when valid.
+///
+/// * pppd 2.4: the `link_stats` global, which pppd filled in `ipcp_down` just before the ip-down
+///   notifiers (32 bits wide: [`LinkStats::wraps_32`]).
+/// * pppd 2.5: `ppp_get_link_stats`, which takes a *fresh* reading each call (64 bits) and also
+///   becomes what pppd logs ("Sent N bytes, received M bytes") and puts into the ip-down script's
+///   BYTES_SENT/BYTES_RCVD — pppd prints the last reading any caller took. Inside the ip-down
+///   notifiers the interface is still up, so the figure can only exceed the one pppd took
+///   before the notifiers by packets that arrived in between.
 pub fn link_stats() -> Option<LinkStats> {
     assert_pppd_thread();
     #[cfg(not(pppd_2_5))]
@@ -606,10 +625,11 @@ pub fn link_stats() -> Option<LinkStats> {
         // SAFETY: link_stats / link_stats_valid are pppd globals read on pppd's thread.
         let (valid, s) = unsafe { (ffi::link_stats_valid, ffi::link_stats) };
         (valid != 0).then_some(LinkStats {
-            bytes_in: s.bytes_in as u64,
-            bytes_out: s.bytes_out as u64,
+            bytes_in: u64::from(s.bytes_in),
+            bytes_out: u64::from(s.bytes_out),
             pkts_in: s.pkts_in,
             pkts_out: s.pkts_out,
+            wraps_32: true,
         })
     }
     #[cfg(pppd_2_5)]
@@ -617,7 +637,13 @@ pub fn link_stats() -> Option<LinkStats> {
         let mut s = ffi::ppp_link_stats_st::default();
         // SAFETY: ppp_get_link_stats fills the struct we pass by pointer.
         let ok = unsafe { ffi::ppp_get_link_stats(&mut s) };
-        ok.then(|| LinkStats { bytes_in: s.bytes_in, bytes_out: s.bytes_out, pkts_in: s.pkts_in, pkts_out: s.pkts_out })
+        ok.then(|| LinkStats {
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            pkts_in: s.pkts_in,
+            pkts_out: s.pkts_out,
+            wraps_32: false,
+        })
     }
 }
 
@@ -652,6 +678,13 @@ impl ExitCode {
 
 #[cfg(not(pppd_2_5))]
 const _: () = assert!(ffi::EXIT_FATAL_ERROR == 1 && ffi::EXIT_INIT_FAILED == 18 && ffi::EXIT_PEER_AUTH_FAILED == 11);
+#[cfg(pppd_2_5)]
+const _: () = assert!(
+    ffi::ppp_exit_code_EXIT_FATAL_ERROR == 1
+        && ffi::ppp_exit_code_EXIT_USER_REQUEST == 5
+        && ffi::ppp_exit_code_EXIT_INIT_FAILED == 18
+        && ffi::ppp_exit_code_EXIT_PEER_AUTH_FAILED == 11
+);
 
 /// Sets pppd's exit status.
 pub fn set_status(code: ExitCode) {

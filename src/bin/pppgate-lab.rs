@@ -1,21 +1,43 @@
-//! `pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]... [--system DISK [--fresh]]`:
-//! runs one lab scenario (`--system`: the systemd-booted system lab over that disk, created if
-//! missing or with `--fresh`)
+//! `pppgate-lab run <scenario> [--root bookworm|trixie] [--follow] [--timeout SECONDS] [--env KEY=VALUE]...
+//! [--system DISK [--fresh]]`: runs one lab scenario (`--root`: the guest root, bookworm by default;
+//! `--system`: the systemd-booted system lab over that disk, created if missing or with `--fresh`)
 //! from the command line (the tests call `pppgate_lab::Lab::run` directly). Prints the run
 //! directory; exits non-zero with the harness's error when the run fails.
+//!
+//! `pppgate-lab root <bookworm|trixie>`: builds the root if its recipe has none yet (Debian 13:
+//! mmdebstrap from Debian's registry) and prints its directory (scripts build the pppd 2.5
+//! plugin against its headers).
 
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use pppgate_lab::{Lab, LabOptions};
+use pppgate_lab::{Lab, LabOptions, Root};
 
-const USAGE: &str =
-    "usage: pppgate-lab run <scenario> [--follow] [--timeout SECONDS] [--env KEY=VALUE]... [--system DISK [--fresh]]";
+const USAGE: &str = "usage: pppgate-lab run <scenario> [--root bookworm|trixie] [--follow] [--timeout SECONDS] [--env KEY=VALUE]... [--system DISK [--fresh]]\n       pppgate-lab root <bookworm|trixie>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let (Some("root"), Some(name), None) = (args.first().map(|s| s.as_str()), args.get(1), args.get(2)) {
+        let root = match name.parse::<Root>() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("pppgate-lab: {e}");
+                return ExitCode::from(64);
+            }
+        };
+        return match pppgate_lab::root::ensure(root) {
+            Ok(g) => {
+                println!("{}", g.dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pppgate-lab: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let (Some("run"), Some(scenario)) = (args.first().map(|s| s.as_str()), args.get(1)) else {
         eprintln!("{USAGE}");
         return ExitCode::from(64);
@@ -37,6 +59,13 @@ fn main() -> ExitCode {
                 Ok(s) => opts.timeout = Duration::from_secs(s),
                 Err(_) => {
                     eprintln!("pppgate-lab: --timeout takes whole seconds, not {v:?}");
+                    return ExitCode::from(64);
+                }
+            },
+            ("--root", Some(v)) => match v.parse::<Root>() {
+                Ok(r) => opts.root = r,
+                Err(e) => {
+                    eprintln!("pppgate-lab: {e}");
                     return ExitCode::from(64);
                 }
             },

@@ -1,4 +1,4 @@
-//! Accounting that loses nothing and counts nothing twice (seed 004 §4/§7, B165).
+//! Accounting that loses nothing and counts nothing twice (docs/requirements.md R201, R401–R410).
 //!
 //! The pieces:
 //! * [`counters`] — readings to deltas (new sessions, recreated interfaces, counters that go

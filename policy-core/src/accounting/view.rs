@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use crate::accounting::state::{SessionState, State, STATE_FILE};
 use crate::config::Config;
-use crate::janitor::{EndedSession, FinalCounters, FinalUsage};
+use crate::janitor::{CounterSource, EndedSession, FinalUsage};
 
 /// How far apart a radacct row's start and the session's IPCP-up may be to be the same session.
 const START_WINDOW_S: i64 = 120;
@@ -31,7 +31,7 @@ impl<'a> LazyStateView<'a> {
     }
 }
 
-impl FinalCounters for LazyStateView<'_> {
+impl CounterSource for LazyStateView<'_> {
     fn final_counters(&self, s: &EndedSession<'_>) -> Option<FinalUsage> {
         self.view.get_or_init(|| StateView::load(self.cfg)).final_counters(s)
     }
@@ -77,7 +77,7 @@ impl StateView {
     }
 }
 
-impl FinalCounters for StateView {
+impl CounterSource for StateView {
     fn final_counters(&self, s: &EndedSession<'_>) -> Option<FinalUsage> {
         let x = self.find(s)?;
         Some(FinalUsage { input_octets: x.total.rx, output_octets: x.total.tx, last_seen: Some(x.last_seen) })

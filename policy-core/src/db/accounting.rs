@@ -9,13 +9,20 @@
 //!   use GREATEST, stop times COALESCE, and the usage added to `vpn_usage` is the growth of the
 //!   session's total over what `pppgate_sessions` already holds. Even a replay the batch table
 //!   no longer remembers, or a state file that was lost, cannot count a byte twice.
+//! * times are ordered whatever the wall clock did (it may be stepped back between a session's
+//!   start and its readings): a stop time is never before the start (GREATEST with it), update
+//!   times never go back (GREATEST with the last), durations are never negative.
 //!
 //! radacct identity: a session is bound once, and the binding is kept in `pppgate_sessions`
 //! (`radacct_owner`, `radacct_id`):
-//! * `radius` — the row radius.so's accounting created: same NAS-IP-Address, Framed-IP-Address
-//!   and User-Name (the connection's login), started between the pppd start − 5 s and IPCP-up
-//!   plus 30 s (or the reading, when IPCP-up is not known), not a pppgate row and not bound to
-//!   another session. radius.so's Acct-Session-Id is never used (it is malformed, lab FINDINGS).
+//! * `radius` — the row radius.so's accounting created: same NAS-IP-Address and
+//!   Framed-IP-Address, started between the pppd start − 5 s and IPCP-up plus 30 s (or the
+//!   reading, when IPCP-up is not known), not a pppgate row and not bound to another session.
+//!   The user name is deliberately not compared: the name in radacct is the login after pppd's
+//!   rendering, FreeRADIUS's xlat and rlm_sql's escaping (`jürgen` is stored as `jM-CM-=3Crgen`),
+//!   and the address a live session holds on this NAS plus a start window bounded by this pppd's
+//!   own start already name one row (docs/accounting.md). radius.so's Acct-Session-Id is never
+//!   used (it is malformed, lab FINDINGS).
 //!   Totals are written while the row is open; radius.so's own Stop closes it, never pppgate.
 //! * `pppgate` — a row pppgate owns, `acctuniqueid = 'pppgate:<session key>'`, opened, updated and
 //!   closed by pppgate. In mode `own` always; in mode `auto` only when no RADIUS row exists by the
@@ -69,7 +76,7 @@ WITH nb AS (
 ), found AS (
     SELECT DISTINCT ON (sc.session_key) sc.session_key, r.radacctid
     FROM sc JOIN radacct r
-      ON r.nasipaddress = $3 AND r.framedipaddress = sc.client_ip AND r.username = sc.login
+      ON r.nasipaddress = $3 AND r.framedipaddress = sc.client_ip
      AND r.acctstarttime >= to_timestamp(sc.start_ts - 5)
      AND r.acctstarttime <= to_timestamp(COALESCE(sc.up_ts + 30, sc.at))
      AND r.acctuniqueid NOT LIKE 'pppgate:%'
@@ -101,7 +108,8 @@ WITH nb AS (
                          acctinputoctets, acctoutputoctets, acctterminatecause, servicetype,
                          framedprotocol, framedipaddress)
     SELECT b.session_key, 'pppgate:' || b.session_key, b.login, $3, b.ppp_if, 'Virtual',
-           to_timestamp(COALESCE(b.up_ts, b.start_ts)), to_timestamp(b.at), to_timestamp(b.stop_at),
+           to_timestamp(COALESCE(b.up_ts, b.start_ts)), to_timestamp(GREATEST(b.at, COALESCE(b.up_ts, b.start_ts))),
+           to_timestamp(CASE WHEN b.stop_at IS NOT NULL THEN GREATEST(b.stop_at, COALESCE(b.up_ts, b.start_ts)) END),
            GREATEST(0, COALESCE(b.stop_at, b.at) - COALESCE(b.up_ts, b.start_ts)),
            b.t_in, b.t_out, b.cause, 'Framed-User', 'PPP', b.client_ip
     FROM b WHERE b.owner = 'pppgate'
@@ -119,8 +127,9 @@ WITH nb AS (
                                   pppd_pid, start_time, stop_time, terminate_cause, bytes_in, bytes_out,
                                   updated_at, radacct_id, radacct_owner)
     SELECT b.session_key, $2, b.connection_id, b.login, b.ppp_if, b.client_ip, b.pppd_pid,
-           to_timestamp(COALESCE(b.up_ts, b.start_ts)), to_timestamp(b.stop_at), b.cause,
-           b.t_in, b.t_out, to_timestamp(b.at),
+           to_timestamp(COALESCE(b.up_ts, b.start_ts)),
+           to_timestamp(CASE WHEN b.stop_at IS NOT NULL THEN GREATEST(b.stop_at, COALESCE(b.up_ts, b.start_ts)) END),
+           b.cause, b.t_in, b.t_out, to_timestamp(b.at),
            CASE WHEN b.owner = 'radius' THEN b.radius_id END, b.owner
     FROM b
     ON CONFLICT (session_key) DO UPDATE SET

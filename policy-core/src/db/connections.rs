@@ -112,7 +112,7 @@ pub enum LoginLookup {
     Ambiguous(usize),
 }
 
-/// The connect-path lookup (seed 004 §3): `subaccount_login = $1 AND status IN
+/// The connect-path lookup (R105): `subaccount_login = $1 AND status IN
 /// ('PREPROVISIONED','CLAIMED')`, exactly one row, with the policy facts of that row.
 /// One round trip (typed query, no separate prepare).
 pub fn lookup_login(client: &mut Client, login: &str) -> Result<LoginLookup> {

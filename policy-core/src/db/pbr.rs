@@ -1,4 +1,4 @@
-//! `pbr_rules`: policy routing (seed 003), SQL as the truth.
+//! `pbr_rules`: policy routing (R902), SQL as the truth.
 
 use std::net::Ipv4Addr;
 

@@ -218,8 +218,8 @@ pub fn close_rows(client: &mut Client, nas_ip: IpAddr, closes: &[Close], cause: 
                 SELECT id, COALESCE(stop, extract(epoch FROM now())::bigint) AS stop, inoct, outoct
                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(id, stop, inoct, outoct))
              UPDATE radacct a SET
-                acctstoptime = to_timestamp(s.stop),
-                acctupdatetime = to_timestamp(s.stop),
+                acctstoptime = GREATEST(to_timestamp(s.stop), a.acctstarttime),
+                acctupdatetime = GREATEST(to_timestamp(s.stop), a.acctstarttime, a.acctupdatetime),
                 acctsessiontime = CASE WHEN a.acctstarttime IS NULL THEN a.acctsessiontime
                                   ELSE GREATEST(0, s.stop - extract(epoch FROM a.acctstarttime)::bigint) END,
                 acctinputoctets = CASE WHEN s.inoct IS NULL THEN a.acctinputoctets
@@ -330,11 +330,11 @@ pub fn close_sessions(
         .query_typed(
             "WITH s AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(k, stop, bin, bout))
              UPDATE pppgate_sessions p SET
-                stop_time = COALESCE(to_timestamp(s.stop), now()),
+                stop_time = GREATEST(COALESCE(to_timestamp(s.stop), now()), p.start_time),
                 terminate_cause = $5,
                 bytes_in = GREATEST(p.bytes_in, COALESCE(s.bin, p.bytes_in)),
                 bytes_out = GREATEST(p.bytes_out, COALESCE(s.bout, p.bytes_out)),
-                updated_at = now()
+                updated_at = GREATEST(now(), p.updated_at)
              FROM s
              WHERE p.session_key = s.k AND p.stop_time IS NULL AND p.nas_identity = $6
              RETURNING p.session_key",

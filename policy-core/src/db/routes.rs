@@ -1,4 +1,4 @@
-//! `vpn_routes`: per-user static routes (seed 000), SQL as the truth.
+//! `vpn_routes`: per-user static routes (R901), SQL as the truth.
 
 use std::net::Ipv4Addr;
 

@@ -6,7 +6,7 @@ use postgres::Client;
 
 use crate::error::{Error, Result};
 
-/// Seed 004 §8.1 "Locks (active_session_locks) best-effort entfernen (falls vorhanden)": pppgate's
+/// R602 ("locks (active_session_locks) removed best effort, where present"): pppgate's
 /// schema has no such table; a deployment that has one (keyed by `vpn_connection_id` or
 /// `connection_id`) gets the connection's rows removed.
 pub fn remove_for_connection(c: &mut Client, id: i64) -> Result<Option<u64>> {

@@ -207,11 +207,28 @@ impl LinkSnapshot {
 
     /// Interfaces as their IPv4 addresses describe them: one address dump (small messages, no
     /// link dump), names from `IFA_LABEL`, no kind, flags or counters. An interface without any
-    /// IPv4 address is absent here — what VALID needs, since such an interface cannot carry
-    /// CLIENT_IP as its peer either. On a box with 10,000 sessions (and their IFBs) this is ~10×
-    /// cheaper than a link dump.
+    /// IPv4 address is absent here — what VALID needs (`Mapping::validity`), since such an
+    /// interface cannot carry CLIENT_IP as its peer either. On a box with 10,000 sessions (and
+    /// their IFBs) this is ~10× cheaper than a link dump; the on-demand janitor runs it per login.
+    ///
+    /// A label that is not the device name (an `ip addr add … label ppp0:x` alias), or none,
+    /// cannot be mapped back without the link dump: then the full [`LinkSnapshot::read`].
     pub fn read_addresses() -> Result<LinkSnapshot> {
-        super::peers::address_snapshot()
+        let mut sock = Socket::open(Family::Route)?;
+        let mut snap = LinkSnapshot::default();
+        for (ty, payload) in sock.dump("dump addresses", ifaddr_dump_request())? {
+            let Some(a) = parse_ifaddr(ty, &payload) else { continue };
+            let Some(name) = a.label.clone().filter(|n| !n.is_empty() && !n.contains(':')) else {
+                return LinkSnapshot::read();
+            };
+            let link =
+                snap.by_name.entry(name.clone()).or_insert_with(|| Link { index: a.index, name, ..Default::default() });
+            if link.index != a.index {
+                return LinkSnapshot::read();
+            }
+            link.add_ifaddr(&a);
+        }
+        Ok(snap)
     }
 
     fn read_inner(sock: &mut Socket, lean: bool) -> Result<LinkSnapshot> {
@@ -270,6 +287,15 @@ impl LinkSnapshot {
 
     pub fn get(&self, name: &str) -> Option<&Link> {
         self.by_name.get(name)
+    }
+}
+
+/// The index of interface `name`, `None` when there is none (one ioctl, no dump).
+pub fn ifindex(name: &str) -> Result<Option<u32>> {
+    match nix::net::if_::if_nametoindex(name) {
+        Ok(i) => Ok(Some(i)),
+        Err(nix::errno::Errno::ENODEV) => Ok(None),
+        Err(source) => Err(crate::error::Error::Sys { call: "if_nametoindex", source }),
     }
 }
 

@@ -27,7 +27,7 @@ use super::links::{
 use super::netlink::{
     self, attrs, Answer, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE,
 };
-use super::{ifb_name, Shaping, Tc, TcState};
+use super::{ifb_name, Shaping, Tc, TcState, IFB_PREFIX};
 use crate::error::{Error, Result};
 
 const RTM_NEWQDISC: u16 = 36;
@@ -70,8 +70,6 @@ const PSCHED_SHIFT: u32 = 6;
 
 /// Interfaces whose root HTB and ingress qdisc are pppgate's.
 pub const SESSION_PREFIX: &str = "ppp";
-/// Prefix of the upload IFB devices.
-pub const IFB_PREFIX: &str = "pgi-";
 
 /// HTB parameters for one rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -81,7 +81,7 @@ impl FromStr for QuotaPeriod {
     }
 }
 
-/// A per-user static route (seed 000). `gateway: None` routes via the session's interface
+/// A per-user static route (R901). `gateway: None` routes via the session's interface
 /// (point-to-point: the peer); `table: None` is the main table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RouteSpec {
@@ -91,7 +91,7 @@ pub struct RouteSpec {
     pub metric: Option<u32>,
 }
 
-/// Policy routing for one session (seed 003): traffic from the client goes through `table`, whose
+/// Policy routing for one session (R902): traffic from the client goes through `table`, whose
 /// default route is `via` on `dev`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PbrSpec {

@@ -19,7 +19,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::kernel::{ifb_name, NftSet, NftState, OwnedRoute, OwnedRule, RouteQuery, SetChange, Shaping, TcState};
+use crate::kernel::{
+    ifb_name, ifb_owner, Member, NftSet, NftState, OwnedRoute, OwnedRule, RouteQuery, SetChange, Shaping, TcState,
+};
 use crate::policy::model::{PbrSpec, Policy, PolicyState};
 
 /// Main routing table id.
@@ -29,6 +31,8 @@ pub const MAIN_TABLE: u32 = 254;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DesiredSession {
     pub ifname: String,
+    /// The session interface's index: nft membership is bound to it ([`Member`]).
+    pub ifindex: u32,
     pub client_ip: Ipv4Addr,
     pub connection_id: i64,
     pub pppd_pid: Option<u32>,
@@ -61,6 +65,13 @@ pub struct KernelView {
     pub rules: Vec<OwnedRule>,
 }
 
+impl DesiredSession {
+    /// The session's nft member: its address bound to its interface.
+    pub fn member(&self) -> Member {
+        Member { ifindex: self.ifindex, ip: self.client_ip }
+    }
+}
+
 /// What a plan may touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
@@ -68,7 +79,9 @@ pub enum Scope {
     All,
     /// Apply for some sessions: only objects of these interfaces / client addresses. Shared
     /// objects (policy-routing tables' default routes) are added when missing, never removed.
-    Sessions { ifnames: BTreeSet<String>, ips: BTreeSet<Ipv4Addr> },
+    /// `members` are the nft members a session-scope read looks up (point lookups, no dump); a
+    /// member of the kernel view is in scope when it is one of them or its address is in `ips`.
+    Sessions { ifnames: BTreeSet<String>, ips: BTreeSet<Ipv4Addr>, members: BTreeSet<Member> },
 }
 
 impl Scope {
@@ -76,12 +89,19 @@ impl Scope {
         Scope::Sessions {
             ifnames: sessions.iter().map(|s| s.ifname.clone()).collect(),
             ips: sessions.iter().map(|s| s.client_ip).collect(),
+            members: sessions.iter().map(DesiredSession::member).collect(),
         }
     }
-    fn has_ip(&self, ip: &Ipv4Addr) -> bool {
+
+    /// The scope of some members (and their interfaces), e.g. to remove them.
+    pub fn of_members(ifnames: BTreeSet<String>, members: BTreeSet<Member>) -> Scope {
+        Scope::Sessions { ifnames, ips: members.iter().map(|m| m.ip).collect(), members }
+    }
+    /// A kernel member is in scope when the scope names it, or its address.
+    fn has_member(&self, m: &Member) -> bool {
         match self {
             Scope::All => true,
-            Scope::Sessions { ips, .. } => ips.contains(ip),
+            Scope::Sessions { members, ips, .. } => members.contains(m) || ips.contains(&m.ip),
         }
     }
     fn has_if(&self, ifname: &str) -> bool {
@@ -148,7 +168,7 @@ impl Plan {
                     "nft transaction: {}",
                     changes
                         .iter()
-                        .map(|c| format!("{} {} {}", if c.add { "add" } else { "del" }, c.ip, c.set.name()))
+                        .map(|c| format!("{} {} {}", if c.add { "add" } else { "del" }, c.member(), c.set.name()))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -248,7 +268,7 @@ fn session_objects(s: &DesiredSession) -> (Vec<OwnedRoute>, Vec<OwnedRule>, Vec<
 /// (A table default whose rules all went away outside this scope is reconcile's to remove.)
 pub fn route_query(desired: &Desired, scope: &Scope, rules: &[OwnedRule]) -> RouteQuery {
     let mut q = RouteQuery::default();
-    let Scope::Sessions { ifnames, ips } = scope else { return q };
+    let Scope::Sessions { ifnames, ips, .. } = scope else { return q };
     q.ifnames = ifnames.clone();
     for s in &desired.sessions {
         let (routes, _, table_routes) = session_objects(s);
@@ -265,36 +285,57 @@ pub fn route_query(desired: &Desired, scope: &Scope, rules: &[OwnedRule]) -> Rou
 
 /// Computes the plan that turns `actual` into `desired` within `scope`.
 pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
+    let (restrict, open) = plan_membership(desired, actual, scope);
+    let tc_ops = plan_shaping(desired, actual, scope);
+    let wanted = wanted_routing(desired, actual, scope);
+    let routing = plan_routing(&wanted, actual, scope);
+    let terminate = plan_terminations(desired);
+
+    let mut ops = Vec::new();
+    if !restrict.is_empty() {
+        ops.push(Op::NftTransaction { changes: restrict });
+    }
+    // Rules before routes: a rule never points at a table whose default route is already gone.
+    ops.extend(routing.rule_dels);
+    ops.extend(routing.route_dels);
+    ops.extend(tc_ops);
+    ops.extend(routing.route_adds);
+    ops.extend(routing.rule_adds);
+    if !open.is_empty() {
+        ops.push(Op::NftTransaction { changes: open });
+    }
+    ops.extend(terminate);
+    Plan { ops }
+}
+
+/// nft membership: the set changes that make a session more restricted (first transaction) and
+/// those that open one (last transaction).
+fn plan_membership(desired: &Desired, actual: &KernelView, scope: &Scope) -> (Vec<SetChange>, Vec<SetChange>) {
     let mut restrict: Vec<SetChange> = Vec::new();
     let mut open: Vec<SetChange> = Vec::new();
-    let mut route_dels = Vec::new();
-    let mut rule_dels = Vec::new();
-    let mut tc_ops = Vec::new();
-    let mut route_adds = Vec::new();
-    let mut rule_adds = Vec::new();
-    let mut terminate = Vec::new();
-
-    // --- nft membership -------------------------------------------------------------------
-    let mut want_set: BTreeMap<Ipv4Addr, NftSet> = BTreeMap::new();
+    // A member is a session's address bound to its interface. A member of the kernel that no
+    // session wants (an interface that is gone, an address it no longer carries) is removed in
+    // the first, restricting transaction.
+    let mut want_set: BTreeMap<Member, NftSet> = BTreeMap::new();
     for s in &desired.sessions {
-        want_set.insert(s.client_ip, NftSet::for_state(s.policy.state));
+        want_set.insert(s.member(), NftSet::for_state(s.policy.state));
     }
-    let mut ips: BTreeSet<Ipv4Addr> = want_set.keys().copied().collect();
-    for members in actual.nft.members.values() {
-        ips.extend(members.iter().copied().filter(|ip| scope.has_ip(ip)));
+    let mut members: BTreeSet<Member> = want_set.keys().copied().collect();
+    for m in actual.nft.members.values() {
+        members.extend(m.iter().copied().filter(|m| scope.has_member(m)));
     }
-    for ip in ips {
-        let have = actual.nft.sets_of(ip);
-        let want = want_set.get(&ip).copied();
+    for m in members {
+        let have = actual.nft.sets_of(m);
+        let want = want_set.get(&m).copied();
         let mut changes: Vec<SetChange> = Vec::new();
         for set in &have {
             if Some(*set) != want {
-                changes.push(SetChange { set: *set, ip, add: false });
+                changes.push(SetChange::new(*set, m, false));
             }
         }
         if let Some(w) = want {
             if !have.contains(&w) {
-                changes.push(SetChange { set: w, ip, add: true });
+                changes.push(SetChange::new(w, m, true));
             }
         }
         if changes.is_empty() {
@@ -311,8 +352,12 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             open.extend(changes);
         }
     }
+    (restrict, open)
+}
 
-    // --- tc ---------------------------------------------------------------------------------
+/// tc: shaping to set or clear, and IFBs whose session is gone.
+fn plan_shaping(desired: &Desired, actual: &KernelView, scope: &Scope) -> Vec<Op> {
+    let mut tc_ops = Vec::new();
     let mut want_tc: BTreeMap<&str, Shaping> = BTreeMap::new();
     for s in &desired.sessions {
         if matches!(s.policy.state, PolicyState::Full | PolicyState::Restricted) && !s.policy.speed.is_unlimited() {
@@ -339,7 +384,7 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
         })
         .collect();
     for ifb in &actual.tc.ifbs {
-        let owner = ifb.strip_prefix("pgi-").unwrap_or(ifb);
+        let owner = ifb_owner(ifb);
         let wanted_up = want_tc.get(owner).is_some_and(|s| s.up_kbit.is_some());
         if scope.has_if(owner) && !wanted_up && !cleared.contains(ifb) {
             let owner_has_entry = actual.tc.shaping.contains_key(owner);
@@ -348,8 +393,18 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             }
         }
     }
+    tc_ops
+}
 
-    // --- routes and rules --------------------------------------------------------------------
+/// Routes and rules the desired state wants: per-session routes (one owner per kernel route
+/// key), rules, and the shared per-table default routes of policy routing.
+struct WantedRouting {
+    routes: BTreeSet<OwnedRoute>,
+    rules: BTreeSet<OwnedRule>,
+    shared: BTreeSet<OwnedRoute>,
+}
+
+fn wanted_routing(desired: &Desired, actual: &KernelView, scope: &Scope) -> WantedRouting {
     // The kernel keeps one route per (destination, table, metric): adding a second replaces the
     // first. Two sessions wanting the same destination (one login online twice, or two users
     // given the same subnet) would take it from each other on every run and never verify, so
@@ -384,6 +439,23 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
         per_table.entry(r.table).or_insert(r);
     }
     let shared: BTreeSet<OwnedRoute> = per_table.into_values().collect();
+    WantedRouting { routes: want_routes, rules: want_rules, shared }
+}
+
+/// The route and rule changes, in the order they are applied.
+struct RoutingOps {
+    rule_dels: Vec<Op>,
+    route_dels: Vec<Op>,
+    route_adds: Vec<Op>,
+    rule_adds: Vec<Op>,
+}
+
+fn plan_routing(wanted: &WantedRouting, actual: &KernelView, scope: &Scope) -> RoutingOps {
+    let (want_routes, want_rules, shared) = (&wanted.routes, &wanted.rules, &wanted.shared);
+    let mut route_dels = Vec::new();
+    let mut rule_dels = Vec::new();
+    let mut route_adds = Vec::new();
+    let mut rule_adds = Vec::new();
     let actual_routes: BTreeSet<&OwnedRoute> = actual.routes.iter().collect();
     let actual_rules: BTreeSet<&OwnedRule> = actual.rules.iter().collect();
 
@@ -392,7 +464,7 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             route_adds.push(Op::RouteAdd { route: r.clone() });
         }
     }
-    for u in &want_rules {
+    for u in want_rules {
         if !actual_rules.contains(u) {
             rule_adds.push(Op::RuleAdd { rule: u.clone() });
         }
@@ -433,7 +505,12 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             route_dels.push(Op::RouteDel { route: r.clone() });
         }
     }
+    RoutingOps { rule_dels, route_dels, route_adds, rule_adds }
+}
 
+/// Sessions whose pppd is to be signalled.
+fn plan_terminations(desired: &Desired) -> Vec<Op> {
+    let mut terminate = Vec::new();
     for s in &desired.sessions {
         if s.policy.state == PolicyState::Terminate {
             terminate.push(Op::Terminate {
@@ -443,22 +520,7 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
             });
         }
     }
-
-    let mut ops = Vec::new();
-    if !restrict.is_empty() {
-        ops.push(Op::NftTransaction { changes: restrict });
-    }
-    // Rules before routes: a rule never points at a table whose default route is already gone.
-    ops.extend(rule_dels);
-    ops.extend(route_dels);
-    ops.extend(tc_ops);
-    ops.extend(route_adds);
-    ops.extend(rule_adds);
-    if !open.is_empty() {
-        ops.push(Op::NftTransaction { changes: open });
-    }
-    ops.extend(terminate);
-    Plan { ops }
+    terminate
 }
 
 /// A plan is verified when re-planning against the kernel read back after applying it finds
@@ -479,6 +541,7 @@ mod tests {
         state_facts(&mut f);
         DesiredSession {
             ifname: format!("ppp{n}"),
+            ifindex: 100 + u32::from(n),
             client_ip: Ipv4Addr::new(198, 51, 100, 10 + n),
             connection_id: n as i64,
             pppd_pid: Some(1000 + n as u32),
@@ -496,9 +559,9 @@ mod tests {
                     for c in changes {
                         let m = v.nft.members.entry(c.set).or_default();
                         if c.add {
-                            m.insert(c.ip);
+                            m.insert(c.member());
                         } else {
-                            m.remove(&c.ip);
+                            m.remove(&c.member());
                         }
                     }
                 }
@@ -535,9 +598,9 @@ mod tests {
         after
     }
 
-    fn gated(ip: Ipv4Addr) -> KernelView {
+    fn gated(m: Member) -> KernelView {
         let mut v = KernelView::default();
-        v.nft.members.entry(NftSet::Pending).or_default().insert(ip);
+        v.nft.members.entry(NftSet::Pending).or_default().insert(m);
         v
     }
 
@@ -545,13 +608,13 @@ mod tests {
     fn connect_releases_the_gate_last_in_one_transaction() {
         let s = sess(1, |_| {});
         let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
-        let p = plan(&desired, &gated(s.client_ip), &Scope::of(&desired.sessions));
+        let p = plan(&desired, &gated(s.member()), &Scope::of(&desired.sessions));
         let d = p.describe();
         assert_eq!(d.first().unwrap(), "tc set ppp1 down 8000kbit up 2000kbit");
         assert_eq!(d[1], "route add 192.168.50.0/24 dev ppp1");
         assert_eq!(
             d.last().unwrap(),
-            "nft transaction: del 198.51.100.11 connect_pending_v4, add 198.51.100.11 full_v4"
+            "nft transaction: del 198.51.100.11 (if 101) connect_pending_v4, add 198.51.100.11 (if 101) full_v4"
         );
         assert_eq!(p.ops.len(), 3);
     }
@@ -580,14 +643,14 @@ mod tests {
                 let b = sess(1, *to);
                 let start = converge(
                     &Desired { sessions: vec![a.clone()], subnet_pbr: vec![] },
-                    &gated(a.client_ip),
+                    &gated(a.member()),
                     &Scope::All,
                 );
                 let desired = Desired { sessions: vec![b.clone()], subnet_pbr: vec![] };
                 let p = plan(&desired, &start, &Scope::of(&desired.sessions));
                 let after = converge(&desired, &start, &Scope::of(&desired.sessions));
                 let want = NftSet::for_state(b.policy.state);
-                assert_eq!(after.nft.sets_of(b.client_ip), BTreeSet::from([want]), "{from_name}->{to_name}");
+                assert_eq!(after.nft.sets_of(b.member()), BTreeSet::from([want]), "{from_name}->{to_name}");
                 // A transition to a more restrictive state puts its nft change first.
                 let restricting = openness(Some(want)) < openness(Some(NftSet::for_state(a.policy.state)));
                 if restricting {
@@ -615,7 +678,7 @@ mod tests {
     fn speed_change_is_one_tc_set() {
         let s = sess(1, |_| {});
         let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
-        let start = converge(&desired, &gated(s.client_ip), &Scope::All);
+        let start = converge(&desired, &gated(s.member()), &Scope::All);
         let faster = sess(1, |f| f.rate_down_kbit = Some(20_000));
         let p = plan(&Desired { sessions: vec![faster], subnet_pbr: vec![] }, &start, &Scope::All);
         assert_eq!(p.describe(), vec!["tc set ppp1 down 20000kbit up 2000kbit"]);
@@ -639,7 +702,7 @@ mod tests {
         assert!(plan(&only_a, &start, &Scope::of(&only_a.sessions)).is_empty());
         // Reconcile removes everything of b: membership, tc, IFB, routes, rule, table route.
         let after = converge(&only_a, &start, &Scope::All);
-        assert!(after.nft.sets_of(b.client_ip).is_empty());
+        assert!(after.nft.sets_of(b.member()).is_empty());
         assert!(!after.tc.shaping.contains_key("ppp2"));
         assert!(!after.tc.ifbs.contains("pgi-ppp2"));
         assert!(after.routes.iter().all(|r| r.dev != "ppp2" && r.table != 100));
@@ -695,13 +758,21 @@ mod tests {
     fn stray_memberships_and_double_membership_are_fixed() {
         let a = sess(1, |_| {});
         let mut v = KernelView::default();
-        v.nft.members.entry(NftSet::Full).or_default().insert(a.client_ip);
-        v.nft.members.entry(NftSet::Blocked).or_default().insert(a.client_ip);
-        v.nft.members.entry(NftSet::Pending).or_default().insert(Ipv4Addr::new(10, 9, 9, 9));
+        let stray = Member::new(7, Ipv4Addr::new(10, 9, 9, 9));
+        // The same address bound to another (gone) interface: a dead session's member.
+        let dead = Member::new(5, a.client_ip);
+        v.nft.members.entry(NftSet::Full).or_default().extend([a.member(), dead]);
+        v.nft.members.entry(NftSet::Blocked).or_default().insert(a.member());
+        v.nft.members.entry(NftSet::Pending).or_default().insert(stray);
         let desired = Desired { sessions: vec![a.clone()], subnet_pbr: vec![] };
+        let p = plan(&desired, &v, &Scope::All);
         let after = converge(&desired, &v, &Scope::All);
-        assert_eq!(after.nft.sets_of(a.client_ip), BTreeSet::from([NftSet::Full]));
-        assert!(after.nft.sets_of(Ipv4Addr::new(10, 9, 9, 9)).is_empty());
+        assert_eq!(after.nft.sets_of(a.member()), BTreeSet::from([NftSet::Full]));
+        assert!(after.nft.sets_of(stray).is_empty());
+        assert!(after.nft.sets_of(dead).is_empty(), "the dead session's member goes");
+        // Removing members is restricting: it is in the first transaction.
+        let Some(Op::NftTransaction { changes }) = p.ops.first() else { panic!("{:?}", p.describe()) };
+        assert!(changes.iter().any(|c| c.member() == dead && !c.add), "{:?}", p.describe());
     }
 
     #[test]
@@ -725,7 +796,7 @@ mod tests {
                 "rule add from 10.200.0.0/24 lookup 100 priority 100"
             ]
         );
-        let empty = Scope::Sessions { ifnames: BTreeSet::new(), ips: BTreeSet::new() };
+        let empty = Scope::of(&[]);
         assert!(plan(&desired, &KernelView::default(), &empty).is_empty());
     }
 
@@ -733,7 +804,7 @@ mod tests {
     fn route_change_replaces_old_route() {
         let a = sess(1, |_| {});
         let desired = Desired { sessions: vec![a.clone()], subnet_pbr: vec![] };
-        let start = converge(&desired, &gated(a.client_ip), &Scope::All);
+        let start = converge(&desired, &gated(a.member()), &Scope::All);
         let moved = sess(1, |f| {
             f.routes = vec![RouteSpec {
                 dst: "192.168.60.0/24".parse().unwrap(),
@@ -780,6 +851,6 @@ mod tests {
         assert_eq!(s.policy.reason, Reason::Pending);
         assert_eq!(s.policy.speed, Speed::default());
         let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
-        assert!(plan(&desired, &gated(s.client_ip), &Scope::All).is_empty());
+        assert!(plan(&desired, &gated(s.member()), &Scope::All).is_empty());
     }
 }

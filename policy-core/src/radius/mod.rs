@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::db::radacct;
 use crate::error::{Error, Result};
-use crate::janitor::{self, FinalCounters, Report, Rules, Scope, Verdict};
+use crate::janitor::{self, CounterSource, Report, Rules, Scope, Verdict};
 
 /// checkrad's answer (FreeRADIUS `rad_check_ts`): exit 0 = not online (stale), 1 = online;
 /// 2 = error is every `Err`.
@@ -95,7 +95,7 @@ pub fn sql_unescape(stored: &str) -> Option<Vec<u8>> {
 ///   modified.
 ///
 /// A row that no longer exists, or is already closed, is "not online".
-pub fn checkrad<S: FinalCounters>(
+pub fn checkrad<S: CounterSource>(
     cfg: &Config,
     client: &mut Client,
     args: &CheckradArgs,
@@ -170,7 +170,7 @@ pub struct SimulReport {
 /// user has a Simultaneous-Use limit — counts the sessions that are still online the way
 /// checkrad would answer for each (this NAS: claimed by a VALID mapping or too young; other NAS:
 /// recent heartbeat; rows from before a NAS's Accounting-On not counted) and rejects at the limit.
-pub fn simultaneous_use<S: FinalCounters>(
+pub fn simultaneous_use<S: CounterSource>(
     cfg: &Config,
     client: &mut Client,
     login: &[u8],

@@ -24,6 +24,21 @@ settle() {
   log "WARNING: counters of $1 still moving"
 }
 
+# acct_quiet_links: no IPv6 router solicitations from either end's ppp links (run after
+# net_setup, before any session). A kernel keeps soliciting with backoff for as long as a link is
+# up (1, 5, 13, 29, 61, 125 s …); one 48-byte RS landing between the scenario's reading of the
+# interface and pppd's own final reading (pppd 2.5 reads afresh at ip-down) made the two differ
+# by exactly that packet on the Debian 13 root.
+acct_quiet_links() {
+  local ns k
+  for ns in cli srv; do
+    for k in all default; do
+      ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$k.router_solicitations=0" ||
+        die "cannot switch off router solicitations in $ns"
+    done
+  done
+}
+
 # run_collector STEP: one collector run in srv (JSON in $LAB_OUT/collect-STEP.json); its exit
 # status in COLLECT_RC.
 run_collector() {

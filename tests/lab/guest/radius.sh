@@ -9,7 +9,13 @@
 # Then: radius_prepare (after pg_start + pppgate_configure + pppgate_migrate + net_setup),
 #       radius_start, radius_user NAME PASSWORD [SIMULTANEOUS_USE], radius_auth USER PASSWORD.
 
-RADDB=/etc/freeradius/3.0
+# FreeRADIUS 3.x keeps its configuration in /etc/freeradius/3.0 on Debian 12 and 13 alike; found,
+# not assumed, so a root with another layout fails here and not half-way through a scenario.
+RADDB=
+for d in /etc/freeradius/*/; do
+  [ -f "$d/radiusd.conf" ] && RADDB=${d%/}
+done
+[ -n "$RADDB" ] || die "no FreeRADIUS configuration (radiusd.conf) under /etc/freeradius"
 FR_LOG=$LAB_TMP/freeradius.log
 
 # The NAS-IP-Address radius.so sends is the address the host name resolves to (FINDINGS.md):

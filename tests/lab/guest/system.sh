@@ -16,6 +16,7 @@ sys_wait_booted() {
   timeout 60 systemd-analyze time > "$LAB_OUT/logs/boot${LAB_BOOT:-1}-analyze.txt" 2>&1 || true
   fact "boot${LAB_BOOT:-1}.userspace_ms" "$(( $(unit_ts multi-user.target ActiveEnterTimestampMonotonic) / 1000 ))"
   systemctl --failed --no-legend --plain > "$LAB_OUT/logs/boot${LAB_BOOT:-1}-failed.txt" 2>&1 || true
+  timeout 60 systemd-analyze blame > "$LAB_OUT/logs/boot${LAB_BOOT:-1}-blame.txt" 2>&1 || true
   log "boot: $(head -1 "$LAB_OUT/logs/boot${LAB_BOOT:-1}-analyze.txt"); failed units: $(awk '{print $1}' "$LAB_OUT/logs/boot${LAB_BOOT:-1}-failed.txt" | tr '\n' ' ')"
   case $state in running | degraded) ;; *) die "the boot did not finish within ${tmo}s (state ${state:-timeout})" ;; esac
 }

@@ -17,6 +17,7 @@ pg_start
 pppgate_configure
 pppgate_migrate
 net_setup
+acct_quiet_links
 radius_prepare
 radius_user carol secret 1
 radius_start

@@ -16,6 +16,9 @@ sys_wait_booted 600
 : "${LAB_DEB:?LAB_DEB is not set}"
 : "${LAB_DEB_UPGRADE:?LAB_DEB_UPGRADE is not set}"
 export DEBIAN_FRONTEND=noninteractive
+# man-db's dpkg trigger rebuilds the manual page index over the 9p root: minutes under TCG, per
+# apt run. Operators keep it; the lab switches it off (man-db reads this flag file).
+rm -f /var/lib/man-db/auto-update
 APT=(apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold)
 PG_PPPGATE=/usr/sbin/pppgate
 
@@ -38,7 +41,7 @@ install_case() {
     die "apt install failed: $(tail -20 "$LAB_OUT/logs/apt-install.log")"
   cat "$LAB_OUT/logs/apt-install.log"
   fact install.version "$(dpkg-query -W -f='${Version}' pppgate)"
-  fact install.status "$(dpkg-query -W -f='${Status}' pppgate)"
+  fact install.dpkg_status "$(dpkg-query -W -f='${Status}' pppgate)"
   local t
   for t in $TIMERS; do
     enabled "$t" || die "$t is not enabled after install"
@@ -125,7 +128,7 @@ remove_case() {
     die "apt remove failed: $(tail -20 "$LAB_OUT/logs/apt-remove.log")"
   cat "$LAB_OUT/logs/apt-remove.log"
   fact remove.said "$(grep -c 'Live sessions keep their policy' "$LAB_OUT/logs/apt-remove.log")"
-  fact remove.status "$(dpkg-query -W -f='${Status}' pppgate)"
+  fact remove.dpkg_status "$(dpkg-query -W -f='${Status}' pppgate)"
   fact remove.binary "$(test -e /usr/sbin/pppgate && echo present || echo gone)"
   fact remove.config "$(test -e /etc/pppgate/pppgate.toml && echo kept || echo gone)"
   fact remove.pppd_alive "$(pid_alive "$pid" && echo yes || echo no)"
@@ -146,7 +149,7 @@ purge_case() {
   timed purge apt-get purge -y -q pppgate > "$LAB_OUT/logs/apt-purge.log" 2>&1 ||
     die "apt purge failed: $(tail -20 "$LAB_OUT/logs/apt-purge.log")"
   cat "$LAB_OUT/logs/apt-purge.log"
-  fact purge.status "$(dpkg-query -W -f='${Status}' pppgate 2> /dev/null || echo not-installed)"
+  fact purge.dpkg_status "$(dpkg-query -W -f='${Status}' pppgate 2> /dev/null || echo not-installed)"
   fact purge.spool "$(test -e /var/lib/vpn-accounting/spool/00000000000000000001.batch && echo kept || echo deleted)"
   fact purge.said "$(grep -c 'KEPT /var/lib/vpn-accounting' "$LAB_OUT/logs/apt-purge.log")"
   fact purge.config "$(test -e /etc/pppgate/pppgate.toml && echo kept || echo gone)"

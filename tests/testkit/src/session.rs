@@ -110,6 +110,7 @@ impl SessionBuilder {
             session_id: Some(format!("test:{}:{pid}:{now}", self.ifname)),
             up_ts: Some(now),
             counters_base: None,
+            process: identity_at(pid, start_ts),
         };
         mapping.write_atomic(sessions_dir).expect("write mapping");
         let s = FakeSession {
@@ -159,6 +160,14 @@ impl FakeSession {
 
     pub fn ip(&self) -> String {
         self.client_ip.to_string()
+    }
+
+    /// The session's nft member: its address bound to its interface's current index.
+    pub fn member(&self) -> policy_core::kernel::Member {
+        let idx = policy_core::kernel::links::ifindex(&self.ifname)
+            .expect("look up the interface")
+            .unwrap_or_else(|| panic!("{} does not exist", self.ifname));
+        policy_core::kernel::Member::new(idx, self.client_ip)
     }
 
     /// The client namespace (panics for TUN sessions).
@@ -256,6 +265,7 @@ pub fn tun_farm(sessions_dir: &Path, first: usize, n: usize, first_conn: i64, pr
             session_id: Some(format!("bench:{ifname}:{pid}:{now}")),
             up_ts: Some(now),
             counters_base: None,
+            process: identity_at(pid, start_ts),
         });
     }
     ip_batch(&script);
@@ -330,6 +340,19 @@ pub fn dead_pid() -> u32 {
     pid
 }
 
+/// The START_TICKS/BOOT_ID a mapping for `pid` started at Unix time `start_ts` carries: the
+/// process's own when `start_ts` is its start time, else ticks that say `start_ts` (a test
+/// describing a PID reused since), `None` when the process is gone.
+pub fn identity_at(pid: u32, start_ts: i64) -> Option<procfs::ProcessIdentity> {
+    let mut id = procfs::identity(pid).expect("read /proc")?;
+    let actual = procfs::process_start_epoch(pid).expect("read /proc")?;
+    if (actual - start_ts).abs() > procfs::START_TS_TOLERANCE {
+        let boot = procfs::boot_time().expect("read /proc/stat");
+        id.start_ticks = ((start_ts - boot).max(0) * procfs::ticks_per_second()) as u64;
+    }
+    Some(id)
+}
+
 /// Writes a mapping (no SESSION_ID, UP_TS one second after START_TS) with
 /// `Mapping::write_atomic` and returns it; nothing checks it is VALID.
 pub fn write_mapping(dir: &Path, conn: i64, ifname: &str, ip: &str, pid: u32, start_ts: i64) -> Mapping {
@@ -342,6 +365,7 @@ pub fn write_mapping(dir: &Path, conn: i64, ifname: &str, ip: &str, pid: u32, st
         session_id: None,
         up_ts: Some(start_ts + 1),
         counters_base: None,
+        process: identity_at(pid, start_ts),
     };
     m.write_atomic(dir).expect("write mapping");
     m

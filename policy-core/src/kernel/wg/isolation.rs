@@ -1,5 +1,5 @@
 //! Tenant isolation for the WireGuard interface: the table `inet pppgate_wg`, owned by `wg
-//! reconcile` (seed 002: "no cross-tenant routing", "only management traffic through the VPN").
+//! reconcile` (R906: no cross-tenant routing, only management traffic through the VPN).
 //!
 //! Its own table, not a chain in `inet pppgate`: the session table is rebuilt by layout version
 //! and restored by the tamper guard from the session state; the isolation rules follow SQL's
@@ -18,7 +18,7 @@
 //!    same tenant's when `intra_tenant` is off, or a forged source.
 //! 5. any other interface → the tenant pool: dropped, counted (`into_tenant`): PPP clients, LANs.
 //! 6. wg → anywhere from the tenant pool: dropped, counted (`out_of_tenant`): tunnel addresses
-//!    are for management only. Seed 003's traffic (client subnets NATed by a router) carries
+//!    are for management only. Policy-routed traffic (R902: client subnets NATed by a router) carries
 //!    other addresses and is not touched.
 //!
 //! The table is read back as `nft -j` JSON: the rule comments (the first carries the interface
