@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use policy_core::kernel::{Netlink, Nft, NftSet, OwnedRoute, Routes, SetChange, Shaping, Tc};
+use policy_core::kernel::{Member, Netlink, Nft, NftSet, OwnedRoute, Routes, SetChange, Shaping, Tc};
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("run tool");
@@ -35,7 +35,8 @@ fn main() {
     let mut k = Netlink::new().expect("netlink");
     k.nft.ensure_base(&[]).expect("ensure_base");
     k.tc.set("ppp1", &Shaping { down_kbit: Some(1000), up_kbit: Some(1000) }).expect("tc");
-    let ip = "100.64.0.2".parse().unwrap();
+    let ifindex = policy_core::kernel::links::ifindex("ppp0").expect("lookup").expect("ppp0 exists");
+    let ip = Member::new(ifindex, "100.64.0.2".parse().unwrap());
     let route = OwnedRoute {
         dst: "192.168.50.0/24".parse().unwrap(),
         gateway: None,
@@ -48,18 +49,15 @@ fn main() {
         let (mut up_t, mut down_t, mut total) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..n {
             let t0 = Instant::now();
-            k.nft.commit(&[SetChange { set: NftSet::Pending, ip, add: true }]).unwrap();
+            k.nft.commit(&[SetChange::new(NftSet::Pending, ip, true)]).unwrap();
             let _ = k.nft.sets_of(ip).unwrap();
             k.tc.set("ppp0", &Shaping { down_kbit: Some(8000), up_kbit: up }).unwrap();
             k.routes.add(&route).unwrap();
             k.nft
-                .commit(&[
-                    SetChange { set: NftSet::Full, ip, add: true },
-                    SetChange { set: NftSet::Pending, ip, add: false },
-                ])
+                .commit(&[SetChange::new(NftSet::Full, ip, true), SetChange::new(NftSet::Pending, ip, false)])
                 .unwrap();
             let t1 = Instant::now();
-            k.nft.commit(&[SetChange { set: NftSet::Full, ip, add: false }]).unwrap();
+            k.nft.commit(&[SetChange::new(NftSet::Full, ip, false)]).unwrap();
             k.tc.clear("ppp0").unwrap();
             k.routes.del(&route).unwrap();
             let t2 = Instant::now();

@@ -9,7 +9,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use serde::Serialize;
@@ -87,7 +87,22 @@ pub fn append(path: &Path, record: &Record) -> Result<()> {
             let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o750));
         }
     }
-    let mut f = OpenOptions::new().append(true).create(true).mode(0o640).open(path).map_err(werr)?;
+    // Never through a symbolic link, never into a file with other names (a hard link to a file
+    // of root's elsewhere): the trail is appended to pppgate's own file only.
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(werr)?;
+    let md = f.metadata().map_err(werr)?;
+    if !md.file_type().is_file() || md.nlink() != 1 {
+        return Err(werr(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "not a regular file with one link; refusing to append to it",
+        )));
+    }
     f.write_all(record.line().as_bytes()).map_err(werr)?;
     Ok(())
 }
@@ -112,6 +127,25 @@ pub fn rfc3339(t: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appends_only_to_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("shadow");
+        fs::write(&victim, "root's\n").unwrap();
+        let rec = Record::new("nas", "apply", vec![], "ok".into(), 0);
+        let sym = dir.path().join("sym.log");
+        std::os::unix::fs::symlink(&victim, &sym).unwrap();
+        assert!(append(&sym, &rec).is_err());
+        let hard = dir.path().join("hard.log");
+        fs::hard_link(&victim, &hard).unwrap();
+        assert!(append(&hard, &rec).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root's\n");
+        let own = dir.path().join("audit.log");
+        append(&own, &rec).unwrap();
+        append(&own, &rec).unwrap();
+        assert_eq!(fs::read_to_string(&own).unwrap().lines().count(), 2);
+    }
 
     #[test]
     fn rfc3339_known_values() {

@@ -275,6 +275,7 @@ mod tests {
     fn desired() -> DesiredSession {
         DesiredSession {
             ifname: "ppp0".into(),
+            ifindex: 3,
             client_ip: "100.64.0.2".parse().unwrap(),
             connection_id: 7,
             pppd_pid: Some(4242),

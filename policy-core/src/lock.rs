@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -54,14 +54,46 @@ fn open(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    OpenOptions::new()
+    // Never through a symbolic link, and only a file that is ours: the holder record is written
+    // over the file's content, which must never be someone else's file (docs/security.md).
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|source| Error::Lock { path: path.into(), source })
+        .map_err(|source| Error::Lock { path: path.into(), source })?;
+    let md = f.metadata().map_err(|source| Error::Lock { path: path.into(), source })?;
+    if let Err(why) = lock_file_is_ours(&md, &f) {
+        let source = std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+        return Err(Error::Lock { path: path.into(), source });
+    }
+    Ok(f)
+}
+
+/// A lock file pppgate may write its holder record into: a regular file with one link, owned
+/// by us (or root), empty or holding a record.
+fn lock_file_is_ours(md: &std::fs::Metadata, f: &File) -> std::result::Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    if !md.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    if md.nlink() != 1 {
+        return Err(format!("has {} hard links; refusing to write into it", md.nlink()));
+    }
+    if md.uid() != me && md.uid() != 0 {
+        return Err(format!("owned by uid {}, not by us", md.uid()));
+    }
+    if md.len() > 0 {
+        let mut head = [0u8; 4];
+        let n = f.read_at(&mut head, 0).map_err(|e| e.to_string())?;
+        if md.len() > 4096 || &head[..n] != b"pid=" {
+            return Err("holds something else than a lock record; refusing to overwrite it".into());
+        }
+    }
+    Ok(())
 }
 
 impl Lock {
@@ -202,6 +234,29 @@ pub fn break_stale(path: &Path, what: &str, ttl: Duration) -> Result<(Lock, Brea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn never_writes_through_a_link_or_over_a_file_that_is_not_a_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, "root:x:0:0\n").unwrap();
+        let sym = dir.path().join("sym.lock");
+        std::os::unix::fs::symlink(&victim, &sym).unwrap();
+        assert!(matches!(Lock::try_acquire(&sym, "apply"), Err(Error::Lock { .. })));
+        let hard = dir.path().join("hard.lock");
+        std::fs::hard_link(&victim, &hard).unwrap();
+        assert!(matches!(Lock::try_acquire(&hard, "apply"), Err(Error::Lock { .. })));
+        let foreign = dir.path().join("foreign.lock");
+        std::fs::write(&foreign, "something of root's\n").unwrap();
+        assert!(matches!(Lock::try_acquire(&foreign, "apply"), Err(Error::Lock { .. })));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:x:0:0\n");
+        assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "something of root's\n");
+        // Empty (flock(1) made it) or a record of ours: taken.
+        let empty = dir.path().join("empty.lock");
+        std::fs::write(&empty, "").unwrap();
+        drop(Lock::try_acquire(&empty, "apply").unwrap());
+        drop(Lock::try_acquire(&empty, "apply").unwrap());
+    }
 
     #[test]
     fn second_taker_sees_busy_with_holder() {

@@ -376,6 +376,20 @@ pub fn valid_sessions(dir: &Path) -> Result<(Vec<Mapping>, Vec<Error>)> {
 /// reported) but not checked, so an apply for one connection does not read /proc for every
 /// session on the box.
 pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Result<(Vec<Mapping>, Vec<Error>)> {
+    let (live, bad) = live_sessions_where(dir, want)?;
+    Ok((live.into_iter().map(|l| l.mapping).collect(), bad))
+}
+
+/// A VALID mapping with the index of its interface, as the same VALID check read it (nft
+/// membership is bound to the index: `kernel::Member`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveSession {
+    pub mapping: Mapping,
+    pub ifindex: u32,
+}
+
+/// [`valid_sessions_where`] with each session's interface index.
+pub fn live_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Result<(Vec<LiveSession>, Vec<Error>)> {
     let mut wanted = Vec::new();
     let mut bad = Vec::new();
     for s in scan(dir)? {
@@ -386,7 +400,7 @@ pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Resu
         }
     }
     if wanted.is_empty() {
-        return Ok((wanted, bad));
+        return Ok((Vec::new(), bad));
     }
     // A few sessions (an apply for one connection): their interfaces only, not an address dump
     // of the whole box.
@@ -397,7 +411,15 @@ pub fn valid_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Resu
         crate::kernel::links::LinkSnapshot::read_addresses()?
     };
     let boot = procfs::boot_time().map_err(|source| Error::Read { path: "/proc/stat".into(), source })?;
-    Ok((wanted.into_iter().filter(|m| m.validity_since(&links, boot).is_valid()).collect(), bad))
+    let live = wanted
+        .into_iter()
+        .filter(|m| m.validity_since(&links, boot).is_valid())
+        .filter_map(|m| {
+            let ifindex = links.get(&m.ppp_if)?.index;
+            Some(LiveSession { mapping: m, ifindex })
+        })
+        .collect();
+    Ok((live, bad))
 }
 
 /// A decimal u64 without sign, spaces or leading zeros (0 itself is fine).

@@ -359,6 +359,9 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".timer"))
+            // WireGuard's reconcile timer runs only on concentrators that provision WireGuard
+            // (its service is skipped until `wg init`); it is not a recorded job.
+            .filter(|n| n != "pppgate-wg-reconcile.timer")
             .collect();
         timers.sort();
         let mut ours: Vec<String> = Job::ALL.iter().map(|j| j.timer_unit().to_string()).collect();

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use policy_core::config::Config;
 use policy_core::kernel::recording::{Call, FakeKernel, Recording};
-use policy_core::kernel::{NftSet, OwnedRoute, OwnedRule, Shaping};
-use policy_core::mapping::Mapping;
+use policy_core::kernel::{Member, NftSet, OwnedRoute, OwnedRule, Shaping};
+use policy_core::mapping::{LiveSession, Mapping};
 use policy_core::policy::engine::{self, converge};
 use policy_core::policy::model::{
     decide, ConnectionFacts, PbrSpec, Policy, PolicyState, QuotaPeriod, RouteSpec, Status,
@@ -68,9 +68,21 @@ fn ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(100, 64, 0, n + 1)
 }
 
+/// Session `n`'s nft member: its address on interface index 10 + n.
+fn member(n: u8) -> Member {
+    Member::new(10 + u32::from(n), ip(n))
+}
+
 /// Session `n` on `ppp<n>`; no pppd pid (so TERMINATE signals nobody in a test).
 fn session(n: u8, policy: Policy) -> DesiredSession {
-    DesiredSession { ifname: format!("ppp{n}"), client_ip: ip(n), connection_id: n as i64, pppd_pid: None, policy }
+    DesiredSession {
+        ifname: format!("ppp{n}"),
+        ifindex: member(n).ifindex,
+        client_ip: ip(n),
+        connection_id: n as i64,
+        pppd_pid: None,
+        policy,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,8 +134,8 @@ fn with_kernel(k: &FakeKernel) -> Recording {
 
 /// How much an address may pass: 0 nothing (no set, pending or blocked: the drop rules win),
 /// 1 the walled garden, 2 everything.
-fn openness(k: &FakeKernel, ip: Ipv4Addr) -> u8 {
-    let sets = k.nft.sets_of(ip);
+fn openness(k: &FakeKernel, m: Member) -> u8 {
+    let sets = k.nft.sets_of(m);
     if sets.is_empty() || sets.contains(&NftSet::Pending) || sets.contains(&NftSet::Blocked) {
         return 0;
     }
@@ -145,7 +157,7 @@ fn state_openness(s: S) -> u8 {
 /// A kernel where session 1 is in state `s` (gated: the connect gate only).
 fn kernel_in(s: S, cfg: &Config) -> FakeKernel {
     let mut r = fresh();
-    engine::gate(&mut r, cfg, ip(1)).unwrap();
+    engine::gate(&mut r, cfg, member(1)).unwrap();
     if s != S::Gated {
         let d = desired(vec![session(1, policy(s))]);
         converge(&mut r, cfg, &d, &Scope::of(&d.sessions), false).unwrap();
@@ -158,8 +170,8 @@ fn connect_applies_in_order_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let mut r = fresh();
-    engine::gate(&mut r, &cfg, ip(1)).unwrap();
-    assert_eq!(r.kernel.nft.sets_of(ip(1)), BTreeSet::from([NftSet::Pending]));
+    engine::gate(&mut r, &cfg, member(1)).unwrap();
+    assert_eq!(r.kernel.nft.sets_of(member(1)), BTreeSet::from([NftSet::Pending]));
     r.clear_calls();
 
     let d = desired(vec![session(1, policy(S::Full))]);
@@ -182,7 +194,7 @@ fn connect_applies_in_order_and_verifies() {
         other => panic!("last change is {other:?}"),
     }
     let k = &r.kernel;
-    assert_eq!(k.nft.sets_of(ip(1)), BTreeSet::from([NftSet::Full]));
+    assert_eq!(k.nft.sets_of(member(1)), BTreeSet::from([NftSet::Full]));
     assert!(k.tc.ifbs.contains("pgi-ppp1"));
     assert!(k.routes.contains(&OwnedRoute {
         dst: "192.168.50.0/24".parse().unwrap(),
@@ -224,7 +236,7 @@ fn a_failure_anywhere_leaves_the_session_no_more_open_and_the_next_run_finishes(
     let mut cases = 0;
     for from in STATES {
         let start = kernel_in(from, &cfg);
-        let before = openness(&start, ip(1));
+        let before = openness(&start, member(1));
         assert_eq!(before, state_openness(from), "{from:?}");
         for to in STATES {
             let d = desired(vec![session(1, policy(to))]);
@@ -252,7 +264,7 @@ fn a_failure_anywhere_leaves_the_session_no_more_open_and_the_next_run_finishes(
                         first_commit_done = true;
                     }
                 }
-                let after = openness(&r.kernel, ip(1));
+                let after = openness(&r.kernel, member(1));
                 assert!(
                     after <= before,
                     "{from:?} → {to:?}, failing change #{k} ({failed_at:?}): openness {before} → {after}"
@@ -264,7 +276,7 @@ fn a_failure_anywhere_leaves_the_session_no_more_open_and_the_next_run_finishes(
                 r.heal();
                 converge(&mut r, &cfg, &d, &scope, false)
                     .unwrap_or_else(|e| panic!("{from:?} → {to:?} after fault #{k}: {e}"));
-                assert_eq!(r.kernel.nft.sets_of(ip(1)), BTreeSet::from([NftSet::for_state(policy(to).state)]));
+                assert_eq!(r.kernel.nft.sets_of(member(1)), BTreeSet::from([NftSet::for_state(policy(to).state)]));
                 assert_eq!(
                     without_orphan_table_defaults(&r.kernel),
                     without_orphan_table_defaults(&clean.kernel),
@@ -301,7 +313,7 @@ fn a_change_the_kernel_silently_drops_is_a_verify_error() {
     ];
     for (what, pred) in drops {
         let mut r = fresh();
-        engine::gate(&mut r, &cfg, ip(1)).unwrap();
+        engine::gate(&mut r, &cfg, member(1)).unwrap();
         r.drop_when(pred);
         let d = desired(vec![session(1, policy(S::Full))]);
         let err = converge(&mut r, &cfg, &d, &Scope::of(&d.sessions), false).expect_err(what);
@@ -333,7 +345,7 @@ fn session_scope_touches_only_its_sessions() {
         let text = format!("{c:?}");
         assert!(!text.contains("ppp2") && !text.contains("100.64.0.3"), "touched session 2: {text}");
     }
-    assert_eq!(r.kernel.nft.sets_of(ip(2)), BTreeSet::from([NftSet::Full]));
+    assert_eq!(r.kernel.nft.sets_of(member(2)), BTreeSet::from([NftSet::Full]));
     assert_eq!(r.kernel.tc.shaping.get("ppp2"), Some(&Shaping { down_kbit: Some(8000), up_kbit: Some(2000) }));
     // Session 2 still uses table 100, so its default route stays.
     assert!(r.kernel.routes.iter().any(|x| x.table == 100));
@@ -348,14 +360,14 @@ fn disconnect_keeps_going_past_errors() {
     let d = desired(vec![session(1, policy(S::Full))]);
     converge(&mut r, &cfg, &d, &Scope::All, false).unwrap();
     r.fail_when(|c| matches!(c, Call::TcClear(_)));
-    let err = engine::disconnect(&mut r, "ppp1", ip(1)).expect_err("the tc failure is reported");
+    let err = engine::disconnect(&mut r, "ppp1", member(1)).expect_err("the tc failure is reported");
     assert!(err.to_string().contains("cleanup of ppp1 incomplete"), "{err}");
     // Everything else went.
-    assert!(r.kernel.nft.sets_of(ip(1)).is_empty());
+    assert!(r.kernel.nft.sets_of(member(1)).is_empty());
     assert!(r.kernel.routes.is_empty(), "{:?}", r.kernel.routes);
     assert!(r.kernel.rules.is_empty());
     r.heal();
-    engine::disconnect(&mut r, "ppp1", ip(1)).unwrap();
+    engine::disconnect(&mut r, "ppp1", member(1)).unwrap();
     assert!(r.kernel.tc.shaping.is_empty() && r.kernel.tc.ifbs.is_empty());
 }
 
@@ -365,19 +377,19 @@ fn gate_creates_the_table_under_the_lock_when_missing() {
     let cfg = config(dir.path());
     let mut r = fresh();
     assert!(!r.kernel.nft_table);
-    engine::gate(&mut r, &cfg, ip(1)).unwrap();
+    engine::gate(&mut r, &cfg, member(1)).unwrap();
     assert!(r.kernel.nft_table);
-    assert_eq!(r.kernel.nft.sets_of(ip(1)), BTreeSet::from([NftSet::Pending]));
+    assert_eq!(r.kernel.nft.sets_of(member(1)), BTreeSet::from([NftSet::Pending]));
     assert!(cfg.paths.apply_lock.exists(), "the table was created under the apply lock");
     // With the lock held by someone else the gate cannot create the table: the address is
     // refused (fail closed), after the bounded wait.
     let mut r = fresh();
     let _held = policy_core::lock::Lock::try_acquire(&cfg.paths.apply_lock, "test").unwrap();
     let t = std::time::Instant::now();
-    let err = engine::gate(&mut r, &cfg, ip(1)).expect_err("no table and no lock");
+    let err = engine::gate(&mut r, &cfg, member(1)).expect_err("no table and no lock");
     println!("gate without table and lock: {err} after {:?}", t.elapsed());
     assert!(matches!(err, Error::Locked { .. }));
-    assert!(r.kernel.nft.sets_of(ip(1)).is_empty());
+    assert!(r.kernel.nft.sets_of(member(1)).is_empty());
 }
 
 #[test]
@@ -399,11 +411,17 @@ fn sql_down_cleanup_removes_only_gone_sessions() {
         process: None,
     };
     let before = r.kernel.clone();
-    policy_core::policy::apply::remove_gone_sessions(&cfg, &mut r, &[live], false).unwrap();
-    assert_eq!(r.kernel.nft.sets_of(ip(1)), before.nft.sets_of(ip(1)), "live session untouched");
+    policy_core::policy::apply::remove_gone_sessions(
+        &cfg,
+        &mut r,
+        &[LiveSession { mapping: live, ifindex: member(1).ifindex }],
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.kernel.nft.sets_of(member(1)), before.nft.sets_of(member(1)), "live session untouched");
     assert_eq!(r.kernel.tc.shaping.get("ppp1"), before.tc.shaping.get("ppp1"));
     assert_eq!(r.kernel.routes, before.routes, "session 1's routes (and its table route) stay");
-    assert!(r.kernel.nft.sets_of(ip(2)).is_empty(), "gone session removed");
+    assert!(r.kernel.nft.sets_of(member(2)).is_empty(), "gone session removed");
     assert!(!r.kernel.tc.shaping.contains_key("ppp2") && !r.kernel.tc.ifbs.contains("pgi-ppp2"));
     assert_eq!(PolicyState::Full, policy(S::Full).state);
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use policy_core::config::GardenEntry;
 use policy_core::kernel::nft::{normalize_garden, NftNetlink, LAYOUT_COMMENT};
-use policy_core::kernel::{Nft, NftSet, SetChange};
+use policy_core::kernel::{Member, Nft, NftSet, SetChange};
 use pppgate_testkit::*;
 
 fn garden() -> Vec<GardenEntry> {
@@ -21,12 +21,28 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
+/// The interface index the members of these tests are bound to (it need not exist).
+const IDX: u32 = 7;
+
+fn m(a: &str) -> Member {
+    Member::new(IDX, ip(a))
+}
+
 fn add(set: NftSet, a: &str) -> SetChange {
-    SetChange { set, ip: ip(a), add: true }
+    SetChange::new(set, m(a), true)
 }
 
 fn del(set: NftSet, a: &str) -> SetChange {
-    SetChange { set, ip: ip(a), add: false }
+    SetChange::new(set, m(a), false)
+}
+
+/// A member as `nft` lists it (index not resolvable to a name here).
+fn el(a: &str) -> String {
+    format!("{IDX} . {a}")
+}
+
+fn els(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|a| el(a)).collect()
 }
 
 fn table_handle() -> u64 {
@@ -96,7 +112,7 @@ fn garden_change_rewrites_only_the_garden() {
     assert_eq!(nft_set_elems("garden_net_v4"), vec!["192.0.2.0/24"]);
     assert_eq!(nft_set_elems("garden_proto_v4"), vec!["198.51.100.1 . udp"]);
     assert!(nft_set_elems("garden_svc_v4").is_empty(), "covered by 192.0.2.0/24");
-    assert_eq!(members(NftSet::Full), strs(&["100.64.0.2"]));
+    assert_eq!(members(NftSet::Full), els(&["100.64.0.2"]));
     assert_eq!(nft.read().unwrap().garden, normalize_garden(&new));
     // Empty garden.
     nft.ensure_base(&[]).unwrap();
@@ -132,23 +148,38 @@ fn layout_rebuild_keeps_members() {
     assert_ne!(table_handle(), h, "rebuilt");
     assert!(nft.read().unwrap().base_ok);
     assert_eq!(nft_counter("unpoliced_from"), 0);
-    assert_eq!(members(NftSet::Full), strs(&["100.64.0.2"]));
-    assert_eq!(members(NftSet::Blocked), strs(&["100.64.0.3"]));
-    assert_eq!(members(NftSet::Pending), strs(&["100.64.0.4"]));
+    assert_eq!(members(NftSet::Full), els(&["100.64.0.2"]));
+    assert_eq!(members(NftSet::Blocked), els(&["100.64.0.3"]));
+    assert_eq!(members(NftSet::Pending), els(&["100.64.0.4"]));
 
-    // An older layout (different comment, fewer sets) is replaced; its state members are kept.
+    // An older layout (different comment, fewer sets, bare addresses) is replaced; its members
+    // are kept, each bound to the interface that carries it as its peer (layout 1 and older had
+    // no interface in the key). An address no interface carries is dropped.
     run(&["nft", "delete", "table", "inet", "pppgate"]);
-    let old = "table inet pppgate {\n comment \"pppgate layout 0\"\n set full_v4 { type ipv4_addr; elements = { 100.64.0.9, 100.64.0.10 } }\n set restricted_v4 { type ipv4_addr; elements = { 100.64.0.11 } }\n}\n";
-    std::fs::write(std::env::temp_dir().join(format!("pgt-old-{}.nft", std::process::id())), old).unwrap();
-    run(&["nft", "-f", std::env::temp_dir().join(format!("pgt-old-{}.nft", std::process::id())).to_str().unwrap()]);
+    let mut idx = std::collections::BTreeMap::new();
+    for (dev, peer) in [("ppp9", "100.64.0.9"), ("ppp10", "100.64.0.10"), ("ppp11", "100.64.0.11")] {
+        run(&["ip", "tuntap", "add", "dev", dev, "mode", "tun"]);
+        run(&["ip", "addr", "add", "100.64.0.1", "peer", &format!("{peer}/32"), "dev", dev]);
+        let v = json(&["ip", "-j", "link", "show", "dev", dev]);
+        idx.insert(peer, v[0]["ifindex"].as_u64().unwrap() as u32);
+    }
+    let old = "table inet pppgate {\n comment \"pppgate layout 1\"\n set full_v4 { type ipv4_addr; elements = { 100.64.0.9, 100.64.0.10, 100.64.0.12 } }\n set restricted_v4 { type ipv4_addr; elements = { 100.64.0.11 } }\n}\n";
+    let file = std::env::temp_dir().join(format!("pgt-old-{}.nft", std::process::id()));
+    std::fs::write(&file, old).unwrap();
+    run(&["nft", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
     assert!(!nft.read().unwrap().base_ok);
     nft.ensure_base(&garden()).unwrap();
     let st = nft.read().unwrap();
     assert!(st.base_ok);
-    assert_eq!(members(NftSet::Full), strs(&["100.64.0.9", "100.64.0.10"]));
-    assert_eq!(members(NftSet::Restricted), strs(&["100.64.0.11"]));
-    assert_eq!(st.members[&NftSet::Full], [ip("100.64.0.9"), ip("100.64.0.10")].into_iter().collect());
-    let _ = std::fs::remove_file(std::env::temp_dir().join(format!("pgt-old-{}.nft", std::process::id())));
+    assert_eq!(members(NftSet::Full), strs(&["ppp9 . 100.64.0.9", "ppp10 . 100.64.0.10"]));
+    assert_eq!(members(NftSet::Restricted), strs(&["ppp11 . 100.64.0.11"]));
+    assert_eq!(
+        st.members[&NftSet::Full],
+        [Member::new(idx["100.64.0.9"], ip("100.64.0.9")), Member::new(idx["100.64.0.10"], ip("100.64.0.10"))]
+            .into_iter()
+            .collect()
+    );
 }
 
 #[test]
@@ -157,7 +188,7 @@ fn commit_moves_addresses_and_removal_is_idempotent() {
     let mut nft = NftNetlink::new().unwrap();
     nft.ensure_base(&[]).unwrap();
     nft.commit(&[add(NftSet::Pending, "100.64.0.2"), add(NftSet::Pending, "100.64.0.3")]).unwrap();
-    assert_eq!(members(NftSet::Pending), strs(&["100.64.0.2", "100.64.0.3"]));
+    assert_eq!(members(NftSet::Pending), els(&["100.64.0.2", "100.64.0.3"]));
     // Gate → FULL in one transaction; removing an absent address and adding a present one are fine.
     nft.commit(&[
         del(NftSet::Pending, "100.64.0.2"),
@@ -166,24 +197,26 @@ fn commit_moves_addresses_and_removal_is_idempotent() {
         add(NftSet::Pending, "100.64.0.3"),
     ])
     .unwrap();
-    assert_eq!(members(NftSet::Pending), strs(&["100.64.0.3"]));
-    assert_eq!(members(NftSet::Full), strs(&["100.64.0.2"]));
+    assert_eq!(members(NftSet::Pending), els(&["100.64.0.3"]));
+    assert_eq!(members(NftSet::Full), els(&["100.64.0.2"]));
     assert!(nft_set_elems("blocked_v4").is_empty());
     // The same removal again is still fine.
     nft.commit(&[del(NftSet::Pending, "100.64.0.2")]).unwrap();
     nft.commit(&[]).unwrap();
     // sets_of agrees with the tool's view.
-    assert_eq!(nft.sets_of(ip("100.64.0.2")).unwrap(), [NftSet::Full].into_iter().collect());
-    assert_eq!(nft.sets_of(ip("100.64.0.3")).unwrap(), [NftSet::Pending].into_iter().collect());
-    assert!(nft.sets_of(ip("100.64.0.99")).unwrap().is_empty());
-    assert!(output(&["nft", "get", "element", "inet", "pppgate", "full_v4", "{ 100.64.0.2 }"]).status.success());
+    assert_eq!(nft.sets_of(m("100.64.0.2")).unwrap(), [NftSet::Full].into_iter().collect());
+    assert_eq!(nft.sets_of(m("100.64.0.3")).unwrap(), [NftSet::Pending].into_iter().collect());
+    assert!(nft.sets_of(m("100.64.0.99")).unwrap().is_empty());
+    assert!(output(&["nft", "get", "element", "inet", "pppgate", "full_v4", "{ 7 . 100.64.0.2 }"]).status.success());
+    // Bound to its interface: the same address on another interface is in no set.
+    assert!(nft.sets_of(Member::new(IDX + 1, ip("100.64.0.2"))).unwrap().is_empty());
     // An address in two sets (a transition the planner should never leave behind) shows both.
     nft.commit(&[add(NftSet::Blocked, "100.64.0.2")]).unwrap();
-    assert_eq!(nft.sets_of(ip("100.64.0.2")).unwrap(), [NftSet::Full, NftSet::Blocked].into_iter().collect());
+    assert_eq!(nft.sets_of(m("100.64.0.2")).unwrap(), [NftSet::Full, NftSet::Blocked].into_iter().collect());
     let st = nft.read().unwrap();
     for set in NftSet::ALL {
         let tool: BTreeSet<String> = members(set);
-        let ours: BTreeSet<String> = st.members[&set].iter().map(|i| i.to_string()).collect();
+        let ours: BTreeSet<String> = st.members[&set].iter().map(|m| format!("{} . {}", m.ifindex, m.ip)).collect();
         assert_eq!(ours, tool, "{set:?}");
     }
 }
@@ -192,7 +225,7 @@ fn commit_moves_addresses_and_removal_is_idempotent() {
 fn sets_of_without_a_table_is_an_error() {
     private_netns();
     let mut nft = NftNetlink::new().unwrap();
-    assert!(nft.sets_of(ip("100.64.0.2")).is_err(), "no table must not read as 'in no set'");
+    assert!(nft.sets_of(m("100.64.0.2")).is_err(), "no table must not read as 'in no set'");
 }
 
 #[test]
@@ -201,9 +234,9 @@ fn commit_is_all_or_nothing() {
     // A table lacking blocked_v4 (an old layout): a commit touching it fails as a whole.
     run(&["nft", "add", "table", "inet", "pppgate"]);
     for s in ["connect_pending_v4", "full_v4", "restricted_v4"] {
-        run(&["nft", "add", "set", "inet", "pppgate", s, "{ type ipv4_addr; }"]);
+        run(&["nft", "add", "set", "inet", "pppgate", s, "{ type iface_index . ipv4_addr; }"]);
     }
-    run(&["nft", "add", "element", "inet", "pppgate", "connect_pending_v4", "{ 100.64.0.2 }"]);
+    run(&["nft", "add", "element", "inet", "pppgate", "connect_pending_v4", "{ 7 . 100.64.0.2 }"]);
     let mut nft = NftNetlink::new().unwrap();
     let err = nft
         .commit(&[
@@ -213,11 +246,11 @@ fn commit_is_all_or_nothing() {
         ])
         .unwrap_err();
     println!("expected failure: {}", policy_core::error::one_line(&err));
-    assert_eq!(members(NftSet::Pending), strs(&["100.64.0.2"]), "the removal was rolled back");
+    assert_eq!(members(NftSet::Pending), els(&["100.64.0.2"]), "the removal was rolled back");
     assert!(nft_set_elems("full_v4").is_empty(), "the add was rolled back");
     // The socket stays usable after a failed batch.
     nft.commit(&[add(NftSet::Full, "100.64.0.7")]).unwrap();
-    assert_eq!(members(NftSet::Full), strs(&["100.64.0.7"]));
+    assert_eq!(members(NftSet::Full), els(&["100.64.0.7"]));
 }
 
 #[test]
@@ -226,8 +259,9 @@ fn large_commit_and_timing() {
     let mut nft = NftNetlink::new().unwrap();
     nft.ensure_base(&garden()).unwrap();
     // 5000 sessions in one transaction (reconcile after a restart).
-    let many: Vec<SetChange> =
-        (0..5000u32).map(|i| SetChange { set: NftSet::Full, ip: Ipv4Addr::from(0x6440_0000 + i), add: true }).collect();
+    let many: Vec<SetChange> = (0..5000u32)
+        .map(|i| SetChange::new(NftSet::Full, Member::new(IDX, Ipv4Addr::from(0x6440_0000 + i)), true))
+        .collect();
     let t = Instant::now();
     nft.commit(&many).unwrap();
     println!("commit of 5000 adds: {:?}", t.elapsed());
@@ -239,25 +273,22 @@ fn large_commit_and_timing() {
 
     // The connect path: gate, then move to FULL; and back.
     let n = 500;
-    let client = ip("100.65.0.2");
+    let client = m("100.65.0.2");
     let mut commit_ns = Vec::with_capacity(2 * n);
     let mut sets_of_ns = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        nft.commit(&[SetChange { set: NftSet::Pending, ip: client, add: true }]).unwrap();
+        nft.commit(&[SetChange::new(NftSet::Pending, client, true)]).unwrap();
         commit_ns.push(t.elapsed().as_nanos());
         let t = Instant::now();
         let s = nft.sets_of(client).unwrap();
         sets_of_ns.push(t.elapsed().as_nanos());
         assert_eq!(s.len(), 1);
         let t = Instant::now();
-        nft.commit(&[
-            SetChange { set: NftSet::Pending, ip: client, add: false },
-            SetChange { set: NftSet::Full, ip: client, add: true },
-        ])
-        .unwrap();
+        nft.commit(&[SetChange::new(NftSet::Pending, client, false), SetChange::new(NftSet::Full, client, true)])
+            .unwrap();
         commit_ns.push(t.elapsed().as_nanos());
-        nft.commit(&[SetChange { set: NftSet::Full, ip: client, add: false }]).unwrap();
+        nft.commit(&[SetChange::new(NftSet::Full, client, false)]).unwrap();
     }
     commit_ns.sort();
     sets_of_ns.sort();
@@ -271,7 +302,7 @@ fn large_commit_and_timing() {
     );
     let t = Instant::now();
     for _ in 0..20 {
-        run(&["nft", "add", "element", "inet", "pppgate", "connect_pending_v4", "{ 100.65.0.3 }"]);
+        run(&["nft", "add", "element", "inet", "pppgate", "connect_pending_v4", "{ 7 . 100.65.0.3 }"]);
     }
     println!("for comparison, one `nft add element` process: {:.0} µs", t.elapsed().as_micros() as f64 / 20.0);
 }

@@ -16,7 +16,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use policy_core::config::GardenEntry;
-use policy_core::kernel::{Netlink, Nft, NftSet, SetChange, Shaping, Sysctl, Tc};
+use policy_core::kernel::{Member, Netlink, Nft, NftSet, SetChange, Shaping, Sysctl, Tc};
 use pppgate_testkit::*;
 use serde_json::Value;
 
@@ -95,6 +95,12 @@ fn garden() -> Vec<GardenEntry> {
         .collect()
 }
 
+/// A client address on the gateway's `ppp0` (every client of this topology is behind it).
+fn on_ppp0(ip: &str) -> Member {
+    let idx = policy_core::kernel::links::ifindex("ppp0").unwrap().expect("ppp0 exists");
+    Member::new(idx, ip.parse().unwrap())
+}
+
 fn far_counter(inet: &NetNs, comment: &str) -> u64 {
     ns_counter(inet, "ip", "probe", comment)
 }
@@ -110,13 +116,12 @@ fn policy_sets_decide_what_passes() {
     expect_all(vec![tcp(&t.client, "100.64.0.6", "198.51.100.2", 8080, true)]);
 
     k.nft.ensure_base(&garden()).unwrap();
-    let ip = |s: &str| s.parse().unwrap();
     k.nft
         .commit(&[
-            SetChange { set: NftSet::Full, ip: ip("100.64.0.2"), add: true },
-            SetChange { set: NftSet::Restricted, ip: ip("100.64.0.3"), add: true },
-            SetChange { set: NftSet::Blocked, ip: ip("100.64.0.4"), add: true },
-            SetChange { set: NftSet::Pending, ip: ip("100.64.0.5"), add: true },
+            SetChange::new(NftSet::Full, on_ppp0("100.64.0.2"), true),
+            SetChange::new(NftSet::Restricted, on_ppp0("100.64.0.3"), true),
+            SetChange::new(NftSet::Blocked, on_ppp0("100.64.0.4"), true),
+            SetChange::new(NftSet::Pending, on_ppp0("100.64.0.5"), true),
         ])
         .unwrap();
     let base: Vec<u64> = (2..=6).map(|i| far_counter(&t.inet, &format!("from{i}"))).collect();
@@ -180,10 +185,10 @@ fn policy_sets_decide_what_passes() {
     // Live state changes: BLOCKED → FULL and FULL → BLOCKED in one transaction.
     k.nft
         .commit(&[
-            SetChange { set: NftSet::Blocked, ip: ip("100.64.0.4"), add: false },
-            SetChange { set: NftSet::Full, ip: ip("100.64.0.4"), add: true },
-            SetChange { set: NftSet::Full, ip: ip("100.64.0.2"), add: false },
-            SetChange { set: NftSet::Blocked, ip: ip("100.64.0.2"), add: true },
+            SetChange::new(NftSet::Blocked, on_ppp0("100.64.0.4"), false),
+            SetChange::new(NftSet::Full, on_ppp0("100.64.0.4"), true),
+            SetChange::new(NftSet::Full, on_ppp0("100.64.0.2"), false),
+            SetChange::new(NftSet::Blocked, on_ppp0("100.64.0.2"), true),
         ])
         .unwrap();
     expect_all(vec![
@@ -200,8 +205,8 @@ fn established_flow_loses_access_when_demoted() {
     let mut k = Netlink::new().unwrap();
     k.sysctl.ensure(&[]).unwrap();
     k.nft.ensure_base(&garden()).unwrap();
-    let ip = "100.64.0.2".parse().unwrap();
-    k.nft.commit(&[SetChange { set: NftSet::Full, ip, add: true }]).unwrap();
+    let m = on_ppp0("100.64.0.2");
+    k.nft.commit(&[SetChange::new(NftSet::Full, m, true)]).unwrap();
     // A slow stream from the internet to the client over one connection.
     let _src =
         t.inet.spawn(&["socat", "TCP-LISTEN:6060,reuseaddr", "SYSTEM:while true; do echo tick; sleep 0.1; done"]);
@@ -220,12 +225,7 @@ fn established_flow_loses_access_when_demoted() {
         .unwrap();
     sleep(Duration::from_millis(800));
     let before = nft_counter("restricted_to");
-    k.nft
-        .commit(&[
-            SetChange { set: NftSet::Full, ip, add: false },
-            SetChange { set: NftSet::Restricted, ip, add: true },
-        ])
-        .unwrap();
+    k.nft.commit(&[SetChange::new(NftSet::Full, m, false), SetChange::new(NftSet::Restricted, m, true)]).unwrap();
     sleep(Duration::from_millis(800));
     let dropped = nft_counter("restricted_to") - before;
     println!("reply packets of the old flow dropped after demotion: {dropped}");
@@ -255,7 +255,7 @@ fn shaped_tcp_measures_the_configured_rate() {
     let mut k = Netlink::new().unwrap();
     k.sysctl.ensure(&["ppp0".to_string()]).unwrap();
     k.nft.ensure_base(&garden()).unwrap();
-    k.nft.commit(&[SetChange { set: NftSet::Full, ip: "100.64.0.2".parse().unwrap(), add: true }]).unwrap();
+    k.nft.commit(&[SetChange::new(NftSet::Full, on_ppp0("100.64.0.2"), true)]).unwrap();
     let _server = t.inet.spawn(&["iperf3", "-s", "-B", "198.51.100.2"]);
     for _ in 0..100 {
         if t.inet.run(&["ss", "-ltn"]).contains(":5201") {

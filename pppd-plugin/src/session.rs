@@ -26,7 +26,7 @@ use policy_core::connect::{self, Action, Attempt, Phase};
 use policy_core::db;
 use policy_core::db::connections::LoginLookup;
 use policy_core::error::one_line;
-use policy_core::kernel::Netlink;
+use policy_core::kernel::{Member, Netlink};
 use policy_core::lock::Lock;
 use policy_core::mapping::Mapping;
 use policy_core::policy::model::PolicyState;
@@ -43,10 +43,12 @@ use crate::config;
 struct Link {
     /// `inet pppgate` was checked (or created) before the network phase.
     table_checked: bool,
-    /// Addresses this process put into connect_pending_v4.
-    gated: BTreeSet<Ipv4Addr>,
+    /// Members (address on our interface) this process put into connect_pending_v4.
+    gated: BTreeSet<Member>,
     /// What pppd told ip-up (for the log and the cleanup).
     ifname: Option<String>,
+    /// Our interface's index, as ip-up found it (the member nft binds the address to).
+    ifindex: Option<u32>,
     client_ip: Option<Ipv4Addr>,
     login: Option<String>,
     /// The mapping file this process wrote (removed on ip-down / exit).
@@ -129,7 +131,7 @@ pub(crate) fn address_hook(peer: Ipv4Addr, previous: Option<shim::AddrVerdict>) 
     if previous == Some(shim::AddrVerdict::Refuse) {
         return shim::AddrVerdict::Refuse;
     }
-    if with_link(|l| l.gated.contains(&peer)) {
+    if with_link(|l| l.gated.iter().any(|m| m.ip == peer)) {
         return previous.unwrap_or(shim::AddrVerdict::NoOpinion);
     }
     match set_gate(peer) {
@@ -144,12 +146,23 @@ pub(crate) fn address_hook(peer: Ipv4Addr, previous: Option<shim::AddrVerdict>) 
     }
 }
 
+/// Our interface's name and index (the gate binds the address to it).
+fn our_interface() -> Result<(String, u32), String> {
+    let ifname = shim::ifname().ok_or("pppd reports no interface name")?;
+    let ifindex = policy_core::kernel::links::ifindex(&ifname)
+        .map_err(|e| one_line(&e))?
+        .ok_or_else(|| format!("interface {ifname} does not exist"))?;
+    Ok((ifname, ifindex))
+}
+
 fn set_gate(ip: Ipv4Addr) -> Result<(), String> {
     let cfg = config().ok_or("no configuration loaded")?;
+    let (ifname, ifindex) = our_interface()?;
+    let member = Member::new(ifindex, ip);
     let mut b = Netlink::new().map_err(|e| one_line(&e))?;
-    engine::gate(&mut b, &cfg, ip).map_err(|e| one_line(&e))?;
-    with_link(|l| l.gated.insert(ip));
-    tracing::info!(client_ip = %ip, "connect gate set (connect_pending_v4)");
+    engine::gate(&mut b, &cfg, member).map_err(|e| one_line(&e))?;
+    with_link(|l| l.gated.insert(member));
+    tracing::info!(client_ip = %ip, ifname = %ifname, ifindex, "connect gate set (connect_pending_v4)");
     Ok(())
 }
 
@@ -183,7 +196,19 @@ pub(crate) fn ip_up() {
     };
     // Normally the address hook gated the address before the interface came up. If another
     // plugin replaced the hook after our last check, gate now, before anything else.
-    if !with_link(|l| l.gated.contains(&client_ip)) {
+    let ifindex = match policy_core::kernel::links::ifindex(&ifname) {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            fail_closed(&format!("interface {ifname} does not exist"));
+            return;
+        }
+        Err(e) => {
+            fail_closed(&format!("cannot look up interface {ifname}: {}", one_line(&e)));
+            return;
+        }
+    };
+    with_link(|l| l.ifindex = Some(ifindex));
+    if !with_link(|l| l.gated.contains(&Member::new(ifindex, client_ip))) {
         shim::log(shim::Level::Warn, "the address hook did not run for this peer; gating at ip-up");
         if let Err(e) = set_gate(client_ip) {
             fail_closed(&format!("the connect gate cannot be set: {e}"));
@@ -274,7 +299,7 @@ pub(crate) fn ip_up() {
         }
     };
 
-    let desired = apply::session_for_connect(&ifname, client_ip, pid, &facts);
+    let desired = apply::session_for_connect(&ifname, ifindex, client_ip, pid, &facts);
     if desired.policy.state == PolicyState::Terminate {
         fail_closed(&format!("connection {} must not be online ({:?})", facts.id, desired.policy.reason));
         return;
@@ -399,8 +424,10 @@ fn cleanup(event: &str) {
         shim::cancel(t);
     }
     let Some(cfg) = config() else { return };
-    let (ifname, client_ip, gated, mapping) =
-        with_link(|l| (l.ifname.clone(), l.client_ip, l.gated.clone(), l.mapping.clone()));
+    let (ifname, client, gated, mapping) = with_link(|l| {
+        let client = l.ifindex.zip(l.client_ip).map(|(i, ip)| Member::new(i, ip));
+        (l.ifname.clone(), client, l.gated.clone(), l.mapping.clone())
+    });
     if let Some(m) = &mapping {
         final_accounting(&cfg, m, event);
     }
@@ -413,7 +440,7 @@ fn cleanup(event: &str) {
     };
     let mut backends = Netlink::new();
     let errors = match backends.as_mut() {
-        Ok(b) => engine::teardown_link(b, ifname.as_deref(), client_ip, &gated),
+        Ok(b) => engine::teardown_link(b, ifname.as_deref(), client, &gated),
         Err(e) => vec![one_line(e)],
     };
     drop(lock);

@@ -229,9 +229,11 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
         let ifname = format!("ppp{n}");
         let ip = format!("100.66.{}.{}", (n >> 8) & 255, n & 255).parse().unwrap();
         let t0 = Instant::now();
-        // 1. address hook: the gate
+        // 1. address hook: the gate (the address bound to the interface's index, as the plugin does)
+        let ifindex = policy_core::kernel::links::ifindex(&ifname).unwrap().expect("interface exists");
+        let member = policy_core::kernel::Member::new(ifindex, ip);
         let mut k = Netlink::new().unwrap();
-        engine::gate(&mut k, cfg, ip).unwrap();
+        engine::gate(&mut k, cfg, member).unwrap();
         let t1 = Instant::now();
         // 2. ip-up: SQL lookup (fresh connection, as the plugin holds none between events)
         let mut client = db::connect(&cfg.database).unwrap();
@@ -257,8 +259,10 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
         let mut b = Netlink::new().unwrap();
         {
             let _lock = Lock::try_acquire(&cfg.paths.apply_lock, "pppd-connect").unwrap();
-            let mut d =
-                Desired { sessions: vec![apply::session_for_connect(&ifname, ip, pid, &facts)], subnet_pbr: vec![] };
+            let mut d = Desired {
+                sessions: vec![apply::session_for_connect(&ifname, ifindex, ip, pid, &facts)],
+                subnet_pbr: vec![],
+            };
             apply::validate(cfg, &mut d).unwrap();
             let scope = Scope::of(&d.sessions);
             inner.push(engine::converge(&mut b, cfg, &d, &scope, false).unwrap().timings);
@@ -277,7 +281,7 @@ fn connect_path(pg: &PgServer, env: &TestEnv, cfg: &Config, iters: usize, base: 
         {
             let _lock =
                 Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", Duration::from_millis(1500)).unwrap();
-            engine::disconnect(&mut b, &ifname, ip).unwrap();
+            engine::disconnect(&mut b, &ifname, member).unwrap();
         }
         drop(b);
         Mapping::remove(&env.sessions_dir, &ifname).unwrap();

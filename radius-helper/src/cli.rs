@@ -104,6 +104,16 @@ pub fn main() -> ProcExit {
     if let Cmd::Radius(r) = &cli.cmd {
         return ProcExit::from(crate::sessions::radius(&cli.global, r));
     }
+    let sudo = crate::sudo::caller();
+    if let Some(caller) = &sudo {
+        if let Err(f) = crate::sudo::refuse_overrides(caller, &cli.global) {
+            let result = Err(f);
+            crate::sudo::audit(caller, &argv, &result, true);
+            let Err(f) = result else { unreachable!() };
+            eprintln!("pppgate: {}", f.message);
+            return ProcExit::from(f.code.code());
+        }
+    }
     if let Cmd::Diag(a) = &cli.cmd {
         return match crate::diag_cmd::diag(&cli.global, a) {
             Ok(code) => ProcExit::from(code),
@@ -113,7 +123,11 @@ pub fn main() -> ProcExit {
             }
         };
     }
-    match run(&cli) {
+    let result = run(&cli);
+    if let Some(caller) = &sudo {
+        crate::sudo::audit(caller, &argv, &result, false);
+    }
+    match result {
         Ok(()) => ProcExit::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {

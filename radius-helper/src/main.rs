@@ -10,6 +10,7 @@ mod diag_cmd;
 mod policy_cmd;
 mod record;
 mod sessions;
+mod sudo;
 mod syslog;
 mod test_hook;
 mod verb;

@@ -11,12 +11,11 @@
 //! * `apply:after-route` — right after the first route is added.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 
 use policy_core::config::GardenEntry;
 use policy_core::kernel::{
-    Backends, Netlink, Nft, NftNetlink, NftSet, NftState, OwnedRoute, Routes, RoutesNetlink, RulesNetlink, SetChange,
-    Shaping, SysctlProc, Tc, TcNetlink, TcState,
+    Backends, Member, Netlink, Nft, NftNetlink, NftSet, NftState, OwnedRoute, Routes, RoutesNetlink, RulesNetlink,
+    SetChange, Shaping, SysctlProc, Tc, TcNetlink, TcState,
 };
 use policy_core::Result;
 
@@ -86,8 +85,8 @@ impl Nft for HookNft {
     fn read(&mut self) -> Result<NftState> {
         self.inner.read()
     }
-    fn sets_of(&mut self, ip: Ipv4Addr) -> Result<BTreeSet<NftSet>> {
-        self.inner.sets_of(ip)
+    fn sets_of(&mut self, m: Member) -> Result<BTreeSet<NftSet>> {
+        self.inner.sets_of(m)
     }
     fn commit(&mut self, changes: &[SetChange]) -> Result<()> {
         self.inner.commit(changes)?;

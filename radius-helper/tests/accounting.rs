@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use policy_core::mapping::Mapping;
-use pppgate_testkit::{AcctLab as Lab, Peer, NAS_IP};
+use pppgate_testkit::{member_is, render_elem, AcctLab as Lab, Peer, NAS_IP};
 
 /// A lab running this build's `pppgate` with `accounting.radacct = radacct`.
 fn new_lab(radacct: &str) -> Lab {
@@ -403,7 +403,8 @@ fn nft_sets_of(lab: &Lab, ip: std::net::Ipv4Addr) -> Vec<String> {
         if !name.ends_with("_v4") || name.starts_with("garden") {
             continue;
         }
-        if set["elem"].as_array().is_some_and(|e| e.iter().any(|x| x.as_str() == Some(&ip.to_string()))) {
+        let ip = ip.to_string();
+        if set["elem"].as_array().is_some_and(|e| e.iter().any(|x| member_is(&render_elem(x), &ip))) {
             sets.push(name.to_string());
         }
     }

@@ -152,7 +152,8 @@ fn shared_state(session_ips: &[&str]) -> String {
     let mut s = String::new();
     for line in run(&["nft", "-a", "list", "table", "inet", "pppgate"]).lines() {
         // Set elements are the sessions' (compared per session); counters move with traffic.
-        if !line.contains("elements") && !line.trim_start().starts_with(|c: char| c.is_ascii_digit()) {
+        let t = line.trim_start();
+        if !line.contains("elements") && !t.starts_with(|c: char| c.is_ascii_digit()) && !t.starts_with('"') {
             s.push_str(line.split("counter packets").next().unwrap_or(line));
             s.push('\n');
         }
@@ -233,7 +234,9 @@ fn session_scope_apply_touches_no_other_session() {
 
     // 3. The session goes (the plugin's ip-down, in-process): the others still read the same.
     let mut b = policy_core::kernel::Netlink::new().unwrap();
-    policy_core::policy::engine::disconnect(&mut b, "ppp0", ips[0].parse().unwrap()).unwrap();
+    let idx = policy_core::kernel::links::ifindex("ppp0").unwrap().expect("ppp0 exists");
+    let member = policy_core::kernel::Member::new(idx, ips[0].parse().unwrap());
+    policy_core::policy::engine::disconnect(&mut b, "ppp0", member).unwrap();
     assert!(leftovers("ppp0", &ips[0]).is_empty(), "{:?}", leftovers("ppp0", &ips[0]));
     assert_eq!(others(), before, "other sessions untouched by a disconnect");
     assert_eq!(shared_state(&ip_refs), shared_before, "shared objects untouched");
@@ -509,13 +512,13 @@ fn drift_is_restored_by_reconcile() {
     type Drift = (&'static str, fn());
     let drifts: Vec<Drift> = vec![
         ("set element deleted", || {
-            run(&["nft", "delete", "element", "inet", "pppgate", "full_v4", "{ 100.64.0.2 }"]);
+            run(&["nft", "delete", "element", "inet", "pppgate", "full_v4", "{ \"ppp0\" . 100.64.0.2 }"]);
         }),
         ("stray element added", || {
-            run(&["nft", "add", "element", "inet", "pppgate", "full_v4", "{ 100.64.9.9 }"]);
+            run(&["nft", "add", "element", "inet", "pppgate", "full_v4", "{ \"ppp0\" . 100.64.9.9 }"]);
         }),
         ("double membership", || {
-            run(&["nft", "add", "element", "inet", "pppgate", "blocked_v4", "{ 100.64.0.2 }"]);
+            run(&["nft", "add", "element", "inet", "pppgate", "blocked_v4", "{ \"ppp0\" . 100.64.0.2 }"]);
         }),
         ("root qdisc deleted", || {
             run(&["tc", "qdisc", "del", "dev", "ppp0", "root"]);
@@ -686,7 +689,7 @@ fn crash_mid_apply_stays_restricted_and_reconcile_converges() {
     let s = w.tun("ppp0", a, "100.64.0.2");
     // The connect gate, as pppgate.so's address hook sets it before the interface is up.
     let mut k = policy_core::kernel::Netlink::new().unwrap();
-    policy_core::policy::engine::gate(&mut k, &cfg, s.client_ip).unwrap();
+    policy_core::policy::engine::gate(&mut k, &cfg, s.member()).unwrap();
     assert_eq!(sets(&s.ip()), only("connect_pending_v4"));
 
     let id = a.to_string();
@@ -740,7 +743,14 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
         let out = w.cli.ok(&["apply", "--connection-id", &id, "--dry-run"]);
         assert!(out.stdout.contains("would: tc set ppp0 down 8000kbit up unlimited"), "{}", out.stdout);
         assert!(out.stdout.contains("would: route add 192.168.50.0/24 dev ppp0"), "{}", out.stdout);
-        assert!(out.stdout.contains("would: nft transaction: add 100.64.0.2 full_v4"), "{}", out.stdout);
+        // The member is the address bound to its interface (index varies): `add 100.64.0.2 (if N) full_v4`.
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with("would: nft transaction: add 100.64.0.2 (if ") && l.ends_with(") full_v4")),
+            "{}",
+            out.stdout
+        );
         let out = w.cli.ok(&["reconcile", "--dry-run"]);
         assert!(out.stdout.contains("would: "), "{}", out.stdout);
         let j = w.cli.ok(&["--json", "apply", "--connection-id", &id, "--dry-run"]).json();

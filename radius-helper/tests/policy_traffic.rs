@@ -107,7 +107,7 @@ fn states_decide_what_passes() {
     // The connect gate, as pppgate.so's address hook sets it; d's ip-up has not run yet.
     let cfg = l.env.config();
     let mut k = policy_core::kernel::Netlink::new().unwrap();
-    policy_core::policy::engine::gate(&mut k, &cfg, sd.client_ip).unwrap();
+    policy_core::policy::engine::gate(&mut k, &cfg, sd.member()).unwrap();
     for id in [a, b, c] {
         l.cli.ok(&["apply", "--connection-id", &id.to_string()]);
     }

@@ -13,6 +13,22 @@ use pppgate_testkit::{wait_until, Cli, DbEnv, NetNs};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pppgate");
+
+/// `PPPGATE_WG_KERNEL=1`: kernel WireGuard instead of wireguard-go, for the server (pppgate's
+/// generic netlink backend) and the routers (`ip link add … type wireguard`). The build
+/// machines' kernel has no WireGuard; the lab scenario `wireguard` (tests/lab_wireguard.rs) runs
+/// this test binary inside the VM, whose Debian kernel has it.
+fn kernel_mode() -> bool {
+    std::env::var("PPPGATE_WG_KERNEL").is_ok_and(|v| v == "1")
+}
+
+fn backend() -> &'static str {
+    if kernel_mode() {
+        "kernel"
+    } else {
+        "userspace"
+    }
+}
 const SERVER_IP: &str = "198.18.0.1";
 
 fn wg_config(env: &DbEnv, ifname: &str) -> PathBuf {
@@ -20,7 +36,8 @@ fn wg_config(env: &DbEnv, ifname: &str) -> PathBuf {
     let root = env.dir();
     let mut text = fs::read_to_string(&path).unwrap();
     text.push_str(&format!(
-        "\n[wireguard]\ninterface = \"{ifname}\"\nendpoint = \"{SERVER_IP}:51820\"\nbackend = \"userspace\"\nmaster_key_file = \"{}\"\nlock_file = \"{}\"\n",
+        "\n[wireguard]\ninterface = \"{ifname}\"\nendpoint = \"{SERVER_IP}:51820\"\nbackend = \"{}\"\nmaster_key_file = \"{}\"\nlock_file = \"{}\"\n",
+        backend(),
         root.join("etc/wg-master.key").display(),
         root.join("run/wg.lock").display(),
     ));
@@ -70,8 +87,14 @@ fn load_router(r: &Router, conf: &str, dir: &Path) {
     let stripped = pppgate_testkit::run(&["wg-quick", "strip", path.to_str().unwrap()]);
     let sp = dir.join(format!("{}.stripped", r.ifname));
     fs::write(&sp, stripped).unwrap();
-    r.ns.run(&["wireguard-go", &r.ifname]);
-    assert!(wait_until(Duration::from_secs(5), || Path::new(&format!("/var/run/wireguard/{}.sock", r.ifname)).exists()));
+    if kernel_mode() {
+        r.ns.run(&["ip", "link", "add", &r.ifname, "type", "wireguard"]);
+    } else {
+        r.ns.run(&["wireguard-go", &r.ifname]);
+        assert!(
+            wait_until(Duration::from_secs(5), || Path::new(&format!("/var/run/wireguard/{}.sock", r.ifname)).exists())
+        );
+    }
     r.ns.run(&["wg", "setconf", &r.ifname, sp.to_str().unwrap()]);
     let addr = conf.lines().find_map(|l| l.strip_prefix("Address = ")).unwrap();
     r.ns.run(&["ip", "address", "add", addr, "dev", &r.ifname]);
@@ -134,7 +157,7 @@ fn userspace_server_two_tenants_two_routers_each() {
 
     // The server interface from SQL: wireguard-go started, 4 peers, the two gateways.
     let rep = c.run(&["--json", "wg", "reconcile"]).ok();
-    assert_eq!(rep["reconcile"]["backend"], "userspace");
+    assert_eq!(rep["reconcile"]["backend"], backend());
     assert_eq!(rep["reconcile"]["created_interface"], true);
     assert_eq!(rep["reconcile"]["peers"], 4);
     let addrs = srv.run(&["ip", "-4", "-o", "address", "show", "dev", &sifname]);

@@ -235,8 +235,10 @@ pub(super) fn unpoliced(ctx: &Ctx) -> Check {
         match link.peers.first() {
             None => connecting.push(format!("{name} (no IPv4 peer yet)")),
             Some(peer) => {
-                let gated =
-                    nft.as_mut().and_then(|n| n.sets_of(*peer).ok()).is_some_and(|s| s.contains(&NftSet::Pending));
+                let gated = nft
+                    .as_mut()
+                    .and_then(|n| n.sets_of(crate::kernel::Member::new(link.index, *peer)).ok())
+                    .is_some_and(|s| s.contains(&NftSet::Pending));
                 if gated {
                     connecting.push(format!("{name} {peer} (gated)"));
                 } else {

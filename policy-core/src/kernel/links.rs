@@ -290,6 +290,15 @@ impl LinkSnapshot {
     }
 }
 
+/// The index of interface `name`, `None` when there is none (one ioctl, no dump).
+pub fn ifindex(name: &str) -> Result<Option<u32>> {
+    match nix::net::if_::if_nametoindex(name) {
+        Ok(i) => Ok(Some(i)),
+        Err(nix::errno::Errno::ENODEV) => Ok(None),
+        Err(source) => Err(crate::error::Error::Sys { call: "if_nametoindex", source }),
+    }
+}
+
 /// One link looked up by name: index, flags and kind.
 pub fn get_link(sock: &mut Socket, name: &str) -> Result<Option<Link>> {
     let req = get_link_msg(name);

@@ -78,13 +78,48 @@ impl NftSet {
     }
 }
 
+/// One member of a state set: a session's address bound to the interface it arrives on
+/// (`iface_index . ipv4_addr`). A packet from a session is policed by the member of the interface
+/// it came in on, so a source address borrowed from another session (or from a session whose
+/// pppd died: its interface index is never used again) matches nothing and meets the default
+/// drop. docs/security.md, "Address bound to its link".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Member {
+    /// The session interface's index (`ip link` shows it; the kernel never reuses one while the
+    /// namespace lives, short of 2^31 interfaces later).
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+}
+
+impl Member {
+    pub fn new(ifindex: u32, ip: Ipv4Addr) -> Member {
+        Member { ifindex, ip }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (if {})", self.ip, self.ifindex)
+    }
+}
+
 /// One element change inside an nft transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct SetChange {
     pub set: NftSet,
+    pub ifindex: u32,
     pub ip: Ipv4Addr,
     /// true: add; false: remove (idempotent both ways).
     pub add: bool,
+}
+
+impl SetChange {
+    pub fn new(set: NftSet, m: Member, add: bool) -> SetChange {
+        SetChange { set, ifindex: m.ifindex, ip: m.ip, add }
+    }
+    pub fn member(&self) -> Member {
+        Member { ifindex: self.ifindex, ip: self.ip }
+    }
 }
 
 /// What `inet pppgate` holds.
@@ -92,14 +127,19 @@ pub struct SetChange {
 pub struct NftState {
     /// The table exists with pppgate's current chains/rules/sets layout.
     pub base_ok: bool,
-    pub members: BTreeMap<NftSet, BTreeSet<Ipv4Addr>>,
+    pub members: BTreeMap<NftSet, BTreeSet<Member>>,
     pub garden: BTreeSet<GardenEntry>,
 }
 
 impl NftState {
-    /// Every set `ip` is in.
-    pub fn sets_of(&self, ip: Ipv4Addr) -> BTreeSet<NftSet> {
-        self.members.iter().filter(|(_, m)| m.contains(&ip)).map(|(s, _)| *s).collect()
+    /// Every set `m` is in.
+    pub fn sets_of(&self, m: Member) -> BTreeSet<NftSet> {
+        self.members.iter().filter(|(_, s)| s.contains(&m)).map(|(s, _)| *s).collect()
+    }
+
+    /// Every member, whichever set it is in.
+    pub fn all_members(&self) -> BTreeSet<Member> {
+        self.members.values().flatten().copied().collect()
     }
 }
 
@@ -109,8 +149,8 @@ pub trait Nft {
     fn ensure_base(&mut self, garden: &[GardenEntry]) -> Result<()>;
     /// Reads the whole table back.
     fn read(&mut self) -> Result<NftState>;
-    /// Reads which sets one address is in (cheap; the connect path uses this).
-    fn sets_of(&mut self, ip: Ipv4Addr) -> Result<BTreeSet<NftSet>>;
+    /// Reads which sets one member is in (cheap; the connect path uses this).
+    fn sets_of(&mut self, m: Member) -> Result<BTreeSet<NftSet>>;
     /// Applies all changes as one atomic transaction: all or nothing.
     fn commit(&mut self, changes: &[SetChange]) -> Result<()>;
 }

@@ -16,11 +16,15 @@
 //! removal is sent as "add X; delete X" in the same batch, which leaves X absent whether or not it
 //! was there.
 //!
-//! Forwarding policy (see [`layout`]): traffic from or to a `ppp*` interface is dropped when its
-//! session address is in `blocked_v4` or `connect_pending_v4`, passes when it is in `full_v4`,
-//! reaches only the walled garden (and the garden's replies of established flows come back) when
-//! it is in `restricted_v4`, and is dropped when the address is in no set — a session the plugin
-//! never saw passes nothing. IPv6 from or to `ppp*` is dropped (the sets are IPv4 only). Both
+//! Forwarding policy (see [`layout`]): the state sets hold [`Member`]s, a session's address bound
+//! to its interface (`iface_index . ipv4_addr`). Traffic from a `ppp*` interface is looked up by
+//! the interface it arrived on and its source address (`iif . ip saddr`), traffic to one by the
+//! interface it leaves on and its destination (`oif . ip daddr`). It is dropped when that member
+//! is in `blocked_v4` or `connect_pending_v4`, passes when it is in `full_v4`, reaches only the
+//! walled garden (and the garden's replies of established flows come back) when it is in
+//! `restricted_v4`, and is dropped when it is in no set — a session the plugin never saw passes
+//! nothing, and neither does a packet whose source address belongs to another session's link or
+//! to a session whose pppd died (its interface index is never used again). IPv6 from or to `ppp*` is dropped (the sets are IPv4 only). Both
 //! directions are checked on every packet, so a conntrack entry created while a session was FULL
 //! gives it nothing once it is RESTRICTED: no conntrack flush is needed on a state change.
 
@@ -33,7 +37,7 @@ use std::process::{Command, Stdio};
 use ipnet::{Ipv4Net, Ipv4Subnets};
 
 use super::netlink::{self, attrs, Family, MsgBuilder, Socket, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP};
-use super::{Nft, NftSet, NftState, SetChange, NFT_TABLE};
+use super::{Member, Nft, NftSet, NftState, SetChange, NFT_TABLE};
 use crate::config::{GardenEntry, L4Proto};
 use crate::error::{Error, Result};
 
@@ -78,7 +82,7 @@ const ELEMS_PER_MSG: usize = 2000;
 
 /// The layout version marker, the table's comment. Bump it whenever [`layout`] changes, so every
 /// running box rebuilds its table (keeping the members) on its next `ensure_base`.
-pub const LAYOUT_COMMENT: &str = "pppgate layout 1";
+pub const LAYOUT_COMMENT: &str = "pppgate layout 2";
 
 /// Walled-garden destinations without protocol (`ipv4_addr`, interval).
 pub const GARDEN_NET_SET: &str = "garden_net_v4";
@@ -89,10 +93,10 @@ pub const GARDEN_SVC_SET: &str = "garden_svc_v4";
 
 /// Every set of the layout with its key length in bytes (concatenated fields are padded to 4).
 const SETS: [(&str, u32); 7] = [
-    ("connect_pending_v4", 4),
-    ("full_v4", 4),
-    ("restricted_v4", 4),
-    ("blocked_v4", 4),
+    ("connect_pending_v4", 8),
+    ("full_v4", 8),
+    ("restricted_v4", 8),
+    ("blocked_v4", 8),
     (GARDEN_NET_SET, 4),
     (GARDEN_PROTO_SET, 8),
     (GARDEN_SVC_SET, 12),
@@ -106,15 +110,16 @@ const CHAIN_RULES: [(&str, usize); 5] =
 ///
 /// Verdicts that let a packet pass are `return`, not `accept`: the packet then still meets the
 /// other direction's checks (a FULL session sending to a BLOCKED one is dropped on the way in).
-/// Drop rules carry counters and comments, which tests and `pppgate diag` read.
+/// Drop rules carry counters and comments, which tests and `pppgate diag` read. A packet whose
+/// source is another session's address, or one no session owns, counts under `unpoliced_from`.
 pub fn layout() -> String {
     format!(
         r#"table inet {NFT_TABLE} {{
 	comment "{LAYOUT_COMMENT}"
-	set connect_pending_v4 {{ type ipv4_addr; }}
-	set full_v4 {{ type ipv4_addr; }}
-	set restricted_v4 {{ type ipv4_addr; }}
-	set blocked_v4 {{ type ipv4_addr; }}
+	set connect_pending_v4 {{ type iface_index . ipv4_addr; }}
+	set full_v4 {{ type iface_index . ipv4_addr; }}
+	set restricted_v4 {{ type iface_index . ipv4_addr; }}
+	set blocked_v4 {{ type iface_index . ipv4_addr; }}
 	set {GARDEN_NET_SET} {{ type ipv4_addr; flags interval; }}
 	set {GARDEN_PROTO_SET} {{ type ipv4_addr . inet_proto; flags interval; }}
 	set {GARDEN_SVC_SET} {{ type ipv4_addr . inet_proto . inet_service; flags interval; }}
@@ -124,10 +129,10 @@ pub fn layout() -> String {
 		oifname "ppp*" jump to_session
 	}}
 	chain from_session {{
-		ip saddr @blocked_v4 counter drop comment "blocked_from"
-		ip saddr @connect_pending_v4 counter drop comment "pending_from"
-		ip saddr @full_v4 return
-		ip saddr @restricted_v4 goto garden
+		iif . ip saddr @blocked_v4 counter drop comment "blocked_from"
+		iif . ip saddr @connect_pending_v4 counter drop comment "pending_from"
+		iif . ip saddr @full_v4 return
+		iif . ip saddr @restricted_v4 goto garden
 		counter drop comment "unpoliced_from"
 	}}
 	chain garden {{
@@ -137,10 +142,10 @@ pub fn layout() -> String {
 		counter drop comment "restricted_from"
 	}}
 	chain to_session {{
-		ip daddr @blocked_v4 counter drop comment "blocked_to"
-		ip daddr @connect_pending_v4 counter drop comment "pending_to"
-		ip daddr @full_v4 return
-		ip daddr @restricted_v4 ct state established,related goto garden_reply
+		oif . ip daddr @blocked_v4 counter drop comment "blocked_to"
+		oif . ip daddr @connect_pending_v4 counter drop comment "pending_to"
+		oif . ip daddr @full_v4 return
+		oif . ip daddr @restricted_v4 ct state established,related goto garden_reply
 		counter drop comment "unpoliced_to"
 	}}
 	chain garden_reply {{
@@ -278,6 +283,23 @@ fn parse_elems(payload: &[u8], out: &mut Vec<Elem>) {
 
 fn ip_at(b: &[u8], off: usize) -> Option<Ipv4Addr> {
     b.get(off..off + 4).map(|s| Ipv4Addr::new(s[0], s[1], s[2], s[3]))
+}
+
+/// The key of a state-set element: `iface_index` (host byte order) then the address, each field
+/// 4 bytes.
+fn member_key(m: &Member) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&m.ifindex.to_ne_bytes());
+    k[4..].copy_from_slice(&m.ip.octets());
+    k
+}
+
+fn member_of_key(k: &[u8]) -> Option<Member> {
+    if k.len() != 8 {
+        return None;
+    }
+    let ifindex = u32::from_ne_bytes(k[..4].try_into().ok()?);
+    Some(Member { ifindex, ip: ip_at(k, 4)? })
 }
 
 /// Inclusive address ranges of a single-field interval set (rbtree: a start element, then an
@@ -475,12 +497,46 @@ impl NftNetlink {
         Ok(Some(elems))
     }
 
-    fn read_members(&mut self) -> Result<BTreeMap<NftSet, BTreeSet<Ipv4Addr>>> {
+    fn read_members(&mut self) -> Result<BTreeMap<NftSet, BTreeSet<Member>>> {
         let mut members = BTreeMap::new();
         for s in NftSet::ALL {
             let mut m = BTreeSet::new();
             for e in self.dump_set(s.name())?.unwrap_or_default() {
-                m.insert(ip_at(&e.key, 0).ok_or_else(|| invalid_reply("set element"))?);
+                m.insert(member_of_key(&e.key).ok_or_else(|| invalid_reply("set element"))?);
+            }
+            members.insert(s, m);
+        }
+        Ok(members)
+    }
+
+    /// The members of a table being rebuilt (an older layout, or a damaged one), to keep them.
+    /// Members of the current form are kept as they are; bare addresses (layout 1 and older)
+    /// are bound to the interface carrying them as its peer — an address no interface, or more
+    /// than one, carries is dropped (a live session's next apply or the next reconcile puts it
+    /// back; until then it passes nothing).
+    fn read_members_for_rebuild(&mut self) -> Result<BTreeMap<NftSet, BTreeSet<Member>>> {
+        let mut raw = BTreeMap::new();
+        for s in NftSet::ALL {
+            raw.insert(s, self.dump_set(s.name())?.unwrap_or_default());
+        }
+        let bare = raw.values().flatten().any(|e| e.key.len() == 4);
+        let links = if bare { Some(super::links::LinkSnapshot::read_addresses()?) } else { None };
+        let mut members = BTreeMap::new();
+        for (s, elems) in raw {
+            let mut m = BTreeSet::new();
+            for e in elems {
+                if let Some(member) = member_of_key(&e.key) {
+                    m.insert(member);
+                    continue;
+                }
+                let (Some(ip), Some(links)) = (ip_at(&e.key, 0).filter(|_| e.key.len() == 4), links.as_ref()) else {
+                    continue;
+                };
+                let owners: Vec<u32> =
+                    links.by_name.values().filter(|l| l.peers.contains(&ip)).map(|l| l.index).collect();
+                if let [ifindex] = owners[..] {
+                    m.insert(Member { ifindex, ip });
+                }
             }
             members.insert(s, m);
         }
@@ -545,19 +601,19 @@ fn udata_comment(d: &[u8]) -> Option<String> {
     None
 }
 
-/// Builds NEWSETELEM or DELSETELEM messages for `ips` in `set`, chunked.
-fn elem_msgs(m: u16, set: &str, ips: &[Ipv4Addr], out: &mut Vec<MsgBuilder>) {
-    for chunk in ips.chunks(ELEMS_PER_MSG) {
+/// Builds NEWSETELEM or DELSETELEM messages for `members` of `set`, chunked.
+fn elem_msgs(m: u16, set: &str, members: &[Member], out: &mut Vec<MsgBuilder>) {
+    for chunk in members.chunks(ELEMS_PER_MSG) {
         let flags = if m == NFT_MSG_NEWSETELEM { NLM_F_CREATE | NLM_F_ACK } else { NLM_F_ACK };
         let mut b = nft_msg(m, flags)
             .attr_str(NFTA_SET_ELEM_LIST_TABLE, NFT_TABLE)
             .attr_str(NFTA_SET_ELEM_LIST_SET, set)
             .nest_start(NFTA_SET_ELEM_LIST_ELEMENTS);
-        for ip in chunk {
+        for member in chunk {
             b = b
                 .nest_start(NFTA_LIST_ELEM)
                 .nest_start(NFTA_SET_ELEM_KEY)
-                .attr(NFTA_DATA_VALUE, &ip.octets())
+                .attr(NFTA_DATA_VALUE, &member_key(member))
                 .nest_end()
                 .nest_end();
         }
@@ -566,21 +622,21 @@ fn elem_msgs(m: u16, set: &str, ips: &[Ipv4Addr], out: &mut Vec<MsgBuilder>) {
 }
 
 /// The messages of one commit, between BATCH_BEGIN and BATCH_END. The last change for a
-/// (set, address) wins; a removal is "add, then delete" so it is idempotent.
+/// (set, member) wins; a removal is "add, then delete" so it is idempotent.
 fn commit_msgs(changes: &[SetChange]) -> Vec<MsgBuilder> {
-    let mut last: BTreeMap<(NftSet, Ipv4Addr), bool> = BTreeMap::new();
+    let mut last: BTreeMap<(NftSet, Member), bool> = BTreeMap::new();
     for c in changes {
-        last.insert((c.set, c.ip), c.add);
+        last.insert((c.set, c.member()), c.add);
     }
     let mut msgs =
         vec![MsgBuilder::new(NFNL_MSG_BATCH_BEGIN, 0).bytes(&nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES))];
     for set in NftSet::ALL {
-        let touched: Vec<Ipv4Addr> = last.iter().filter(|((s, _), _)| *s == set).map(|((_, ip), _)| *ip).collect();
+        let touched: Vec<Member> = last.iter().filter(|((s, _), _)| *s == set).map(|((_, m), _)| *m).collect();
         if touched.is_empty() {
             continue;
         }
-        let removed: Vec<Ipv4Addr> =
-            last.iter().filter(|((s, _), add)| *s == set && !**add).map(|((_, ip), _)| *ip).collect();
+        let removed: Vec<Member> =
+            last.iter().filter(|((s, _), add)| *s == set && !**add).map(|((_, m), _)| *m).collect();
         elem_msgs(NFT_MSG_NEWSETELEM, set.name(), &touched, &mut msgs);
         elem_msgs(NFT_MSG_DELSETELEM, set.name(), &removed, &mut msgs);
     }
@@ -600,7 +656,7 @@ impl Nft for NftNetlink {
             tracing::info!(entries = want.len(), "rewriting the walled garden");
             return self.nft_script(&Self::garden_script(&want, true));
         }
-        let members = if probe.table { self.read_members()? } else { BTreeMap::new() };
+        let members = if probe.table { self.read_members_for_rebuild()? } else { BTreeMap::new() };
         tracing::info!(
             found = probe.comment.as_deref().unwrap_or(if probe.table { "unknown layout" } else { "no table" }),
             want = LAYOUT_COMMENT,
@@ -609,8 +665,8 @@ impl Nft for NftNetlink {
         );
         let mut s = format!("table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n");
         s.push_str(&layout());
-        for (set, ips) in &members {
-            push_elements(&mut s, set.name(), ips.iter().map(|ip| ip.to_string()));
+        for (set, m) in &members {
+            push_elements(&mut s, set.name(), m.iter().map(|m| format!("{} . {}", m.ifindex, m.ip)));
         }
         s.push_str(&Self::garden_script(&want, false));
         self.nft_script(&s)
@@ -621,10 +677,13 @@ impl Nft for NftNetlink {
         if !probe.table {
             return Ok(NftState::default());
         }
-        Ok(NftState { base_ok: probe.layout_ok(), members: self.read_members()?, garden: self.read_garden()? })
+        // An older or damaged layout reads as what a rebuild would keep (bare addresses bound to
+        // the interface carrying them), not as an error: the caller rebuilds it.
+        let members = if probe.layout_ok() { self.read_members()? } else { self.read_members_for_rebuild()? };
+        Ok(NftState { base_ok: probe.layout_ok(), members, garden: self.read_garden()? })
     }
 
-    fn sets_of(&mut self, ip: Ipv4Addr) -> Result<BTreeSet<NftSet>> {
+    fn sets_of(&mut self, m: Member) -> Result<BTreeSet<NftSet>> {
         let mut reqs = vec![nft_msg(NFT_MSG_GETTABLE, 0).attr_str(NFTA_TABLE_NAME, NFT_TABLE)];
         for s in NftSet::ALL {
             reqs.push(
@@ -634,7 +693,7 @@ impl Nft for NftNetlink {
                     .nest_start(NFTA_SET_ELEM_LIST_ELEMENTS)
                     .nest_start(NFTA_LIST_ELEM)
                     .nest_start(NFTA_SET_ELEM_KEY)
-                    .attr(NFTA_DATA_VALUE, &ip.octets())
+                    .attr(NFTA_DATA_VALUE, &member_key(&m))
                     .nest_end()
                     .nest_end()
                     .nest_end(),
@@ -766,11 +825,11 @@ mod tests {
 
     #[test]
     fn removal_is_add_then_delete_and_last_change_wins() {
-        let ip = Ipv4Addr::new(100, 64, 0, 2);
+        let m = Member::new(7, Ipv4Addr::new(100, 64, 0, 2));
         let msgs = commit_msgs(&[
-            SetChange { set: NftSet::Pending, ip, add: true },
-            SetChange { set: NftSet::Full, ip, add: true },
-            SetChange { set: NftSet::Pending, ip, add: false },
+            SetChange::new(NftSet::Pending, m, true),
+            SetChange::new(NftSet::Full, m, true),
+            SetChange::new(NftSet::Pending, m, false),
         ]);
         let types: Vec<u16> = msgs.iter().map(|m| m.msg_type()).collect();
         assert_eq!(
@@ -783,6 +842,16 @@ mod tests {
                 NFNL_MSG_BATCH_END
             ]
         );
+    }
+
+    #[test]
+    fn member_keys_are_index_then_address() {
+        let m = Member::new(0x0102_0304, Ipv4Addr::new(198, 51, 100, 7));
+        let k = member_key(&m);
+        assert_eq!(&k[..4], &0x0102_0304u32.to_ne_bytes());
+        assert_eq!(&k[4..], &[198, 51, 100, 7]);
+        assert_eq!(member_of_key(&k), Some(m));
+        assert_eq!(member_of_key(&k[..4]), None);
     }
 
     #[test]

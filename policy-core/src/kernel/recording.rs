@@ -2,8 +2,8 @@
 //! with every call recorded, so planner and engine tests are pure (no root, no namespaces).
 //!
 //! The fake follows the real backends' contracts, as the kernel tests pin them down:
-//! * nft: `commit` is all-or-nothing and the last change per (set, address) wins; removing an
-//!   absent address is fine; `sets_of` without a table is an error; `ensure_base` keeps members
+//! * nft: `commit` is all-or-nothing and the last change per (set, member) wins; removing an
+//!   absent member is fine; `sets_of` without a table is an error; `ensure_base` keeps members
 //!   and stores the garden normalized ([`normalize_garden`]).
 //! * tc: `set` on an interface that does not exist is an error, `clear` of one is not; an
 //!   unlimited direction removes that side (and the IFB with the upload side).
@@ -17,15 +17,14 @@
 //! engine's read-back verification can catch.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
 use super::nft::normalize_garden;
 use super::tc::ifb_for;
 use super::{
-    Backends, Nft, NftSet, NftState, OwnedRoute, OwnedRule, Routes, Rules, SetChange, Shaping, Sysctl, SysctlReport,
-    Tc, TcState,
+    Backends, Member, Nft, NftSet, NftState, OwnedRoute, OwnedRule, Routes, Rules, SetChange, Shaping, Sysctl,
+    SysctlReport, Tc, TcState,
 };
 use crate::config::GardenEntry;
 use crate::error::{Error, Result};
@@ -35,7 +34,7 @@ use crate::error::{Error, Result};
 pub enum Call {
     NftEnsureBase(Vec<GardenEntry>),
     NftRead,
-    NftSetsOf(Ipv4Addr),
+    NftSetsOf(Member),
     NftCommit(Vec<SetChange>),
     TcRead,
     TcReadOne(String),
@@ -225,12 +224,12 @@ impl Nft for Recording {
         Ok(st)
     }
 
-    fn sets_of(&mut self, ip: Ipv4Addr) -> Result<BTreeSet<NftSet>> {
-        self.record(Call::NftSetsOf(ip))?;
+    fn sets_of(&mut self, m: Member) -> Result<BTreeSet<NftSet>> {
+        self.record(Call::NftSetsOf(m))?;
         if !self.kernel.nft_table {
             return Err(Self::table_missing());
         }
-        Ok(self.kernel.nft.sets_of(ip))
+        Ok(self.kernel.nft.sets_of(m))
     }
 
     fn commit(&mut self, changes: &[SetChange]) -> Result<()> {
@@ -246,9 +245,9 @@ impl Nft for Recording {
         for c in changes {
             let m = self.kernel.nft.members.entry(c.set).or_default();
             if c.add {
-                m.insert(c.ip);
+                m.insert(c.member());
             } else {
-                m.remove(&c.ip);
+                m.remove(&c.member());
             }
         }
         Ok(())
@@ -441,6 +440,7 @@ impl Backends for Recording {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -449,20 +449,21 @@ mod tests {
     #[test]
     fn nft_contract() {
         let mut r = Recording::new();
-        assert!(r.sets_of(ip("100.64.0.2")).is_err(), "no table");
+        let a = Member::new(3, ip("100.64.0.2"));
+        assert!(r.sets_of(a).is_err(), "no table");
         r.ensure_base(&["10.0.0.0/8".parse().unwrap(), "10.1.0.0/16".parse().unwrap()]).unwrap();
         assert_eq!(r.kernel.nft.garden.len(), 1, "normalized");
-        let a = ip("100.64.0.2");
         r.commit(&[
-            SetChange { set: NftSet::Pending, ip: a, add: true },
-            SetChange { set: NftSet::Pending, ip: a, add: false },
-            SetChange { set: NftSet::Full, ip: a, add: true },
-            SetChange { set: NftSet::Blocked, ip: a, add: false },
+            SetChange::new(NftSet::Pending, a, true),
+            SetChange::new(NftSet::Pending, a, false),
+            SetChange::new(NftSet::Full, a, true),
+            SetChange::new(NftSet::Blocked, a, false),
         ])
         .unwrap();
         assert_eq!(r.sets_of(a).unwrap(), [NftSet::Full].into_iter().collect());
+        assert!(r.sets_of(Member::new(4, a.ip)).unwrap().is_empty(), "bound to its interface");
         r.fail_when(|c| matches!(c, Call::NftCommit(_)));
-        assert!(r.commit(&[SetChange { set: NftSet::Full, ip: a, add: false }]).is_err());
+        assert!(r.commit(&[SetChange::new(NftSet::Full, a, false)]).is_err());
         assert_eq!(r.sets_of(a).unwrap(), [NftSet::Full].into_iter().collect(), "a failed commit changes nothing");
         r.heal();
         let st = Nft::read(&mut r).unwrap();

@@ -11,8 +11,8 @@ use crate::config::Config;
 use crate::db;
 use crate::error::{one_line, Error, Result};
 use crate::input;
-use crate::kernel::Backends;
-use crate::mapping::{self, Mapping};
+use crate::kernel::{Backends, Member};
+use crate::mapping::{self, LiveSession};
 use crate::policy::engine::{self, micros, Outcome};
 use crate::policy::planner::{Desired, DesiredSession, Scope};
 
@@ -111,8 +111,8 @@ pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: boo
     };
     let mut sql_us = micros(t_sql);
     let t0 = Instant::now();
-    let (live, bad) = mapping::valid_sessions_where(&cfg.paths.sessions_dir, |m| ids.contains(&m.connection_id))?;
-    let live_ids: BTreeSet<i64> = live.iter().map(|m| m.connection_id).collect();
+    let (live, bad) = mapping::live_sessions_where(&cfg.paths.sessions_dir, |m| ids.contains(&m.connection_id))?;
+    let live_ids: BTreeSet<i64> = live.iter().map(|l| l.mapping.connection_id).collect();
     let scan_us = micros(t0);
     let t0 = Instant::now();
     let facts = db::connections::facts_by_ids(&mut client, &live_ids.iter().copied().collect::<Vec<_>>())?;
@@ -140,7 +140,7 @@ pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: boo
 /// and the report says so; the caller exits 69.
 pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<Report> {
     let t0 = Instant::now();
-    let (valid, bad) = mapping::valid_sessions(&cfg.paths.sessions_dir)?;
+    let (valid, bad) = mapping::live_sessions_where(&cfg.paths.sessions_dir, |_| true)?;
     let scan_us = micros(t0);
     let mut report = Report { malformed: malformed_names(&bad), ..Default::default() };
     for e in &bad {
@@ -148,7 +148,8 @@ pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<
     }
     let t0 = Instant::now();
     let sql = db::connect(&cfg.database).and_then(|mut c| {
-        let ids: Vec<i64> = valid.iter().map(|m| m.connection_id).collect::<BTreeSet<_>>().into_iter().collect();
+        let ids: Vec<i64> =
+            valid.iter().map(|l| l.mapping.connection_id).collect::<BTreeSet<_>>().into_iter().collect();
         let facts = db::connections::facts_by_ids(&mut c, &ids)?;
         let subnet = db::pbr::subnet_rules(&mut c)?;
         Ok((facts, subnet))
@@ -174,16 +175,25 @@ pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<
     }
 }
 
-/// Kernel-only cleanup: removes pppgate's state for addresses and interfaces that belong to no
-/// VALID session; live sessions are left exactly as they are.
-pub fn remove_gone_sessions<B: Backends>(cfg: &Config, b: &mut B, valid: &[Mapping], dry_run: bool) -> Result<Outcome> {
+/// Kernel-only cleanup: removes pppgate's state for members, addresses and interfaces that
+/// belong to no VALID session; live sessions are left exactly as they are.
+pub fn remove_gone_sessions<B: Backends>(
+    cfg: &Config,
+    b: &mut B,
+    valid: &[LiveSession],
+    dry_run: bool,
+) -> Result<Outcome> {
     let view = engine::read_view(b, &Scope::All, &Desired::default())?;
-    let live_ifs: BTreeSet<&str> = valid.iter().map(|m| m.ppp_if.as_str()).collect();
-    let live_ips: BTreeSet<Ipv4Addr> = valid.iter().map(|m| m.client_ip).collect();
+    let live_ifs: BTreeSet<&str> = valid.iter().map(|l| l.mapping.ppp_if.as_str()).collect();
+    let live_ips: BTreeSet<Ipv4Addr> = valid.iter().map(|l| l.mapping.client_ip).collect();
+    let live_members: BTreeSet<Member> = valid.iter().map(|l| Member::new(l.ifindex, l.mapping.client_ip)).collect();
     let mut ifnames: BTreeSet<String> = BTreeSet::new();
+    let mut members: BTreeSet<Member> = BTreeSet::new();
     let mut ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    for members in view.nft.members.values() {
-        ips.extend(members.iter().copied().filter(|ip| !live_ips.contains(ip)));
+    for m in view.nft.all_members() {
+        if !live_members.contains(&m) {
+            members.insert(m);
+        }
     }
     for ifname in view.tc.shaping.keys() {
         if !live_ifs.contains(ifname.as_str()) {
@@ -207,19 +217,24 @@ pub fn remove_gone_sessions<B: Backends>(cfg: &Config, b: &mut B, valid: &[Mappi
             ips.insert(u.from.addr());
         }
     }
-    let scope = Scope::Sessions { ifnames, ips };
+    // By member, not by address: a live session's member is not touched, whatever dead members
+    // share its address. `ips` holds only addresses no live session has (rules are per /32).
+    ips.extend(members.iter().map(|m| m.ip).filter(|ip| !live_ips.contains(ip)));
+    let scope = Scope::Sessions { ifnames, ips, members };
     engine::converge(b, cfg, &Desired::default(), &scope, dry_run)
 }
 
 /// Desired sessions for one connect (the plugin's path).
 pub fn session_for_connect(
     ifname: &str,
+    ifindex: u32,
     client_ip: Ipv4Addr,
     pid: u32,
     facts: &crate::policy::model::ConnectionFacts,
 ) -> DesiredSession {
     DesiredSession {
         ifname: ifname.to_string(),
+        ifindex,
         client_ip,
         connection_id: facts.id,
         pppd_pid: Some(pid),

@@ -14,8 +14,8 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kernel::links::LinkSnapshot;
-use crate::kernel::{Backends, Netlink, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
-use crate::mapping::Mapping;
+use crate::kernel::{Backends, Member, Netlink, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
+use crate::mapping::LiveSession;
 use crate::policy::model::{decide, ConnectionFacts, PolicyState};
 use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope};
 
@@ -98,10 +98,10 @@ pub fn read_view<B: Backends>(b: &mut B, scope: &Scope, desired: &Desired) -> Re
             routes: b.routes().read()?,
             rules: b.rules().read()?,
         }),
-        Scope::Sessions { ifnames, ips } => {
+        Scope::Sessions { ifnames, members, .. } => {
             let mut nft = NftState { base_ok: true, ..Default::default() };
-            for ip in ips {
-                let sets = match b.nft().sets_of(*ip) {
+            for m in members {
+                let sets = match b.nft().sets_of(*m) {
                     Ok(s) => s,
                     Err(e) => {
                         // No table at all (a dry run before the first apply) reads as empty;
@@ -115,7 +115,7 @@ pub fn read_view<B: Backends>(b: &mut B, scope: &Scope, desired: &Desired) -> Re
                     }
                 };
                 for set in sets {
-                    nft.members.entry(set).or_default().insert(*ip);
+                    nft.members.entry(set).or_default().insert(*m);
                 }
             }
             let mut tc = TcState::default();
@@ -223,11 +223,12 @@ pub fn converge<B: Backends>(
 /// How long the gate waits for the apply lock when it must create `inet pppgate` first.
 pub const GATE_CREATE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The connect gate: adds `ip` to `connect_pending_v4`. Needs no lock when the table exists (it
-/// only ever adds a drop); when it does not (first connect after boot), the table is created
-/// under the apply lock, because a layout (re)build must not race a writer.
-pub fn gate<B: Backends>(b: &mut B, cfg: &Config, ip: Ipv4Addr) -> Result<()> {
-    let add = [SetChange { set: NftSet::Pending, ip, add: true }];
+/// The connect gate: adds the member (the client address on its interface) to
+/// `connect_pending_v4`. Needs no lock when the table exists (it only ever adds a drop); when it
+/// does not (first connect after boot), the table is created under the apply lock, because a
+/// layout (re)build must not race a writer.
+pub fn gate<B: Backends>(b: &mut B, cfg: &Config, m: Member) -> Result<()> {
+    let add = [SetChange::new(NftSet::Pending, m, true)];
     if b.nft().commit(&add).is_ok() {
         return Ok(());
     }
@@ -248,22 +249,24 @@ pub fn ensure_table(b: &mut Netlink, cfg: &Config, holder: &str) -> Result<()> {
     b.nft().ensure_base(&cfg.policy.walled_garden)
 }
 
-/// Removes `ip` from every state set, the gate included (an address whose session never came up
-/// on a known interface).
-pub fn ungate<B: Backends>(b: &mut B, ip: Ipv4Addr) -> Result<()> {
-    let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange { set: *set, ip, add: false }).collect();
+/// Removes a member from every state set, the gate included (an address whose session never
+/// came up on a known interface).
+pub fn ungate<B: Backends>(b: &mut B, m: Member) -> Result<()> {
+    let all: Vec<SetChange> = NftSet::ALL.iter().map(|set| SetChange::new(*set, m, false)).collect();
     b.nft().commit(&all)
 }
 
-/// What one pppd leaves behind when its link goes (ip-down, or exit as a backstop): every address
-/// it gated and its session (interface + client address), removed with [`disconnect`] or
-/// [`ungate`]. An address that another interface now carries as its peer belongs to a newer
-/// session and is left alone. Collects errors and keeps going (removals only, idempotent).
+/// What one pppd leaves behind when its link goes (ip-down, or exit as a backstop): every member
+/// it gated and its session (interface + client member), removed with [`disconnect`] or
+/// [`ungate`]. Members are bound to our interface, so another session's state is never touched;
+/// when another interface now carries the client address as its peer (a newer session's), only
+/// our membership goes, not the address's rules. Collects errors and keeps going (removals only,
+/// idempotent).
 pub fn teardown_link<B: Backends>(
     b: &mut B,
     ifname: Option<&str>,
-    client_ip: Option<Ipv4Addr>,
-    gated: &BTreeSet<Ipv4Addr>,
+    client: Option<Member>,
+    gated: &BTreeSet<Member>,
 ) -> Vec<String> {
     let mut errors = Vec::new();
     let links = LinkSnapshot::read().ok();
@@ -272,23 +275,23 @@ pub fn teardown_link<B: Backends>(
             .as_ref()
             .is_some_and(|s| s.by_name.values().any(|l| Some(l.name.as_str()) != ifname && l.peers.contains(&ip)))
     };
-    let mut ips: BTreeSet<Ipv4Addr> = gated.clone();
-    ips.extend(client_ip);
-    for ip in ips {
-        if owned_elsewhere(ip) {
-            tracing::warn!(client_ip = %ip, "address now belongs to another session; leaving its state");
-            continue;
+    let mut members: BTreeSet<Member> = gated.clone();
+    members.extend(client);
+    for m in members {
+        let full_cleanup = Some(m) == client && !owned_elsewhere(m.ip);
+        if Some(m) == client && !full_cleanup {
+            tracing::warn!(client_ip = %m.ip, "address now belongs to another session; removing only our membership");
         }
-        let res = match ifname.filter(|_| Some(ip) == client_ip) {
-            Some(ifn) => disconnect(b, ifn, ip).map(|_| ()),
-            None => ungate(b, ip),
+        let res = match ifname.filter(|_| full_cleanup) {
+            Some(ifn) => disconnect(b, ifn, m).map(|_| ()),
+            None => ungate(b, m),
         };
         if let Err(e) = res {
             errors.push(crate::error::one_line(&e));
         }
     }
     // An interface whose peer address was never known: its shaping, if any.
-    if let (None, Some(ifn)) = (client_ip, ifname) {
+    if let (None, Some(ifn)) = (client, ifname) {
         if let Err(e) = b.tc().clear(ifn) {
             errors.push(crate::error::one_line(&e));
         }
@@ -298,8 +301,8 @@ pub fn teardown_link<B: Backends>(
 
 /// Removes everything of one session: memberships (the gate too), shaping and its IFB, routes on
 /// its interface, rules from its address. Collects errors and keeps going.
-pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, ip: Ipv4Addr) -> Result<Outcome> {
-    let scope = Scope::Sessions { ifnames: BTreeSet::from([ifname.to_string()]), ips: BTreeSet::from([ip]) };
+pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, m: Member) -> Result<Outcome> {
+    let scope = Scope::of_members(BTreeSet::from([ifname.to_string()]), BTreeSet::from([m]));
     let mut errors: Vec<String> = Vec::new();
     let mut out = Outcome::default();
     let view = read_view(b, &scope, &Desired::default())?;
@@ -323,12 +326,12 @@ pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, ip: Ipv4Addr) -> Result<
     Ok(out)
 }
 
-/// Builds desired sessions from mappings and their facts (`None` facts: the row is gone).
-pub fn desired_sessions(mappings: &[Mapping], facts: &[ConnectionFacts]) -> Vec<DesiredSession> {
+/// Builds desired sessions from live sessions and their facts (`None` facts: the row is gone).
+pub fn desired_sessions(live: &[LiveSession], facts: &[ConnectionFacts]) -> Vec<DesiredSession> {
     let by_id: BTreeMap<i64, &ConnectionFacts> = facts.iter().map(|f| (f.id, f)).collect();
     let mut seen_ip: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut out = Vec::new();
-    for m in mappings {
+    for LiveSession { mapping: m, ifindex } in live {
         // Two VALID mappings claiming one address cannot both be right: the first wins, the
         // other is left to the kernel's default drop.
         if !seen_ip.insert(m.client_ip) {
@@ -337,6 +340,7 @@ pub fn desired_sessions(mappings: &[Mapping], facts: &[ConnectionFacts]) -> Vec<
         }
         out.push(DesiredSession {
             ifname: m.ppp_if.clone(),
+            ifindex: *ifindex,
             client_ip: m.client_ip,
             connection_id: m.connection_id,
             pppd_pid: Some(m.pppd_pid),

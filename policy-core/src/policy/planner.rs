@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::kernel::{
-    ifb_name, ifb_owner, NftSet, NftState, OwnedRoute, OwnedRule, RouteQuery, SetChange, Shaping, TcState,
+    ifb_name, ifb_owner, Member, NftSet, NftState, OwnedRoute, OwnedRule, RouteQuery, SetChange, Shaping, TcState,
 };
 use crate::policy::model::{PbrSpec, Policy, PolicyState};
 
@@ -31,6 +31,8 @@ pub const MAIN_TABLE: u32 = 254;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DesiredSession {
     pub ifname: String,
+    /// The session interface's index: nft membership is bound to it ([`Member`]).
+    pub ifindex: u32,
     pub client_ip: Ipv4Addr,
     pub connection_id: i64,
     pub pppd_pid: Option<u32>,
@@ -63,6 +65,13 @@ pub struct KernelView {
     pub rules: Vec<OwnedRule>,
 }
 
+impl DesiredSession {
+    /// The session's nft member: its address bound to its interface.
+    pub fn member(&self) -> Member {
+        Member { ifindex: self.ifindex, ip: self.client_ip }
+    }
+}
+
 /// What a plan may touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
@@ -70,7 +79,9 @@ pub enum Scope {
     All,
     /// Apply for some sessions: only objects of these interfaces / client addresses. Shared
     /// objects (policy-routing tables' default routes) are added when missing, never removed.
-    Sessions { ifnames: BTreeSet<String>, ips: BTreeSet<Ipv4Addr> },
+    /// `members` are the nft members a session-scope read looks up (point lookups, no dump); a
+    /// member of the kernel view is in scope when it is one of them or its address is in `ips`.
+    Sessions { ifnames: BTreeSet<String>, ips: BTreeSet<Ipv4Addr>, members: BTreeSet<Member> },
 }
 
 impl Scope {
@@ -78,12 +89,19 @@ impl Scope {
         Scope::Sessions {
             ifnames: sessions.iter().map(|s| s.ifname.clone()).collect(),
             ips: sessions.iter().map(|s| s.client_ip).collect(),
+            members: sessions.iter().map(DesiredSession::member).collect(),
         }
     }
-    fn has_ip(&self, ip: &Ipv4Addr) -> bool {
+
+    /// The scope of some members (and their interfaces), e.g. to remove them.
+    pub fn of_members(ifnames: BTreeSet<String>, members: BTreeSet<Member>) -> Scope {
+        Scope::Sessions { ifnames, ips: members.iter().map(|m| m.ip).collect(), members }
+    }
+    /// A kernel member is in scope when the scope names it, or its address.
+    fn has_member(&self, m: &Member) -> bool {
         match self {
             Scope::All => true,
-            Scope::Sessions { ips, .. } => ips.contains(ip),
+            Scope::Sessions { members, ips, .. } => members.contains(m) || ips.contains(&m.ip),
         }
     }
     fn has_if(&self, ifname: &str) -> bool {
@@ -150,7 +168,7 @@ impl Plan {
                     "nft transaction: {}",
                     changes
                         .iter()
-                        .map(|c| format!("{} {} {}", if c.add { "add" } else { "del" }, c.ip, c.set.name()))
+                        .map(|c| format!("{} {} {}", if c.add { "add" } else { "del" }, c.member(), c.set.name()))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -250,7 +268,7 @@ fn session_objects(s: &DesiredSession) -> (Vec<OwnedRoute>, Vec<OwnedRule>, Vec<
 /// (A table default whose rules all went away outside this scope is reconcile's to remove.)
 pub fn route_query(desired: &Desired, scope: &Scope, rules: &[OwnedRule]) -> RouteQuery {
     let mut q = RouteQuery::default();
-    let Scope::Sessions { ifnames, ips } = scope else { return q };
+    let Scope::Sessions { ifnames, ips, .. } = scope else { return q };
     q.ifnames = ifnames.clone();
     for s in &desired.sessions {
         let (routes, _, table_routes) = session_objects(s);
@@ -295,26 +313,29 @@ pub fn plan(desired: &Desired, actual: &KernelView, scope: &Scope) -> Plan {
 fn plan_membership(desired: &Desired, actual: &KernelView, scope: &Scope) -> (Vec<SetChange>, Vec<SetChange>) {
     let mut restrict: Vec<SetChange> = Vec::new();
     let mut open: Vec<SetChange> = Vec::new();
-    let mut want_set: BTreeMap<Ipv4Addr, NftSet> = BTreeMap::new();
+    // A member is a session's address bound to its interface. A member of the kernel that no
+    // session wants (an interface that is gone, an address it no longer carries) is removed in
+    // the first, restricting transaction.
+    let mut want_set: BTreeMap<Member, NftSet> = BTreeMap::new();
     for s in &desired.sessions {
-        want_set.insert(s.client_ip, NftSet::for_state(s.policy.state));
+        want_set.insert(s.member(), NftSet::for_state(s.policy.state));
     }
-    let mut ips: BTreeSet<Ipv4Addr> = want_set.keys().copied().collect();
-    for members in actual.nft.members.values() {
-        ips.extend(members.iter().copied().filter(|ip| scope.has_ip(ip)));
+    let mut members: BTreeSet<Member> = want_set.keys().copied().collect();
+    for m in actual.nft.members.values() {
+        members.extend(m.iter().copied().filter(|m| scope.has_member(m)));
     }
-    for ip in ips {
-        let have = actual.nft.sets_of(ip);
-        let want = want_set.get(&ip).copied();
+    for m in members {
+        let have = actual.nft.sets_of(m);
+        let want = want_set.get(&m).copied();
         let mut changes: Vec<SetChange> = Vec::new();
         for set in &have {
             if Some(*set) != want {
-                changes.push(SetChange { set: *set, ip, add: false });
+                changes.push(SetChange::new(*set, m, false));
             }
         }
         if let Some(w) = want {
             if !have.contains(&w) {
-                changes.push(SetChange { set: w, ip, add: true });
+                changes.push(SetChange::new(w, m, true));
             }
         }
         if changes.is_empty() {
@@ -520,6 +541,7 @@ mod tests {
         state_facts(&mut f);
         DesiredSession {
             ifname: format!("ppp{n}"),
+            ifindex: 100 + u32::from(n),
             client_ip: Ipv4Addr::new(198, 51, 100, 10 + n),
             connection_id: n as i64,
             pppd_pid: Some(1000 + n as u32),
@@ -537,9 +559,9 @@ mod tests {
                     for c in changes {
                         let m = v.nft.members.entry(c.set).or_default();
                         if c.add {
-                            m.insert(c.ip);
+                            m.insert(c.member());
                         } else {
-                            m.remove(&c.ip);
+                            m.remove(&c.member());
                         }
                     }
                 }
@@ -576,9 +598,9 @@ mod tests {
         after
     }
 
-    fn gated(ip: Ipv4Addr) -> KernelView {
+    fn gated(m: Member) -> KernelView {
         let mut v = KernelView::default();
-        v.nft.members.entry(NftSet::Pending).or_default().insert(ip);
+        v.nft.members.entry(NftSet::Pending).or_default().insert(m);
         v
     }
 
@@ -586,13 +608,13 @@ mod tests {
     fn connect_releases_the_gate_last_in_one_transaction() {
         let s = sess(1, |_| {});
         let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
-        let p = plan(&desired, &gated(s.client_ip), &Scope::of(&desired.sessions));
+        let p = plan(&desired, &gated(s.member()), &Scope::of(&desired.sessions));
         let d = p.describe();
         assert_eq!(d.first().unwrap(), "tc set ppp1 down 8000kbit up 2000kbit");
         assert_eq!(d[1], "route add 192.168.50.0/24 dev ppp1");
         assert_eq!(
             d.last().unwrap(),
-            "nft transaction: del 198.51.100.11 connect_pending_v4, add 198.51.100.11 full_v4"
+            "nft transaction: del 198.51.100.11 (if 101) connect_pending_v4, add 198.51.100.11 (if 101) full_v4"
         );
         assert_eq!(p.ops.len(), 3);
     }
@@ -621,14 +643,14 @@ mod tests {
                 let b = sess(1, *to);
                 let start = converge(
                     &Desired { sessions: vec![a.clone()], subnet_pbr: vec![] },
-                    &gated(a.client_ip),
+                    &gated(a.member()),
                     &Scope::All,
                 );
                 let desired = Desired { sessions: vec![b.clone()], subnet_pbr: vec![] };
                 let p = plan(&desired, &start, &Scope::of(&desired.sessions));
                 let after = converge(&desired, &start, &Scope::of(&desired.sessions));
                 let want = NftSet::for_state(b.policy.state);
-                assert_eq!(after.nft.sets_of(b.client_ip), BTreeSet::from([want]), "{from_name}->{to_name}");
+                assert_eq!(after.nft.sets_of(b.member()), BTreeSet::from([want]), "{from_name}->{to_name}");
                 // A transition to a more restrictive state puts its nft change first.
                 let restricting = openness(Some(want)) < openness(Some(NftSet::for_state(a.policy.state)));
                 if restricting {
@@ -656,7 +678,7 @@ mod tests {
     fn speed_change_is_one_tc_set() {
         let s = sess(1, |_| {});
         let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
-        let start = converge(&desired, &gated(s.client_ip), &Scope::All);
+        let start = converge(&desired, &gated(s.member()), &Scope::All);
         let faster = sess(1, |f| f.rate_down_kbit = Some(20_000));
         let p = plan(&Desired { sessions: vec![faster], subnet_pbr: vec![] }, &start, &Scope::All);
         assert_eq!(p.describe(), vec!["tc set ppp1 down 20000kbit up 2000kbit"]);
@@ -680,7 +702,7 @@ mod tests {
         assert!(plan(&only_a, &start, &Scope::of(&only_a.sessions)).is_empty());
         // Reconcile removes everything of b: membership, tc, IFB, routes, rule, table route.
         let after = converge(&only_a, &start, &Scope::All);
-        assert!(after.nft.sets_of(b.client_ip).is_empty());
+        assert!(after.nft.sets_of(b.member()).is_empty());
         assert!(!after.tc.shaping.contains_key("ppp2"));
         assert!(!after.tc.ifbs.contains("pgi-ppp2"));
         assert!(after.routes.iter().all(|r| r.dev != "ppp2" && r.table != 100));
@@ -736,13 +758,21 @@ mod tests {
     fn stray_memberships_and_double_membership_are_fixed() {
         let a = sess(1, |_| {});
         let mut v = KernelView::default();
-        v.nft.members.entry(NftSet::Full).or_default().insert(a.client_ip);
-        v.nft.members.entry(NftSet::Blocked).or_default().insert(a.client_ip);
-        v.nft.members.entry(NftSet::Pending).or_default().insert(Ipv4Addr::new(10, 9, 9, 9));
+        let stray = Member::new(7, Ipv4Addr::new(10, 9, 9, 9));
+        // The same address bound to another (gone) interface: a dead session's member.
+        let dead = Member::new(5, a.client_ip);
+        v.nft.members.entry(NftSet::Full).or_default().extend([a.member(), dead]);
+        v.nft.members.entry(NftSet::Blocked).or_default().insert(a.member());
+        v.nft.members.entry(NftSet::Pending).or_default().insert(stray);
         let desired = Desired { sessions: vec![a.clone()], subnet_pbr: vec![] };
+        let p = plan(&desired, &v, &Scope::All);
         let after = converge(&desired, &v, &Scope::All);
-        assert_eq!(after.nft.sets_of(a.client_ip), BTreeSet::from([NftSet::Full]));
-        assert!(after.nft.sets_of(Ipv4Addr::new(10, 9, 9, 9)).is_empty());
+        assert_eq!(after.nft.sets_of(a.member()), BTreeSet::from([NftSet::Full]));
+        assert!(after.nft.sets_of(stray).is_empty());
+        assert!(after.nft.sets_of(dead).is_empty(), "the dead session's member goes");
+        // Removing members is restricting: it is in the first transaction.
+        let Some(Op::NftTransaction { changes }) = p.ops.first() else { panic!("{:?}", p.describe()) };
+        assert!(changes.iter().any(|c| c.member() == dead && !c.add), "{:?}", p.describe());
     }
 
     #[test]
@@ -766,7 +796,7 @@ mod tests {
                 "rule add from 10.200.0.0/24 lookup 100 priority 100"
             ]
         );
-        let empty = Scope::Sessions { ifnames: BTreeSet::new(), ips: BTreeSet::new() };
+        let empty = Scope::of(&[]);
         assert!(plan(&desired, &KernelView::default(), &empty).is_empty());
     }
 
@@ -774,7 +804,7 @@ mod tests {
     fn route_change_replaces_old_route() {
         let a = sess(1, |_| {});
         let desired = Desired { sessions: vec![a.clone()], subnet_pbr: vec![] };
-        let start = converge(&desired, &gated(a.client_ip), &Scope::All);
+        let start = converge(&desired, &gated(a.member()), &Scope::All);
         let moved = sess(1, |f| {
             f.routes = vec![RouteSpec {
                 dst: "192.168.60.0/24".parse().unwrap(),
@@ -821,6 +851,6 @@ mod tests {
         assert_eq!(s.policy.reason, Reason::Pending);
         assert_eq!(s.policy.speed, Speed::default());
         let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
-        assert!(plan(&desired, &gated(s.client_ip), &Scope::All).is_empty());
+        assert!(plan(&desired, &gated(s.member()), &Scope::All).is_empty());
     }
 }

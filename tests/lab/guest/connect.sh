@@ -233,8 +233,9 @@ settings_window() {
 # ---------------------------------------------------------------------------------------------
 # Kernel read-back
 
-# nft_has SET IP: IP is an element of SET in srv's inet pppgate.
-nft_has() { ip netns exec srv nft get element inet pppgate "$1" "{ $2 }" > /dev/null 2>&1; }
+# nft_has SET IP [IFNAME]: IP (on IFNAME, or any interface) is a member of SET in srv's inet
+# pppgate (lib.sh's nft_member).
+nft_has() { nft_member "$@"; }
 
 # pppgate_counters: CNT[comment] = packets of every commented counter in srv's inet pppgate.
 declare -gA CNT

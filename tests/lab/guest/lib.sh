@@ -503,6 +503,20 @@ client_dir() { echo "$LAB_TMP/clients/$1"; }
 
 # cget NAME KEY: sets V (status 1 if not recorded). client_get NAME KEY: prints it or dies.
 cget() { readf "$LAB_TMP/clients/$1/$2"; }
+# nft_member SET IP [IFNAME]: srv's inet pppgate SET holds IP (bound to IFNAME when given, to
+# any interface otherwise: members are `iface_index . ipv4_addr`, docs/security.md).
+nft_member() {
+  if [ -n "${3:-}" ]; then
+    ip netns exec srv nft get element inet pppgate "$1" "{ \"$3\" . $2 }" > /dev/null 2>&1
+    return
+  fi
+  local out
+  out=$(ip netns exec srv nft list set inet pppgate "$1" 2> /dev/null) || return 1
+  out=${out//,/ }
+  out=${out//$'\n'/ }
+  [[ "$out " == *" . $2 "* ]]
+}
+
 cset() { echo "$3" > "$LAB_TMP/clients/$1/$2"; }
 client_get() {
   cget "$1" "$2" || die "client $1 has no $2 recorded"

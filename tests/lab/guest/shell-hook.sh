@@ -10,15 +10,17 @@
 # PSQL: the psql to use with its connection options (the lab passes the server's own psql
 # binary: Debian's /usr/bin/psql wrapper costs about a second per call under TCG, which would
 # only flatter pppgate). HOOK_STAMP: a file the up half appends $EPOCHREALTIME to right after
-# the gate is released. Needs table inet pppgate with its sets.
+# the gate is released. Needs table inet pppgate with its sets (members `iface . address`, as
+# pppgate binds them: docs/security.md).
 set -euo pipefail
 MODE=$1 IF=$2 IP=$3 PEERNAME=$4
 IFB=pgi-$IF
+EL="\"$IF\" . $IP"
 LOCK=/run/vpn-policy-apply.lock
 : "${PSQL:=psql}"
 
 if [ "$MODE" = up ]; then
-  nft add element inet pppgate connect_pending_v4 "{ $IP }"
+  nft add element inet pppgate connect_pending_v4 "{ $EL }"
   exec 9> "$LOCK"
   flock -w 10 9
   row=$($PSQL -tA -F' ' -c "SELECT c.id, coalesce(c.rate_down_kbit, 0), coalesce(c.rate_up_kbit, 0),
@@ -32,7 +34,7 @@ if [ "$MODE" = up ]; then
   printf 'CONNECTION_ID=%s\nPPP_IF=%s\nCLIENT_IP=%s\nSTART_TS=%s\nPPPD_PID=%s\n' \
     "$CID" "$IF" "$IP" "$(date +%s)" "${PPPD_PID:-$PPID}" > "/run/vpn-sessions/$IF.env.tmp"
   mv "/run/vpn-sessions/$IF.env.tmp" "/run/vpn-sessions/$IF.env"
-  nft add element inet pppgate full_v4 "{ $IP }"
+  nft add element inet pppgate full_v4 "{ $EL }"
   if [ "$DOWN" != 0 ]; then
     tc qdisc replace dev "$IF" root handle 1: htb default 10
     tc class replace dev "$IF" parent 1: classid 1:10 htb rate "${DOWN}kbit"
@@ -55,14 +57,14 @@ if [ "$MODE" = up ]; then
     ip route replace default via "$VIA" dev "$DEV" table "$T" proto 77
     ip rule add from "$IP" lookup "$T" priority "$PRIO" protocol 77
   done
-  nft delete element inet pppgate connect_pending_v4 "{ $IP }"
+  nft delete element inet pppgate connect_pending_v4 "{ $EL }"
   [ -z "${HOOK_STAMP:-}" ] || echo "$EPOCHREALTIME" >> "$HOOK_STAMP"
   flock -u 9
 else
   exec 9> "$LOCK"
   flock -w 2 9 || true
-  nft delete element inet pppgate full_v4 "{ $IP }" 2> /dev/null || true
-  nft delete element inet pppgate connect_pending_v4 "{ $IP }" 2> /dev/null || true
+  nft delete element inet pppgate full_v4 "{ $EL }" 2> /dev/null || true
+  nft delete element inet pppgate connect_pending_v4 "{ $EL }" 2> /dev/null || true
   tc qdisc del dev "$IF" root 2> /dev/null || true
   tc qdisc del dev "$IF" ingress 2> /dev/null || true
   ip link del "$IFB" 2> /dev/null || true

@@ -10,6 +10,12 @@
 #       send the kernel accepted is logged to OUT as "<seq> <mono_us> <ifname>". Runs until killed.
 #   udp.pl recv PORT OUT
 #       The far side: logs every datagram as "<seq> <sent_mono_us> <recv_mono_us> <source ip>".
+#   udp.pl forge LINKNAME SRC DEST PORT COUNT TAG
+#       A client forging its source: COUNT raw IPv4/UDP datagrams "TAG <n>" from SRC (any
+#       address) to DEST:PORT, written through the client's ppp link (SO_BINDTODEVICE on a raw
+#       socket with our own IP header). Prints how many the kernel accepted.
+#   udp.pl sink PORT OUT
+#       The far side for forged datagrams: logs every datagram as "<payload> <source ip>".
 #   udp.pl stamp OUT CMD...
 #       Runs CMD and copies its output to OUT line by line, each prefixed with the time it was
 #       read (for `nft monitor`: the stamp is at or after the event). SIGTERM ends CMD too.
@@ -17,15 +23,27 @@
 # Times are CLOCK_MONOTONIC in microseconds: one clock for every namespace of the VM.
 use strict;
 use warnings;
-use Socket qw(AF_INET SOCK_DGRAM SOL_SOCKET IPPROTO_UDP INADDR_ANY inet_aton inet_ntoa pack_sockaddr_in unpack_sockaddr_in);
+use Socket qw(AF_INET SOCK_DGRAM SOCK_RAW SOL_SOCKET IPPROTO_UDP INADDR_ANY inet_aton inet_ntoa pack_sockaddr_in unpack_sockaddr_in);
 use Time::HiRes qw(clock_gettime CLOCK_MONOTONIC sleep);
 use IO::Handle;
 
 use constant SO_BINDTODEVICE => 25;
+use constant IPPROTO_RAW => 255;
+
+# The interface of pppd link LINKNAME (the second line of /run/ppp-LINKNAME.pid), or ''.
+sub link_if {
+    my ($link) = @_;
+    open(my $p, '<', "/run/ppp-$link.pid") or return '';
+    my @l = <$p>;
+    close($p);
+    my $if = $l[1] // '';
+    chomp $if;
+    return $if;
+}
 
 sub now_us { return int(clock_gettime(CLOCK_MONOTONIC) * 1e6); }
 
-my $mode = shift // die "usage: udp.pl send|recv|stamp ...\n";
+my $mode = shift // die "usage: udp.pl send|recv|forge|sink|stamp ...\n";
 
 if ($mode eq 'send') {
     my ($link, $dest, $port, $ival_ms, $out) = @ARGV;
@@ -81,6 +99,42 @@ if ($mode eq 'send') {
         next unless defined $sent && $seq =~ /^\d+$/ && $sent =~ /^\d+$/;
         print $o "$seq $sent $t ", inet_ntoa($faddr), "\n";
     }
+} elsif ($mode eq 'forge') {
+    my ($link, $src, $dest, $port, $count, $tag) = @ARGV;
+    die "usage: udp.pl forge LINKNAME SRC DEST PORT COUNT TAG\n" unless defined $tag;
+    my $if = link_if($link);
+    die "no interface for link $link\n" if $if eq '';
+    # IPPROTO_RAW implies IP_HDRINCL: the header (and its source) is ours; the kernel fills in
+    # the checksum and the id.
+    socket(my $s, AF_INET, SOCK_RAW, IPPROTO_RAW) or die "raw socket: $!\n";
+    setsockopt($s, SOL_SOCKET, SO_BINDTODEVICE, pack('Z*', $if)) or die "bind to $if: $!\n";
+    my ($saddr, $daddr) = (inet_aton($src), inet_aton($dest));
+    my $to = pack_sockaddr_in(0, $daddr);
+    my $ok = 0;
+    for my $n (1 .. $count) {
+        my $payload = "$tag $n";
+        my $udp = pack('nnnn', 40000, $port, 8 + length($payload), 0) . $payload;
+        my $ip = pack('CCnnnCCna4a4', 0x45, 0, 20 + length($udp), 0, 0x4000, 64, 17, 0, $saddr, $daddr);
+        $ok++ if defined send($s, $ip . $udp, 0, $to);
+        sleep(0.005);
+    }
+    print "$ok\n";
+} elsif ($mode eq 'sink') {
+    my ($port, $out) = @ARGV;
+    die "usage: udp.pl sink PORT OUT\n" unless defined $out;
+    open(my $o, '>>', $out) or die "cannot open $out: $!\n";
+    $o->autoflush(1);
+    socket(my $s, AF_INET, SOCK_DGRAM, IPPROTO_UDP) or die "socket: $!\n";
+    bind($s, pack_sockaddr_in($port, INADDR_ANY)) or die "bind :$port: $!\n";
+    my $r;
+    open($r, '>', "$out.ready") and close($r);
+    while (1) {
+        my $from = recv($s, my $buf, 256, 0);
+        next unless defined $from;
+        my ($fport, $faddr) = unpack_sockaddr_in($from);
+        $buf =~ s/[^ -~]//g;
+        print $o "$buf ", inet_ntoa($faddr), "\n";
+    }
 } elsif ($mode eq 'stamp') {
     my ($out, @cmd) = @ARGV;
     die "usage: udp.pl stamp OUT CMD...\n" unless @cmd;
@@ -92,5 +146,5 @@ if ($mode eq 'send') {
         print $o now_us(), " ", $line;
     }
 } else {
-    die "usage: udp.pl send|recv|stamp ...\n";
+    die "usage: udp.pl send|recv|forge|sink|stamp ...\n";
 }

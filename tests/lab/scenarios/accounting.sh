@@ -166,7 +166,7 @@ case_outage() {
 in_set() {
   local set
   for set in connect_pending_v4 full_v4 restricted_v4 blocked_v4; do
-    if ip netns exec srv nft get element inet pppgate "$set" "{ $1 }" > /dev/null 2>&1; then
+    if nft_member "$set" "$1"; then
       echo "$set"
       return
     fi

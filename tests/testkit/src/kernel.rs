@@ -39,7 +39,8 @@ pub fn nft_set_elems(set: &str) -> Vec<String> {
     panic!("set {set} not in nft's listing");
 }
 
-/// Every state set's members: set name → addresses (sets that are empty are listed empty).
+/// Every state set's members: set name → members as nft lists them, `iface . address` (sets that
+/// are empty are listed empty).
 pub fn nft_members() -> BTreeMap<String, BTreeSet<String>> {
     let mut out = BTreeMap::new();
     for o in nft_objects() {
@@ -58,9 +59,33 @@ pub fn nft_members() -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// The state sets `ip` is in, by name (`full_v4`, …), as nft lists them.
+/// Every state set's members: set name → members as nft lists them (`ppp0 . 100.64.0.2`: the
+/// interface, by name while it exists and by index after, and the address).
+pub fn nft_members_by_set() -> BTreeMap<String, BTreeSet<String>> {
+    nft_members()
+}
+
+/// Whether a member as nft lists it (`ppp0 . 100.64.0.2`) is for address `ip`.
+pub fn member_is(elem: &str, ip: &str) -> bool {
+    elem == ip || elem.rsplit(" . ").next() == Some(ip)
+}
+
+/// The state sets `ip` is in (bound to whichever interface), by name (`full_v4`, …), as nft
+/// lists them.
 pub fn nft_sets_of(ip: &str) -> BTreeSet<String> {
-    nft_members().into_iter().filter(|(_, m)| m.contains(ip)).map(|(s, _)| s).collect()
+    nft_members().into_iter().filter(|(_, m)| m.iter().any(|e| member_is(e, ip))).map(|(s, _)| s).collect()
+}
+
+/// The members of the state sets for address `ip`: (set, interface as nft lists it).
+pub fn nft_bindings_of(ip: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (set, m) in nft_members() {
+        for e in m.iter().filter(|e| member_is(e, ip)) {
+            let iface = e.rsplit_once(" . ").map(|(i, _)| i.trim_matches('"').to_string()).unwrap_or_default();
+            out.insert((set.clone(), iface));
+        }
+    }
+    out
 }
 
 pub fn render_elem(e: &Value) -> String {

@@ -190,17 +190,32 @@ impl Kernel {
             let s = &o["set"];
             (s["table"] == "pppgate" && s["family"] == "inet" && s["name"] == name).then(|| s.clone())
         })?;
-        Some(arr(&set["elem"]).iter().filter_map(|e| e.as_str().map(String::from)).collect())
+        Some(arr(&set["elem"]).iter().map(crate::kernel::render_elem).collect())
     }
 
-    /// The state sets holding `ip`.
+    /// The state sets holding `ip` (bound to whichever interface: members are `iface . address`).
     pub fn sets_of(&self, ip: Ipv4Addr) -> Vec<String> {
         let ip = ip.to_string();
         ["connect_pending_v4", "full_v4", "restricted_v4", "blocked_v4"]
             .iter()
-            .filter(|s| self.set_members(s).unwrap_or_default().contains(&ip))
+            .filter(|s| self.set_members(s).unwrap_or_default().iter().any(|e| crate::kernel::member_is(e, &ip)))
             .map(|s| s.to_string())
             .collect()
+    }
+
+    /// The interfaces `ip` is bound to in the state sets: (set, interface as nft lists it).
+    pub fn bindings_of(&self, ip: Ipv4Addr) -> Vec<(String, String)> {
+        let ip = ip.to_string();
+        let mut out = Vec::new();
+        for s in ["connect_pending_v4", "full_v4", "restricted_v4", "blocked_v4"] {
+            for e in self.set_members(s).unwrap_or_default() {
+                if crate::kernel::member_is(&e, &ip) {
+                    let iface = e.rsplit_once(" . ").map(|(i, _)| i.to_string()).unwrap_or_default();
+                    out.push((s.to_string(), iface));
+                }
+            }
+        }
+        out
     }
 
     /// Packets counted by the commented counter rule `comment` of `inet pppgate`.

@@ -115,6 +115,15 @@ impl NetNs {
         ns
     }
 
+    /// Moves the calling test thread into this namespace (like [`private_netns`], but into a
+    /// named one other processes can join with `ip netns exec`, e.g. TUN stand-ins for pppd).
+    pub fn enter(&self) {
+        let path = format!("/var/run/netns/{}", self.name);
+        let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns into {} failed (root needed): {e}", self.name));
+    }
+
     /// Turns IPv6 off in the namespace (no autoconfiguration traffic moving interface counters).
     pub fn disable_ipv6(&self) {
         self.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]);

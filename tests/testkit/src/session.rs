@@ -162,6 +162,14 @@ impl FakeSession {
         self.client_ip.to_string()
     }
 
+    /// The session's nft member: its address bound to its interface's current index.
+    pub fn member(&self) -> policy_core::kernel::Member {
+        let idx = policy_core::kernel::links::ifindex(&self.ifname)
+            .expect("look up the interface")
+            .unwrap_or_else(|| panic!("{} does not exist", self.ifname));
+        policy_core::kernel::Member::new(idx, self.client_ip)
+    }
+
     /// The client namespace (panics for TUN sessions).
     pub fn client(&self) -> &NetNs {
         self.client.as_ref().expect("a veth session has a client namespace")

@@ -7,6 +7,10 @@ stdin commands (one per line, each answered with "ok ..." on stdout):
                       interface's rx counters grow by count*size (received from the "client")
   tx <count> <size>   send <count> UDP datagrams to the peer through the interface and wait
                       until the device counted them: tx grows by count*(size+28)
+  send <src> <dst> <count> <size>
+                      write <count> IPv4/UDP packets (to port 9) with a source address of our
+                      choosing into the TUN fd: a client forging its source; answers with the
+                      nanoseconds the writes took (the kernel forwards each in the write)
   recreate            close the TUN fd and open a new device of the same name (new ifindex)
   quit
 """
@@ -44,10 +48,10 @@ def checksum(data):
     return ~s & 0xFFFF
 
 
-def packet(src, dst, size):
+def packet(src, dst, size, dport=9):
     # To a non-local address with forwarding off: the kernel counts and drops it, no ICMP back.
     payload = b"p" * (size - 28)
-    udp = struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload
+    udp = struct.pack("!HHHH", 40000, dport, 8 + len(payload), 0) + payload
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, 0, 0, 64, 17, 0,
                       socket.inet_aton(src), socket.inet_aton(dst))
     hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
@@ -111,6 +115,13 @@ def main():
             while tx_packets(name) < before + n and time.time() < deadline:
                 time.sleep(0.005)
             print("ok tx %d" % (tx_packets(name) - before), flush=True)
+        elif cmd[0] == "send":
+            src, dst, n, size = cmd[1], cmd[2], int(cmd[3]), int(cmd[4])
+            pkt = packet(src, dst, size)
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                os.write(tun.fd, pkt)
+            print("ok send %d %d" % (n, time.perf_counter_ns() - t0), flush=True)
         elif cmd[0] == "recreate":
             tun.recreate()
             print("ok recreate", flush=True)

@@ -81,6 +81,13 @@ impl Peer {
         self.cmd(&format!("rx {count} {size}"));
     }
 
+    /// `count` UDP datagrams (to port 9) from the client with source `src` (forged or not) to
+    /// `dst`; returns the nanoseconds the writes took.
+    pub fn send(&mut self, src: Ipv4Addr, dst: Ipv4Addr, count: u32, size: u32) -> u64 {
+        let out = self.cmd(&format!("send {src} {dst} {count} {size}"));
+        out.split_whitespace().nth(3).and_then(|v| v.parse().ok()).expect("send answers with its duration")
+    }
+
     /// Packets to the client.
     pub fn tx(&mut self, count: u32, size: u32) {
         let out = self.cmd(&format!("tx {count} {size}"));

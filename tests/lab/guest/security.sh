@@ -1,0 +1,75 @@
+# shellcheck shell=bash
+# Helpers for tests/lab/scenarios/security.sh (issue 10, docs/security.md), on top of lib.sh and
+# guest/connect.sh.
+#
+#   rogue_up / rogue_down   a ppp link between srv and cli that pppgate.so never saw: srv's pppd
+#                           (no plugin) runs the client's pppd in cli over a pty; srv's side is a
+#                           ppp* interface like every session's (link name "rogue" in cli)
+#   sink_start TAG / sink_count TAG WORD
+#                           a receiver in inet for forged datagrams (udp.pl sink on SEC_PORT);
+#                           how many arrived whose payload starts with WORD
+#   forge NAME SRC COUNT WORD
+#                           COUNT datagrams "WORD n" from source SRC (forged or not) through link
+#                           NAME (a client name, or "rogue") to inet
+
+SEC_PORT=9998
+SEC_DIR=$LAB_TMP/security
+ROGUE_IP=198.51.100.98
+
+sec_init() { mkdir -p "$SEC_DIR"; }
+
+rogue_if_cli() { readf /run/ppp-rogue.pid && F=$(sed -n 2p /run/ppp-rogue.pid) && [ -n "$F" ]; }
+rogue_srv_if() { ip -n srv -o addr show | awk -v p="$ROGUE_IP" '$0 ~ "peer " p "/" { print $2; exit }'; }
+rogue_is_up() { [ -n "$(rogue_srv_if)" ] && rogue_if_cli; }
+
+rogue_up() {
+  # srv's pppd is started with the default options file only (no plugin) and the lab's own
+  # witness scripts left out: pppgate knows nothing of this link.
+  ip netns exec srv pppd nodetach noauth local nodefaultroute noipdefault "$PPP_LOCAL:$ROGUE_IP" \
+    linkname rogue-srv logfile "$SEC_DIR/rogue-srv.log" \
+    pty "ip netns exec cli pppd notty noauth local nodefaultroute noipdefault ipcp-accept-local ipcp-accept-remote linkname rogue logfile $SEC_DIR/rogue-cli.log" \
+    > "$SEC_DIR/rogue.out" 2>&1 &
+  echo $! > "$SEC_DIR/rogue.pid"
+  bg_track "$(cat "$SEC_DIR/rogue.pid")"
+  wait_for 30 "the rogue ppp link (no pppgate) to come up" rogue_is_up
+  log "rogue link up: srv $(rogue_srv_if) <-> cli $(sed -n 2p /run/ppp-rogue.pid), peer $ROGUE_IP"
+}
+
+rogue_down() {
+  local pid
+  read -r pid < "$SEC_DIR/rogue.pid" 2> /dev/null || return 0
+  kill -TERM "$pid" 2> /dev/null || true
+  wait "$pid" 2> /dev/null || true
+}
+
+sink_start() {
+  rm -f "$SEC_DIR/$1.sink" "$SEC_DIR/$1.sink.ready"
+  ip netns exec inet perl "$CL_UDP" sink "$SEC_PORT" "$SEC_DIR/$1.sink" 2> "$SEC_DIR/$1.sink.err" &
+  echo $! > "$SEC_DIR/$1.sinkpid"
+  bg_track $!
+  wait_for 20 "the forged-datagram sink in inet" test -e "$SEC_DIR/$1.sink.ready"
+}
+
+sink_stop() {
+  local pid
+  read -r pid < "$SEC_DIR/$1.sinkpid" 2> /dev/null || return 0
+  kill -TERM "$pid" 2> /dev/null || true
+  wait "$pid" 2> /dev/null || true
+}
+
+# sink_count TAG WORD: V = datagrams received whose payload's first word is WORD.
+sink_count() {
+  local line
+  V=0
+  [ -e "$SEC_DIR/$1.sink" ] || return 0
+  while IFS= read -r line; do
+    [[ $line == "$2 "* ]] && V=$((V + 1))
+  done < "$SEC_DIR/$1.sink"
+}
+
+# forge NAME SRC COUNT WORD: V = datagrams the kernel accepted for sending.
+forge() {
+  V=$(ip netns exec cli perl "$CL_UDP" forge "$1" "$2" "$UPLINK_INET" "$SEC_PORT" "$3" "$4" 2> "$SEC_DIR/forge-$4.err") ||
+    die "forging from $1 failed: $(cat "$SEC_DIR/forge-$4.err")"
+  V=${V//[^0-9]/}
+}

@@ -1,0 +1,107 @@
+//! Trust boundaries of the data path (issue 10, docs/security.md) in the lab: real L2TP sessions
+//! through the built `libpppgate.so`, raw datagrams with forged sources written into the
+//! clients' real ppp links, counted at the far side (inet) by a receiver there.
+//!
+//! All tests share one run of `tests/lab/scenarios/security.sh` (one VM boot).
+//! Needs root, qemu-system-x86, linux-image-amd64 and the release artifacts:
+//! `cargo build --release --workspace && cargo test --release --test lab_security`.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pppgate_lab::{Lab, LabOptions, LabRun};
+use pppgate_testkit::lab_output::Kernel;
+
+const TIMEOUT: Duration = Duration::from_secs(1500);
+
+/// `PPPGATE_LAB_SECURITY_RUN=<run directory>` re-reads a finished run instead of booting the VM.
+fn run() -> &'static LabRun {
+    static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
+    let r = RUN.get_or_init(|| match std::env::var_os("PPPGATE_LAB_SECURITY_RUN") {
+        Some(dir) => reread(Path::new(&dir)),
+        None => Lab::run("security", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()),
+    });
+    match r {
+        Ok(run) => run,
+        Err(e) => panic!("the security lab run failed: {e}"),
+    }
+}
+
+fn reread(dir: &Path) -> Result<LabRun, String> {
+    let rc =
+        std::fs::read_to_string(dir.join("guest.rc")).map_err(|e| format!("{}: no guest.rc: {e}", dir.display()))?;
+    if rc.trim() != "0" {
+        return Err(format!("{}: the scenario exited {}", dir.display(), rc.trim()));
+    }
+    Ok(LabRun {
+        scenario: "security".into(),
+        dir: dir.to_path_buf(),
+        elapsed: Duration::ZERO,
+        facts: pppgate_lab::Facts::load(&dir.join("results.env")).map_err(|e| e.to_string())?,
+    })
+}
+
+#[track_caller]
+fn num(run: &LabRun, key: &str) -> u64 {
+    let v = run.facts.expect(key);
+    v.parse().unwrap_or_else(|_| panic!("fact {key}={v:?} is not a number"))
+}
+
+#[track_caller]
+fn case_ok(run: &LabRun, case: &str) {
+    let status = run.facts.expect(&format!("{case}.status"));
+    assert_eq!(status, "ok", "case {case} failed; see {}/cases/{case}.log", run.dir.display());
+}
+
+/// Forged sources from a BLOCKED, a RESTRICTED and an unpoliced client — a FULL session's
+/// address, and the address of a session whose pppd was just SIGKILLed — arrive nowhere; the
+/// FULL session's own datagrams arrive before and after.
+#[test]
+fn spoofed_sources_arrive_nowhere_and_full_is_unaffected() {
+    let run = run();
+    case_ok(run, "spoof");
+    println!("lab run {} ({:.0} s)", run.dir.display(), run.elapsed.as_secs_f64());
+    let arrived = |w: &str| num(run, &format!("spoof.arrived.{w}"));
+    let sent = |w: &str| num(run, &format!("spoof.sent.{w}"));
+    for w in [
+        "bob-as-alice",
+        "carol-as-alice",
+        "rogue-as-alice",
+        "bob-as-dave",
+        "carol-as-dave",
+        "rogue-as-dave",
+        "bob-own",
+        "carol-own",
+        "rogue-own",
+    ] {
+        println!("{w}: sent {} arrived {}", sent(w), arrived(w));
+        assert_eq!(sent(w), 20, "{w}: the kernel took every datagram for sending");
+        assert_eq!(arrived(w), 0, "{w}: forged or unpoliced datagrams arrived at the far side");
+    }
+    for w in ["alice-own", "alice-after"] {
+        println!("{w}: sent {} arrived {}", sent(w), arrived(w));
+        assert_eq!(arrived(w), sent(w), "{w}: FULL traffic is unaffected");
+        assert_eq!(sent(w), 20);
+    }
+    // The SIGKILLed session's member was still in full_v4 (no reconcile ran) and opened nothing.
+    assert_eq!(run.facts.expect("spoof.dave_member_left"), "yes");
+    println!(
+        "drop counters: unpoliced_from {} blocked_from {} restricted_from {}",
+        num(run, "spoof.unpoliced_from"),
+        num(run, "spoof.blocked_from"),
+        num(run, "spoof.restricted_from")
+    );
+    assert!(num(run, "spoof.unpoliced_from") >= 140, "the spoofed and the rogue datagrams met the default drop");
+    // Each session's member is bound to its own LNS interface.
+    let k = Kernel::load(&run.dir.join("snap/spoof-live"));
+    for c in ["alice", "bob", "carol", "dave"] {
+        let ip = run.facts.expect(&format!("spoof.{c}.ip")).parse().unwrap();
+        let ifname = run.facts.expect(&format!("spoof.{c}.lns_if"));
+        let b = k.bindings_of(ip);
+        assert_eq!(b.len(), 1, "{c}: one member: {b:?}");
+        assert_eq!(b[0].1.trim_matches('"'), ifname, "{c}'s member is bound to its LNS interface");
+    }
+    let rogue = run.facts.expect("spoof.rogue.ip").parse().unwrap();
+    assert!(k.bindings_of(rogue).is_empty(), "the link pppgate never saw is in no set");
+}

@@ -1,0 +1,109 @@
+# Trust boundaries of the data path (issue 10, docs/security.md), proven with packets counted at
+# the far side; checked by tests/lab_security.rs.
+#
+#   spoof   alice (FULL), bob (BLOCKED), carol (RESTRICTED) and dave (FULL) connect over real
+#           L2TP; a link pppgate never saw ("rogue", pppd over a pty without the plugin) comes
+#           up too. bob, carol and the rogue client send raw datagrams with alice's address as
+#           source; dave's LNS pppd is SIGKILLed and, before any reconcile, the three send with
+#           dave's address: nothing arrives. alice's own datagrams arrive before and after.
+. "$LAB_LIB"
+. "$LAB_REPO/tests/lab/guest/connect.sh"
+. "$LAB_REPO/tests/lab/guest/security.sh"
+lab_init
+cl_init
+sec_init
+
+t0=$(uptime_ms)
+pg_start
+pppgate_configure
+pppgate_migrate
+net_setup
+pg_srv() { ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" "$@"; }
+
+ALICE=$(pg_srv connection add --login alice --status CLAIMED)
+BOB=$(pg_srv connection add --login bob --status CLAIMED)
+pg_srv connection set "$BOB" --block > /dev/null
+CAROL=$(pg_srv connection add --login carol --status PREPROVISIONED)
+DAVE=$(pg_srv connection add --login dave --status CLAIMED)
+for u in alice bob carol dave; do lns_user "$u" "pw-$u"; done
+LNS_PPPD_EXTRA="lcp-restart 1"
+lns_start
+# As after a boot: the boot reconcile builds inet pppgate before the first dial (simultaneous
+# first connects on a box without the table are a case of their own).
+pg_srv reconcile --boot > /dev/null
+# Four clients dial at once on a slow TCG guest: give each connect the whole window (its cap).
+settings_window 15
+fact setup.wall_ms $(( $(uptime_ms) - t0 ))
+
+new_client() {
+  client_add "$1" "$1" "pw-$1"
+  client_opt "$1" "lcp-restart 1"
+}
+
+# sent WORD N: fact spoof.sent.WORD (datagrams the kernel took for sending); what arrived is
+# counted in inet at the end of the case (spoof.arrived.WORD).
+sent() { fact "spoof.sent.$1" "$2"; }
+
+# ---------------------------------------------------------------------------------------------
+case_spoof() {
+  local c a_ip d_ip n
+  for c in alice bob carol dave; do new_client "$c"; done
+  for c in alice bob carol dave; do client_connect "$c"; done
+  for c in alice bob carol dave; do client_wait_up "$c" 60; done
+  a_ip=$(client_get alice client_ip)
+  d_ip=$(client_get dave client_ip)
+  wait_for 20 "alice in full_v4" nft_has full_v4 "$a_ip" "$(client_get alice lns_if)"
+  wait_for 20 "bob in blocked_v4" nft_has blocked_v4 "$(client_get bob client_ip)" "$(client_get bob lns_if)"
+  wait_for 20 "carol in restricted_v4" nft_has restricted_v4 "$(client_get carol client_ip)" "$(client_get carol lns_if)"
+  wait_for 20 "dave in full_v4" nft_has full_v4 "$d_ip" "$(client_get dave lns_if)"
+  rogue_up
+  for c in alice bob carol dave; do
+    fact "spoof.$c.ip" "$(client_get "$c" client_ip)"
+    fact "spoof.$c.lns_if" "$(client_get "$c" lns_if)"
+  done
+  fact spoof.rogue.ip "$ROGUE_IP"
+  fact spoof.rogue.srv_if "$(rogue_srv_if)"
+  sink_start spoof
+  # alice, FULL, with her own address: arrives.
+  forge alice "$a_ip" 20 alice-own; sent alice-own "$V"
+  # The others with their own addresses: bob and the rogue link pass nothing, carol only to her
+  # walled garden (inet's 203.0.113.2 is not in it).
+  forge bob "$(client_get bob client_ip)" 20 bob-own; n=$V
+  forge carol "$(client_get carol client_ip)" 20 carol-own; n="$n $V"
+  forge rogue "$ROGUE_IP" 20 rogue-own; n="$n $V"
+  # Borrowing alice's address.
+  forge bob "$a_ip" 20 bob-as-alice; sent bob-as-alice "$V"
+  forge carol "$a_ip" 20 carol-as-alice; sent carol-as-alice "$V"
+  forge rogue "$a_ip" 20 rogue-as-alice; sent rogue-as-alice "$V"
+  set -- $n
+  sent bob-own "$1"
+  sent carol-own "$2"
+  sent rogue-own "$3"
+  snap spoof-live
+  ksnap spoof-live
+  # dave's pppd dies without a word (SIGKILL: no ip-down, no cleanup by the plugin).
+  kill -KILL "$(client_get dave lns_pid)"
+  wait_for 20 "dave's LNS interface to go" eval "! ip -n srv link show dev $(client_get dave lns_if) > /dev/null 2>&1"
+  fact spoof.dave_member_left "$(nft_has full_v4 "$d_ip" && echo yes || echo no)"
+  forge bob "$d_ip" 20 bob-as-dave; sent bob-as-dave "$V"
+  forge carol "$d_ip" 20 carol-as-dave; sent carol-as-dave "$V"
+  forge rogue "$d_ip" 20 rogue-as-dave; sent rogue-as-dave "$V"
+  # FULL unaffected.
+  forge alice "$a_ip" 20 alice-after; sent alice-after "$V"
+  nap 0.5
+  for w in alice-own bob-own carol-own rogue-own bob-as-alice carol-as-alice rogue-as-alice \
+    bob-as-dave carol-as-dave rogue-as-dave alice-after; do
+    sink_count spoof "$w"
+    fact "spoof.arrived.$w" "$V"
+  done
+  pppgate_counters
+  fact spoof.unpoliced_from "${CNT[unpoliced_from]:-0}"
+  fact spoof.blocked_from "${CNT[blocked_from]:-0}"
+  fact spoof.restricted_from "${CNT[restricted_from]:-0}"
+  sink_stop spoof
+  snap spoof-after
+  ksnap spoof-after
+  rogue_down
+}
+
+cl_case spoof case_spoof
