@@ -346,10 +346,10 @@ fn ppp_interface_without_mapping_fails_and_a_connecting_one_warns() {
     run(&["ip", "tuntap", "add", "dev", "ppp5", "mode", "tun"]);
     run(&["ip", "addr", "add", "100.64.0.1", "peer", "100.64.0.50/32", "dev", "ppp5"]);
     run(&["ip", "link", "set", "ppp5", "up"]);
-    run(&["nft", "add", "element", "inet", "pppgate", "connect_pending_v4", "{ 100.64.0.50 }"]);
+    run(&["nft", "add", "element", "inet", "pppgate", "connect_pending_v4", "{ \"ppp5\" . 100.64.0.50 }"]);
     let c = w.expect(1, "unpoliced", "warn");
     assert!(finding(&c).contains("ppp5 100.64.0.50 (gated)"), "{c:#}");
-    run(&["nft", "delete", "element", "inet", "pppgate", "connect_pending_v4", "{ 100.64.0.50 }"]);
+    run(&["nft", "delete", "element", "inet", "pppgate", "connect_pending_v4", "{ \"ppp5\" . 100.64.0.50 }"]);
     let (code, v) = w.diag();
     let c = check(&v, "unpoliced");
     assert_eq!(c["status"], "fail", "{v:#}");
