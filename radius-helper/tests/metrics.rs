@@ -64,9 +64,10 @@ fn promtool(text: &str) {
 }
 
 /// VALID sessions whose address is in nft set `set`, read with nft(8).
+/// How many of `ips` are members of `set`; members are `iface . address` (layout 2).
 fn in_set(set: &str, ips: &[String]) -> f64 {
     let members = nft_set_elems(set);
-    ips.iter().filter(|ip| members.contains(ip)).count() as f64
+    ips.iter().filter(|ip| members.iter().any(|m| m.rsplit(" . ").next() == Some(ip.as_str()))).count() as f64
 }
 
 struct World {

@@ -254,10 +254,15 @@ fn policy_metrics(f: &mut Families, cfg: &Config) -> Result<()> {
         checked.iter().filter(|c| c.validity.is_valid()).map(|c| &c.mapping).collect();
     let mut nft = NftNetlink::new()?;
     let state = nft.read()?;
+    // nft membership is bound to the session's interface index (layout 2).
+    let links = crate::kernel::links::LinkSnapshot::read_addresses()?;
     let mut by_state: std::collections::BTreeMap<&str, u64> =
         ["full", "restricted", "blocked", "gated", "unpoliced"].iter().map(|s| (*s, 0)).collect();
     for m in &valid {
-        let sets = state.sets_of(m.client_ip);
+        let sets = links
+            .get(&m.ppp_if)
+            .map(|l| state.sets_of(crate::kernel::Member::new(l.index, m.client_ip)))
+            .unwrap_or_default();
         // The most restrictive set wins, as in the forward chain.
         let s = if sets.contains(&NftSet::Blocked) {
             "blocked"
