@@ -210,8 +210,7 @@ pub fn parse(json: &str) -> Result<Read> {
 }
 
 fn nft() -> Command {
-    let bin = ["/usr/sbin/nft", "/sbin/nft"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("nft");
-    Command::new(bin)
+    Command::new(crate::kernel::nft::find_nft())
 }
 
 /// Reads the table; `None` when it does not exist.
