@@ -430,257 +430,292 @@ impl Config {
     }
 
     /// Validates configuration text; `path` is used for messages and to resolve nothing else.
+    /// Each `[section]` is checked by its own function below; every problem of every section is
+    /// collected, so one run of `config check` names them all.
     pub fn from_toml(path: &Path, text: &str) -> Result<Config> {
         let fail = |problems: Vec<String>| Error::Config { path: path.into(), problems };
         let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![toml_problem(&e)]))?;
         let mut problems = Vec::new();
-
-        // [database]
-        let mut pg = match postgres::Config::from_str(&raw.database.dsn) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                problems.push(format!("database.dsn: not a valid PostgreSQL connection string ({e})"));
-                None
-            }
-        };
-        if let Some(c) = &pg {
-            if c.get_password().is_some() {
-                problems.push("database.dsn: contains a password; put it in the secrets file (db_password)".into());
-            }
-            if c.get_hosts().is_empty() {
-                problems.push("database.dsn: no host (use host=/var/run/postgresql for the local socket)".into());
-            }
-            if c.get_dbname().is_none() {
-                problems.push("database.dsn: no dbname".into());
-            }
+        let p = &mut problems;
+        let database = database_section(raw.database, p);
+        let nas = nas_section(raw.nas, p);
+        let paths = paths_section(raw.paths, p);
+        let policy = policy_section(raw.policy, p);
+        let connect = connect_section(raw.connect, p);
+        let accounting = accounting_section(raw.accounting, p);
+        let janitor = janitor_section(raw.janitor, p);
+        let metrics = metrics_section(raw.metrics, p);
+        let diag = diag_section(raw.diag, p);
+        let wireguard = raw.wireguard.map(|w| wireguard_section(w, p));
+        match (database, nas) {
+            (Some(database), Some(nas)) if problems.is_empty() => Ok(Config {
+                source: path.into(),
+                database,
+                nas,
+                paths,
+                policy,
+                connect,
+                accounting,
+                janitor,
+                metrics,
+                diag,
+                wireguard,
+            }),
+            _ => Err(fail(problems)),
         }
-        if let Some(secrets) = &raw.database.secrets_file {
-            match load_secrets(secrets) {
-                Ok(s) => {
-                    if let (Some(pw), Some(c)) = (s.db_password, pg.as_mut()) {
-                        c.password(pw);
-                    }
-                }
-                Err(p) => problems.push(p),
-            }
-        }
-        let connect_timeout = ms(raw.database.connect_timeout_ms, 2000);
-        let statement_timeout = ms(raw.database.statement_timeout_ms, 5000);
-        if connect_timeout.is_zero() || connect_timeout > Duration::from_secs(60) {
-            problems.push("database.connect_timeout_ms: must be between 1 and 60000".into());
-        }
-        if statement_timeout.is_zero() || statement_timeout > Duration::from_secs(600) {
-            problems.push("database.statement_timeout_ms: must be between 1 and 600000".into());
-        }
-
-        // [nas]
-        let identity = raw.nas.identity.trim().to_string();
-        if identity.is_empty()
-            || identity.len() > 64
-            || !identity.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            problems.push(format!("nas.identity: {:?} must be 1-64 characters of [A-Za-z0-9._-]", raw.nas.identity));
-        }
-        let nas_ip = match IpAddr::from_str(raw.nas.ip.trim()) {
-            Ok(IpAddr::V4(a)) if !a.is_unspecified() => Some(a),
-            _ => {
-                problems.push(format!("nas.ip: {:?} is not an IPv4 address", raw.nas.ip));
-                None
-            }
-        };
-
-        // [paths]
-        let d = Paths::default();
-        let p = raw.paths;
-        let paths = Paths {
-            sessions_dir: p.sessions_dir.unwrap_or(d.sessions_dir),
-            apply_lock: p.apply_lock.unwrap_or(d.apply_lock),
-            collector_lock: p.collector_lock.unwrap_or(d.collector_lock),
-            accounting_dir: p.accounting_dir.unwrap_or(d.accounting_dir),
-            audit_log: p.audit_log.unwrap_or(d.audit_log),
-            rt_tables: p.rt_tables.unwrap_or(d.rt_tables),
-            run_dir: p.run_dir.unwrap_or(d.run_dir),
-            state_dir: p.state_dir.unwrap_or(d.state_dir),
-        };
-        for (name, v) in [
-            ("paths.sessions_dir", &paths.sessions_dir),
-            ("paths.apply_lock", &paths.apply_lock),
-            ("paths.collector_lock", &paths.collector_lock),
-            ("paths.accounting_dir", &paths.accounting_dir),
-            ("paths.audit_log", &paths.audit_log),
-            ("paths.rt_tables", &paths.rt_tables),
-            ("paths.run_dir", &paths.run_dir),
-            ("paths.state_dir", &paths.state_dir),
-        ] {
-            if !v.is_absolute() {
-                problems.push(format!("{name}: {} is not an absolute path", v.display()));
-            }
-        }
-
-        // [policy]
-        let mut walled_garden = Vec::new();
-        for (i, g) in raw.policy.walled_garden.unwrap_or_default().iter().enumerate() {
-            match g.parse::<GardenEntry>() {
-                Ok(e) => walled_garden.push(e),
-                Err(e) => problems.push(format!("policy.walled_garden[{i}]: {e}")),
-            }
-        }
-        let mut client_pool = Vec::new();
-        for (i, n) in raw.policy.client_pool.unwrap_or_default().iter().enumerate() {
-            match parse_ipv4_net(n) {
-                Ok(net) => client_pool.push(net),
-                Err(e) => problems.push(format!("policy.client_pool[{i}]: {e}")),
-            }
-        }
-        let lock_ttl = Duration::from_secs(raw.policy.lock_ttl_s.unwrap_or(120));
-        if lock_ttl.is_zero() {
-            problems.push("policy.lock_ttl_s: must be positive".into());
-        }
-        let max_rate_kbit = raw.policy.max_rate_kbit.unwrap_or(10_000_000);
-        if max_rate_kbit == 0 || max_rate_kbit > 100_000_000 {
-            problems.push("policy.max_rate_kbit: must be between 1 and 100000000".into());
-        }
-
-        // [connect]
-        let apply_window_fallback =
-            Duration::from_secs(raw.connect.apply_window_fallback_s.unwrap_or(APPLY_WINDOW_FALLBACK.as_secs()));
-        if apply_window_fallback.is_zero() || apply_window_fallback > APPLY_WINDOW_CAP {
-            problems
-                .push(format!("connect.apply_window_fallback_s: must be between 1 and {}", APPLY_WINDOW_CAP.as_secs()));
-        }
-        let settings_timeout = ms(raw.connect.settings_timeout_ms, 200);
-        if settings_timeout.is_zero() || settings_timeout > Duration::from_secs(2) {
-            problems.push("connect.settings_timeout_ms: must be between 1 and 2000".into());
-        }
-
-        // [accounting]
-        let radacct = match raw.accounting.radacct.as_deref().unwrap_or("auto") {
-            "auto" => RadacctMode::Auto,
-            "radius" => RadacctMode::Radius,
-            "own" => RadacctMode::Own,
-            "off" => RadacctMode::Off,
-            other => {
-                problems.push(format!("accounting.radacct: {other:?} is not one of auto, radius, own, off"));
-                RadacctMode::Auto
-            }
-        };
-        let interim_interval = Duration::from_secs(raw.accounting.interim_interval_s.unwrap_or(300));
-        if interim_interval < Duration::from_secs(10) {
-            problems.push("accounting.interim_interval_s: must be at least 10".into());
-        }
-
-        // [janitor]
-        let heartbeat_multiple = raw.janitor.heartbeat_multiple.unwrap_or(3);
-        if !(2..=100).contains(&heartbeat_multiple) {
-            problems.push("janitor.heartbeat_multiple: must be between 2 and 100".into());
-        }
-        let terminate_cause = raw.janitor.terminate_cause.unwrap_or_else(|| "Lost-Carrier".into());
-        if terminate_cause.is_empty() || !terminate_cause.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            problems.push(format!("janitor.terminate_cause: {terminate_cause:?} is not a RADIUS cause name"));
-        }
-
-        // [metrics]
-        let textfile_dir = match raw.metrics.textfile_dir {
-            None => Some(PathBuf::from("/var/lib/prometheus/node-exporter")),
-            Some(p) if p.as_os_str().is_empty() => None,
-            Some(p) => {
-                if !p.is_absolute() {
-                    problems.push(format!("metrics.textfile_dir: {} is not an absolute path", p.display()));
-                }
-                Some(p)
-            }
-        };
-        let per_session_max = raw.metrics.per_session_max.unwrap_or(2000);
-        if per_session_max == 0 || per_session_max > 100_000 {
-            problems.push("metrics.per_session_max: must be between 1 and 100000".into());
-        }
-        let metrics =
-            MetricsConfig { textfile_dir, per_session: raw.metrics.per_session.unwrap_or(true), per_session_max };
-
-        // [diag]
-        let dd = DiagConfig::default();
-        let diag = DiagConfig {
-            pppd: raw.diag.pppd.unwrap_or(dd.pppd),
-            plugin_dir: raw.diag.plugin_dir,
-            xl2tpd_conf: raw.diag.xl2tpd_conf.unwrap_or(dd.xl2tpd_conf),
-            pppd_options: raw.diag.pppd_options.unwrap_or_default(),
-            freeradius_dir: raw.diag.freeradius_dir.unwrap_or(dd.freeradius_dir),
-            systemd: match raw.diag.systemd.as_deref().unwrap_or("auto") {
-                "auto" => SystemdMode::Auto,
-                "always" => SystemdMode::Always,
-                "never" => SystemdMode::Never,
-                other => {
-                    problems.push(format!("diag.systemd: {other:?} is not one of auto, always, never"));
-                    SystemdMode::Auto
-                }
-            },
-            systemctl: raw.diag.systemctl.unwrap_or(dd.systemctl),
-        };
-        let mut diag_paths: Vec<(String, &PathBuf)> = vec![
-            ("diag.pppd".into(), &diag.pppd),
-            ("diag.xl2tpd_conf".into(), &diag.xl2tpd_conf),
-            ("diag.freeradius_dir".into(), &diag.freeradius_dir),
-            ("diag.systemctl".into(), &diag.systemctl),
-        ];
-        if let Some(p) = &diag.plugin_dir {
-            diag_paths.push(("diag.plugin_dir".into(), p));
-        }
-        for (i, p) in diag.pppd_options.iter().enumerate() {
-            diag_paths.push((format!("diag.pppd_options[{i}]"), p));
-        }
-        for (name, v) in diag_paths {
-            if !v.is_absolute() {
-                problems.push(format!("{name}: {} is not an absolute path", v.display()));
-            }
-        }
-
-        // [wireguard]
-        let wireguard = raw.wireguard.map(|w| {
-            crate::wg::WgConfig::from_raw(
-                crate::wg::RawWgConfig {
-                    interface: w.interface,
-                    endpoint: w.endpoint,
-                    listen_port: w.listen_port,
-                    master_key_file: w.master_key_file,
-                    backend: w.backend,
-                    router_interface: w.router_interface,
-                    router_listen_port: w.router_listen_port,
-                    keepalive_s: w.keepalive_s,
-                    dns: w.dns,
-                    mtu: w.mtu,
-                    handshake_up_s: w.handshake_up_s,
-                    address_quarantine_s: w.address_quarantine_s,
-                    intra_tenant: w.intra_tenant,
-                    management_nets: w.management_nets,
-                    lock_file: w.lock_file,
-                },
-                &mut problems,
-            )
-        });
-
-        if !problems.is_empty() {
-            return Err(fail(problems));
-        }
-        Ok(Config {
-            source: path.into(),
-            database: DatabaseConfig {
-                pg: pg.expect("checked above"),
-                connect_timeout,
-                statement_timeout,
-                secrets_file: raw.database.secrets_file,
-                pooler: raw.database.pooler.unwrap_or(false),
-            },
-            nas: NasConfig { identity, ip: nas_ip.expect("checked above") },
-            paths,
-            policy: PolicyConfig { walled_garden, lock_ttl, max_rate_kbit, client_pool },
-            connect: ConnectConfig { apply_window_fallback, settings_timeout },
-            accounting: AccountingConfig { radacct, interim_interval },
-            janitor: JanitorConfig { heartbeat_multiple, terminate_cause },
-            metrics,
-            diag,
-            wireguard,
-        })
     }
+}
+
+/// `[database]`: the DSN (no password in it; the password comes from the secrets file) and the
+/// timeouts. `None` when the DSN cannot be used (the problem is recorded).
+fn database_section(raw: RawDatabase, problems: &mut Vec<String>) -> Option<DatabaseConfig> {
+    let mut pg = match postgres::Config::from_str(&raw.dsn) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems.push(format!("database.dsn: not a valid PostgreSQL connection string ({e})"));
+            None
+        }
+    };
+    if let Some(c) = &pg {
+        if c.get_password().is_some() {
+            problems.push("database.dsn: contains a password; put it in the secrets file (db_password)".into());
+        }
+        if c.get_hosts().is_empty() {
+            problems.push("database.dsn: no host (use host=/var/run/postgresql for the local socket)".into());
+        }
+        if c.get_dbname().is_none() {
+            problems.push("database.dsn: no dbname".into());
+        }
+    }
+    if let Some(secrets) = &raw.secrets_file {
+        match load_secrets(secrets) {
+            Ok(s) => {
+                if let (Some(pw), Some(c)) = (s.db_password, pg.as_mut()) {
+                    c.password(pw);
+                }
+            }
+            Err(p) => problems.push(p),
+        }
+    }
+    let connect_timeout = ms(raw.connect_timeout_ms, 2000);
+    let statement_timeout = ms(raw.statement_timeout_ms, 5000);
+    if connect_timeout.is_zero() || connect_timeout > Duration::from_secs(60) {
+        problems.push("database.connect_timeout_ms: must be between 1 and 60000".into());
+    }
+    if statement_timeout.is_zero() || statement_timeout > Duration::from_secs(600) {
+        problems.push("database.statement_timeout_ms: must be between 1 and 600000".into());
+    }
+    Some(DatabaseConfig {
+        pg: pg?,
+        connect_timeout,
+        statement_timeout,
+        secrets_file: raw.secrets_file,
+        pooler: raw.pooler.unwrap_or(false),
+    })
+}
+
+/// `[nas]`: this concentrator's identity (as FreeRADIUS's `nasname`/radacct know it) and address.
+fn nas_section(raw: RawNas, problems: &mut Vec<String>) -> Option<NasConfig> {
+    let identity = raw.identity.trim().to_string();
+    if identity.is_empty()
+        || identity.len() > 64
+        || !identity.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        problems.push(format!("nas.identity: {:?} must be 1-64 characters of [A-Za-z0-9._-]", raw.identity));
+    }
+    match IpAddr::from_str(raw.ip.trim()) {
+        Ok(IpAddr::V4(ip)) if !ip.is_unspecified() => Some(NasConfig { identity, ip }),
+        _ => {
+            problems.push(format!("nas.ip: {:?} is not an IPv4 address", raw.ip));
+            None
+        }
+    }
+}
+
+/// `[paths]`: every path pppgate writes or reads at run time; absolute, defaults per DESIGN.md.
+fn paths_section(p: RawPaths, problems: &mut Vec<String>) -> Paths {
+    let d = Paths::default();
+    let paths = Paths {
+        sessions_dir: p.sessions_dir.unwrap_or(d.sessions_dir),
+        apply_lock: p.apply_lock.unwrap_or(d.apply_lock),
+        collector_lock: p.collector_lock.unwrap_or(d.collector_lock),
+        accounting_dir: p.accounting_dir.unwrap_or(d.accounting_dir),
+        audit_log: p.audit_log.unwrap_or(d.audit_log),
+        rt_tables: p.rt_tables.unwrap_or(d.rt_tables),
+        run_dir: p.run_dir.unwrap_or(d.run_dir),
+        state_dir: p.state_dir.unwrap_or(d.state_dir),
+    };
+    for (name, v) in [
+        ("paths.sessions_dir", &paths.sessions_dir),
+        ("paths.apply_lock", &paths.apply_lock),
+        ("paths.collector_lock", &paths.collector_lock),
+        ("paths.accounting_dir", &paths.accounting_dir),
+        ("paths.audit_log", &paths.audit_log),
+        ("paths.rt_tables", &paths.rt_tables),
+        ("paths.run_dir", &paths.run_dir),
+        ("paths.state_dir", &paths.state_dir),
+    ] {
+        if !v.is_absolute() {
+            problems.push(format!("{name}: {} is not an absolute path", v.display()));
+        }
+    }
+    paths
+}
+
+/// `[policy]`: the walled garden, the client pool, the apply lock's TTL and the rate ceiling.
+fn policy_section(raw: RawPolicy, problems: &mut Vec<String>) -> PolicyConfig {
+    let mut walled_garden = Vec::new();
+    for (i, g) in raw.walled_garden.unwrap_or_default().iter().enumerate() {
+        match g.parse::<GardenEntry>() {
+            Ok(e) => walled_garden.push(e),
+            Err(e) => problems.push(format!("policy.walled_garden[{i}]: {e}")),
+        }
+    }
+    let mut client_pool = Vec::new();
+    for (i, n) in raw.client_pool.unwrap_or_default().iter().enumerate() {
+        match parse_ipv4_net(n) {
+            Ok(net) => client_pool.push(net),
+            Err(e) => problems.push(format!("policy.client_pool[{i}]: {e}")),
+        }
+    }
+    let lock_ttl = Duration::from_secs(raw.lock_ttl_s.unwrap_or(120));
+    if lock_ttl.is_zero() {
+        problems.push("policy.lock_ttl_s: must be positive".into());
+    }
+    let max_rate_kbit = raw.max_rate_kbit.unwrap_or(10_000_000);
+    if max_rate_kbit == 0 || max_rate_kbit > 100_000_000 {
+        problems.push("policy.max_rate_kbit: must be between 1 and 100000000".into());
+    }
+    PolicyConfig { walled_garden, lock_ttl, max_rate_kbit, client_pool }
+}
+
+/// `[connect]`: the plugin's apply window fallback (R112) and its settings read timeout.
+fn connect_section(raw: RawConnect, problems: &mut Vec<String>) -> ConnectConfig {
+    let apply_window_fallback =
+        Duration::from_secs(raw.apply_window_fallback_s.unwrap_or(APPLY_WINDOW_FALLBACK.as_secs()));
+    if apply_window_fallback.is_zero() || apply_window_fallback > APPLY_WINDOW_CAP {
+        problems.push(format!("connect.apply_window_fallback_s: must be between 1 and {}", APPLY_WINDOW_CAP.as_secs()));
+    }
+    let settings_timeout = ms(raw.settings_timeout_ms, 200);
+    if settings_timeout.is_zero() || settings_timeout > Duration::from_secs(2) {
+        problems.push("connect.settings_timeout_ms: must be between 1 and 2000".into());
+    }
+    ConnectConfig { apply_window_fallback, settings_timeout }
+}
+
+/// `[accounting]`: who writes radacct and the interim interval.
+fn accounting_section(raw: RawAccounting, problems: &mut Vec<String>) -> AccountingConfig {
+    let radacct = match raw.radacct.as_deref().unwrap_or("auto") {
+        "auto" => RadacctMode::Auto,
+        "radius" => RadacctMode::Radius,
+        "own" => RadacctMode::Own,
+        "off" => RadacctMode::Off,
+        other => {
+            problems.push(format!("accounting.radacct: {other:?} is not one of auto, radius, own, off"));
+            RadacctMode::Auto
+        }
+    };
+    let interim_interval = Duration::from_secs(raw.interim_interval_s.unwrap_or(300));
+    if interim_interval < Duration::from_secs(10) {
+        problems.push("accounting.interim_interval_s: must be at least 10".into());
+    }
+    AccountingConfig { radacct, interim_interval }
+}
+
+/// `[janitor]`: when an open radacct row counts as stale, and the cause it is closed with.
+fn janitor_section(raw: RawJanitor, problems: &mut Vec<String>) -> JanitorConfig {
+    let heartbeat_multiple = raw.heartbeat_multiple.unwrap_or(3);
+    if !(2..=100).contains(&heartbeat_multiple) {
+        problems.push("janitor.heartbeat_multiple: must be between 2 and 100".into());
+    }
+    let terminate_cause = raw.terminate_cause.unwrap_or_else(|| "Lost-Carrier".into());
+    if terminate_cause.is_empty() || !terminate_cause.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        problems.push(format!("janitor.terminate_cause: {terminate_cause:?} is not a RADIUS cause name"));
+    }
+    JanitorConfig { heartbeat_multiple, terminate_cause }
+}
+
+/// `[metrics]`: the node_exporter textfile directory (empty: none) and the per-session series.
+fn metrics_section(raw: RawMetrics, problems: &mut Vec<String>) -> MetricsConfig {
+    let textfile_dir = match raw.textfile_dir {
+        None => Some(PathBuf::from("/var/lib/prometheus/node-exporter")),
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => {
+            if !p.is_absolute() {
+                problems.push(format!("metrics.textfile_dir: {} is not an absolute path", p.display()));
+            }
+            Some(p)
+        }
+    };
+    let per_session_max = raw.per_session_max.unwrap_or(2000);
+    if per_session_max == 0 || per_session_max > 100_000 {
+        problems.push("metrics.per_session_max: must be between 1 and 100000".into());
+    }
+    MetricsConfig { textfile_dir, per_session: raw.per_session.unwrap_or(true), per_session_max }
+}
+
+/// `[diag]`: where `pppgate diag` looks for pppd, its options, xl2tpd, FreeRADIUS and systemd.
+fn diag_section(raw: RawDiag, problems: &mut Vec<String>) -> DiagConfig {
+    let dd = DiagConfig::default();
+    let diag = DiagConfig {
+        pppd: raw.pppd.unwrap_or(dd.pppd),
+        plugin_dir: raw.plugin_dir,
+        xl2tpd_conf: raw.xl2tpd_conf.unwrap_or(dd.xl2tpd_conf),
+        pppd_options: raw.pppd_options.unwrap_or_default(),
+        freeradius_dir: raw.freeradius_dir.unwrap_or(dd.freeradius_dir),
+        systemd: match raw.systemd.as_deref().unwrap_or("auto") {
+            "auto" => SystemdMode::Auto,
+            "always" => SystemdMode::Always,
+            "never" => SystemdMode::Never,
+            other => {
+                problems.push(format!("diag.systemd: {other:?} is not one of auto, always, never"));
+                SystemdMode::Auto
+            }
+        },
+        systemctl: raw.systemctl.unwrap_or(dd.systemctl),
+    };
+    let mut diag_paths: Vec<(String, &PathBuf)> = vec![
+        ("diag.pppd".into(), &diag.pppd),
+        ("diag.xl2tpd_conf".into(), &diag.xl2tpd_conf),
+        ("diag.freeradius_dir".into(), &diag.freeradius_dir),
+        ("diag.systemctl".into(), &diag.systemctl),
+    ];
+    if let Some(p) = &diag.plugin_dir {
+        diag_paths.push(("diag.plugin_dir".into(), p));
+    }
+    for (i, p) in diag.pppd_options.iter().enumerate() {
+        diag_paths.push((format!("diag.pppd_options[{i}]"), p));
+    }
+    for (name, v) in diag_paths {
+        if !v.is_absolute() {
+            problems.push(format!("{name}: {} is not an absolute path", v.display()));
+        }
+    }
+    diag
+}
+
+/// `[wireguard]`: checked by the WireGuard module, which owns its meaning ([`crate::wg::WgConfig`]).
+fn wireguard_section(w: RawWireguard, problems: &mut Vec<String>) -> crate::wg::WgConfig {
+    crate::wg::WgConfig::from_raw(
+        crate::wg::RawWgConfig {
+            interface: w.interface,
+            endpoint: w.endpoint,
+            listen_port: w.listen_port,
+            master_key_file: w.master_key_file,
+            backend: w.backend,
+            router_interface: w.router_interface,
+            router_listen_port: w.router_listen_port,
+            keepalive_s: w.keepalive_s,
+            dns: w.dns,
+            mtu: w.mtu,
+            handshake_up_s: w.handshake_up_s,
+            address_quarantine_s: w.address_quarantine_s,
+            intra_tenant: w.intra_tenant,
+            management_nets: w.management_nets,
+            lock_file: w.lock_file,
+        },
+        problems,
+    )
 }
 
 fn toml_problem(e: &toml::de::Error) -> String {
