@@ -6,6 +6,11 @@
 //! far side — handshakes, `wg status --json` against `wg show dump`, out-of-band repair, the ping
 //! matrix.
 //!
+//! Then policy routing over the tunnel, R907 (scenario case `seed003`): a real L2TP session (xl2tpd + pppd
+//! with pppgate.so) policy-routed by `pppgate pbr add … --dev wg0` into the kernel WireGuard
+//! server, to a router namespace loaded from the generated wg-quick config that NATs it to the
+//! internet namespace; TCP both ways (iperf3) counted at the far side.
+//!
 //! Needs the wg_host test binary of this build: `cargo test --release --workspace` builds it
 //! first; alone: `cargo test --release -p pppgate --test wg_host --no-run` before
 //! `cargo test --release --test lab_wireguard`.
@@ -63,4 +68,34 @@ fn kernel_wireguard_server_routers_and_isolation() {
     eprintln!("{isolation}");
     assert!(isolation.contains("cross tenant, router 1 -> router 3: 0 of 3"), "{isolation}");
     assert!(isolation.contains("same tenant, router 1 -> router 2: 3 of 3"), "{isolation}");
+
+    // R907, policy routing over the tunnel: a real L2TP session policy-routed into wg0, NATed by the router.
+    assert_eq!(
+        f.expect("seed003.status"),
+        "ok",
+        "the seed 003 case failed; see {}",
+        run.path("cases/seed003.log").display()
+    );
+    let route = f.expect("seed003.route_get");
+    eprintln!(
+        "seed 003: client {} via router {}: {route}",
+        f.expect("seed003.client_ip"),
+        f.expect("seed003.router_address")
+    );
+    assert!(
+        route.contains("dev wg0") && route.contains("table 100") && route.contains(f.expect("seed003.router_address")),
+        "the client's traffic is routed to the router through wg0 by table 100: {route}"
+    );
+    let (up, down) = (f.expect_i64("seed003.up_bytes"), f.expect_i64("seed003.down_bytes"));
+    let (via, not_via) = (f.expect_i64("seed003.via_router_bytes"), f.expect_i64("seed003.not_via_router_pkts"));
+    let (wg_rx, wg_tx) = (f.expect_i64("seed003.wg_rx"), f.expect_i64("seed003.wg_tx"));
+    eprintln!(
+        "seed 003: TCP up {up} B, down {down} B; at inet from the router's WAN {via} B, from elsewhere {not_via} packets; wg0 rx {wg_rx} B tx {wg_tx} B"
+    );
+    const MB4: i64 = 4 * 1024 * 1024;
+    assert!(up >= MB4 && down >= MB4, "both 4 MB transfers completed: up {up} B, down {down} B");
+    assert!(via > MB4, "the upload reached the internet from the router's WAN address (NAT): {via} B");
+    assert_eq!(not_via, 0, "nothing reached the internet with another source (no bypass of the router)");
+    assert!(wg_rx > MB4 && wg_tx > MB4, "both directions went through the tunnel: rx {wg_rx} tx {wg_tx}");
+    assert_eq!(f.expect("seed003.full_member"), "yes", "the session stayed policed (its FULL member)");
 }

@@ -239,3 +239,36 @@ fn stats_set_status_from_handshake_age() {
     assert_eq!(wg::router(&mut c, 2).unwrap().unwrap().status, "down");
     assert_eq!(wg::router(&mut c, 3).unwrap().unwrap().status, "pending");
 }
+
+/// WireGuard maps a network to one peer of an interface: a network routed to one router of a
+/// server is refused for another (65), whatever the tenant; a different prefix is fine.
+#[test]
+fn a_routed_network_belongs_to_one_router_per_server() {
+    let pg = PgServer::new();
+    let mut c = pg.client();
+    let mk = mk();
+    let sid = server(&mut c, &mk);
+    let default: ipnet::Ipv4Net = "0.0.0.0/0".parse().unwrap();
+    let lan: ipnet::Ipv4Net = "192.168.50.0/24".parse().unwrap();
+    let mut a = new_router(&mk, sid, 1, 1);
+    a.routed_networks = vec![default, lan];
+    created(wg::add_router(&mut c, &a).unwrap());
+    for (tenant, router, net) in [(1, 2, default), (2, 3, default), (2, 4, lan)] {
+        let mut b = new_router(&mk, sid, tenant, router);
+        b.routed_networks = vec![net];
+        let e = wg::add_router(&mut c, &b).unwrap_err();
+        assert_eq!(e.exit_code(), ExitCode::DataErr, "{e}");
+        assert!(e.to_string().contains("already routed to router 1"), "{e}");
+    }
+    let n: i64 = c.query_one("SELECT count(*) FROM wg_routers", &[]).unwrap().get(0);
+    assert_eq!(n, 1, "nothing written for the refused routers");
+    // A more specific network is another prefix: WireGuard's longest match keeps both.
+    let mut d = new_router(&mk, sid, 2, 5);
+    d.routed_networks = vec!["192.168.50.128/25".parse().unwrap()];
+    created(wg::add_router(&mut c, &d).unwrap());
+    // Deleted, the network is free again.
+    wg::delete_router(&mut c, 1).unwrap();
+    let mut e = new_router(&mk, sid, 2, 6);
+    e.routed_networks = vec![default];
+    created(wg::add_router(&mut c, &e).unwrap());
+}

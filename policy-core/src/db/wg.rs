@@ -20,6 +20,9 @@ use crate::wg::seal::Sealed;
 const LOCK_NS: i32 = 0x7067_7767;
 /// Second key for tenant-subnet allocation; per-tenant address locks use the octet (100..254).
 const LOCK_TENANTS: i32 = 0;
+/// Advisory-lock namespace of routed networks per server interface ("pgwr"; second key: the
+/// server id).
+const LOCK_NS_ROUTES: i32 = 0x7067_7772;
 
 fn sql(e: postgres::Error) -> Error {
     Error::from_sql(e)
@@ -463,6 +466,30 @@ pub fn add_router(client: &mut Client, r: &NewRouter) -> Result<Added> {
     };
     let address = addr::address(octet, index).to_string();
     let routed: Vec<String> = r.routed_networks.iter().map(|n| n.to_string()).collect();
+    if !routed.is_empty() {
+        // WireGuard maps a network to exactly one peer of an interface: a network another router
+        // of this server already routes would silently move to the new peer, and reconcile would
+        // never converge. Serialized per server interface (after the tenant's lock, in the same
+        // order everywhere).
+        tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS_ROUTES, &((r.server_id & 0x7fff_ffff) as i32)])
+            .map_err(sql)?;
+        if let Some(row) = tx
+            .query_opt(
+                "SELECT r.router_id, n::text FROM wg_routers r, unnest(r.routed_networks) n
+                  WHERE r.server_id = $1 AND n = ANY($2::text[]::cidr[])
+                  ORDER BY r.router_id LIMIT 1",
+                &[&r.server_id, &routed],
+            )
+            .map_err(sql)?
+        {
+            let (other, net): (i64, String) = (row.get(0), row.get(1));
+            return Err(Error::invalid(
+                "route",
+                net,
+                format!("is already routed to router {other} on this server interface (WireGuard maps a network to one peer)"),
+            ));
+        }
+    }
     let allowed: Vec<String> = r.extra_allowed.iter().map(|n| n.to_string()).collect();
     let dns: Vec<String> = r.dns.iter().map(|n| n.to_string()).collect();
     tx.execute(

@@ -29,3 +29,149 @@ fact wg.tests_passed "$(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed.*/
 fact wg.tests_failed "$(sed -n 's/.* \([0-9]*\) failed.*/\1/p' <<< "$summary")"
 grep -E '^  [a-z].*: [0-9]+ of 3$' "$LAB_OUT/cases/wg_host.log" | sed 's/^  //' > "$LAB_OUT/isolation.txt" || true
 tail -n 40 "$LAB_OUT/cases/wg_host.log"
+
+# ---------------------------------------------------------------------------------------------
+# Seed 003 over the tunnel: a real L2TP session's traffic is policy-routed (`pppgate pbr add …
+# --dev wg0`) into the concentrator's kernel WireGuard interface to a tenant's router (a
+# namespace with a kernel WireGuard interface loaded from `wg router config --format wg-quick`),
+# which NATs it out of its own WAN to the internet namespace; replies come back the same way.
+# Proven with TCP transfers (iperf3, both directions) counted at the far side: the internet sees
+# the router's WAN address only, never the client's.
+#
+#   cli (LAC) --L2TP--> srv (LNS, pppgate, wg0 10.100.0.1/16) --wg over v-wg/v-rtr--> rtr
+#   rtr: wgr (tenant address), NAT out of v-wan 198.18.7.2 --> inet 198.18.7.1 (iperf3 server)
+RTR_UNDERLAY_SRV=172.31.9.1
+RTR_UNDERLAY_RTR=172.31.9.2
+RTR_WAN=198.18.7.2
+INET_WAN=198.18.7.1
+
+pg_srv() { ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" "$@"; }
+
+json_get() { perl -MJSON::PP -e 'local $/; my $j = decode_json(<STDIN>); my $v = $j; $v = $v->{$_} for @ARGV; print "$v\n"' "$@"; }
+
+seed003() {
+  local alice addr conf bytes ip lns_if lac_if
+  pg_start
+  pppgate_configure
+  cat >> "$PPPGATE_CONF" <<EOC
+
+[wireguard]
+interface = "wg0"
+endpoint = "$RTR_UNDERLAY_SRV:51820"
+backend = "kernel"
+master_key_file = "/etc/pppgate/wg-master.key"
+EOC
+  "$LAB_PPPGATE" -c "$PPPGATE_CONF" config check > /dev/null || die "config check failed with [wireguard]"
+  pppgate_migrate
+  net_setup
+  ip -batch - <<EOB || die "cannot create the router namespace"
+netns add rtr
+link add v-wg netns srv type veth peer name v-rtr netns rtr
+link add v-wan netns rtr type veth peer name v-inet2 netns inet
+EOB
+  ip -n srv -batch - <<EOB || die "cannot configure srv's underlay to the router"
+addr add $RTR_UNDERLAY_SRV/24 dev v-wg
+link set v-wg up
+EOB
+  ip -n rtr -batch - <<EOB || die "cannot configure rtr"
+link set lo up
+addr add $RTR_UNDERLAY_RTR/24 dev v-rtr
+link set v-rtr up
+addr add $RTR_WAN/24 dev v-wan
+link set v-wan up
+route add default via $INET_WAN
+EOB
+  ip -n inet -batch - <<EOB || die "cannot configure inet's side of the router WAN"
+addr add $INET_WAN/24 dev v-inet2
+link set v-inet2 up
+EOB
+  ip netns exec rtr sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec rtr nft -f - <<'EON' || die "cannot load the router's NAT"
+table ip rtrnat {
+  chain post { type nat hook postrouting priority srcnat; policy accept; oifname "v-wan" masquerade; }
+}
+EON
+  # What reaches iperf3's port in inet, by source: the router's WAN address or anything else.
+  ip netns exec inet nft -f - <<'EON' || die "cannot load inet's counters"
+table ip seen {
+  counter via_router {}
+  counter not_via_router {}
+  chain in {
+    type filter hook input priority 0; policy accept;
+    tcp dport 5201 ip saddr 198.18.7.2 counter name via_router
+    tcp dport 5201 ip saddr != 198.18.7.2 counter name not_via_router
+  }
+}
+EON
+
+  # The concentrator's side: master key, server keys, tenant 1's router 1. Its server-side
+  # AllowedIPs take 0.0.0.0/0 (--route: replies from the internet come back from it), the router
+  # side allows the PPP pool (--allow: the router sends the un-NATed replies into the tunnel).
+  pg_srv wg init > /dev/null
+  pg_srv --json wg router add --tenant 1 --router 1 --name site-a --route 0.0.0.0/0 \
+    --allow 198.51.100.0/24 --keepalive 0 > "$LAB_TMP/wg-router.json"
+  addr=$(json_get router address < "$LAB_TMP/wg-router.json")
+  fact seed003.router_address "$addr"
+  pg_srv --json wg reconcile > "$LAB_OUT/cases/seed003-reconcile.json" || die "wg reconcile failed"
+
+  # The router, from the generated wg-quick configuration (wg-quick strip + wg setconf).
+  pg_srv wg router config 1 --format wg-quick > "$LAB_TMP/wgr.conf"
+  wg-quick strip "$LAB_TMP/wgr.conf" > "$LAB_TMP/wgr.stripped"
+  ip -n rtr link add wgr type wireguard
+  ip netns exec rtr wg setconf wgr "$LAB_TMP/wgr.stripped"
+  conf=$(sed -n 's/^Address = //p' "$LAB_TMP/wgr.conf")
+  ip -n rtr addr add "$conf" dev wgr
+  ip -n rtr link set wgr up
+  ip -n rtr route add 198.51.100.0/24 dev wgr
+  # The router calls home (it is behind NAT; the concentrator never initiates).
+  ip netns exec rtr ping -c 2 -W 2 10.100.0.1 > /dev/null || die "the router cannot reach its gateway through the tunnel"
+
+  # Seed 003's policy routing, as pppgate policy of alice's connection: her traffic uses table
+  # 100, whose default route goes to the router through wg0.
+  alice=$(pg_srv connection add --login alice --status CLAIMED)
+  pg_srv pbr add ktn --connection-id "$alice" --table 100 --via "$addr" --dev wg0 --priority 1000 > /dev/null
+  lns_user alice pw-alice
+  lns_start
+  client_add a alice pw-alice
+  client_connect a
+  client_wait_up a
+  ip=$(client_get a client_ip)
+  lns_if=$(client_get a lns_if)
+  lac_if=$(client_get a lac_if)
+  fact seed003.client_ip "$ip"
+  ip -n srv route get 203.0.113.2 from "$ip" iif "$lns_if" > "$LAB_OUT/cases/seed003-route-get.txt"
+  fact seed003.route_get "$(tr -s ' \n' ' ' < "$LAB_OUT/cases/seed003-route-get.txt")"
+  ip -n srv rule show > "$LAB_OUT/cases/seed003-rules.txt"
+  ip -n srv route show table 100 > "$LAB_OUT/cases/seed003-table100.txt"
+  ip -n cli route replace 203.0.113.0/24 dev "$lac_if"
+
+  # TCP both ways: upload (client -> inet) and download (-R: inet -> client), 4 MB each.
+  ip netns exec inet iperf3 -s -D -p 5201 -I "$LAB_TMP/iperf3-inet.pid" --logfile "$LAB_TMP/iperf3-inet.log"
+  wait_for 10 "iperf3 in inet" test -s "$LAB_TMP/iperf3-inet.pid"
+  nap 0.5
+  ip netns exec cli iperf3 -c 203.0.113.2 -p 5201 -n 4M -J > "$LAB_OUT/cases/seed003-up.json" ||
+    die "iperf3 upload through the router failed: $(grep -m1 '"error"' "$LAB_OUT/cases/seed003-up.json")"
+  bytes=$(json_get end sum_received bytes < "$LAB_OUT/cases/seed003-up.json")
+  fact seed003.up_bytes "$bytes"
+  ip netns exec cli iperf3 -c 203.0.113.2 -p 5201 -n 4M -R -J > "$LAB_OUT/cases/seed003-down.json" ||
+    die "iperf3 download through the router failed: $(grep -m1 '"error"' "$LAB_OUT/cases/seed003-down.json")"
+  bytes=$(json_get end sum_received bytes < "$LAB_OUT/cases/seed003-down.json")
+  fact seed003.down_bytes "$bytes"
+  kill "$(cat "$LAB_TMP/iperf3-inet.pid")" 2> /dev/null || true
+
+  ip netns exec inet nft -j list counter ip seen via_router > "$LAB_TMP/c1.json"
+  fact seed003.via_router_bytes "$(perl -MJSON::PP -e 'local $/; my $j = decode_json(<STDIN>); for (@{$j->{nftables}}) { print $_->{counter}{bytes}, "\n" if $_->{counter} }' < "$LAB_TMP/c1.json")"
+  ip netns exec inet nft -j list counter ip seen not_via_router > "$LAB_TMP/c2.json"
+  fact seed003.not_via_router_pkts "$(perl -MJSON::PP -e 'local $/; my $j = decode_json(<STDIN>); for (@{$j->{nftables}}) { print $_->{counter}{packets}, "\n" if $_->{counter} }' < "$LAB_TMP/c2.json")"
+  # The concentrator's view of the router peer, and the router's NAT (conntrack needs no tool:
+  # the masquerade's effect is what inet counted).
+  ip netns exec srv wg show wg0 transfer > "$LAB_OUT/cases/seed003-wg-transfer.txt"
+  fact seed003.wg_rx "$(awk '{ s += $2 } END { print s + 0 }' "$LAB_OUT/cases/seed003-wg-transfer.txt")"
+  fact seed003.wg_tx "$(awk '{ s += $3 } END { print s + 0 }' "$LAB_OUT/cases/seed003-wg-transfer.txt")"
+  # The session stayed policed FULL throughout: its member is in the FULL set.
+  if nft_member full_v4 "$ip" "$lns_if"; then fact seed003.full_member yes; else fact seed003.full_member no; fi
+  client_disconnect a
+  client_wait_down a
+}
+
+run_case seed003 seed003
