@@ -429,15 +429,27 @@ impl Config {
         Self::from_toml(path, &text)
     }
 
-    /// Validates configuration text; `path` is used for messages and to resolve nothing else.
-    /// Each `[section]` is checked by its own function below; every problem of every section is
-    /// collected, so one run of `config check` names them all.
+    /// Validates configuration text; `path` is used for messages. The secrets file it names is
+    /// read from disk (under the trust rule). Each `[section]` is checked by its own function
+    /// below; every problem of every section is collected, so one run of `config check` names
+    /// them all.
     pub fn from_toml(path: &Path, text: &str) -> Result<Config> {
+        Self::from_toml_with(path, text, &load_secrets)
+    }
+
+    /// [`Config::from_toml`] with the secrets file read by `secrets` (path → db_password), so the
+    /// `config` fuzz target and its corpus replay run the whole validation without touching the
+    /// disk; they pass [`parse_secrets`] over text of their own.
+    pub fn from_toml_with(
+        path: &Path,
+        text: &str,
+        secrets: &dyn Fn(&Path) -> std::result::Result<Option<String>, String>,
+    ) -> Result<Config> {
         let fail = |problems: Vec<String>| Error::Config { path: path.into(), problems };
         let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![toml_problem(&e)]))?;
         let mut problems = Vec::new();
         let p = &mut problems;
-        let database = database_section(raw.database, p);
+        let database = database_section(raw.database, secrets, p);
         let nas = nas_section(raw.nas, p);
         let paths = paths_section(raw.paths, p);
         let policy = policy_section(raw.policy, p);
@@ -468,7 +480,11 @@ impl Config {
 
 /// `[database]`: the DSN (no password in it; the password comes from the secrets file) and the
 /// timeouts. `None` when the DSN cannot be used (the problem is recorded).
-fn database_section(raw: RawDatabase, problems: &mut Vec<String>) -> Option<DatabaseConfig> {
+fn database_section(
+    raw: RawDatabase,
+    secrets: &dyn Fn(&Path) -> std::result::Result<Option<String>, String>,
+    problems: &mut Vec<String>,
+) -> Option<DatabaseConfig> {
     let mut pg = match postgres::Config::from_str(&raw.dsn) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -487,10 +503,10 @@ fn database_section(raw: RawDatabase, problems: &mut Vec<String>) -> Option<Data
             problems.push("database.dsn: no dbname".into());
         }
     }
-    if let Some(secrets) = &raw.secrets_file {
-        match load_secrets(secrets) {
-            Ok(s) => {
-                if let (Some(pw), Some(c)) = (s.db_password, pg.as_mut()) {
+    if let Some(secrets_path) = &raw.secrets_file {
+        match secrets(secrets_path) {
+            Ok(pw) => {
+                if let (Some(pw), Some(c)) = (pw, pg.as_mut()) {
                     c.password(pw);
                 }
             }
@@ -727,17 +743,20 @@ fn toml_problem(e: &toml::de::Error) -> String {
     }
 }
 
-/// The secrets file: TOML, owned by root (or the current user) and not readable by group/others.
-struct Secrets {
-    db_password: Option<String>,
-}
-
-fn load_secrets(path: &Path) -> std::result::Result<Secrets, String> {
+/// Reads the secrets file (TOML, owned by root or the current user, not readable by
+/// group/others) and returns its db_password.
+fn load_secrets(path: &Path) -> std::result::Result<Option<String>, String> {
     let text = trust::read_trusted_to_string(path, Sensitivity::Secret)
         .map_err(|e| format!("database.secrets_file: {}", file_problem(path, &e)))?;
-    let raw: RawSecrets = toml::from_str(&text)
-        .map_err(|e| format!("database.secrets_file: {}: {}", path.display(), toml_problem(&e)))?;
-    Ok(Secrets { db_password: raw.db_password })
+    parse_secrets(path, &text)
+}
+
+/// Parses the secrets file's text (`db_password = "..."`, unknown keys refused); `path` is for
+/// the message.
+pub fn parse_secrets(path: &Path, text: &str) -> std::result::Result<Option<String>, String> {
+    let raw: RawSecrets =
+        toml::from_str(text).map_err(|e| format!("database.secrets_file: {}: {}", path.display(), toml_problem(&e)))?;
+    Ok(raw.db_password)
 }
 
 /// One line for a file that could not be read or is not trusted.

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod db;
 pub mod diag;
 pub mod error;
+pub mod fuzz;
 pub mod hardcut;
 pub mod ids;
 pub mod input;

@@ -175,12 +175,17 @@ impl Mapping {
         })
     }
 
+    /// Parses a mapping file's bytes as [`Mapping::read`] does (UTF-8, then [`Mapping::parse`]);
+    /// the entry point of the `mapping` fuzz target.
+    pub fn parse_bytes(bytes: &[u8]) -> std::result::Result<Mapping, MappingError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| MappingError::NotUtf8)?;
+        Mapping::parse(text)
+    }
+
     /// Reads and parses one mapping file; the file name must match PPP_IF.
     pub fn read(path: &Path) -> Result<Mapping> {
         let bytes = fs::read(path).map_err(|source| Error::Read { path: path.into(), source })?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Error::Mapping { path: path.into(), reason: MappingError::NotUtf8 })?;
-        let m = Mapping::parse(&text).map_err(|reason| Error::Mapping { path: path.into(), reason })?;
+        let m = Mapping::parse_bytes(&bytes).map_err(|reason| Error::Mapping { path: path.into(), reason })?;
         let expected = Mapping::file_name(&m.ppp_if);
         if path.file_name().and_then(|n| n.to_str()) != Some(expected.as_str()) {
             return Err(Error::Mapping { path: path.into(), reason: MappingError::NameMismatch(m.ppp_if) });

@@ -44,7 +44,7 @@ fn every_verb_has_a_man_page_section() {
 #[test]
 fn readme_commands_exist() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    for s in ["scripts/lab-demo.sh", "scripts/test-all.sh"] {
+    for s in ["scripts/lab-demo.sh", "scripts/test-all.sh", "scripts/fuzz.sh"] {
         assert!(readme.contains(s), "README does not name {s}");
         assert!(repo().join(s).exists(), "{s} does not exist");
     }

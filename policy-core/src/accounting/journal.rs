@@ -280,6 +280,14 @@ impl Journal {
         let mut appended = None;
         if !entries.is_empty() {
             let seq = self.state.next_seq;
+            if seq == u64::MAX {
+                // Only a damaged or forged record numbers this high; writing under this name
+                // again would replace a record instead of adding one.
+                return Err(Error::Spool {
+                    path: self.dir.spool.join(super::spool::batch_file_name(seq)),
+                    reason: "journal sequence numbers are exhausted; move the record aside".into(),
+                });
+            }
             let batch = Batch {
                 seq,
                 batch_id: self.state.batch_id(&cfg.nas.identity, seq),

@@ -124,6 +124,32 @@ fn parse_batch_name(name: &str) -> Option<u64> {
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
 }
 
+/// Decodes one journal record as [`AcctDir::scan`] reads it: `seq` is the number its file name
+/// carries, and a record holding another sequence is refused (a copy under another name must not
+/// be replayed twice). The entry point of the `accounting_spool` fuzz target.
+pub fn decode_record(seq: u64, bytes: &[u8]) -> std::result::Result<Batch, DecodeError> {
+    let b = decode_json::<Batch>(BATCH_MAGIC, BATCH_VERSION, bytes)?;
+    if b.seq != seq {
+        return Err(DecodeError::Body(format!("holds sequence {} under the name of {seq}", b.seq)));
+    }
+    Ok(b)
+}
+
+/// A journal record's bytes, as [`AcctDir::append`] writes them.
+pub fn encode_record(batch: &Batch) -> Vec<u8> {
+    encode_json(BATCH_MAGIC, BATCH_VERSION, batch)
+}
+
+/// Decodes a final marker as [`AcctDir::scan_markers`] reads it.
+pub fn decode_marker(bytes: &[u8]) -> std::result::Result<FinalMarker, DecodeError> {
+    decode_json::<FinalMarker>(MARKER_MAGIC, MARKER_VERSION, bytes)
+}
+
+/// A final marker's bytes, as [`AcctDir::write_marker`] writes them.
+pub fn encode_marker(m: &FinalMarker) -> Vec<u8> {
+    encode_json(MARKER_MAGIC, MARKER_VERSION, m)
+}
+
 pub fn marker_file_name(pid: u32, start_ts: i64, ppp_if: &str) -> String {
     format!("{pid}-{start_ts}-{ppp_if}.final")
 }
@@ -145,7 +171,7 @@ impl AcctDir {
 
     /// Appends a batch to the journal (durable when this returns).
     pub fn append(&self, batch: &Batch) -> Result<PathBuf> {
-        write_durable(&self.spool, &batch_file_name(batch.seq), &encode_json(BATCH_MAGIC, BATCH_VERSION, batch))
+        write_durable(&self.spool, &batch_file_name(batch.seq), &encode_record(batch))
     }
 
     /// Reads every journal record. A record from a newer pppgate fails the whole scan (exit 65)
@@ -178,12 +204,8 @@ impl AcctDir {
         found.sort();
         for (seq, path) in found {
             let bytes = fs::read(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
-            match decode_json::<Batch>(BATCH_MAGIC, BATCH_VERSION, &bytes) {
-                Ok(b) if b.seq == seq => scan.records.push((path, b)),
-                Ok(b) => scan.unreadable.push(Unreadable {
-                    path,
-                    error: DecodeError::Body(format!("holds sequence {} under the name of {seq}", b.seq)),
-                }),
+            match decode_record(seq, &bytes) {
+                Ok(b) => scan.records.push((path, b)),
                 Err(DecodeError::NewerVersion { found, known }) => {
                     return Err(Error::Spool {
                         path,
@@ -231,11 +253,7 @@ impl AcctDir {
     /// Writes a final marker (ip-down; safe without the lock).
     pub fn write_marker(&self, m: &FinalMarker) -> Result<PathBuf> {
         let s = &m.session;
-        write_durable(
-            &self.finals,
-            &marker_file_name(s.pppd_pid, s.start_ts, &s.ppp_if),
-            &encode_json(MARKER_MAGIC, MARKER_VERSION, m),
-        )
+        write_durable(&self.finals, &marker_file_name(s.pppd_pid, s.start_ts, &s.ppp_if), &encode_marker(m))
     }
 
     /// Reads the final markers. Newer-version markers fail the scan like spool records do.
@@ -265,7 +283,7 @@ impl AcctDir {
         paths.sort();
         for path in paths {
             let bytes = fs::read(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
-            match decode_json::<FinalMarker>(MARKER_MAGIC, MARKER_VERSION, &bytes) {
+            match decode_marker(&bytes) {
                 Ok(m) => ok.push((path, m)),
                 Err(DecodeError::NewerVersion { found, known }) => {
                     return Err(Error::Spool {

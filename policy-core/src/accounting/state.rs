@@ -158,19 +158,19 @@ impl State {
             }
         }
         self.applied_seq = batch.seq;
-        self.next_seq = self.next_seq.max(batch.seq + 1);
+        self.next_seq = self.next_seq.max(batch.seq.saturating_add(1));
         true
     }
 
     /// Makes sure new records are numbered after `seq` (journal files seen on disk).
     pub fn reserve_past(&mut self, seq: u64) {
-        self.next_seq = self.next_seq.max(seq + 1);
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
     }
 
     /// Drops tombstones older than the retention.
     pub fn expire_closed(&mut self, now: i64) -> usize {
         let before = self.closed.len();
-        self.closed.retain(|_, at| now - *at < CLOSED_RETENTION_S);
+        self.closed.retain(|_, at| now.saturating_sub(*at) < CLOSED_RETENTION_S);
         before - self.closed.len()
     }
 }

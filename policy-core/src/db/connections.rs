@@ -48,6 +48,45 @@ struct PbrJson {
     priority: i64,
 }
 
+/// A number from SQL that must fit a `u32`; out of range is refused, never wrapped.
+fn json_u32(what: &'static str, v: i64) -> std::result::Result<u32, (&'static str, String)> {
+    u32::try_from(v).map_err(|_| (what, v.to_string()))
+}
+
+/// The per-user routes of a facts row (`json_agg` of `vpn_routes`, as text). An error names
+/// the field and the value. The entry point of the `sql_facts` fuzz target.
+pub fn routes_from_json(json: &str) -> std::result::Result<Vec<RouteSpec>, (&'static str, String)> {
+    let routes: Vec<RouteJson> = serde_json::from_str(json).map_err(|e| ("routes", e.to_string()))?;
+    routes
+        .into_iter()
+        .map(|r| {
+            Ok(RouteSpec {
+                dst: parse_ipv4_net(&r.dst).map_err(|e| ("route destination", e))?,
+                gateway: r.gw.map(|g| Ipv4Addr::from_str(&g).map_err(|_| ("route gateway", g))).transpose()?,
+                table: r.table.map(|t| json_u32("route table", t)).transpose()?,
+                metric: r.metric.map(|m| json_u32("route metric", m)).transpose()?,
+            })
+        })
+        .collect()
+}
+
+/// The policy-routing rules of a facts row (`json_agg` of `pbr_rules`, as text); see
+/// [`routes_from_json`].
+pub fn pbr_from_json(json: &str) -> std::result::Result<Vec<PbrSpec>, (&'static str, String)> {
+    let pbr: Vec<PbrJson> = serde_json::from_str(json).map_err(|e| ("pbr rules", e.to_string()))?;
+    pbr.into_iter()
+        .map(|p| {
+            Ok(PbrSpec {
+                table: json_u32("pbr table", p.table)?,
+                via: Ipv4Addr::from_str(&p.via).map_err(|_| ("pbr next hop", p.via.clone()))?,
+                priority: json_u32("pbr priority", p.priority)?,
+                name: p.name,
+                dev: p.dev,
+            })
+        })
+        .collect()
+}
+
 fn facts_from_row(row: &postgres::Row) -> Result<ConnectionFacts> {
     let id: i64 = row.get(0);
     let bad = |what: &'static str, v: String| Error::invalid(what, v, format!("in vpn_connections row {id}"));
@@ -57,31 +96,8 @@ fn facts_from_row(row: &postgres::Row) -> Result<ConnectionFacts> {
     let quota_period = QuotaPeriod::from_str(&period_s).map_err(|_| bad("quota_period", period_s.clone()))?;
     let routes_json: String = row.get(13);
     let pbr_json: String = row.get(14);
-    let routes: Vec<RouteJson> = serde_json::from_str(&routes_json).map_err(|e| bad("routes", e.to_string()))?;
-    let pbr: Vec<PbrJson> = serde_json::from_str(&pbr_json).map_err(|e| bad("pbr rules", e.to_string()))?;
-    let routes = routes
-        .into_iter()
-        .map(|r| {
-            Ok(RouteSpec {
-                dst: parse_ipv4_net(&r.dst).map_err(|e| bad("route destination", e))?,
-                gateway: r.gw.map(|g| Ipv4Addr::from_str(&g).map_err(|_| bad("route gateway", g))).transpose()?,
-                table: r.table.map(|t| t as u32),
-                metric: r.metric.map(|m| m as u32),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let pbr = pbr
-        .into_iter()
-        .map(|p| {
-            Ok(PbrSpec {
-                name: p.name,
-                table: p.table as u32,
-                via: Ipv4Addr::from_str(&p.via).map_err(|_| bad("pbr next hop", p.via.clone()))?,
-                dev: p.dev,
-                priority: p.priority as u32,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let routes = routes_from_json(&routes_json).map_err(|(what, v)| bad(what, v))?;
+    let pbr = pbr_from_json(&pbr_json).map_err(|(what, v)| bad(what, v))?;
     let rate = |v: Option<i32>| v.map(|x| x.max(0) as u32);
     Ok(ConnectionFacts {
         id,
@@ -305,4 +321,35 @@ pub fn update(client: &mut Client, id: i64, ch: &ConnectionChange) -> Result<boo
     let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params.iter().map(|b| b.as_ref()).collect();
     let n = client.execute(&sql, &refs).map_err(Error::from_sql)?;
     Ok(n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_json_parses_exactly_or_not_at_all() {
+        let r = routes_from_json(r#"[{"dst":"10.1.0.0/16","gw":"10.0.0.1","table":100,"metric":5},{"dst":"10.2.0.0/16","gw":null,"table":null,"metric":null}]"#).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].table, r[0].metric, r[1].gateway), (Some(100), Some(5), None));
+        let p =
+            pbr_from_json(r#"[{"name":"via-mt","table":200,"via":"10.9.0.1","dev":"wg0","priority":1000}]"#).unwrap();
+        assert_eq!((p[0].table, p[0].priority), (200, 1000));
+        assert_eq!(routes_from_json("[]").unwrap(), vec![]);
+        // Out of u32's range: refused, never wrapped into another table (4294967550 would be 254).
+        assert_eq!(
+            routes_from_json(r#"[{"dst":"10.1.0.0/16","gw":null,"table":4294967550,"metric":null}]"#).unwrap_err().0,
+            "route table"
+        );
+        assert_eq!(
+            routes_from_json(r#"[{"dst":"10.1.0.0/16","gw":null,"table":null,"metric":-1}]"#).unwrap_err().0,
+            "route metric"
+        );
+        assert_eq!(
+            pbr_from_json(r#"[{"name":"x","table":-2,"via":"10.9.0.1","dev":"wg0","priority":1}]"#).unwrap_err().0,
+            "pbr table"
+        );
+        assert_eq!(routes_from_json(r#"[{"dst":"10.1.0.1/16"}]"#).unwrap_err().0, "route destination");
+        assert_eq!(routes_from_json("{").unwrap_err().0, "routes");
+    }
 }

@@ -35,7 +35,9 @@ pub fn parse_apply_window(v: &str) -> Option<Duration> {
     if !secs.is_finite() || secs <= 0.0 {
         return None;
     }
-    Some(Duration::from_secs_f64(secs).min(APPLY_WINDOW_CAP))
+    // Capped before the conversion: from_secs_f64 panics on values beyond Duration (`1e30`).
+    // A value below a nanosecond is no window at all (`1e-33`): the fallback, not zero.
+    Some(Duration::from_secs_f64(secs.min(APPLY_WINDOW_CAP.as_secs_f64()))).filter(|d| !d.is_zero())
 }
 
 #[cfg(test)]
@@ -51,5 +53,10 @@ mod tests {
         assert_eq!(parse_apply_window("-3"), None);
         assert_eq!(parse_apply_window("ten"), None);
         assert_eq!(parse_apply_window("NaN"), None);
+        // Found while writing the sql_facts fuzz target: beyond Duration's range panicked.
+        assert_eq!(parse_apply_window("1e30"), Some(APPLY_WINDOW_CAP));
+        assert_eq!(parse_apply_window("inf"), None);
+        // Found by the sql_facts fuzz target: positive but below a nanosecond was a zero window.
+        assert_eq!(parse_apply_window("1e-33"), None);
     }
 }

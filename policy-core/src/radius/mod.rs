@@ -87,6 +87,12 @@ pub fn sql_unescape(stored: &str) -> Option<Vec<u8>> {
     (sqlname::sql_username(&out) == stored).then_some(out)
 }
 
+/// checkrad's `<nas_ip>` argument (FreeRADIUS passes the NAS's address; surrounding blanks are
+/// ignored). The entry point of the `checkrad_args` fuzz target, with [`sql_unescape`].
+pub fn parse_nas_ip(s: &str) -> Result<IpAddr> {
+    s.trim().parse().map_err(|_| Error::invalid("NAS address", s, "is not an IP address"))
+}
+
 /// Answers FreeRADIUS's checkrad question (see docs/SESSIONS-RADIUS.md):
 /// * this NAS: the on-demand janitor runs for the user (closing its stale rows here — the "zap");
 ///   the row is online when one of the rows it names is still open and claimed by a VALID
@@ -101,11 +107,7 @@ pub fn checkrad<S: CounterSource>(
     args: &CheckradArgs,
     state: &S,
 ) -> Result<CheckradReport> {
-    let nas_ip: IpAddr = args
-        .nas_ip
-        .trim()
-        .parse()
-        .map_err(|_| Error::invalid("NAS address", args.nas_ip.clone(), "is not an IP address"))?;
+    let nas_ip = parse_nas_ip(&args.nas_ip)?;
     let this_nas = nas_ip == IpAddr::V4(cfg.nas.ip);
     let named =
         |r: &radacct::OpenRow| r.nas_ip == nas_ip && r.acct_session_id == args.session_id && r.username == args.user;
