@@ -306,9 +306,16 @@ fn fresh_state() -> State {
     }
 }
 
-/// [`sample_spool`], encoded once, with the octets it counts.
-fn intact_spool() -> &'static (Vec<Batch>, Vec<Vec<u8>>, Octets, State) {
-    static INTACT: std::sync::OnceLock<(Vec<Batch>, Vec<Vec<u8>>, Octets, State)> = std::sync::OnceLock::new();
+/// [`sample_spool`], encoded once, with the octets it counts and the state it rolls forward to.
+struct Intact {
+    batches: Vec<Batch>,
+    files: Vec<Vec<u8>>,
+    counted: Octets,
+    state: State,
+}
+
+fn intact_spool() -> &'static Intact {
+    static INTACT: std::sync::OnceLock<Intact> = std::sync::OnceLock::new();
     INTACT.get_or_init(|| {
         let batches = sample_spool();
         let files = batches.iter().map(spool::encode_record).collect();
@@ -317,7 +324,7 @@ fn intact_spool() -> &'static (Vec<Batch>, Vec<Vec<u8>>, Octets, State) {
         for b in &batches {
             state.apply(b);
         }
-        (batches, files, counted, state)
+        Intact { batches, files, counted, state }
     })
 }
 
@@ -361,7 +368,7 @@ pub fn accounting_spool(data: &[u8]) {
         }
     }
 
-    let (intact, encoded, whole, full) = intact_spool();
+    let Intact { batches: intact, files: encoded, counted: whole, state: full } = intact_spool();
     let mut files: Vec<(u64, Vec<u8>)> = intact.iter().map(|b| b.seq).zip(encoded.iter().cloned()).collect();
     for op in data.chunks_exact(4) {
         let f = &mut files[usize::from(op[0]) % 3];
