@@ -15,7 +15,8 @@
 # policy-core/tests/fuzz_corpus.rs replays it in every `cargo test`.
 #
 # Environment: FUZZ_NICE (default 15), FUZZ_MAX_LEN (default 8192 bytes), FUZZ_WORK,
-# FUZZ_REPORT (the table is also written there; default fuzz/target/fuzz-report.txt).
+# FUZZ_REPORT (the table is also written there; default fuzz/target/fuzz-report.txt), FUZZ_COMMIT
+# (the commit named in the report, for a run from an exported tree; default: git HEAD).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -58,7 +59,7 @@ log "building the fuzz targets (nightly, niced $nice_n)"
 
 mkdir -p "$(dirname "$report")"
 {
-  echo "pppgate fuzz run $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "pppgate fuzz run $(date -u '+%Y-%m-%d %H:%M UTC'), commit ${FUZZ_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "?")}"
   echo "machine: $(uname -n), $(nproc) CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), $(uname -r)"
   echo "toolchain: $(cargo +nightly --version), $(cargo fuzz --version 2>/dev/null || echo cargo-fuzz)"
   echo "libFuzzer: -runs=$runs -max_len=$max_len, single job, nice $nice_n, build ${build_flags[*]}"
