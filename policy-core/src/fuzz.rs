@@ -142,7 +142,7 @@ pub fn config(data: &[u8]) {
 }
 
 /// Ids and values given on the command line (and by the panel through sudo): every verb's id
-/// parser, and the value rules of `policy_core::input` and `wg` the CLI parses with. An id is
+/// parser, and the value rules of `policy_core::input`, `rt_tables` and `wg` the CLI parses with. An id is
 /// accepted in exactly one spelling and every verb agrees; every refusal is exit 65.
 pub fn cli_ids(data: &[u8]) {
     let Some(s) = utf8(data) else { return };
@@ -190,6 +190,11 @@ pub fn cli_ids(data: &[u8]) {
     if let Ok((host, port)) = wg::parse_endpoint(s) {
         assert_ne!(port, 0);
         assert_eq!(wg::parse_endpoint(&format!("{host}:{port}")), Ok((host, port)));
+    }
+    // A routing table as a number (a name is looked up in a file that does not exist here).
+    if let Ok(t) = crate::rt_tables::resolve(Path::new("/nonexistent/rt_tables"), s) {
+        assert!(t > 0 && t < u32::MAX);
+        assert_eq!(t.to_string(), s.trim(), "one spelling per table id");
     }
     let _ = wg::check_ifname(s);
     let _ = wg::check_router_ifname(s);
