@@ -3,7 +3,10 @@
 # for a fixed number of executions, one libFuzzer process at a time (single job), niced, then a
 # table of executions, seconds and crashes per target.
 #
-#   scripts/fuzz.sh [-n RUNS] [TARGET...]        RUNS defaults to 10000000
+#   scripts/fuzz.sh [-n RUNS] [-t SECONDS] [TARGET...]   RUNS defaults to 10000000
+#
+# -t caps each target's time (libFuzzer -max_total_time) for a box that cannot spare the CPU for
+# RUNS executions; the table then shows how many it got.
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). The build is
 # `cargo +nightly fuzz build -s none --debug-assertions` (policy-core forbids unsafe code, so no
@@ -22,18 +25,20 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 runs=10000000
+max_time=0
 usage() {
-  sed -n '2,8p' "$0" >&2
+  sed -n '2,11p' "$0" >&2
   exit 64
 }
-while getopts n:h o; do
+while getopts n:t:h o; do
   case $o in
     n) runs=$OPTARG ;;
+    t) max_time=$OPTARG ;;
     *) usage ;;
   esac
 done
 shift $((OPTIND - 1))
-[[ $runs =~ ^[0-9]+$ ]] || usage
+[[ $runs =~ ^[0-9]+$ && $max_time =~ ^[0-9]+$ ]] || usage
 
 nice_n=${FUZZ_NICE:-15}
 max_len=${FUZZ_MAX_LEN:-8192}
@@ -62,7 +67,7 @@ mkdir -p "$(dirname "$report")"
   echo "pppgate fuzz run $(date -u '+%Y-%m-%d %H:%M UTC'), commit ${FUZZ_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "?")}"
   echo "machine: $(uname -n), $(nproc) CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), $(uname -r)"
   echo "toolchain: $(cargo +nightly --version), $(cargo fuzz --version 2>/dev/null || echo cargo-fuzz)"
-  echo "libFuzzer: -runs=$runs -max_len=$max_len, single job, nice $nice_n, build ${build_flags[*]}"
+  echo "libFuzzer: -runs=$runs -max_total_time=$max_time (0: none) -max_len=$max_len, single job, nice $nice_n, build ${build_flags[*]}"
   printf '%-18s %14s %9s %9s %8s  %s\n' target executions seconds exec/s crashes note
 } > "$report.tmp"
 
@@ -74,7 +79,7 @@ for t in "${targets[@]}"; do
   start=$(date +%s.%N)
   rc=0
   (cd fuzz && nice -n "$nice_n" cargo +nightly fuzz run "${build_flags[@]}" "$t" "$work/$t" "$root/fuzz/corpus/$t" -- \
-    -runs="$runs" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) > "$out" 2>&1 || rc=$?
+    -runs="$runs" -max_total_time="$max_time" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) > "$out" 2>&1 || rc=$?
   secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out" | tail -1)
   execs=${execs:-0}

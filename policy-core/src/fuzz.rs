@@ -27,9 +27,12 @@ use crate::policy::model::{QuotaPeriod, Status};
 use crate::radius::{self, env, sqlname};
 use crate::{hardcut, ids, input, wg};
 
+/// A target's body: takes the fuzzer's input, panics on a finding.
+pub type Body = fn(&[u8]);
+
 /// Every target: (name, body). The names are the files under `fuzz/fuzz_targets/` and the
 /// directories under `fuzz/corpus/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("mapping", mapping),
     ("radius_env", radius_env),
     ("checkrad_args", checkrad_args),
