@@ -84,10 +84,11 @@ pub fn radius_env(data: &[u8]) {
     });
     let e = env::RadiusEnv::from_pairs(pairs);
     if let Some(Ok(user)) = e.get("User-Name") {
-        // What the hook does with the login next: its radacct spelling.
-        let stored = sqlname::sql_username(user);
+        // What the hook does with the User-Name next: its radacct spelling (FreeRADIUS's quoting
+        // and rlm_sql's escaping), which checkrad reverses.
+        let stored = sqlname::stored_user_name(user);
         if !user.contains(&0) {
-            assert_eq!(radius::sql_unescape(&stored).as_deref(), Some(&user[..]));
+            assert_eq!(sqlname::user_name_from_stored(&stored).as_deref(), Some(&user[..]));
         }
     }
     if let Some(s) = utf8(data) {
@@ -99,13 +100,13 @@ pub fn radius_env(data: &[u8]) {
     }
 }
 
-/// checkrad's arguments: the stored user name through [`radius::sql_unescape`] (the binary
-/// takes it lossily as text) and the NAS address through [`radius::parse_nas_ip`].
+/// checkrad's arguments: the stored user name through [`sqlname::user_name_from_stored`] (the
+/// binary takes it lossily as text) and the NAS address through [`radius::parse_nas_ip`].
 pub fn checkrad_args(data: &[u8]) {
     let s = String::from_utf8_lossy(data);
-    if let Some(login) = radius::sql_unescape(&s) {
-        // Only what rlm_sql writes is accepted, and it is unambiguous: escaping gives it back.
-        assert_eq!(sqlname::sql_username(&login), s);
+    if let Some(user_name) = sqlname::user_name_from_stored(&s) {
+        // Only what FreeRADIUS + rlm_sql write is accepted, and it is unambiguous.
+        assert_eq!(sqlname::stored_user_name(&user_name), s);
     }
     match radius::parse_nas_ip(&s) {
         Ok(ip) => assert_eq!(radius::parse_nas_ip(&ip.to_string()).ok(), Some(ip)),

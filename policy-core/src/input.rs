@@ -74,12 +74,71 @@ pub fn parse_route_dst(s: &str) -> Result<Ipv4Net> {
     Ok(dst)
 }
 
-/// A login (`vpn_connections.subaccount_login`): 1–253 characters, none a control character.
+/// A login (`vpn_connections.subaccount_login`) that works end to end through pppd, radius.so,
+/// FreeRADIUS's stock `default` site and rlm_sql (R512, docs/SESSIONS-RADIUS.md "Which logins
+/// work"). `connection add` also refuses a login that renders like an existing one
+/// (`db::connections::check_rendering_free`).
 pub fn check_login(login: &str) -> Result<()> {
-    if login.is_empty() || login.len() > 253 || login.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid("login", login, "must be 1-253 printable characters"));
+    match login_refusal(login) {
+        Some(reason) => Err(Error::invalid("login", login, reason)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Why `login` cannot work end to end, or `None`. The rules are judged on what FreeRADIUS sees:
+/// pppd's rendering of the login (`radius::sqlname::pppd_user_name`, e.g. `à` is `M-CM- `).
+pub fn login_refusal(login: &str) -> Option<String> {
+    use crate::radius::sqlname::{pppd_rendering, RADIUS_STRING_MAX};
+    if login.is_empty() {
+        return Some("is empty".into());
+    }
+    if let Some(c) = login.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "contains the control character U+{:04X} (pppd renders control characters as ^X, the same as a typed ^X, and clients cannot type them)",
+            c as u32
+        ));
+    }
+    let r = pppd_rendering(login.as_bytes());
+    let seen = String::from_utf8_lossy(&r).into_owned();
+    let shown = || if seen == login { String::new() } else { format!(" (pppd sends it as {seen:?})") };
+    if r.len() > RADIUS_STRING_MAX {
+        return Some(format!(
+            "is {} bytes as pppd sends it (every byte above 127 becomes M-x); RADIUS carries at most {RADIUS_STRING_MAX}",
+            r.len()
+        ));
+    }
+    // FreeRADIUS's stock `filter_username` policy (authorize, sites-available/default).
+    if seen.contains(' ') {
+        return Some(format!("contains a space{}: FreeRADIUS's filter_username rejects it", shown()));
+    }
+    if seen.matches('@').count() > 1 {
+        return Some("contains more than one @: FreeRADIUS's filter_username rejects it".into());
+    }
+    if seen.contains("..") {
+        return Some(format!("contains ..{}: FreeRADIUS's filter_username rejects it", shown()));
+    }
+    if seen.ends_with('.') {
+        return Some(format!("ends with a dot{}: FreeRADIUS's filter_username rejects it", shown()));
+    }
+    if let Some(at) = seen.find('@') {
+        let realm = &seen[at + 1..];
+        if realm.starts_with('.') {
+            return Some("has a realm that begins with a dot: FreeRADIUS's filter_username rejects it".into());
+        }
+        // /@(.+)\.(.+)$/: a dot after the @ with at least one character either side.
+        let dotted = realm.char_indices().any(|(i, ch)| ch == '.' && i >= 1 && i + 1 < realm.len());
+        if !dotted {
+            return Some(
+                "has an @ without a dotted realm after it (user@example.net): FreeRADIUS's filter_username rejects it"
+                    .into(),
+            );
+        }
+    }
+    // The stock preprocess hints strip these suffixes off User-Name before any lookup.
+    if let Some(sfx) = [".ppp", ".slip", ".cslip"].into_iter().find(|s| seen.ends_with(s)) {
+        return Some(format!("ends with {sfx}: FreeRADIUS's stock preprocess hints strip it from User-Name"));
+    }
+    None
 }
 
 /// A connection status as SQL stores it.
@@ -177,7 +236,7 @@ mod tests {
 
     #[test]
     fn logins_names_and_tables() {
-        assert!(check_login("o'brien \"x\"=\\ü").is_ok());
+        assert!(check_login("o'brien\"x\"=\\ü%^~`").is_ok());
         assert!(check_login("").is_err() && check_login("a\nb").is_err() && check_login(&"a".repeat(254)).is_err());
         assert!(check_rule_name("ktn-1.a_b").is_ok());
         assert!(
@@ -192,6 +251,56 @@ mod tests {
             assert!(pbr_table("x", t).is_err());
         }
         assert_eq!(pbr_table("ktn", 100).unwrap(), 100);
+    }
+
+    /// R512: which logins work end to end; the refusal names the reason.
+    #[test]
+    fn logins_that_cannot_work_are_refused_with_the_reason() {
+        let ok = [
+            "alice",
+            "o'brien",
+            "x\"y",
+            "back\\slash",
+            "50%=half",
+            "bob@example.net",
+            "jürgen",
+            "Ελένη",
+            "Дмитрий",
+            "名前",
+            "tab-less!#$&()*+,/:;<>?[]^_`{|}~",
+            &"a".repeat(253),
+            &"é".repeat(42),
+        ];
+        for l in ok {
+            assert_eq!(login_refusal(l), None, "{l:?}");
+        }
+        let bad = [
+            ("", "empty"),
+            ("a\tb", "control character U+0009"),
+            ("a\u{85}b", "control character U+0085"),
+            (&"a".repeat(254) as &str, "at most 253"),
+            (&"é".repeat(43) as &str, "at most 253"),
+            ("a b", "space"),
+            (" a", "space"),
+            ("à", "pppd sends it as \"M-CM- \""),
+            ("a@b@c.d", "more than one @"),
+            ("a..b", "contains .."),
+            ("®.", "contains .."),
+            ("a.", "ends with a dot"),
+            ("a®", "ends with a dot"),
+            ("a@.b.c", "begins with a dot"),
+            ("a@b", "dotted realm"),
+            ("a@b.", "ends with a dot"),
+            ("dial.ppp", "ends with .ppp"),
+            ("x.cslip", "ends with .cslip"),
+        ];
+        for (l, why) in bad {
+            let r = login_refusal(l).unwrap_or_else(|| panic!("{l:?} accepted"));
+            assert!(r.contains(why), "{l:?}: {r}");
+            let e = check_login(l).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::ExitCode::DataErr, "{l:?}");
+            assert!(!e.to_string().contains('\n'), "one line");
+        }
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! radius.so's Acct-Session-Id is malformed and not unique (FINDINGS.md), so it is never used to
 //! find a row. A row is **live** when some VALID mapping (the one definition, `mapping::validity`)
 //! claims it:
-//! * `radacct.username` equals the rlm_sql-escaped login of the mapping's connection
-//!   (`vpn_connections.subaccount_login` of CONNECTION_ID; see `radius::sqlname`), and
+//! * `radacct.username` equals the login of the mapping's connection
+//!   (`vpn_connections.subaccount_login` of CONNECTION_ID) as FreeRADIUS stores it — after pppd's
+//!   rendering, FreeRADIUS's quoting and rlm_sql's escaping (`radius::sqlname::sql_username`) —
+//!   and
 //! * `radacct.framedipaddress` equals the mapping's CLIENT_IP (a row without an address matches
 //!   on the user name alone — the cautious side), and
 //! * the row did not start before the mapping's pppd process existed:
@@ -55,7 +57,8 @@ use crate::db::radacct::{self, Close, CloseSession, OpenRow, OpenSession};
 use crate::error::{one_line, Error, Result};
 use crate::kernel::links::LinkSnapshot;
 use crate::mapping::{self, Mapping};
-use crate::radius::sqlname::sql_username;
+use crate::db;
+use crate::radius::sqlname::{sql_username, stored_user_name};
 
 /// A row of this NAS younger than this (database clock) is never closed.
 pub const START_GRACE_S: i64 = 10;
@@ -311,7 +314,9 @@ pub fn live_mappings_for(
 pub enum Scope {
     /// Every open row of this NAS (timer, boot).
     All,
-    /// One User-Name, as FreeRADIUS or the admin gives it (bytes; may be non-UTF-8).
+    /// One User-Name as FreeRADIUS received it: pppd's rendering of the login
+    /// (`radius::sqlname::pppd_user_name`; bytes, may be non-UTF-8). Callers holding a login
+    /// render it first.
     Login(Vec<u8>),
 }
 
@@ -348,7 +353,8 @@ pub struct Report {
     pub nas_identity: String,
     pub nas_ip: Ipv4Addr,
     pub scope: &'static str,
-    /// The login (lossy UTF-8) in login scope.
+    /// In login scope: the connection's login whose rendering is the User-Name, else the
+    /// User-Name (lossy UTF-8).
     pub login: Option<String>,
     /// The login as radacct stores it.
     pub sql_username: Option<String>,
@@ -384,14 +390,18 @@ pub fn run<S: CounterSource>(
     let nas_ip = IpAddr::V4(cfg.nas.ip);
     let (login, sql_user) = match scope {
         Scope::All => (None, None),
-        Scope::Login(raw) => {
-            if raw.is_empty() {
+        Scope::Login(user_name) => {
+            if user_name.is_empty() {
                 return Err(Error::invalid("subaccount login", "", "is empty"));
             }
-            (Some(raw.as_slice()), Some(sql_username(raw)))
+            (Some(user_name.as_slice()), Some(stored_user_name(user_name)))
         }
     };
-    let login_str = login.and_then(|l| std::str::from_utf8(l).ok());
+    let resolved = match login {
+        Some(u) => db::connections::login_for_user_name(client, u)?,
+        None => None,
+    };
+    let login_str = resolved.as_deref();
 
     let (db_now, connection_id, rows, sessions) = match &sql_user {
         None => {
@@ -415,7 +425,7 @@ pub fn run<S: CounterSource>(
         nas_identity: cfg.nas.identity.clone(),
         nas_ip: cfg.nas.ip,
         scope: if login.is_some() { "login" } else { "all" },
-        login: login.map(|l| String::from_utf8_lossy(l).into_owned()),
+        login: resolved.clone().or_else(|| login.map(|l| String::from_utf8_lossy(l).into_owned())),
         sql_username: sql_user,
         connection_id,
         dry_run,

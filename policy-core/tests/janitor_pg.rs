@@ -394,3 +394,57 @@ fn address_snapshot_agrees_with_the_full_link_snapshot() {
     assert!(fast.peer_of("ppp99").is_none());
     assert_eq!(full.peer_of("ppp99").map(|p| p.len()), Some(0));
 }
+
+/// R511 (issue 16, defects 1–2): logins whose radacct name differs from the login — `jürgen`
+/// (pppd renders it `jM-CM-<rgen`, stored `jM-CM-=3Crgen`) and `x"y` (FreeRADIUS quotes it,
+/// stored `x=5C=22y`). With their names as the real chain stored them, the global janitor keeps
+/// the live rows, the hook (given the User-Name radius.so sent) counts them and rejects a second
+/// login, checkrad (given the stored name) answers online; after the sessions end, each is
+/// closed and no other user's row is touched.
+#[test]
+fn names_as_the_real_chain_stores_them_keep_live_sessions_live() {
+    use policy_core::radius::sqlname::{pppd_user_name, sql_username};
+    private_netns();
+    let env = DbEnv::new();
+    let dir = env.sessions_dir();
+    let cases = [("jürgen", "jM-CM-=3Crgen", "198.51.100.20"), ("x\"y", "x=5C=22y", "198.51.100.21")];
+    let bystander = env.db.acct_row("carol", NAS_A, Some("198.51.100.99"), 0, "c");
+    let mut procs = Vec::new();
+    let mut rows = Vec::new();
+    for (i, (login, stored, ip)) in cases.iter().enumerate() {
+        assert_eq!(sql_username(login.as_bytes()), *stored, "the lab's radacct value");
+        let conn = env.db.connection(login);
+        let p = StandIn::sleeper();
+        let ifname = format!("ppp{i}");
+        ppp_link(&ifname, "10.255.0.1", ip);
+        write_mapping(&dir, conn, &ifname, ip, p.pid(), p.start_ts());
+        procs.push(p);
+        rows.push(env.db.acct_row(stored, NAS_A, Some(ip), 30, "=25lX6b01f7fd=25hX"));
+    }
+    let r = run_all(&env, "lns-a", NAS_A);
+    assert!(rows.iter().all(|id| env.db.is_open(*id)), "a live row was closed: {r:#?}");
+    assert_eq!(r.radacct.live, 2, "{r:#?}");
+    let cfg = env.config("lns-a", NAS_A);
+    for (i, (login, stored, _)) in cases.iter().enumerate() {
+        let user_name = pppd_user_name(login.as_bytes());
+        let s = radius::simultaneous_use(&cfg, &mut env.db.client(), &user_name, Some(1), &NoAccountingState).unwrap();
+        assert_eq!(s.verdict, HookVerdict::Reject, "second login of {login:?}: {s:#?}");
+        assert!(s.janitor.connection_id.is_some(), "the hook found the connection of {login:?}");
+        assert_eq!(checkrad(&env, NAS_A, stored, "=25lX6b01f7fd=25hX").presence, Presence::Online);
+        assert!(env.db.is_open(rows[i]));
+    }
+    drop(procs);
+    for (i, (login, _, _)) in cases.iter().enumerate() {
+        let s = radius::simultaneous_use(
+            &cfg,
+            &mut env.db.client(),
+            &pppd_user_name(login.as_bytes()),
+            Some(1),
+            &NoAccountingState,
+        )
+        .unwrap();
+        assert_eq!(s.verdict, HookVerdict::Ok, "{login:?} after its session ended: {s:#?}");
+        assert!(!env.db.is_open(rows[i]), "{login:?}'s stale row closed");
+    }
+    assert!(env.db.is_open(bystander), "another user's row is untouched");
+}

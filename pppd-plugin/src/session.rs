@@ -285,6 +285,12 @@ pub(crate) fn ip_up() {
     // SESSION_ID is the session's accounting key (pppgate_sessions.session_key): one name, one
     // meaning, for operators joining a mapping file to SQL.
     mapping.session_id = Some(SessionKey::of(&cfg.nas.identity, &mapping).into_string());
+    // R413: the final marker's space, before anything of the session exists that ip-down would
+    // have to account for.
+    if let Err(e) = policy_core::accounting::reserve_final(&cfg, pid, start_ts, &ifname) {
+        fail_closed(&format!("cannot reserve the final accounting record: {}", one_line(&e)));
+        return;
+    }
     note_replaced_mapping(&cfg.paths.sessions_dir, &ifname, pid);
     let mapping_us = match mapping.write_atomic(&cfg.paths.sessions_dir) {
         Ok(path) => {

@@ -161,6 +161,10 @@ pub struct FinalFlushArgs {
     /// Acct-Terminate-Cause (default User-Request).
     #[arg(long)]
     pub cause: Option<String>,
+    /// Only reserve the space of the session's final record, as the plugin does at ip-up
+    /// (shell ip-up hooks, tests).
+    #[arg(long, conflicts_with_all = ["rx_bytes", "tx_bytes", "wraps_32", "cause"])]
+    pub reserve: bool,
 }
 
 /// ip-down's final flush, as a command (shell hooks, tests): the same code the plugin calls.
@@ -170,6 +174,15 @@ pub fn final_flush(g: &Global, a: &FinalFlushArgs) -> CmdResult {
         return Err(Error::invalid("interface name", a.ppp_if.clone(), "not a valid interface name").into());
     }
     let mapping = Mapping::read(&cfg.paths.sessions_dir.join(Mapping::file_name(&a.ppp_if)))?;
+    if a.reserve {
+        let path = accounting::reserve_final(&cfg, mapping.pppd_pid, mapping.start_ts, &mapping.ppp_if)?;
+        if g.json {
+            println!("{}", serde_json::json!({ "reserved": path }));
+        } else {
+            println!("reserved {}", path.display());
+        }
+        return Ok(());
+    }
     // Given counters are pppd's figures (an ip-down script's BYTES_RCVD/BYTES_SENT); without
     // them the interface's own counters decide (the interface must still exist).
     let pppd = match (a.rx_bytes, a.tx_bytes) {

@@ -635,7 +635,16 @@ pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
             let mut client = db::connect(&cfg.database)?;
             let id = db::connections::insert(&mut client, &new)?;
             if g.json {
-                println!("{}", json!({ "id": id }));
+                // What FreeRADIUS receives and stores for this login (radcheck.username).
+                let user_name = policy_core::radius::sqlname::pppd_user_name(a.login.as_bytes());
+                println!(
+                    "{}",
+                    json!({
+                        "id": id,
+                        "radius_user_name": String::from_utf8_lossy(&user_name),
+                        "radcheck_username": policy_core::radius::sqlname::sql_username(a.login.as_bytes()),
+                    })
+                );
             } else {
                 println!("{id}");
             }

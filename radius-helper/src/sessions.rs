@@ -158,7 +158,9 @@ pub fn janitor(g: &Global, a: &JanitorArgs) -> CmdResult {
     let scope = match &a.subaccount_login {
         None => Scope::All,
         Some(l) if l.is_empty() => return Err(Error::invalid("subaccount login", "", "is empty").into()),
-        Some(l) => Scope::Login(l.as_bytes().to_vec()),
+        // A login or the User-Name FreeRADIUS received: pppd's rendering of either is the
+        // User-Name (the rendering of a rendering is itself).
+        Some(l) => Scope::Login(radius::sqlname::pppd_user_name(l.as_bytes())),
     };
     // The timer's sweep is recorded (runs: diag and the metrics); a login's on-demand run is not.
     let mut run = (scope == Scope::All && !a.dry_run).then(|| Run::start(Job::Janitor));
@@ -430,7 +432,8 @@ fn kill_follow_up(cfg: &Config, id: i64) -> (Option<janitor::Report>, Option<u64
         let login = db::connections::login_of(&mut c, id)?;
         let report = match &login {
             Some(l) => {
-                Some(janitor::run(cfg, &mut c, &Scope::Login(l.as_bytes().to_vec()), &LazyStateView::new(cfg), false)?)
+                let scope = Scope::Login(radius::sqlname::pppd_user_name(l.as_bytes()));
+                Some(janitor::run(cfg, &mut c, &scope, &LazyStateView::new(cfg), false)?)
             }
             None => None,
         };

@@ -837,3 +837,122 @@ fn radius_row_is_bound_whatever_the_name_rendering() {
         .unwrap();
     assert_eq!((b.get::<_, Option<String>>(0), b.get::<_, Option<i64>>(1)), (Some("radius".into()), Some(ours)));
 }
+
+/// A small tmpfs mounted over the accounting directory for one test, unmounted on drop.
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallTmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        SmallTmpfs(dir.into())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` to the last page: one big file until ENOSPC, then one-byte
+/// files (a page each on tmpfs) until not even that fits. Returns the filler files.
+fn fill_to_the_last_page(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use std::io::Write;
+    let big = dir.join("filler");
+    let mut f = std::fs::File::create(&big).unwrap();
+    let page = vec![0xa5u8; 4096];
+    loop {
+        match f.write(&page) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc_enospc()), "filling: {e}");
+                break;
+            }
+        }
+    }
+    let _ = f.sync_all();
+    let mut files = vec![big];
+    for i in 0.. {
+        let p = dir.join(format!("filler.{i}"));
+        let r = std::fs::File::create(&p).and_then(|mut f| f.write_all(b"x").and_then(|()| f.sync_all()));
+        files.push(p);
+        if r.is_err() {
+            break;
+        }
+    }
+    // Not one more byte fits anywhere in the file system.
+    let probe = dir.join("probe");
+    let r = std::fs::File::create(&probe).and_then(|mut f| f.write_all(b"x").and_then(|()| f.sync_all()));
+    assert!(r.is_err(), "the file system still has room");
+    let _ = std::fs::remove_file(&probe);
+    files
+}
+
+fn libc_enospc() -> i32 {
+    28
+}
+
+/// R413: with the accounting directory full to the last page at ip-down, the final figures
+/// still reach SQL once space is back — because ip-up reserved the final record's blocks
+/// (`final-flush --reserve`, what the plugin does). A second session without a reservation, in
+/// the same full directory, loses its final marker (so the test can tell the difference).
+#[test]
+fn final_flush_into_a_full_accounting_dir_reaches_sql_after_recovery() {
+    let lab = new_lab("own");
+    let _fs = SmallTmpfs::mount(&lab.acct_dir, "512k");
+    let conn = lab.add_connection("alice", None, "month");
+    let conn2 = lab.add_connection("bob", None, "month");
+    let mut p = Peer::spawn(&lab.ns, "ppp0", LOCAL, client(2));
+    let mut q = Peer::spawn(&lab.ns, "ppp1", LOCAL, client(3));
+    lab.write_mapping(&p.mapping(conn, None));
+    lab.write_mapping(&q.mapping(conn2, None));
+    let r = lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp0", "--reserve"], None).ok();
+    assert!(r["reserved"].as_str().is_some_and(|s| s.contains("/final/.reserve.")), "{r}");
+    p.rx(5, 1000);
+    q.rx(5, 1000);
+    lab.collect().ok();
+    p.rx(3, 700);
+    p.tx(2, 300);
+    q.rx(3, 700);
+
+    let fillers = fill_to_the_last_page(&lab.acct_dir);
+    let fin = p.counters();
+    let out = lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp0"], None);
+    eprintln!("final-flush on a full disk: code {:?}; stderr: {}", out.code, out.stderr.trim());
+    let markers: Vec<String> = std::fs::read_dir(lab.acct_dir.join("final"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(markers.len(), 1, "the reserved marker is written: {markers:?}");
+    let out2 = lab.pppgate(&["--json", "final-flush", "--ppp-if", "ppp1"], None);
+    assert_ne!(out2.code, Some(0), "without a reservation the marker cannot be written: {out2:?}");
+    let markers_after = std::fs::read_dir(lab.acct_dir.join("final"))
+        .unwrap()
+        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(markers_after, 1, "no marker for the unreserved session");
+
+    // ip-down removes the mapping; later the disk has room again and the collector runs.
+    lab.remove_mapping("ppp0");
+    for f in fillers {
+        let _ = std::fs::remove_file(f);
+    }
+    let r = lab.collect().ok();
+    assert_eq!(r["sessions"]["closed_final"], 1, "{r}");
+    assert_eq!(lab.session_totals(&p.session_key()), Some(fin), "final figures in pppgate_sessions");
+    assert_eq!(lab.usage(conn), fin, "final figures in vpn_usage");
+    assert!(lab.own_radacct(&p.session_key()).unwrap().2, "radacct row closed");
+    let left: Vec<String> = std::fs::read_dir(lab.acct_dir.join("final"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "marker consumed, reservation used up: {left:?}");
+}

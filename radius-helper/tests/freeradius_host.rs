@@ -129,6 +129,20 @@ impl FreeRadius {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// radclient with `pairs` to `port` (`auth` or `acct`); its whole output.
+    fn send(&self, port: u16, kind: &str, pairs: &str) -> String {
+        let mut c = Command::new("radclient")
+            .args(["-x", "-r", "1", "-t", "15", &format!("127.0.0.1:{port}"), kind, "testing123"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(pairs.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
     /// Access-Request for `user`/`password` from NAS_A; true for Access-Accept.
     fn login(&self, user: &str, password: &str) -> bool {
         let mut c = Command::new("radclient")
@@ -248,4 +262,75 @@ fn freeradius_rejects_when_the_hook_cannot_reach_the_database() {
     let fr = FreeRadius::start(&env, &down);
     assert!(!fr.login("alice", "secret"), "SQL unreachable must never be ok");
     assert!(fr.log_text().contains("pppgate: database unavailable (fail closed)"), "{}", fr.log_text());
+}
+
+/// A string value in radclient's input syntax.
+fn quoted(v: &[u8]) -> String {
+    let s = std::str::from_utf8(v).expect("pppd renders to ASCII");
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// R511: the chain's stages 2–3 against the real FreeRADIUS 3.2 — for logins with quotes,
+/// backslashes, `%`, `=`, `'` and three scripts, radius.so's User-Name (pppd's rendering) is
+/// found in radcheck under `sql_username(login)` (login accepted), radius.so's Accounting-Start
+/// is stored in radacct under exactly that name, and pppgate's Simultaneous-Use hook finds the
+/// row by it (a second login is rejected while the row is young and therefore online).
+#[test]
+fn freeradius_stores_and_counts_each_login_as_sql_username_says() {
+    use policy_core::radius::sqlname::{pppd_user_name, sql_username};
+    private_netns();
+    let env = DbEnv::new();
+    let cfg = env.config_path("lns-1", NAS_A);
+    let logins = [
+        "plain.user",
+        "o'brien",
+        "x\"y",
+        "back\\slash",
+        "50%=half",
+        "user@example.net",
+        "jürgen",
+        "Дмитрий",
+        "名前",
+        "a!#$&()*+,/:;<>?[]^_`{|}~",
+    ];
+    for l in logins {
+        assert_eq!(policy_core::input::login_refusal(l), None, "{l:?} is an accepted login");
+        // radcheck holds the user as FreeRADIUS looks it up; vpn_connections the login itself.
+        let stored = sql_username(l.as_bytes());
+        let mut c = env.db.client();
+        for (attr, value) in [("Cleartext-Password", "pw"), ("Simultaneous-Use", "1")] {
+            c.execute(
+                "INSERT INTO radcheck (username, attribute, op, value) VALUES ($1, $2, ':=', $3)",
+                &[&stored, &attr, &value],
+            )
+            .unwrap();
+        }
+        env.db.connection(l);
+    }
+    let fr = FreeRadius::start(&env, &cfg);
+    let mut c = env.db.client();
+    for (i, l) in logins.iter().enumerate() {
+        let name = quoted(&pppd_user_name(l.as_bytes()));
+        let auth = format!(
+            "User-Name = {name}\nUser-Password = \"pw\"\nNAS-IP-Address = {NAS_A}\nNAS-Port = 0\nService-Type = Framed-User\nFramed-Protocol = PPP\n"
+        );
+        let out = fr.send(1812, "auth", &auth);
+        assert!(out.contains("Received Access-Accept"), "{l:?} as {name}: {out}\n--- radiusd:\n{}", fr.log_text());
+        let ip = format!("198.51.100.{}", 100 + i);
+        let acct = format!(
+            "User-Name = {name}\nAcct-Status-Type = Start\nAcct-Session-Id = \"s{i}\"\nNAS-IP-Address = {NAS_A}\nNAS-Port = {i}\nFramed-IP-Address = {ip}\n"
+        );
+        let out = fr.send(1813, "acct", &acct);
+        assert!(out.contains("Received Accounting-Response"), "{l:?}: {out}");
+        let stored: String = c
+            .query_one("SELECT username FROM radacct WHERE framedipaddress = $1::text::inet", &[&ip])
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, sql_username(l.as_bytes()), "radacct.username of {l:?}");
+        let out = fr.send(1812, "auth", &auth);
+        assert!(out.contains("Received Access-Reject"), "second login of {l:?} must be rejected: {out}");
+        eprintln!("{l:?}: User-Name {name}, stored {stored:?}: accepted, one row, second login rejected");
+    }
+    let n: i64 = c.query_one("SELECT count(*) FROM radacct", &[]).unwrap().get(0);
+    assert_eq!(n, logins.len() as i64, "one row per login");
 }

@@ -16,7 +16,7 @@ use super::counters::{advance, Advance, Observation, Octets};
 use super::journal::{DbStatus, Journal, Quarantined, ReplayLimits, ReplaySummary, CHUNK_ENTRIES};
 use super::quota::{self, QuotaChange};
 use super::record::{Entry, SessionInfo, Stop};
-use super::Step;
+use super::{SessionKey, Step};
 use crate::config::Config;
 use crate::error::{one_line, Error, Result};
 use crate::kernel::links::LinkSnapshot;
@@ -133,6 +133,7 @@ pub fn collect(cfg: &Config, opts: &Options) -> Result<Report> {
     let delta = entries.iter().fold(Octets::default(), |a, e| a.saturating_add(e.delta));
     let n_entries = entries.len();
     let appended = j.append(cfg, entries, now, opts.step)?;
+    drop_stale_reserves(cfg, &j, &seen);
     let batch = appended.map(|(seq, _)| BatchSummary { seq, entries: n_entries, delta });
     match j.compact(now) {
         Ok(0) => {}
@@ -299,6 +300,25 @@ fn checked_mappings(dir: &Path, links: &LinkSnapshot) -> Result<Vec<CheckedMappi
         handles.into_iter().map(|h| h.join().expect("mapping reader thread panicked")).collect()
     });
     Ok(parts.into_iter().flatten().collect())
+}
+
+/// Removes final-marker reservations (R413) of sessions not VALID now and older than
+/// [`vanish_grace`]: their pppd ended without ip-down (SIGKILL), so nothing will write into
+/// them. Best effort: a reservation left over costs 16 KiB until the next run.
+fn drop_stale_reserves(cfg: &Config, j: &Journal, seen: &BTreeSet<String>) {
+    let grace = vanish_grace(cfg).max(0) as u64;
+    let Ok(reserves) = j.dir.reserves() else { return };
+    for (path, marker, age) in reserves {
+        let live = seen.iter().any(|k| {
+            SessionKey::parse(k).is_some_and(|(_, ppp_if, pid, start)| {
+                marker == super::spool::marker_file_name(pid, start, ppp_if)
+            })
+        });
+        if !live && age >= grace {
+            debug!(path = %path.display(), "final-marker reservation of an ended session removed");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Closing entries for sessions in the state that are neither VALID now nor closing by marker,

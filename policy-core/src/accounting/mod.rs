@@ -266,6 +266,13 @@ pub fn final_flush_with(
     Ok(FinalReport { session_key: key, outcome, delta, elapsed_ms: elapsed(t0) })
 }
 
+/// ip-up: reserves the space of the session's final marker (R413), so ip-down's final figures
+/// survive an accounting directory that filled up meanwhile. An error here means the directory
+/// is full or unusable now: the plugin ends the session (fail closed, nothing to lose yet).
+pub fn reserve_final(cfg: &Config, pppd_pid: u32, start_ts: i64, ppp_if: &str) -> Result<std::path::PathBuf> {
+    AcctDir::open(&cfg.paths.accounting_dir)?.reserve_marker(pppd_pid, start_ts, ppp_if)
+}
+
 /// The interface's own 64-bit (rx, tx) octets, if it exists (one RTM_GETLINK, no dump): the
 /// plugin's RX_BASE/TX_BASE at ip-up.
 pub fn interface_octets(ppp_if: &str) -> Option<Octets> {

@@ -154,6 +154,34 @@ pub fn marker_file_name(pid: u32, start_ts: i64, ppp_if: &str) -> String {
     format!("{pid}-{start_ts}-{ppp_if}.final")
 }
 
+/// Space reserved per live session for its final marker; a marker is well under 2 KiB.
+pub const MARKER_RESERVE_BYTES: u64 = 16 * 1024;
+
+const RESERVE_PREFIX: &str = ".reserve.";
+
+fn reserve_file_name(marker_name: &str) -> String {
+    format!("{RESERVE_PREFIX}{marker_name}")
+}
+
+/// Overwrites the reservation in place (no new blocks), trims it to the record, syncs it and
+/// renames it to the marker's name. `Ok(false)`: there is no reservation (or it is too small).
+fn write_into_reserve(reserve: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let f = match fs::OpenOptions::new().write(true).open(reserve) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if f.metadata()?.len() < bytes.len() as u64 {
+        return Ok(false);
+    }
+    f.write_all_at(bytes, 0)?;
+    f.set_len(bytes.len() as u64)?;
+    f.sync_all()?;
+    fs::rename(reserve, path)?;
+    Ok(true)
+}
+
 impl AcctDir {
     /// Opens (creating, mode 0700) the directory and its subdirectories.
     pub fn open(root: &Path) -> Result<AcctDir> {
@@ -250,10 +278,64 @@ impl AcctDir {
         sync_dir(&self.spool)
     }
 
-    /// Writes a final marker (ip-down; safe without the lock).
+    /// Writes a final marker (ip-down; safe without the lock). Into the space ip-up reserved for
+    /// it when there is a reservation (R413: a full disk cannot lose the final figures), else
+    /// through a new file.
     pub fn write_marker(&self, m: &FinalMarker) -> Result<PathBuf> {
         let s = &m.session;
-        write_durable(&self.finals, &marker_file_name(s.pppd_pid, s.start_ts, &s.ppp_if), &encode_marker(m))
+        let name = marker_file_name(s.pppd_pid, s.start_ts, &s.ppp_if);
+        let bytes = encode_marker(m);
+        let reserve = self.finals.join(reserve_file_name(&name));
+        match write_into_reserve(&reserve, &self.finals.join(&name), &bytes) {
+            Ok(true) => {
+                sync_dir(&self.finals)?;
+                return Ok(self.finals.join(&name));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(path = %reserve.display(), error = %e, "cannot use the reserved final record; writing a new one"),
+        }
+        write_durable(&self.finals, &name, &bytes)
+    }
+
+    /// ip-up: reserves [`MARKER_RESERVE_BYTES`] of real blocks (fallocate) for the session's
+    /// final marker, so ip-down overwrites allocated space instead of asking for new space.
+    pub fn reserve_marker(&self, pppd_pid: u32, start_ts: i64, ppp_if: &str) -> Result<PathBuf> {
+        let path = self.finals.join(reserve_file_name(&marker_file_name(pppd_pid, start_ts, ppp_if)));
+        let werr = |source| Error::Write { path: path.clone(), source };
+        let res = (|| {
+            let f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+            match nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, MARKER_RESERVE_BYTES as i64) {
+                Ok(()) => {}
+                // A file system without fallocate: written zeros are allocated blocks too.
+                Err(nix::errno::Errno::EOPNOTSUPP) => (&f).write_all(&vec![0u8; MARKER_RESERVE_BYTES as usize])?,
+                Err(e) => return Err(std::io::Error::from(e)),
+            }
+            f.sync_all()
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&path);
+            return Err(werr(e));
+        }
+        sync_dir(&self.finals)?;
+        Ok(path)
+    }
+
+    /// The reservations left in `final/`: (path, session key parts, age in seconds).
+    pub fn reserves(&self) -> Result<Vec<(PathBuf, String, u64)>> {
+        let rd = fs::read_dir(&self.finals).map_err(|source| Error::Read { path: self.finals.clone(), source })?;
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(marker) = name.strip_prefix(RESERVE_PREFIX) else { continue };
+            let age = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0, |a| a.as_secs());
+            out.push((entry.path(), marker.to_string(), age));
+        }
+        Ok(out)
     }
 
     /// Reads the final markers. Newer-version markers fail the scan like spool records do.
@@ -266,6 +348,9 @@ impl AcctDir {
             let entry = entry.map_err(|source| Error::Read { path: self.finals.clone(), source })?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(RESERVE_PREFIX) {
+                continue;
+            }
             if name.starts_with('.') && name.contains(".tmp.") {
                 let old = entry
                     .metadata()

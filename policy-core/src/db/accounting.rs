@@ -68,10 +68,12 @@ WITH nb AS (
            max(stop_at) AS stop_at, max(cause) AS cause, bool_or(may_own) AS may_own
     FROM e GROUP BY session_key
 ), sc AS (
-    SELECT s.*, c.subaccount_login AS login, ps.radacct_id AS bound_id, ps.radacct_owner AS bound_owner,
+    SELECT s.*, c.subaccount_login AS login, n.stored AS radius_username,
+           ps.radacct_id AS bound_id, ps.radacct_owner AS bound_owner,
            COALESCE(ps.bytes_in, 0) AS had_in, COALESCE(ps.bytes_out, 0) AS had_out
     FROM s
     LEFT JOIN vpn_connections c ON c.id = s.connection_id
+    LEFT JOIN unnest($21::int8[], $22::text[]) AS n(id, stored) ON n.id = s.connection_id
     LEFT JOIN pppgate_sessions ps ON ps.session_key = s.session_key
 ), found AS (
     SELECT DISTINCT ON (sc.session_key) sc.session_key, r.radacctid
@@ -107,7 +109,7 @@ WITH nb AS (
                          acctstarttime, acctupdatetime, acctstoptime, acctsessiontime,
                          acctinputoctets, acctoutputoctets, acctterminatecause, servicetype,
                          framedprotocol, framedipaddress)
-    SELECT b.session_key, 'pppgate:' || b.session_key, b.login, $3, b.ppp_if, 'Virtual',
+    SELECT b.session_key, 'pppgate:' || b.session_key, COALESCE(b.radius_username, b.login), $3, b.ppp_if, 'Virtual',
            to_timestamp(COALESCE(b.up_ts, b.start_ts)), to_timestamp(GREATEST(b.at, COALESCE(b.up_ts, b.start_ts))),
            to_timestamp(CASE WHEN b.stop_at IS NOT NULL THEN GREATEST(b.stop_at, COALESCE(b.up_ts, b.start_ts)) END),
            GREATEST(0, COALESCE(b.stop_at, b.at) - COALESCE(b.up_ts, b.start_ts)),
@@ -230,10 +232,24 @@ pub fn commit(client: &mut Client, nas_ip: Ipv4Addr, mode: RadacctMode, batches:
             e_own.push(may_own(mode, s.session_start(), e.at, e.stop.is_some()));
         }
     }
+    // pppgate's own radacct rows carry the user as FreeRADIUS stores and counts it (R511), so
+    // Simultaneous-Use counts them like radius.so's; one more round trip, only when such a row
+    // may be written.
+    let (n_ids, n_stored) = if e_own.iter().any(|o| *o) {
+        let mut ids: Vec<i64> = e_conn.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let logins = crate::db::radacct::logins_of(client, &ids)?;
+        let stored: Vec<String> =
+            logins.iter().map(|(_, l)| crate::radius::sqlname::sql_username(l.as_bytes())).collect();
+        (logins.into_iter().map(|(id, _)| id).collect::<Vec<i64>>(), stored)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let nas_ip = IpAddr::V4(nas_ip);
     let allow_radius = matches!(mode, RadacctMode::Auto | RadacctMode::Radius);
     let radacct_on = mode != RadacctMode::Off;
-    let params: [(&(dyn ToSql + Sync), Type); 20] = [
+    let params: [(&(dyn ToSql + Sync), Type); 22] = [
         (&batch_ids, Type::TEXT_ARRAY),
         (&nas_identity, Type::TEXT),
         (&nas_ip, Type::INET),
@@ -254,6 +270,8 @@ pub fn commit(client: &mut Client, nas_ip: Ipv4Addr, mode: RadacctMode, batches:
         (&e_stop, Type::INT8_ARRAY),
         (&e_cause, Type::TEXT_ARRAY),
         (&e_own, Type::BOOL_ARRAY),
+        (&n_ids, Type::INT8_ARRAY),
+        (&n_stored, Type::TEXT_ARRAY),
     ];
     let row = client.query_typed_one(COMMIT_SQL, &params).map_err(Error::from_sql)?;
     Ok(CommitCounts {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::parse_ipv4_net;
 use crate::error::{Error, Result};
 use crate::policy::model::{ConnectionFacts, PbrSpec, QuotaPeriod, RouteSpec, Status};
+use crate::radius::sqlname::pppd_user_name;
 
 /// The columns of [`ConnectionFacts`], computed by the database in one statement.
 const FACTS_SELECT: &str = concat!(
@@ -141,6 +142,57 @@ pub fn lookup_login(client: &mut Client, login: &str) -> Result<LoginLookup> {
     }
 }
 
+/// Logins that are not printable ASCII (the only ones whose pppd rendering differs from
+/// themselves), with `also` if it exists — the candidates for a rendering that contains `M-`.
+fn logins_rendered_apart(client: &mut Client, also: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query_typed(
+            "SELECT subaccount_login FROM vpn_connections WHERE subaccount_login = $1 OR subaccount_login ~ '[^ -~]'",
+            &[(&also, Type::TEXT)],
+        )
+        .map_err(Error::from_sql)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The login whose pppd rendering is `user_name` (the User-Name FreeRADIUS received), if it
+/// could exist: a rendering without `M-` can only come from the printable-ASCII login equal to
+/// it (no round trip; the caller's query finds out whether it exists); one with `M-` is looked
+/// up among the logins that are not printable ASCII (and the ASCII login equal to it).
+/// `connection add` keeps renderings unique (`check_rendering_free`).
+pub fn login_for_user_name(client: &mut Client, user_name: &[u8]) -> Result<Option<String>> {
+    let Ok(s) = std::str::from_utf8(user_name) else { return Ok(None) };
+    if !s.contains("M-") {
+        return Ok(Some(s.to_string()));
+    }
+    Ok(logins_rendered_apart(client, s)?.into_iter().find(|l| pppd_user_name(l.as_bytes()) == user_name))
+}
+
+/// Refuses `login` when another connection's login renders to the same User-Name in pppd
+/// (`jM-CM-<rgen` typed in ASCII and `jürgen` reach FreeRADIUS as the same user).
+pub fn check_rendering_free(client: &mut Client, login: &str) -> Result<()> {
+    let mine = pppd_user_name(login.as_bytes());
+    let Ok(rendered) = std::str::from_utf8(&mine) else { return Ok(()) };
+    let clash = if rendered.contains("M-") {
+        logins_rendered_apart(client, rendered)?
+            .into_iter()
+            .find(|l| l != login && pppd_user_name(l.as_bytes()) == mine)
+    } else {
+        // Only the ASCII login equal to the rendering itself can clash.
+        let rows = client
+            .query_typed("SELECT subaccount_login FROM vpn_connections WHERE subaccount_login = $1", &[(&rendered, Type::TEXT)])
+            .map_err(Error::from_sql)?;
+        rows.first().map(|r| r.get::<_, String>(0)).filter(|l| l != login)
+    };
+    match clash {
+        Some(other) => Err(Error::invalid(
+            "login",
+            login,
+            format!("reaches RADIUS as the same User-Name as the existing login {other:?} (pppd renders both as {rendered:?})"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Why a login did not match, for the log line (only called on the failure path).
 pub fn explain_login(client: &mut Client, login: &str) -> Result<String> {
     let rows = client
@@ -248,7 +300,19 @@ pub struct NewConnection {
 }
 
 /// Inserts a connection; returns its id. A login that exists already is bad input.
+/// The check for a login that renders like another one (`check_rendering_free`) and the insert
+/// run under a lock on the table, so two concurrent adds cannot both pass it.
 pub fn insert(client: &mut Client, c: &NewConnection) -> Result<i64> {
+    client
+        .batch_execute("BEGIN; LOCK TABLE vpn_connections IN SHARE ROW EXCLUSIVE MODE")
+        .map_err(Error::from_sql)?;
+    let res = check_rendering_free(client, &c.login).and_then(|()| insert_row(client, c));
+    let end = if res.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client.batch_execute(end).map_err(Error::from_sql)?;
+    res
+}
+
+fn insert_row(client: &mut Client, c: &NewConnection) -> Result<i64> {
     let rate = |v: Option<u32>| v.map(|x| x as i32);
     let row = client
         .query_one(

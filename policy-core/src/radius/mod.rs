@@ -54,38 +54,9 @@ pub struct CheckradReport {
     pub janitor: Option<Report>,
 }
 
-/// Reverses rlm_sql's user-name escaping; `None` when `stored` is not something rlm_sql writes.
-pub fn sql_unescape(stored: &str) -> Option<Vec<u8>> {
-    let b = stored.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'=' => {
-                let hex = stored.get(i + 1..i + 3)?;
-                if !hex.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)) {
-                    return None;
-                }
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'\\' => {
-                out.push(match b.get(i + 1)? {
-                    b'n' => b'\n',
-                    b'r' => b'\r',
-                    b't' => b'\t',
-                    _ => return None,
-                });
-                i += 2;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    (sqlname::sql_username(&out) == stored).then_some(out)
-}
+/// rlm_sql's stage alone, reversed (`sqlname::sql_unescape`); checkrad uses
+/// `sqlname::user_name_from_stored`, which also reverses FreeRADIUS's quoting.
+pub use sqlname::sql_unescape;
 
 /// checkrad's `<nas_ip>` argument (FreeRADIUS passes the NAS's address; surrounding blanks are
 /// ignored). The entry point of the `checkrad_args` fuzz target, with [`sql_unescape`].
@@ -112,11 +83,11 @@ pub fn checkrad<S: CounterSource>(
     let named =
         |r: &radacct::OpenRow| r.nas_ip == nas_ip && r.acct_session_id == args.session_id && r.username == args.user;
     if this_nas {
-        let Some(login) = sql_unescape(&args.user) else {
-            tracing::warn!(user = %args.user, "checkrad: user name is not one rlm_sql writes; answering not online");
+        let Some(user_name) = sqlname::user_name_from_stored(&args.user) else {
+            tracing::warn!(user = %args.user, "checkrad: user name is not one FreeRADIUS and rlm_sql write; answering not online");
             return Ok(CheckradReport { presence: Presence::Stale, this_nas, rows: vec![], janitor: None });
         };
-        let report = janitor::run(cfg, client, &Scope::Login(login), state, false)?;
+        let report = janitor::run(cfg, client, &Scope::Login(user_name), state, false)?;
         let rows: Vec<janitor::RowReport> = report.rows.iter().filter(|r| named(&r.row)).cloned().collect();
         let online = rows.iter().any(|r| !r.closed && r.verdict.online());
         let presence = if online { Presence::Online } else { Presence::Stale };
@@ -204,22 +175,6 @@ pub fn parse_max(s: &str) -> Result<Option<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn unescape_reverses_rlm_sql() {
-        assert_eq!(sql_unescape("alice").unwrap(), b"alice");
-        assert_eq!(sql_unescape("o=27brien").unwrap(), b"o'brien");
-        assert_eq!(sql_unescape("j\u{fc}rgen").unwrap(), "jürgen".as_bytes());
-        assert_eq!(sql_unescape("a\\tb").unwrap(), b"a\tb");
-        // Not rlm_sql's output: lowercase hex, a bare quote, '=' without hex.
-        assert_eq!(sql_unescape("o=2fx"), None);
-        assert_eq!(sql_unescape("o'brien"), None);
-        assert_eq!(sql_unescape("a=b"), None);
-        assert_eq!(sql_unescape("a="), None);
-        // =41 is 'A', which rlm_sql never escapes: not its output.
-        assert_eq!(sql_unescape("=41"), None);
-    }
 
     #[test]
     fn max_parsing() {
@@ -230,14 +185,5 @@ mod tests {
         assert!(parse_max("-1").is_err());
         assert!(parse_max("1x").is_err());
         assert!(parse_max("9999999999").is_err());
-    }
-
-    proptest! {
-        #[test]
-        fn unescape_inverts_escape(v in proptest::collection::vec(1u8..=255, 0..40)) {
-            prop_assume!(!v.iter().any(|b| matches!(b, b'\n' | b'\r' | b'\t')));
-            let s = sqlname::sql_username(&v);
-            prop_assert_eq!(sql_unescape(&s), Some(v));
-        }
     }
 }
