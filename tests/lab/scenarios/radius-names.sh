@@ -270,6 +270,7 @@ case_names() {
         outcome=fail detail="radcheck-not-found-as=$stored"
       elif in_dial "$name"; then
         detail=$(dial "$i" "$name" "$stored" | tail -1)
+        clients_reset > /dev/null 2>&1 || true
         fact "name.$i.dialled" yes
         if [ "$detail" = ok ]; then outcome=ok; else outcome=fail; fi
         detail="dialled $detail stored=$stored"

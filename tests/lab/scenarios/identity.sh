@@ -1,0 +1,180 @@
+# Session identity under a stepped clock, a database restarted mid-commit, and a full accounting
+# directory at ip-down (issue 16; R411, R412, R413), over real L2TP with pppgate.so, checked by
+# tests/lab_identity.rs.
+#
+#   clock      alice connects; the clock is stepped back one hour: her mapping stays VALID, a
+#              reconcile keeps her policy, the collector counts on; bob connects and hangs up
+#              while the clock is back; the clock is stepped forward again: nothing is closed as
+#              vanished; alice hangs up. SQL: no stop before its start, no negative duration,
+#              each session's final figures equal pppd's own.
+#   pgrestart  carol connects; a collector commit is held on a table lock and PostgreSQL is
+#              restarted with `pg_ctl restart -m fast` under it: exit 69, the outage marker, one
+#              log line; after the restart one collector run brings SQL to the interface's
+#              figures exactly.
+#   diskfull   dave connects (ip-up reserves his final record); the accounting directory (a
+#              small tmpfs) is filled to the last page; dave hangs up: the final marker is
+#              written, the rest fails; space is freed, one collector run later SQL holds pppd's
+#              own final figures.
+. "$LAB_LIB"
+. "$LAB_REPO/tests/lab/guest/accounting.sh"
+lab_init
+
+ACCT_DIR=/var/lib/vpn-accounting
+mkdir -p "$ACCT_DIR"
+mount -t tmpfs -o size=1m,mode=0700 tmpfs "$ACCT_DIR" || die "cannot mount a tmpfs on $ACCT_DIR"
+pg_start
+pppgate_configure
+# A commit held on a lock must outlive the restart (not end on the statement timeout first).
+sed -i 's/^connect_timeout_ms = 2000$/connect_timeout_ms = 2000\nstatement_timeout_ms = 60000/' "$PPPGATE_CONF"
+grep -q '^statement_timeout_ms = 60000$' "$PPPGATE_CONF" || die "cannot set statement_timeout_ms"
+pppgate_migrate
+net_setup
+acct_quiet_links
+for u in alice bob carol dave; do
+  sql "insert into vpn_connections (subaccount_login, status) values ('$u', 'CLAIMED')"
+  lns_user "$u" "pw-$u"
+done
+lns_start
+
+pg_srv() { ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" "$@"; }
+validity() { pg_srv --json session list | jq -r --arg i "$1" '.sessions[] | select(.ppp_if == $i) | .validity'; }
+# session_sql LOGIN: "bytes_in bytes_out stopped" of LOGIN's last session.
+session_sql() {
+  sql "select bytes_in || ' ' || bytes_out || ' ' || (stop_time is not null) from pppgate_sessions
+       where connection_id = (select id from vpn_connections where subaccount_login = '$1') order by start_time desc limit 1"
+}
+# pppd_final MARK IFNAME: pppd's "Sent N bytes, received M bytes" for that interface since MARK, as "rx tx".
+pppd_final() {
+  local line
+  line=$(lns_log_since "$1" | grep -o 'Sent [0-9]* bytes, received [0-9]* bytes' | tail -1)
+  [ -n "$line" ] || { echo none; return; }
+  set -- $line
+  echo "$5 $2"
+}
+step_clock() {
+  date -s "@$(( $(date +%s) + $1 ))" > /dev/null || die "date -s failed"
+  log "clock stepped by $1 s"
+}
+
+case_clock() {
+  local a_if b_if mark rc
+  client_add alice alice pw-alice
+  client_connect alice
+  client_wait_up alice 60
+  a_if=$(client_get alice lns_if)
+  ip netns exec cli ping -q -c 10 -i 0.05 -s 500 -W 2 "$PPP_LOCAL" > /dev/null
+  run_collector clock0
+  fact clock.before_validity "$(validity "$a_if")"
+  mark=$(lns_log_mark)
+
+  step_clock -3600
+  fact clock.back_validity "$(validity "$a_if")"
+  rc=0
+  pg_srv --json reconcile > "$LAB_OUT/reconcile-back.json" 2>&1 || rc=$?
+  fact clock.back_reconcile_rc "$rc"
+  fact clock.back_in_full "$(nft_member full_v4 "$(client_get alice client_ip)" "$a_if" && echo yes || echo no)"
+  ip netns exec cli ping -q -c 10 -i 0.05 -s 700 -W 2 "$PPP_LOCAL" > /dev/null
+  run_collector clock1
+  fact clock.back_collect_rc "$COLLECT_RC"
+  fact clock.back_read "$(jq -r .sessions.read "$LAB_OUT/collect-clock1.json")"
+  fact clock.back_vanished "$(jq -r .sessions.closed_vanished "$LAB_OUT/collect-clock1.json")"
+
+  # A connect and a hang-up while the clock is back.
+  client_add bob bob pw-bob
+  client_connect bob
+  client_wait_up bob 60
+  b_if=$(client_get bob lns_if)
+  ip netns exec cli ping -q -c 8 -i 0.05 -s 900 -W 2 -I "$(client_get bob lac_if)" "$PPP_LOCAL" > /dev/null || true
+  settle "$b_if"
+  client_disconnect bob
+  client_wait_down bob 30
+  fact clock.bob_pppd "$(pppd_final "$mark" "$b_if")"
+  fact clock.bob_sql "$(session_sql bob)"
+
+  step_clock 3600
+  fact clock.forward_validity "$(validity "$a_if")"
+  run_collector clock2
+  fact clock.forward_collect_rc "$COLLECT_RC"
+  fact clock.forward_vanished "$(jq -r .sessions.closed_vanished "$LAB_OUT/collect-clock2.json")"
+  fact clock.forward_read "$(jq -r .sessions.read "$LAB_OUT/collect-clock2.json")"
+  settle "$a_if"
+  mark=$(lns_log_mark)
+  client_disconnect alice
+  client_wait_down alice 30
+  fact clock.alice_pppd "$(pppd_final "$mark" "$a_if")"
+  fact clock.alice_sql "$(session_sql alice)"
+  fact clock.stop_before_start "$(sql "select count(*) from pppgate_sessions where stop_time < start_time")"
+  fact clock.radacct_negative "$(sql "select count(*) from radacct where acctstoptime < acctstarttime or acctsessiontime < 0")"
+  clients_reset
+}
+
+case_pgrestart() {
+  local c_if lock_pid col_pid rc base_rx base_tx rx tx
+  client_add carol carol pw-carol
+  client_connect carol
+  client_wait_up carol 60
+  c_if=$(client_get carol lns_if)
+  run_collector pg0
+  ip netns exec cli ping -q -c 12 -i 0.05 -s 800 -W 2 "$PPP_LOCAL" > /dev/null
+  settle "$c_if"
+  # Hold the commit: a transaction keeps pppgate_acct_batches locked.
+  psql_as "$PG_DB" -q -c "begin; lock table pppgate_acct_batches in access exclusive mode; select pg_sleep(120)" > /dev/null 2>&1 &
+  lock_pid=$!
+  wait_for 20 "the table lock" sql_is 1 "select count(*) from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'pppgate_acct_batches' and l.mode = 'AccessExclusiveLock' and l.granted"
+  rc=0
+  ( ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" --json collect > "$LAB_OUT/collect-pg1.json" 2> "$LAB_OUT/collect-pg1.err"; echo $? > "$LAB_TMP/pg1.rc" ) &
+  col_pid=$!
+  wait_for 30 "the collector's commit to wait for the lock" sql_is 1 "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
+  pg_bin
+  as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -w -t 60 -m fast restart -l "$PG_SOCK/postgres.log" \
+    -o "-k $PG_SOCK -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off" > /dev/null ||
+    die "pg_ctl restart failed"
+  wait "$col_pid" || true
+  wait "$lock_pid" 2> /dev/null || true
+  fact pg.collect_rc "$(cat "$LAB_TMP/pg1.rc")"
+  fact pg.db_status "$(jq -r '.db.status // .db' "$LAB_OUT/collect-pg1.json" 2> /dev/null | head -1)"
+  fact pg.log_lines "$(grep -c 'database unavailable' "$LAB_OUT/collect-pg1.err" || true)"
+  fact pg.marker "$(ls "$ACCT_DIR" | grep -c outage || true)"
+  read -r rx tx <<< "$(counters_now "$c_if")"
+  base_rx=$(sed -n 's/^RX_BASE=//p' "/run/vpn-sessions/$c_if.env")
+  base_tx=$(sed -n 's/^TX_BASE=//p' "/run/vpn-sessions/$c_if.env")
+  run_collector pg2
+  fact pg.after_collect_rc "$COLLECT_RC"
+  fact pg.kernel "$(( rx - ${base_rx:-0} )) $(( tx - ${base_tx:-0} ))"
+  fact pg.sql "$(session_sql carol)"
+  fact pg.marker_after "$(ls "$ACCT_DIR" | grep -c outage || true)"
+  clients_reset
+}
+
+case_diskfull() {
+  local d_if mark i
+  client_add dave dave pw-dave
+  client_connect dave
+  client_wait_up dave 60
+  d_if=$(client_get dave lns_if)
+  fact full.reserved "$(ls -a "$ACCT_DIR/final" | grep -c '^\.reserve\.' || true)"
+  run_collector full0
+  ip netns exec cli ping -q -c 15 -i 0.05 -s 900 -W 2 "$PPP_LOCAL" > /dev/null
+  settle "$d_if"
+  # Fill the directory's file system to the last page.
+  dd if=/dev/zero of="$ACCT_DIR/filler" bs=4096 2> /dev/null || true
+  i=0
+  while echo x > "$ACCT_DIR/filler.$i" 2> /dev/null; do i=$((i + 1)); done
+  fact full.free_kb "$(df -k --output=avail "$ACCT_DIR" | tail -1 | tr -d ' ')"
+  mark=$(lns_log_mark)
+  client_disconnect dave
+  client_wait_down dave 30
+  fact full.markers "$(ls "$ACCT_DIR/final" | grep -c '\.final$' || true)"
+  fact full.plugin_line "$(lns_log_since "$mark" | grep -m1 'final accounting' || echo none)"
+  fact full.pppd "$(pppd_final "$mark" "$d_if")"
+  rm -f "$ACCT_DIR"/filler*
+  run_collector full1
+  fact full.collect_rc "$COLLECT_RC"
+  fact full.closed_final "$(jq -r .sessions.closed_final "$LAB_OUT/collect-full1.json")"
+  fact full.sql "$(session_sql dave)"
+  clients_reset
+}
+
+run_case clock case_clock
+run_case pgrestart case_pgrestart
+run_case diskfull case_diskfull
