@@ -6,8 +6,8 @@
 //! Scenario: `tests/lab/scenarios/radius-names.sh`. The list of names and outcomes is printed.
 //!
 //! CI runs the short form (every name refused or checked against FreeRADIUS, 9 names dialled);
-//! `long_run_dials_every_accepted_name` (`#[ignore]`d, `PPPGATE_LAB_LONG=1` runs it from the
-//! matrix) dials all of them (tests/lab/README.md, "CI and the long run").
+//! `long_run_dials_every_accepted_name` (`#[ignore]`d; `PPPGATE_LAB_LONG=1 scripts/test-all.sh`
+//! runs it) dials all of them (tests/lab/README.md, "CI and the long run").
 //!
 //! `cargo build --release --workspace && cargo test --release --test lab_radius_names`.
 
