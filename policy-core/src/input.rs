@@ -268,8 +268,8 @@ mod tests {
             "Дмитрий",
             "名前",
             "tab-less!#$&()*+,/:;<>?[]^_`{|}~",
-            &"a".repeat(253),
-            &"é".repeat(42),
+            &"a".repeat(253) as &str,
+            &"é".repeat(42) as &str,
         ];
         for l in ok {
             assert_eq!(login_refusal(l), None, "{l:?}");
