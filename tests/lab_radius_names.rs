@@ -53,12 +53,20 @@ fn check(run: &LabRun) -> (usize, usize, usize) {
     for line in table.lines() {
         let cols: Vec<&str> = line.splitn(4, '\t').collect();
         let name = String::from_utf8_lossy(&unhex(cols[1])).into_owned();
-        let shown = if name.len() > 40 { format!("{}… ({} bytes)", &name[..name.floor_char_boundary(30)], name.len()) } else { format!("{name:?}") };
+        let shown = if name.len() > 40 {
+            format!("{}… ({} bytes)", &name[..name.floor_char_boundary(30)], name.len())
+        } else {
+            format!("{name:?}")
+        };
         println!("{:>3}  {:<8} {:<40} {}", cols[0], cols[2], shown, cols[3]);
         match cols[2] {
             "refused" => {
                 refused += 1;
-                assert!(cols[3].starts_with("exit=65 lines=1 "), "{name:?}: refusal must be one line, exit 65: {}", cols[3]);
+                assert!(
+                    cols[3].starts_with("exit=65 lines=1 "),
+                    "{name:?}: refusal must be one line, exit 65: {}",
+                    cols[3]
+                );
                 assert!(cols[3].contains("invalid login"), "{name:?}: {}", cols[3]);
             }
             "ok" => {

@@ -53,11 +53,11 @@ use postgres::Client;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::db;
 use crate::db::radacct::{self, Close, CloseSession, OpenRow, OpenSession};
 use crate::error::{one_line, Error, Result};
 use crate::kernel::links::LinkSnapshot;
 use crate::mapping::{self, Mapping};
-use crate::db;
 use crate::radius::sqlname::{sql_username, stored_user_name};
 
 /// A row of this NAS younger than this (database clock) is never closed.

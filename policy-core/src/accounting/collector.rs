@@ -310,9 +310,8 @@ fn drop_stale_reserves(cfg: &Config, j: &Journal, seen: &BTreeSet<String>) {
     let Ok(reserves) = j.dir.reserves() else { return };
     for (path, marker, age) in reserves {
         let live = seen.iter().any(|k| {
-            SessionKey::parse(k).is_some_and(|(_, ppp_if, pid, start)| {
-                marker == super::spool::marker_file_name(pid, start, ppp_if)
-            })
+            SessionKey::parse(k)
+                .is_some_and(|(_, ppp_if, pid, start)| marker == super::spool::marker_file_name(pid, start, ppp_if))
         });
         if !live && age >= grace {
             debug!(path = %path.display(), "final-marker reservation of an ended session removed");

@@ -292,7 +292,9 @@ impl AcctDir {
                 return Ok(self.finals.join(&name));
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(path = %reserve.display(), error = %e, "cannot use the reserved final record; writing a new one"),
+            Err(e) => {
+                tracing::warn!(path = %reserve.display(), error = %e, "cannot use the reserved final record; writing a new one")
+            }
         }
         write_durable(&self.finals, &name, &bytes)
     }

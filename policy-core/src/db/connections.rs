@@ -179,7 +179,10 @@ pub fn check_rendering_free(client: &mut Client, login: &str) -> Result<()> {
     } else {
         // Only the ASCII login equal to the rendering itself can clash.
         let rows = client
-            .query_typed("SELECT subaccount_login FROM vpn_connections WHERE subaccount_login = $1", &[(&rendered, Type::TEXT)])
+            .query_typed(
+                "SELECT subaccount_login FROM vpn_connections WHERE subaccount_login = $1",
+                &[(&rendered, Type::TEXT)],
+            )
             .map_err(Error::from_sql)?;
         rows.first().map(|r| r.get::<_, String>(0)).filter(|l| l != login)
     };
@@ -303,9 +306,7 @@ pub struct NewConnection {
 /// The check for a login that renders like another one (`check_rendering_free`) and the insert
 /// run under a lock on the table, so two concurrent adds cannot both pass it.
 pub fn insert(client: &mut Client, c: &NewConnection) -> Result<i64> {
-    client
-        .batch_execute("BEGIN; LOCK TABLE vpn_connections IN SHARE ROW EXCLUSIVE MODE")
-        .map_err(Error::from_sql)?;
+    client.batch_execute("BEGIN; LOCK TABLE vpn_connections IN SHARE ROW EXCLUSIVE MODE").map_err(Error::from_sql)?;
     let res = check_rendering_free(client, &c.login).and_then(|()| insert_row(client, c));
     let end = if res.is_ok() { "COMMIT" } else { "ROLLBACK" };
     client.batch_execute(end).map_err(Error::from_sql)?;
