@@ -46,7 +46,8 @@ impl FreeRadius {
         );
         let base = env.dir().join("fr");
         let raddb = base.join("raddb");
-        fs::create_dir_all(base.join("log")).unwrap();
+        // The detail module (accounting) writes under logdir/radacct/<client>/.
+        fs::create_dir_all(base.join("log/radacct/127.0.0.1")).unwrap();
         fs::create_dir_all(base.join("run")).unwrap();
         run(&["cp", "-a", "/etc/freeradius/3.0", raddb.to_str().unwrap()]);
         let bin = env!("CARGO_BIN_EXE_pppgate");
@@ -95,7 +96,9 @@ impl FreeRadius {
         edit(&raddb.join("sites-enabled/default"), |t| {
             let t = replace_once(&t, "\t-sql\n", "\tsql\n\tpppgate_simul\n", "default (authorize)");
             let t = t.replace("\t-sql\n", "\tsql\n");
-            replace_once(&t, "#\tsql\n}", "\tsql\n}", "default (session)")
+            let t = replace_once(&t, "#\tsql\n}", "\tsql\n}", "default (session)");
+            // Accounting goes to SQL only (the detail file is not what these tests look at).
+            t.replace("\n\tdetail\n", "\n#\tdetail\n")
         });
         let mut clients = fs::OpenOptions::new().append(true).open(raddb.join("clients.conf")).unwrap();
         let nas = fs::read_to_string(repo().join("packaging/freeradius/clients.d/pppgate-nas.conf")).unwrap();
@@ -321,7 +324,7 @@ fn freeradius_stores_and_counts_each_login_as_sql_username_says() {
             "User-Name = {name}\nAcct-Status-Type = Start\nAcct-Session-Id = \"s{i}\"\nNAS-IP-Address = {NAS_A}\nNAS-Port = {i}\nFramed-IP-Address = {ip}\n"
         );
         let out = fr.send(1813, "acct", &acct);
-        assert!(out.contains("Received Accounting-Response"), "{l:?}: {out}");
+        assert!(out.contains("Received Accounting-Response"), "{l:?}: {out}\n--- radiusd:\n{}", fr.log_text());
         let stored: String =
             c.query_one("SELECT username FROM radacct WHERE framedipaddress = $1::text::inet", &[&ip]).unwrap().get(0);
         assert_eq!(stored, sql_username(l.as_bytes()), "radacct.username of {l:?}");
