@@ -54,7 +54,7 @@ fn check(run: &LabRun) -> (usize, usize, usize) {
         let cols: Vec<&str> = line.splitn(4, '\t').collect();
         let name = String::from_utf8_lossy(&unhex(cols[1])).into_owned();
         let shown = if name.len() > 40 {
-            format!("{}… ({} bytes)", &name[..name.floor_char_boundary(30)], name.len())
+            format!("{}… ({} bytes)", name.chars().take(30).collect::<String>(), name.len())
         } else {
             format!("{name:?}")
         };
