@@ -25,6 +25,7 @@ pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
 pub mod runs;
+pub mod session_view;
 pub mod trust;
 pub mod wg;
 
