@@ -110,7 +110,10 @@ fn untrusted_config_makes_pppd_refuse_to_start() {
     assert_eq!(code, 2, "{out}");
     std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (_, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), cfg2.display()));
-    assert!(!out.contains("refusing") && out.contains("pppgate: pppgate "), "in a 0755 directory it is trusted:\n{out}");
+    assert!(
+        !out.contains("refusing") && out.contains("pppgate: pppgate "),
+        "in a 0755 directory it is trusted:\n{out}"
+    );
 
     // A symlinked secrets file (its target is a good 0600 file).
     let secrets = dir.path().join("secrets.toml");

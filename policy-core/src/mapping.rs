@@ -735,7 +735,8 @@ mod tests {
         assert_eq!(remove_if_pppd_gone(dir.path(), &m).unwrap(), None);
         assert!(m.path_in(dir.path()).exists());
         // Same PID, other ticks: reused. Other boot: gone whatever the PID is now.
-        let reused = Mapping { process: Some(ProcessIdentity { start_ticks: me.start_ticks + 7, ..me.clone() }), ..m.clone() };
+        let reused =
+            Mapping { process: Some(ProcessIdentity { start_ticks: me.start_ticks + 7, ..me.clone() }), ..m.clone() };
         assert_eq!(reused.pppd_gone(), Some(Gone::PidReused));
         let earlier = Mapping {
             process: Some(ProcessIdentity { boot_id: "00000000-0000-4000-8000-000000000000".into(), ..me.clone() }),

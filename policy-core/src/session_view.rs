@@ -140,7 +140,9 @@ fn counters_view(c: Counters, base: Option<(u64, u64)>) -> CounterView {
 fn valid_reasons(m: &Mapping, links: &LinkSnapshot, boot: i64) -> ValidReasons {
     let how = if m.process.is_some() { "START_TICKS and BOOT_ID" } else { "START_TS" };
     let process = match m.liveness(boot) {
-        Ok(Liveness::Same) => Condition { ok: true, detail: format!("pid {} is the mapping's pppd ({how} match)", m.pppd_pid) },
+        Ok(Liveness::Same) => {
+            Condition { ok: true, detail: format!("pid {} is the mapping's pppd ({how} match)", m.pppd_pid) }
+        }
         Ok(Liveness::Gone) => Condition { ok: false, detail: format!("no process has pid {}", m.pppd_pid) },
         Ok(Liveness::Other { actual_start }) => Condition {
             ok: false,
@@ -165,12 +167,7 @@ fn valid_reasons(m: &Mapping, links: &LinkSnapshot, boot: i64) -> ValidReasons {
                 let peers: Vec<String> = l.peers.iter().map(Ipv4Addr::to_string).collect();
                 Condition {
                     ok: false,
-                    detail: format!(
-                        "{} has peer(s) [{}], not {}",
-                        m.ppp_if,
-                        peers.join(", "),
-                        m.client_ip
-                    ),
+                    detail: format!("{} has peer(s) [{}], not {}", m.ppp_if, peers.join(", "), m.client_ip),
                 }
             },
         ),
@@ -202,7 +199,8 @@ fn kernel_state<B: Backends>(
     }
     match rules {
         Ok(all) => {
-            k.rules = all.iter().filter(|r| r.from.prefix_len() == 32 && r.from.addr() == m.client_ip).cloned().collect()
+            k.rules =
+                all.iter().filter(|r| r.from.prefix_len() == 32 && r.from.addr() == m.client_ip).cloned().collect()
         }
         Err(e) => k.errors.push(format!("rules: {e}")),
     }

@@ -665,7 +665,8 @@ fn print_show(v: &policy_core::session_view::SessionShow) {
         _ => println!("connection {} login {login}", v.connection_id),
     }
     if let Some(u) = &v.usage {
-        let period = serde_json::to_value(u.period).ok().and_then(|p| p.as_str().map(str::to_string)).unwrap_or_default();
+        let period =
+            serde_json::to_value(u.period).ok().and_then(|p| p.as_str().map(str::to_string)).unwrap_or_default();
         match u.quota_bytes {
             Some(q) => println!(
                 "  usage     {} this {period} of a {} quota, {} left{}",
@@ -756,13 +757,7 @@ fn print_show(v: &policy_core::session_view::SessionShow) {
         );
     }
     for o in &v.open_pppgate_sessions {
-        println!(
-            "  accounting {} {} pid {} started {}",
-            o.session_key,
-            o.ppp_if,
-            o.pppd_pid,
-            audit::rfc3339(o.start)
-        );
+        println!("  accounting {} {} pid {} started {}", o.session_key, o.ppp_if, o.pppd_pid, audit::rfc3339(o.start));
     }
     for m in &v.malformed {
         println!("  malformed mapping: {m}");

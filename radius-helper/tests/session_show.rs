@@ -62,10 +62,8 @@ fn session_show_reads_the_kernel_and_sql_back() {
     assert_eq!(v["database_error"], Value::Null);
 
     // SQL, read back with psql.
-    let used: u64 = pg
-        .psql(&format!("SELECT sum(bytes_in + bytes_out) FROM vpn_usage WHERE connection_id = {a}"))
-        .parse()
-        .unwrap();
+    let used: u64 =
+        pg.psql(&format!("SELECT sum(bytes_in + bytes_out) FROM vpn_usage WHERE connection_id = {a}")).parse().unwrap();
     assert_eq!(v["usage"]["used_bytes"], used);
     assert_eq!(v["usage"]["quota_bytes"], 5_000_000);
     assert_eq!(v["usage"]["remaining_bytes"], 5_000_000 - used);

@@ -196,7 +196,21 @@ const VERBS: &[&[&str]] = &[
     &["routes", "del", "--connection-id", "1", "--dst", "10.9.0.0/24"],
     &["routes", "apply"],
     &["pbr", "list"],
-    &["pbr", "add", "p", "--connection-id", "1", "--table", "100", "--via", "10.0.0.1", "--dev", "lo", "--priority", "100"],
+    &[
+        "pbr",
+        "add",
+        "p",
+        "--connection-id",
+        "1",
+        "--table",
+        "100",
+        "--via",
+        "10.0.0.1",
+        "--dev",
+        "lo",
+        "--priority",
+        "100",
+    ],
     &["pbr", "del", "x"],
     &["pbr", "check", "10.0.0.1"],
     &["connection", "show", "1"],
@@ -284,7 +298,12 @@ fn a_missing_configuration_is_a_configuration_error_in_every_verb() {
             let out = run_isolated(&cli, log.path(), v).expect_code(78);
             let all = format!("{}{}", out.stdout, out.stderr);
             let line = all.lines().find(|l| l.contains(&cfg.display().to_string()) && l.contains(&needle));
-            assert!(line.is_some(), "{v:?} ({:?}): no line naming {} and {needle:?}:\n{all}", verb_of(v, &leaves), cfg.display());
+            assert!(
+                line.is_some(),
+                "{v:?} ({:?}): no line naming {} and {needle:?}:\n{all}",
+                verb_of(v, &leaves),
+                cfg.display()
+            );
         }
         let out = run_isolated(&cli, log.path(), &["diag"]).expect_code(2);
         assert!(out.stdout.lines().any(|l| l.starts_with("FAIL") && l.contains(&cfg.display().to_string())), "{out:?}");
@@ -340,7 +359,21 @@ fn ids_up_to_i64_max_are_accepted_by_every_verb_and_larger_ones_by_none() {
         vec!["connection", "show", m],
         vec!["connection", "set", m, "--down-kbit", "1000"],
         vec!["connection", "add", "--login", "maxed", "--customer-id", m],
-        vec!["pbr", "add", "p1", "--connection-id", m, "--table", "100", "--via", "10.0.0.1", "--dev", "lo", "--priority", "100"],
+        vec![
+            "pbr",
+            "add",
+            "p1",
+            "--connection-id",
+            m,
+            "--table",
+            "100",
+            "--via",
+            "10.0.0.1",
+            "--dev",
+            "lo",
+            "--priority",
+            "100",
+        ],
         vec!["session", "show", m],
         vec!["session", "kill", m],
         vec!["wg", "tenant", "add", m],
