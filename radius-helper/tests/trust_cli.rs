@@ -137,9 +137,10 @@ fn help_of(path: &[String]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The lines of one section of a help text (up to the next blank line).
+/// The lines of one section of a help text (up to the next empty line; an argument without a
+/// description is followed by a line of spaces in the long help, which does not end it).
 fn section<'a>(help: &'a str, title: &str) -> Vec<&'a str> {
-    help.lines().skip_while(|l| *l != title).skip(1).take_while(|l| !l.trim().is_empty()).collect()
+    help.lines().skip_while(|l| *l != title).skip(1).take_while(|l| !l.is_empty()).collect()
 }
 
 /// The id arguments of a verb, from its help: options and positionals whose value is an `ID`, a
@@ -217,6 +218,7 @@ const VERBS: &[&[&str]] = &[
     &["connection", "set", "1", "--block"],
     &["connection", "add", "--login", "x"],
     &["sysctl", "check"],
+    &["sysctl", "ensure"],
     &["janitor"],
     &["session", "kill", "1"],
     &["session", "list"],
