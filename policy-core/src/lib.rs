@@ -11,6 +11,7 @@ pub mod db;
 pub mod diag;
 pub mod error;
 pub mod fuzz;
+pub mod guard;
 pub mod hardcut;
 pub mod ids;
 pub mod input;

@@ -176,7 +176,7 @@ pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
         Some(t) => {
             // Backends first, so they are dropped after the lock: closing the nfnetlink socket
             // after a commit waits for an RCU grace period (8-16 ms), which need not hold the lock.
-            let mut b = test_hook::kernel()?;
+            let mut b = test_hook::kernel(&cfg.paths.sessions_dir)?;
             let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "apply", &a.run)?) };
             let r = apply::apply(&cfg, &mut b, &t, a.run.dry_run)?;
             print_report(g, &r, a.run.dry_run);
@@ -198,7 +198,7 @@ pub fn reconcile_cmd(g: &Global, a: &ReconcileArgs) -> CmdResult {
 }
 
 fn reconcile_run(g: &Global, a: &ReconcileArgs, cfg: &Config, mut run: Option<&mut Run>) -> CmdResult {
-    let mut b = test_hook::kernel()?;
+    let mut b = test_hook::kernel(&cfg.paths.sessions_dir)?;
     let t_lock = std::time::Instant::now();
     let lock = if a.run.dry_run { None } else { Some(take_lock(cfg, "reconcile", &a.run)?) };
     if let Some(r) = run.as_deref_mut() {
@@ -322,7 +322,7 @@ fn table_arg(cfg: &Config, t: Option<&str>) -> Result<Option<u32>, Failure> {
 /// Applies the policy of one connection now when it has a live session (lock busy: exit 75,
 /// the SQL change stays and the next apply/reconcile picks it up).
 fn apply_now(g: &Global, cfg: &Config, conn: i64, run: &RunOpts) -> CmdResult {
-    let mut b = test_hook::kernel()?;
+    let mut b = test_hook::kernel(&cfg.paths.sessions_dir)?;
     let _lock = if run.dry_run { None } else { Some(take_lock(cfg, "apply", run)?) };
     let r = apply::apply(cfg, &mut b, &Target::Connection(conn), run.dry_run)?;
     if !g.json {

@@ -360,7 +360,7 @@ const KILL_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// of sessions that no longer exist (exactly what a kill needs) and says so.
 fn reconcile_after_kill(cfg: &Config) -> ReconcileOutcome {
     let res = Lock::acquire_within(&cfg.paths.apply_lock, "session-kill", KILL_LOCK_WAIT).and_then(|_lock| {
-        let mut b = Netlink::new()?;
+        let mut b = Netlink::recording_to(&cfg.paths.sessions_dir)?;
         apply::reconcile(cfg, &mut b, false)
     });
     match res {

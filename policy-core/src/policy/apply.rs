@@ -1,7 +1,7 @@
 //! `pppgate apply` and `reconcile`: SQL facts + VALID mappings → desired state → converge.
 //! The caller holds the apply lock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::db;
 use crate::error::{one_line, Error, Result};
 use crate::input;
-use crate::kernel::{Backends, Member};
+use crate::kernel::{Backends, Member, Nft, NftSet};
 use crate::mapping::{self, LiveSession};
 use crate::policy::engine::{self, micros, Outcome};
 use crate::policy::planner::{Desired, DesiredSession, Scope};
@@ -175,6 +175,13 @@ pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<
             let mut desired = Desired { sessions: engine::desired_sessions(&valid, &facts), subnet_pbr };
             validate(cfg, &mut desired)?;
             report.outcome = engine::converge(b, cfg, &desired, &Scope::All, dry_run)?;
+            if !dry_run {
+                // The member record becomes exactly what was just verified (self-healing after a
+                // crash between a commit and its record; records of gone sessions go).
+                let want: BTreeMap<Member, NftSet> =
+                    desired.sessions.iter().map(|s| (s.member(), NftSet::for_state(s.policy.state))).collect();
+                b.nft().sync_record(&want)?;
+            }
         }
         Err(e) if e.is_transient() => {
             report.sql_unavailable = Some(one_line(&e));
@@ -270,7 +277,14 @@ pub fn remove_gone_sessions<B: Backends>(
     // share its address. `ips` holds only addresses no live session has (rules are per /32).
     ips.extend(members.iter().map(|m| m.ip).filter(|ip| !live_ips.contains(ip)));
     let scope = Scope::Sessions { ifnames, ips, members };
-    engine::converge(b, cfg, &Desired::default(), &scope, dry_run)
+    let out = engine::converge(b, cfg, &Desired::default(), &scope, dry_run)?;
+    if !dry_run {
+        // Records of gone sessions go; live sessions keep theirs, as the kernel keeps them.
+        let record = crate::kernel::members::MemberRecord::in_sessions_dir(&cfg.paths.sessions_dir).read()?;
+        let want: BTreeMap<Member, NftSet> = record.into_iter().filter(|(m, _)| live_members.contains(m)).collect();
+        b.nft().sync_record(&want)?;
+    }
+    Ok(out)
 }
 
 /// Desired sessions for one connect (the plugin's path).
