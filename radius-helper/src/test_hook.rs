@@ -94,6 +94,9 @@ impl Nft for HookNft {
         crash_if(self.crash, CrashAfter::Nft);
         Ok(())
     }
+    fn table_present(&mut self) -> Result<bool> {
+        self.inner.table_present()
+    }
     fn sync_record(&mut self, want: &std::collections::BTreeMap<Member, NftSet>) -> Result<()> {
         self.inner.sync_record(want)
     }

@@ -154,6 +154,13 @@ pub trait Nft {
     fn sets_of(&mut self, m: Member) -> Result<BTreeSet<NftSet>>;
     /// Applies all changes as one atomic transaction: all or nothing.
     fn commit(&mut self, changes: &[SetChange]) -> Result<()>;
+    /// Whether `inet pppgate` exists at all (whatever its layout). Cheap: the engine asks before
+    /// every session-scope apply, so that one finding the table gone restores everyone's
+    /// membership instead of building it with its own sessions only.
+    fn table_present(&mut self) -> Result<bool> {
+        let st = self.read()?;
+        Ok(st.base_ok || st.members.values().any(|m| !m.is_empty()))
+    }
     /// Makes the member record (docs/security.md, "Tamper detection and restore") exactly `want`,
     /// for a backend that keeps one; reconcile calls it with the state it just verified.
     fn sync_record(&mut self, _want: &BTreeMap<Member, NftSet>) -> Result<()> {

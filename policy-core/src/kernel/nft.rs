@@ -804,6 +804,10 @@ impl Nft for NftNetlink {
         }
     }
 
+    fn table_present(&mut self) -> Result<bool> {
+        Ok(self.probe()?.table)
+    }
+
     fn sync_record(&mut self, want: &BTreeMap<Member, NftSet>) -> Result<()> {
         match &self.record {
             Some(r) => r.sync(want),

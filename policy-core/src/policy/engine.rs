@@ -184,6 +184,18 @@ pub fn converge<B: Backends>(
     let mut t = Timings::default();
     let t0 = Instant::now();
     if !dry_run {
+        // A session-scope apply (a connect, `apply --connection-id`, reconcile without SQL) that
+        // finds the table gone builds it with every VALID session's recorded membership, not
+        // with its own sessions only (docs/security.md, "Tamper detection and restore").
+        if matches!(scope, Scope::Sessions { .. }) && !b.nft().table_present()? {
+            let r = restore::restore(b, cfg)?;
+            tracing::warn!(
+                live = r.live,
+                added = r.added,
+                unrecorded = r.unrecorded.len(),
+                "inet pppgate was missing: rebuilt and every session's membership restored"
+            );
+        }
         b.nft().ensure_base(&cfg.policy.walled_garden)?;
     }
     let view = read_view(b, scope, desired)?;

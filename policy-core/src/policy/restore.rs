@@ -122,7 +122,9 @@ pub fn restore<B: Backends>(b: &mut B, cfg: &Config) -> Result<Restored> {
     let changes = changes_for(&want, &have);
     out.added = changes.iter().filter(|c| c.add).count();
     out.removed = changes.len() - out.added;
-    b.nft().commit(&changes)?;
+    if !changes.is_empty() {
+        b.nft().commit(&changes)?;
+    }
     // Read back: the layout, and every recorded live member in its set and only there.
     let after = b.nft().read()?;
     let left = changes_for(&want, &after.members);
