@@ -30,7 +30,9 @@ pub const GUARD_LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// After an event of ours, how long to keep reading for the rest of the same burst (a flush
 /// of a whole ruleset arrives as many messages) before checking once.
-const SETTLE: Duration = Duration::from_millis(5);
+const SETTLE: Duration = Duration::from_millis(2);
+/// The longest a burst is drained before the check runs anyway (a connect storm never ends).
+const SETTLE_MAX: Duration = Duration::from_millis(50);
 
 /// Why a check ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +73,8 @@ pub fn check(cfg: &Config) -> Result<Restored> {
     Ok(r)
 }
 
-/// Watches nftables' events until an error; `report` is told of every check that changed
-/// something (with the time since the triggering event) and of every failed one.
+/// Watches nftables' events until an error; `report` is told what triggered each check and
+/// its outcome.
 pub fn run(cfg: &Config, interval: Duration, mut report: impl FnMut(Trigger, &Result<Restored>)) -> Result<()> {
     let mut sock = Socket::open(Family::Netfilter)?;
     sock.subscribe(NFNLGRP_NFTABLES)?;
@@ -91,7 +93,8 @@ pub fn run(cfg: &Config, interval: Duration, mut report: impl FnMut(Trigger, &Re
             trigger = Some(Trigger::Interval);
             continue;
         }
-        sock.set_recv_timeout(next_tick - now)?;
+        // A zero timeval would mean "no timeout".
+        sock.set_recv_timeout((next_tick - now).max(Duration::from_millis(1)))?;
         let first = match sock.recv_events()? {
             Events::TimedOut => continue,
             Events::Overrun => {
@@ -107,11 +110,10 @@ pub fn run(cfg: &Config, interval: Duration, mut report: impl FnMut(Trigger, &Re
         }
         // Drain the rest of the burst, then check once.
         sock.set_recv_timeout(SETTLE)?;
-        loop {
+        while since.elapsed() < SETTLE_MAX {
             match sock.recv_events()? {
                 Events::Messages(more) => burst.feed(&more),
-                Events::Overrun => break,
-                Events::TimedOut => break,
+                Events::Overrun | Events::TimedOut => break,
             }
         }
         burst = Burst::default();
@@ -169,18 +171,18 @@ mod tests {
     fn a_burst_is_ours_when_the_table_changes_or_a_stranger_edits_its_sets() {
         let del_table = msg(2, 1, &[(1, "pppgate")]);
         let elem = msg(12, 1, &[(1, "pppgate")]);
-        let gen = |who: &str| msg(15, 0, &[(3, who)]);
+        let newgen = |who: &str| msg(15, 0, &[(3, who)]);
         let mut b = Burst::default();
-        b.feed(&[elem.clone(), gen("pppd")]);
+        b.feed(&[elem.clone(), newgen("pppd")]);
         assert!(!b.ours(), "a connect's own commit");
         b.feed(&[elem.clone()]);
         assert!(!b.ours(), "not yet: whose transaction is it?");
-        b.feed(&[gen("nft")]);
+        b.feed(&[newgen("nft")]);
         assert!(b.ours(), "an element edited by nft(8) across two datagrams");
         let mut b = Burst::default();
-        b.feed(&[msg(2, 1, &[(1, "filter")]), gen("nft")]);
+        b.feed(&[msg(2, 1, &[(1, "filter")]), newgen("nft")]);
         assert!(!b.ours(), "another table");
-        b.feed(&[del_table, gen("pppgate")]);
+        b.feed(&[del_table, newgen("pppgate")]);
         assert!(b.ours(), "the table went, whoever did it");
     }
 }

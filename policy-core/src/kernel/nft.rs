@@ -947,13 +947,13 @@ mod tests {
         assert_eq!(c(event(2, NFPROTO_INET, "other")), NftEvent::Unrelated);
         assert_eq!(c(event(2, 2, "pppgate")), NftEvent::Unrelated, "ip pppgate is not ours");
         assert_eq!(c(event(1, NFPROTO_INET, "pppgate")), NftEvent::Unrelated, "a get is no change");
-        let gen = MsgBuilder::new(msg_type(NFT_MSG_NEWGEN), 0)
+        let newgen = MsgBuilder::new(msg_type(NFT_MSG_NEWGEN), 0)
             .bytes(&nfgenmsg(0, 0))
             .attr_u32_be(1, 7)
             .attr_u32_be(2, 42)
             .attr_str(NFTA_GEN_PROC_NAME, "nft")
             .finish(1);
-        let g = &netlink::messages(&gen)[0];
+        let g = &netlink::messages(&newgen)[0];
         assert_eq!(classify_event(g.ty, g.payload), NftEvent::EndOfTransaction { process: Some("nft".into()) });
         assert_eq!(classify_event(0x0201, &[1, 0, 0, 0]), NftEvent::Unrelated, "another subsystem");
         assert!(is_pppgate_writer("pppd") && is_pppgate_writer("vpn-policy-appl") && !is_pppgate_writer("nft"));
