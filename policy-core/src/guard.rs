@@ -45,6 +45,18 @@ pub enum Trigger {
     Interval,
 }
 
+impl Trigger {
+    /// For the log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Event(_) => "event",
+            Trigger::Overrun => "events lost",
+            Trigger::Interval => "interval",
+        }
+    }
+}
+
 /// One check: restore under the apply lock (or without it after [`GUARD_LOCK_WAIT`]); live
 /// sessions without a record (connected before this version recorded memberships) are then
 /// decided by a reconcile from SQL, which records them (best effort, logged).
@@ -175,7 +187,7 @@ mod tests {
         let mut b = Burst::default();
         b.feed(&[elem.clone(), newgen("pppd")]);
         assert!(!b.ours(), "a connect's own commit");
-        b.feed(&[elem.clone()]);
+        b.feed(std::slice::from_ref(&elem));
         assert!(!b.ours(), "not yet: whose transaction is it?");
         b.feed(&[newgen("nft")]);
         assert!(b.ours(), "an element edited by nft(8) across two datagrams");

@@ -53,7 +53,7 @@ pub fn guard(g: &Global, a: &GuardArgs) -> CmdResult {
                 _ => None,
             };
             tracing::warn!(
-                ?trigger,
+                trigger = trigger.name(),
                 rebuilt = r.rebuilt,
                 locked_down = r.locked_down.len(),
                 live = r.live,
@@ -66,8 +66,8 @@ pub fn guard(g: &Global, a: &GuardArgs) -> CmdResult {
                 "guard: inet pppgate restored"
             );
         }
-        Ok(_) => tracing::debug!(?trigger, "guard: inet pppgate intact"),
-        Err(e) => tracing::error!(?trigger, "guard: restore failed: {}", one_line(e)),
+        Ok(_) => tracing::debug!(trigger = trigger.name(), "guard: inet pppgate intact"),
+        Err(e) => tracing::error!(trigger = trigger.name(), "guard: restore failed: {}", one_line(e)),
     })?;
     Ok(())
 }

@@ -193,8 +193,16 @@ fn episode(w: &World, what: &str, tamper: &[&str], peers: &mut [&mut Peer], want
         during[1],
         during[2]
     );
+    // The restore ends by turning forwarding on again on the links it locked down.
+    for p in peers.iter() {
+        assert!(
+            wait_until(Duration::from_secs(5), || forwarding(&p.ifname) == "1"),
+            "{what}: forwarding on {} again after the lockdown",
+            p.ifname
+        );
+    }
     // After the restore: FULL passes, RESTRICTED and BLOCKED pass nothing, the drop counters
-    // count again, forwarding is back on every live link.
+    // count again.
     let total_before = (w.far(&peers[1].peer), w.far(&peers[2].peer));
     let full_before = w.far(&peers[0].peer);
     for p in peers.iter_mut() {
@@ -206,13 +214,6 @@ fn episode(w: &World, what: &str, tamper: &[&str], peers: &mut [&mut Peer], want
     assert_eq!((w.far(&peers[1].peer), w.far(&peers[2].peer)), total_before, "{what}: nothing but FULL passes");
     assert!(nft_counter("blocked_from") >= 20, "{what}: the blocked drop counter counts");
     assert!(nft_counter("restricted_from") >= 20, "{what}: the walled-garden drop counter counts");
-    for p in peers.iter() {
-        assert!(
-            wait_until(Duration::from_secs(5), || forwarding(&p.ifname) == "1"),
-            "{what}: forwarding on {} again after the lockdown",
-            p.ifname
-        );
-    }
 }
 
 #[test]
@@ -252,6 +253,8 @@ fn the_guard_restores_every_member_after_flush_ruleset_delete_table_and_an_alter
     let log = g.log();
     println!("guard log:\n{log}");
     assert!(log.matches("inet pppgate restored").count() >= 4, "the guard logged each restore");
+    // Each rebuild locked RESTRICTED's and BLOCKED's links down first (FULL's never).
+    assert!(log.matches("rebuilt=true locked_down=2 ").count() >= 3, "the links that are not FULL were locked down");
 }
 
 #[test]

@@ -109,17 +109,8 @@ members_are() {
 # window_count LOG FIELD FROM_US TO_US [IP]: V = lines of LOG whose FIELD-th field (1-based, a
 # CLOCK_MONOTONIC µs stamp) is in [FROM_US, TO_US) and, given IP, whose last field is IP.
 window_count() {
-  local log=$1 field=$2 from=$3 to=$4 want=${5:-} line n=0
-  local -a f
   V=0
-  [ -f "$log" ] || return 0
-  while IFS= read -r line; do
-    read -r -a f <<< "$line"
-    [ "${#f[@]}" -ge "$field" ] || continue
-    [ "${f[$((field - 1))]}" -ge "$from" ] 2> /dev/null || continue
-    [ "${f[$((field - 1))]}" -lt "$to" ] || continue
-    [ -z "$want" ] || [ "${f[-1]}" = "$want" ] || continue
-    n=$((n + 1))
-  done < "$log"
-  V=$n
+  [ -f "$1" ] || return 0
+  V=$(awk -v f="$2" -v a="$3" -v b="$4" -v ip="${5:-}" \
+    '$f + 0 >= a + 0 && $f + 0 < b + 0 && (ip == "" || $NF == ip) { n++ } END { print n + 0 }' "$1")
 }
