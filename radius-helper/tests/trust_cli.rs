@@ -226,6 +226,7 @@ const VERBS: &[&[&str]] = &[
     &["collect"],
     &["final-flush", "--ppp-if", "ppp0"],
     &["metrics"],
+    &["guard", "--once"],
     &["wg", "init"],
     &["wg", "tenant", "add", "1"],
     &["wg", "tenant", "show", "1"],
