@@ -1,4 +1,4 @@
-//! Login-name conformance in the lab VM (issue 16; R511, R512): 121 names — every printable
+//! Login-name conformance in the lab VM (issue 16; R513, R514): 121 names — every printable
 //! ASCII character in some name, spaces, `'` `"` `\` `%` `=`, UTF-8 from four scripts, 64-,
 //! 250-, 253- and 254-byte names — through `pppgate connection add`, real FreeRADIUS 3.2 with
 //! rlm_sql postgresql, and (for the names in the scenario's DIAL list; all of them in the long

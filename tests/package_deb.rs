@@ -168,23 +168,30 @@ const TIMERS: [&str; 4] = [
     "pppgate-wg-reconcile.timer",
 ];
 
+/// The tamper guard (docs/security.md): enabled, started on install, restarted on upgrade.
+const GUARD: &str = "pppgate-guard.service";
+
 #[test]
 fn maintainer_scripts_start_only_timers_and_touch_no_policy_outside_purge() {
     let postinst = control_file("postinst");
     for t in TIMERS {
         assert!(postinst.contains(&format!("deb-systemd-helper enable '{t}'")), "{t} not enabled on install");
     }
-    for u in ["pppgate-boot-reconcile.service", "pppgate-boot-janitor.service"] {
+    for u in ["pppgate-boot-reconcile.service", "pppgate-boot-janitor.service", GUARD] {
         assert!(postinst.contains(&format!("deb-systemd-helper enable '{u}'")), "{u} not enabled on install");
     }
-    // Every unit dpkg starts or restarts is a timer: a boot reconcile/janitor never runs inside dpkg.
+    // Every unit dpkg starts or restarts is a timer or the guard (which only restores the table
+    // from local state): a boot reconcile/janitor never runs inside dpkg.
+    let mut guard_started = false;
     for line in postinst.lines().filter(|l| l.contains("deb-systemd-invoke")) {
         let units: Vec<&str> = line.split('\'').skip(1).step_by(2).collect();
         assert!(!units.is_empty(), "deb-systemd-invoke without units: {line}");
         for u in units {
-            assert!(TIMERS.contains(&u), "postinst starts/restarts {u}: {line}");
+            guard_started |= u == GUARD;
+            assert!(TIMERS.contains(&u) || u == GUARD, "postinst starts/restarts {u}: {line}");
         }
     }
+    assert!(guard_started, "the guard is started on install and restarted on upgrade:\n{postinst}");
     for script in ["preinst", "postinst", "prerm"] {
         let s = control_file(script);
         for word in [

@@ -95,7 +95,44 @@ fn untrusted_config_makes_pppd_refuse_to_start() {
     let link = dir.path().join("link.toml");
     std::os::unix::fs::symlink(&cfg, &link).unwrap();
     let (code, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), link.display()));
-    assert!(out.contains("is a symbolic link"), "{out}");
+    assert!(out.contains(&format!("refusing {}: is a symbolic link", link.display())), "{out}");
+    assert_eq!(code, 2, "{out}");
+
+    // A group-writable directory above the configuration (issue 10's acceptance).
+    let sub = dir.path().join("etc-pppgate");
+    std::fs::create_dir(&sub).unwrap();
+    let cfg2 = sub.join("pppgate.toml");
+    std::fs::copy(&cfg, &cfg2).unwrap();
+    std::fs::set_permissions(&cfg2, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let (code, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), cfg2.display()));
+    assert!(out.contains(&format!("refusing {}: directory has mode 0775", sub.display())), "{out}");
+    assert_eq!(code, 2, "{out}");
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), cfg2.display()));
+    assert!(
+        !out.contains("refusing") && out.contains("pppgate: pppgate "),
+        "in a 0755 directory it is trusted:\n{out}"
+    );
+
+    // A symlinked secrets file (its target is a good 0600 file).
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::write(&secrets, "db_password = \"s3cret\"\n").unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secrets_link = dir.path().join("secrets-link.toml");
+    std::os::unix::fs::symlink(&secrets, &secrets_link).unwrap();
+    let cfg3 = dir.path().join("with-secrets.toml");
+    std::fs::write(
+        &cfg3,
+        format!(
+            "[database]\ndsn = \"host=/tmp dbname=x user=y\"\nsecrets_file = \"{}\"\n[nas]\nidentity = \"lns-1\"\nip = \"192.0.2.1\"\n",
+            secrets_link.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = pppd(&format!("plugin {} pppgate-config {} dryrun", so.display(), cfg3.display()));
+    assert!(out.contains(&format!("refusing {}: is a symbolic link", secrets_link.display())), "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
     assert_eq!(code, 2, "{out}");
 }
 

@@ -54,6 +54,33 @@ pub fn on_lock_busy(now: Instant, deadline: Instant, attempts: u32) -> Busy {
     Busy::RetryAfter(backoff(attempts).min(deadline - now).max(Duration::from_millis(1)))
 }
 
+/// What a connect does when it finds `inet pppgate` missing (the first connects after boot, or
+/// after someone removed the table) and has just tried the apply lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableStep {
+    /// It holds the lock: build the table, restoring every session's membership (not only its
+    /// own) — after looking once more, since another writer may have finished meanwhile.
+    Build,
+    /// Another writer (a pppd, reconcile, the guard) holds the lock and is building the table:
+    /// look again after this pause.
+    LookAgainAfter(Duration),
+    /// The connect window is used up: end the link (fail closed).
+    Exhausted,
+}
+
+/// The decision of [`TableStep`]: with the lock, build; without it, wait for the writer that
+/// has it — with the apply backoff, never past the connect window's `deadline` — instead of
+/// ending the link after a fixed 2 s (issue 10: 4 of 8 simultaneous first dials were ended).
+pub fn on_table_missing(lock_taken: bool, now: Instant, deadline: Instant, attempts: u32) -> TableStep {
+    if lock_taken {
+        return TableStep::Build;
+    }
+    match on_lock_busy(now, deadline, attempts) {
+        Busy::RetryAfter(pause) => TableStep::LookAgainAfter(pause),
+        Busy::Exhausted => TableStep::Exhausted,
+    }
+}
+
 /// The connect path's progress while the policy is being applied.
 #[derive(Debug, Clone)]
 pub struct Applying<T> {
@@ -309,6 +336,27 @@ mod tests {
         assert_eq!(on_lock_busy(t0, d, 3), Busy::RetryAfter(Duration::from_millis(30)), "never past the deadline");
         assert_eq!(on_lock_busy(d, d, 3), Busy::Exhausted);
         assert_eq!(on_lock_busy(d + Duration::from_millis(1), d, 1), Busy::Exhausted);
+    }
+
+    #[test]
+    fn a_missing_table_is_built_by_the_lock_holder_and_waited_for_by_everyone_else() {
+        let t0 = Instant::now();
+        let deadline = t0 + WINDOW;
+        assert_eq!(on_table_missing(true, t0, deadline, 1), TableStep::Build);
+        assert_eq!(on_table_missing(true, deadline, deadline, 9), TableStep::Build, "the lock is never wasted");
+        // Eight simultaneous first connects: seven find the lock busy while the first builds.
+        // Still waiting after 3 s (the old bound was 2 s), with the apply backoff.
+        assert_eq!(on_table_missing(false, t0, deadline, 1), TableStep::LookAgainAfter(backoff(1)));
+        assert_eq!(
+            on_table_missing(false, t0 + Duration::from_secs(3), deadline, 20),
+            TableStep::LookAgainAfter(BACKOFF_MAX)
+        );
+        // Never past the window, and ended once it is used up.
+        assert_eq!(
+            on_table_missing(false, deadline - Duration::from_millis(3), deadline, 20),
+            TableStep::LookAgainAfter(Duration::from_millis(3))
+        );
+        assert_eq!(on_table_missing(false, deadline, deadline, 21), TableStep::Exhausted);
     }
 
     #[test]

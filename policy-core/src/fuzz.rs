@@ -216,8 +216,9 @@ pub fn sql_facts(data: &[u8]) {
         serde_json::Value::Array(a) => a.get(at).and_then(serde_json::Value::as_i64),
         _ => v.get(k).and_then(serde_json::Value::as_i64),
     };
-    if let Ok(routes) = connections::routes_from_json(s) {
-        let json = json.as_ref().expect("accepted routes are a JSON array");
+    // serde skips a field it does not know without range-checking its number (`"x":4e294967550`),
+    // which serde_json::Value refuses: the cross-check needs both.
+    if let (Ok(routes), Some(json)) = (connections::routes_from_json(s), json.as_ref()) {
         assert_eq!(routes.len(), json.len());
         for (r, j) in routes.iter().zip(json) {
             assert_eq!(r.table.map(i64::from), number(j, "table", 2));
@@ -225,8 +226,7 @@ pub fn sql_facts(data: &[u8]) {
             assert_eq!(r.dst.trunc(), r.dst);
         }
     }
-    if let Ok(rules) = connections::pbr_from_json(s) {
-        let json = json.as_ref().expect("accepted rules are a JSON array");
+    if let (Ok(rules), Some(json)) = (connections::pbr_from_json(s), json.as_ref()) {
         assert_eq!(rules.len(), json.len());
         for (p, j) in rules.iter().zip(json) {
             assert_eq!(Some(i64::from(p.table)), number(j, "table", 1));

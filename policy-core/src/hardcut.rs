@@ -167,18 +167,21 @@ pub fn kill_connection(sessions_dir: &Path, connection_id: i64, opts: &KillOptio
 }
 
 /// Removes the mapping files a killed pppd could not remove itself (SIGKILL skips ip-down): only
-/// files of this connection whose PID is no longer the process of START_TS. Returns their names.
+/// files of this connection whose pppd is provably gone ([`mapping::remove_stale`], R511).
+/// Returns their interface names.
 pub fn remove_dead_mappings(sessions_dir: &Path, connection_id: i64) -> Vec<String> {
-    let mut removed = Vec::new();
-    let Ok(scanned) = mapping::scan(sessions_dir) else { return removed };
-    for m in scanned.into_iter().filter_map(|s| s.mapping.ok()) {
-        if m.connection_id == connection_id && !m.is_same_process() {
-            if let Ok(true) = Mapping::remove(sessions_dir, &m.ppp_if) {
-                removed.push(m.ppp_if);
+    match mapping::remove_stale(sessions_dir, Some(connection_id)) {
+        Ok((removed, errors)) => {
+            for e in &errors {
+                tracing::warn!("mapping of a gone pppd not removed: {}", crate::error::one_line(e));
             }
+            removed.into_iter().map(|r| r.ppp_if).collect()
+        }
+        Err(e) => {
+            tracing::warn!("mappings of gone pppds not removed: {}", crate::error::one_line(&e));
+            Vec::new()
         }
     }
-    removed
 }
 
 #[cfg(test)]

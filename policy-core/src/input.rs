@@ -75,7 +75,7 @@ pub fn parse_route_dst(s: &str) -> Result<Ipv4Net> {
 }
 
 /// A login (`vpn_connections.subaccount_login`) that works end to end through pppd, radius.so,
-/// FreeRADIUS's stock `default` site and rlm_sql (R512, docs/SESSIONS-RADIUS.md "Which logins
+/// FreeRADIUS's stock `default` site and rlm_sql (R514, docs/SESSIONS-RADIUS.md "Which logins
 /// work"). `connection add` also refuses a login that renders like an existing one
 /// (`db::connections::check_rendering_free`).
 pub fn check_login(login: &str) -> Result<()> {
@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(pbr_table("ktn", 100).unwrap(), 100);
     }
 
-    /// R512: which logins work end to end; the refusal names the reason.
+    /// R514: which logins work end to end; the refusal names the reason.
     #[test]
     fn logins_that_cannot_work_are_refused_with_the_reason() {
         let ok = [

@@ -11,6 +11,7 @@ pub mod db;
 pub mod diag;
 pub mod error;
 pub mod fuzz;
+pub mod guard;
 pub mod hardcut;
 pub mod ids;
 pub mod input;
@@ -25,6 +26,7 @@ pub mod procfs;
 pub mod radius;
 pub mod rt_tables;
 pub mod runs;
+pub mod session_view;
 pub mod trust;
 pub mod wg;
 

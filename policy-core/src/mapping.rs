@@ -427,6 +427,144 @@ pub fn live_sessions_where(dir: &Path, want: impl Fn(&Mapping) -> bool) -> Resul
     Ok((live, bad))
 }
 
+/// Why the pppd a mapping names is provably gone (R511): the only cases in which pppgate removes
+/// a mapping file it did not write itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gone {
+    /// BOOT_ID is not this boot's: every process of that boot is gone.
+    EarlierBoot,
+    /// No process has PPPD_PID (or only a zombie).
+    NoProcess,
+    /// PPPD_PID belongs to a process with other START_TICKS: pppd's PID was reused.
+    PidReused,
+}
+
+impl Gone {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Gone::EarlierBoot => "BOOT_ID is from an earlier boot",
+            Gone::NoProcess => "no process has PPPD_PID",
+            Gone::PidReused => "PPPD_PID belongs to another process (START_TICKS differ)",
+        }
+    }
+}
+
+impl Mapping {
+    /// Whether the pppd this mapping names is provably gone: judged by process identity
+    /// (START_TICKS + BOOT_ID), which no clock step moves. A mapping without them (older
+    /// pppgate) is provably gone only when no process has its PID at all: START_TS alone cannot
+    /// tell a reused PID from a clock step. `None` means alive, or not provable (an unreadable
+    /// /proc counts as alive) — then the file stays.
+    pub fn pppd_gone(&self) -> Option<Gone> {
+        if let Some(id) = &self.process {
+            match procfs::boot_id() {
+                Ok(b) if b != id.boot_id => return Some(Gone::EarlierBoot),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        match procfs::stat(self.pppd_pid) {
+            Ok(None) => Some(Gone::NoProcess),
+            Ok(Some(s)) => match &self.process {
+                Some(id) if s.start_ticks != id.start_ticks => Some(Gone::PidReused),
+                _ => None,
+            },
+            Err(_) => None,
+        }
+    }
+}
+
+/// Removes `<dir>/<m.ppp_if>.env` when it still holds exactly `m` and `m`'s pppd is provably
+/// gone ([`Mapping::pppd_gone`]): a pppd killed with SIGKILL never ran ip-down. Mapping files are
+/// written without the apply lock, so a new pppd may put its own mapping under the same name at
+/// any moment; the file is therefore renamed aside first (atomic), and if what was renamed is not
+/// the inode that was judged, it is put back with RENAME_NOREPLACE (a file newer still wins).
+/// Returns why it was removed, `None` when it was left alone.
+pub fn remove_if_pppd_gone(dir: &Path, m: &Mapping) -> Result<Option<Gone>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let path = m.path_in(dir);
+    let rerr = |source| Error::Read { path: path.clone(), source };
+    let mut f = match fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(rerr(e)),
+    };
+    let meta = f.metadata().map_err(rerr)?;
+    let mut text = String::new();
+    if f.read_to_string(&mut text).is_err() || Mapping::parse(&text).ok().as_ref() != Some(m) {
+        // Replaced since it was read: a new session's file is judged on the next run.
+        return Ok(None);
+    }
+    drop(f);
+    let Some(gone) = m.pppd_gone() else { return Ok(None) };
+    let werr = |source| Error::Write { path: path.clone(), source };
+    let aside_name = format!(".{}.gone.{}", Mapping::file_name(&m.ppp_if), std::process::id());
+    let aside = dir.join(&aside_name);
+    fs::rename(&path, &aside).map_err(werr)?;
+    let taken = fs::symlink_metadata(&aside).map_err(werr)?;
+    if taken.dev() == meta.dev() && taken.ino() == meta.ino() {
+        fs::remove_file(&aside).map_err(werr)?;
+        sync_dir(dir);
+        return Ok(Some(gone));
+    }
+    // A new mapping arrived between the check and the rename: put it back unless a newer one is
+    // already there.
+    let d = fs::File::open(dir).map_err(werr)?;
+    match nix::fcntl::renameat2(
+        &d,
+        aside_name.as_str(),
+        &d,
+        Mapping::file_name(&m.ppp_if).as_str(),
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => {}
+        Err(nix::Error::EEXIST) => {
+            let _ = fs::remove_file(&aside);
+        }
+        Err(e) => return Err(werr(std::io::Error::from(e))),
+    }
+    sync_dir(dir);
+    Ok(None)
+}
+
+/// A mapping file [`remove_stale`] removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    pub ppp_if: String,
+    pub connection_id: i64,
+    pub pppd_pid: u32,
+    pub client_ip: Ipv4Addr,
+    pub gone: Gone,
+}
+
+/// Removes every mapping file in `dir` (of `connection_id`, when given) whose pppd is provably
+/// gone ([`remove_if_pppd_gone`]); malformed files are left alone (they are reported, never
+/// guessed at). Files that could not be removed are returned as errors.
+pub fn remove_stale(dir: &Path, connection_id: Option<i64>) -> Result<(Vec<Removed>, Vec<Error>)> {
+    let mut removed = Vec::new();
+    let mut errors = Vec::new();
+    for s in scan(dir)? {
+        let Ok(m) = s.mapping else { continue };
+        if connection_id.is_some_and(|c| c != m.connection_id) {
+            continue;
+        }
+        match remove_if_pppd_gone(dir, &m) {
+            Ok(Some(gone)) => removed.push(Removed {
+                ppp_if: m.ppp_if,
+                connection_id: m.connection_id,
+                pppd_pid: m.pppd_pid,
+                client_ip: m.client_ip,
+                gone,
+            }),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok((removed, errors))
+}
+
 /// A decimal u64 without sign, spaces or leading zeros (0 itself is fine).
 fn parse_u64(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
@@ -580,6 +718,58 @@ mod tests {
         child.wait().unwrap();
         assert_eq!(m.validity_since(&links, boot), Validity::ProcessGone);
         assert!(!m.is_same_process());
+    }
+
+    /// R511: a file is removed only when its pppd is provably gone by process identity, and only
+    /// the file that was judged (a newer mapping under the same name stays).
+    #[test]
+    fn only_a_provably_gone_pppds_own_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start_ts = procfs::process_start_epoch(pid).unwrap().unwrap();
+        let me = procfs::identity(pid).unwrap().unwrap();
+        let m = Mapping { pppd_pid: pid, start_ts, process: Some(me.clone()), ..sample() };
+        m.write_atomic(dir.path()).unwrap();
+        assert_eq!(m.pppd_gone(), None, "alive");
+        assert_eq!(remove_if_pppd_gone(dir.path(), &m).unwrap(), None);
+        assert!(m.path_in(dir.path()).exists());
+        // Same PID, other ticks: reused. Other boot: gone whatever the PID is now.
+        let reused =
+            Mapping { process: Some(ProcessIdentity { start_ticks: me.start_ticks + 7, ..me.clone() }), ..m.clone() };
+        assert_eq!(reused.pppd_gone(), Some(Gone::PidReused));
+        let earlier = Mapping {
+            process: Some(ProcessIdentity { boot_id: "00000000-0000-4000-8000-000000000000".into(), ..me.clone() }),
+            ..m.clone()
+        };
+        assert_eq!(earlier.pppd_gone(), Some(Gone::EarlierBoot));
+        // An older pppgate's mapping naming a live process started at another time: a clock step
+        // looks the same, so it is not provably gone.
+        let legacy = Mapping { process: None, start_ts: start_ts - 3600, ..m.clone() };
+        assert_eq!(legacy.pppd_gone(), None);
+        assert!(remove_stale(dir.path(), None).unwrap().0.is_empty(), "nothing provably gone");
+
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(m.pppd_gone(), Some(Gone::NoProcess));
+        assert_eq!(Mapping { process: None, ..m.clone() }.pppd_gone(), Some(Gone::NoProcess));
+        // The file now holds another session's mapping: not the one judged, left alone.
+        let newer = Mapping { connection_id: 43, ..m.clone() };
+        newer.write_atomic(dir.path()).unwrap();
+        assert_eq!(remove_if_pppd_gone(dir.path(), &m).unwrap(), None);
+        assert_eq!(Mapping::read(&m.path_in(dir.path())).unwrap(), newer);
+        m.write_atomic(dir.path()).unwrap();
+        // Malformed files are never removed; another connection's are not when one is asked for.
+        fs::write(dir.path().join("ppp7.env"), "garbage").unwrap();
+        assert!(remove_stale(dir.path(), Some(41)).unwrap().0.is_empty());
+        let (removed, errors) = remove_stale(dir.path(), Some(42)).unwrap();
+        assert!(errors.is_empty());
+        assert_eq!(removed.len(), 1);
+        assert_eq!((removed[0].ppp_if.as_str(), removed[0].gone), ("ppp0", Gone::NoProcess));
+        assert!(!m.path_in(dir.path()).exists());
+        assert!(dir.path().join("ppp7.env").exists());
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no file set aside is left: {names:?}");
     }
 
     #[test]

@@ -32,6 +32,8 @@ sessions_dir = "{d}/sessions"
 apply_lock = "{d}/apply.lock"
 [policy]
 walled_garden = ["198.51.100.53/32:tcp:8080", "198.51.100.54/32"]
+[connect]
+apply_window_fallback_s = 2
 "#,
         d = dir.display()
     );

@@ -395,7 +395,7 @@ fn address_snapshot_agrees_with_the_full_link_snapshot() {
     assert_eq!(full.peer_of("ppp99").map(|p| p.len()), Some(0));
 }
 
-/// R511 (issue 16, defects 1–2): logins whose radacct name differs from the login — `jürgen`
+/// R513 (issue 16, defects 1–2): logins whose radacct name differs from the login — `jürgen`
 /// (pppd renders it `jM-CM-<rgen`, stored `jM-CM-=3Crgen`) and `x"y` (FreeRADIUS quotes it,
 /// stored `x=5C=22y`). With their names as the real chain stored them, the global janitor keeps
 /// the live rows, the hook (given the User-Name radius.so sent) counts them and rejects a second

@@ -5,8 +5,9 @@
 //!    (default /etc/pppgate/pppgate.toml, through policy-core's file-trust rules); a missing or
 //!    invalid one makes pppd refuse to start. Before the network phase (phase notifier at
 //!    Establish/Authenticate/Network) the nft table `inet pppgate` must exist — probed, or built
-//!    under the apply lock — or the link is ended: its forward chain drops anything from a ppp
-//!    interface whose address is not policed.
+//!    under the apply lock with every live session's recorded membership (or waited for while
+//!    another connect builds it, within the connect window) — or the link is ended: its forward
+//!    chain drops anything from a ppp interface whose address is not policed.
 //! 1. **connect gate** (the allowed-address hook, before the interface is up, before any SQL): the
 //!    client address enters `connect_pending_v4`; if that fails the address is refused.
 //! 2. **ip-up**: the interface's counters (accounting baseline), the authenticated peer name looked

@@ -107,8 +107,12 @@ fn perform(action: Action<shim::TimerId>) {
 /// from a ppp interface without a policed address; without the table nothing does, and IPv6CP
 /// brings the interface up before IPCP asks for the address (where the gate would create the
 /// table): the first session after boot forwarded IPv4 from whatever source the client picked
-/// until then (seen in the lab, tests/lab_connect.rs). Present: one netlink probe. Missing:
-/// created under the apply lock (bounded wait), else the link is ended.
+/// until then (seen in the lab, tests/lab_connect.rs). Present: one netlink probe. Missing: the
+/// connect that takes the apply lock builds it with **every** VALID session's recorded membership
+/// (not only its own: a connect right after `nft flush ruleset` must not cut everyone else off),
+/// and every other connect waits for that build within the connect window instead of ending
+/// (`engine::table_or_restore`, decision `connect::on_table_missing`); past the window the link
+/// is ended.
 pub(crate) fn ensure_table() {
     if with_link(|l| std::mem::replace(&mut l.table_checked, true)) {
         return;
@@ -117,9 +121,21 @@ pub(crate) fn ensure_table() {
         fail_closed("no configuration loaded");
         return;
     };
-    let res = Netlink::new().and_then(|mut b| engine::ensure_table(&mut b, &cfg, "pppd-table"));
-    if let Err(e) = res {
-        fail_closed(&format!("the nft table inet pppgate cannot be created: {}", one_line(&e)));
+    let res = Netlink::recording_to(&cfg.paths.sessions_dir)
+        .and_then(|mut b| engine::ensure_table(&mut b, &cfg, "pppd-table"));
+    match res {
+        Ok(engine::TableOutcome::Present) => {}
+        Ok(engine::TableOutcome::Restored(r)) => shim::log(
+            shim::Level::Warn,
+            &format!(
+                "pppgate: inet pppgate was missing: built it and restored {} membership(s) of {} live session(s) ({} unrecorded) in {} ms",
+                r.added,
+                r.live,
+                r.unrecorded.len(),
+                r.total_us / 1000
+            ),
+        ),
+        Err(e) => fail_closed(&format!("the nft table inet pppgate cannot be created: {}", one_line(&e))),
     }
 }
 
@@ -159,7 +175,7 @@ fn set_gate(ip: Ipv4Addr) -> Result<(), String> {
     let cfg = config().ok_or("no configuration loaded")?;
     let (ifname, ifindex) = our_interface()?;
     let member = Member::new(ifindex, ip);
-    let mut b = Netlink::new().map_err(|e| one_line(&e))?;
+    let mut b = Netlink::recording_to(&cfg.paths.sessions_dir).map_err(|e| one_line(&e))?;
     engine::gate(&mut b, &cfg, member).map_err(|e| one_line(&e))?;
     with_link(|l| l.gated.insert(member));
     tracing::info!(client_ip = %ip, ifname = %ifname, ifindex, "connect gate set (connect_pending_v4)");
@@ -366,7 +382,7 @@ fn attempt_apply(_: usize) {
     let t_apply = Instant::now();
     let mut backends: Option<Netlink> = None;
     let result = (|| -> policy_core::Result<engine::Outcome> {
-        let b = backends.insert(Netlink::new()?);
+        let b = backends.insert(Netlink::recording_to(&cfg.paths.sessions_dir)?);
         let mut d = Desired { sessions: vec![desired.clone()], subnet_pbr: vec![] };
         apply::validate(&cfg, &mut d)?;
         let scope = Scope::of(&d.sessions);
@@ -444,7 +460,7 @@ fn cleanup(event: &str) {
             None
         }
     };
-    let mut backends = Netlink::new();
+    let mut backends = Netlink::recording_to(&cfg.paths.sessions_dir);
     let errors = match backends.as_mut() {
         Ok(b) => engine::teardown_link(b, ifname.as_deref(), client, &gated),
         Err(e) => vec![one_line(e)],

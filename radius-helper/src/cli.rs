@@ -57,6 +57,9 @@ pub enum Cmd {
     FinalFlush(crate::collect::FinalFlushArgs),
     /// Checks the whole box and says what is wrong (exit 0 ok, 1 warnings, 2 failures).
     Diag(crate::diag_cmd::DiagArgs),
+    /// Watches the nft table inet pppgate and restores it at once when it is deleted or altered
+    /// (pppgate-guard.service).
+    Guard(crate::guard_cmd::GuardArgs),
     /// Prints the Prometheus metrics (text exposition format), read now; changes nothing.
     Metrics,
     /// Prints the shell completion script for SHELL (the package installs bash, zsh and fish).
@@ -196,6 +199,7 @@ fn run(cli: &Cli) -> CmdResult {
         Cmd::Session(c) => crate::sessions::session(&cli.global, c),
         Cmd::Collect => crate::collect::collect(&cli.global),
         Cmd::Metrics => crate::diag_cmd::metrics(&cli.global),
+        Cmd::Guard(a) => crate::guard_cmd::guard(&cli.global, a),
         Cmd::FinalFlush(a) => crate::collect::final_flush(&cli.global, a),
         Cmd::Wg(c) => crate::wg_cmd::wg(&cli.global, c),
         Cmd::Completions { shell } => {

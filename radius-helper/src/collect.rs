@@ -119,7 +119,7 @@ fn reapply_quota_changes(cfg: &Config, changes: &[QuotaChange]) -> Result<(), Fa
             return Err(e.into());
         }
     };
-    let mut b = Netlink::new()?;
+    let mut b = Netlink::recording_to(&cfg.paths.sessions_dir)?;
     let mut first_err: Option<Error> = None;
     for c in changes {
         match apply::apply(cfg, &mut b, &Target::Connection(c.connection_id), false) {

@@ -7,6 +7,7 @@
 mod cli;
 mod collect;
 mod diag_cmd;
+mod guard_cmd;
 mod policy_cmd;
 mod record;
 mod sessions;

@@ -114,6 +114,19 @@ fn print_report(g: &Global, r: &Report, dry_run: bool) {
     for id in &r.not_live {
         println!("connection {id}: no live session");
     }
+    for m in &r.removed_mappings {
+        println!(
+            "{}mapping {} (connection {}, pppd {}) of a gone pppd: {}",
+            if dry_run { "would remove " } else { "removed " },
+            m.ppp_if,
+            m.connection_id,
+            m.pppd_pid,
+            m.gone.reason()
+        );
+    }
+    for e in &r.mapping_errors {
+        println!("mapping of a gone pppd not removed: {e}");
+    }
     for s in &r.outcome.sessions {
         let rate = |v: Option<u32>| v.map(|k| format!("{k}kbit")).unwrap_or_else(|| "unlimited".into());
         println!(
@@ -141,6 +154,9 @@ fn print_report(g: &Global, r: &Report, dry_run: bool) {
     if let Some(e) = &r.sql_unavailable {
         println!("SQL unavailable ({e}): only state of sessions that no longer exist was removed");
     }
+    if !r.converged {
+        println!("{}", if dry_run { "not converged: the changes above are pending" } else { "not converged" });
+    }
 }
 
 pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
@@ -160,7 +176,7 @@ pub fn apply_cmd(g: &Global, a: &ApplyArgs) -> CmdResult {
         Some(t) => {
             // Backends first, so they are dropped after the lock: closing the nfnetlink socket
             // after a commit waits for an RCU grace period (8-16 ms), which need not hold the lock.
-            let mut b = test_hook::kernel()?;
+            let mut b = test_hook::kernel(&cfg.paths.sessions_dir)?;
             let _lock = if a.run.dry_run { None } else { Some(take_lock(&cfg, "apply", &a.run)?) };
             let r = apply::apply(&cfg, &mut b, &t, a.run.dry_run)?;
             print_report(g, &r, a.run.dry_run);
@@ -182,7 +198,7 @@ pub fn reconcile_cmd(g: &Global, a: &ReconcileArgs) -> CmdResult {
 }
 
 fn reconcile_run(g: &Global, a: &ReconcileArgs, cfg: &Config, mut run: Option<&mut Run>) -> CmdResult {
-    let mut b = test_hook::kernel()?;
+    let mut b = test_hook::kernel(&cfg.paths.sessions_dir)?;
     let t_lock = std::time::Instant::now();
     let lock = if a.run.dry_run { None } else { Some(take_lock(cfg, "reconcile", &a.run)?) };
     if let Some(r) = run.as_deref_mut() {
@@ -211,18 +227,30 @@ fn reconcile_run(g: &Global, a: &ReconcileArgs, cfg: &Config, mut run: Option<&m
         run.figure("changes", r.outcome.steps.len() as u64);
         run.figure("terminated", r.outcome.terminated.len() as u64);
         run.figure("malformed_mappings", r.malformed.len() as u64);
+        run.figure("stale_mappings_removed", r.removed_mappings.len() as u64);
         if let Some(e) = &r.sql_unavailable {
             run.note(format!("database unavailable: {e}"));
         }
     }
     print_report(g, &r, a.run.dry_run);
-    if r.sql_unavailable.is_some() && !a.boot {
-        return Err(Failure { code: ExitCode::SqlUnavailable, message: String::new() });
+    reconcile_exit(&r, a.boot)
+}
+
+/// Reconcile's exit code says whether it converged (R811, docs/operations.md "Reconcile's exit
+/// codes"): 0 converged; 69 SQL unreachable, so only the state of gone sessions was removed (0
+/// with `--boot`, which must not fail the boot; the report still says `converged: false`); 70 a
+/// mapping file of a gone pppd could not be removed. Malformed mapping files are reported and
+/// logged but leave a converged run at 0: they are no sessions and their state was removed.
+/// Failures before or during the kernel transaction exit through the error (65 bad SQL facts,
+/// 70 apply/verify failed, 75 lock busy, 78 configuration).
+fn reconcile_exit(r: &Report, boot: bool) -> CmdResult {
+    if r.sql_unavailable.is_some() {
+        return if boot { Ok(()) } else { Err(Failure { code: ExitCode::SqlUnavailable, message: String::new() }) };
     }
-    if !r.malformed.is_empty() {
+    if !r.mapping_errors.is_empty() {
         return Err(Failure {
-            code: ExitCode::DataErr,
-            message: format!("{} malformed mapping file(s)", r.malformed.len()),
+            code: ExitCode::Internal,
+            message: format!("not converged: {} mapping file(s) of gone pppds not removed", r.mapping_errors.len()),
         });
     }
     Ok(())
@@ -294,7 +322,7 @@ fn table_arg(cfg: &Config, t: Option<&str>) -> Result<Option<u32>, Failure> {
 /// Applies the policy of one connection now when it has a live session (lock busy: exit 75,
 /// the SQL change stays and the next apply/reconcile picks it up).
 fn apply_now(g: &Global, cfg: &Config, conn: i64, run: &RunOpts) -> CmdResult {
-    let mut b = test_hook::kernel()?;
+    let mut b = test_hook::kernel(&cfg.paths.sessions_dir)?;
     let _lock = if run.dry_run { None } else { Some(take_lock(cfg, "apply", run)?) };
     let r = apply::apply(cfg, &mut b, &Target::Connection(conn), run.dry_run)?;
     if !g.json {

@@ -362,7 +362,7 @@ const KILL_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// of sessions that no longer exist (exactly what a kill needs) and says so.
 fn reconcile_after_kill(cfg: &Config) -> ReconcileOutcome {
     let res = Lock::acquire_within(&cfg.paths.apply_lock, "session-kill", KILL_LOCK_WAIT).and_then(|_lock| {
-        let mut b = Netlink::new()?;
+        let mut b = Netlink::recording_to(&cfg.paths.sessions_dir)?;
         apply::reconcile(cfg, &mut b, false)
     });
     match res {
@@ -610,56 +610,162 @@ fn session_list(g: &Global) -> CmdResult {
 fn session_show(g: &Global, raw: &str) -> CmdResult {
     let id = hardcut::parse_connection_id(raw)?;
     let cfg = load_config(g)?;
-    let (checked, _) = mapping::scan_checked(&cfg.paths.sessions_dir)?;
-    let mine: Vec<mapping::Checked> = checked.into_iter().filter(|c| c.mapping.connection_id == id).collect();
-    let db_part = db::connect_with(&cfg.database, HOOK_CONNECT_TIMEOUT, HOOK_STATEMENT_TIMEOUT).and_then(|mut c| {
-        let login = db::connections::login_of(&mut c, id)?;
-        let rows = match &login {
-            Some(l) => radacct::open_rows_of_user(&mut c, &radius::sqlname::sql_username(l.as_bytes()))?,
-            None => vec![],
-        };
-        let sessions = radacct::open_sessions(&mut c, &cfg.nas.identity, Some((Some(id), login.as_deref())))?;
-        Ok((login, rows, sessions))
-    });
-    let (login, rows, open_sessions, db_error) = match db_part {
-        Ok((l, r, s)) => (l, r, s, None),
-        Err(e) => (None, vec![], vec![], Some(one_line(&e))),
-    };
-    let logins = login.iter().map(|l| (id, l.clone())).collect();
-    let sessions = listed(mine, &logins);
+    let mut b = Netlink::new()?;
+    let v = policy_core::session_view::show(&cfg, &mut b, id)?;
     if g.json {
-        print_json(&serde_json::json!({
-            "connection_id": id,
-            "login": login,
-            "sessions": sessions,
-            "open_radacct": rows,
-            "open_pppgate_sessions": open_sessions,
-            "database_error": db_error,
-        }));
+        print_json(&v);
     } else {
-        println!("connection {id} login {}", login.as_deref().unwrap_or("?"));
-        for s in &sessions {
-            println!(
-                "  {} {} pid {} since {} {}",
-                s.mapping.ppp_if,
-                s.mapping.client_ip,
-                s.mapping.pppd_pid,
-                s.since,
-                if s.validity.is_valid() { "VALID" } else { s.validity.reason() }
-            );
-        }
-        for r in &rows {
-            println!(
-                "  radacct {} nas {} ip {} started {}",
-                r.radacctid,
-                r.nas_ip,
-                r.framed_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-                r.start.map(audit::rfc3339).unwrap_or_else(|| "-".into())
-            );
-        }
-        if let Some(e) = db_error {
-            println!("  database: {e}");
-        }
+        print_show(&v);
     }
     Ok(())
+}
+
+fn kbit(v: Option<u32>) -> String {
+    v.map(|k| format!("{k} kbit/s")).unwrap_or_else(|| "unlimited".into())
+}
+
+/// Bytes for people: exact below 10 kB, else with a decimal unit (the exact figure is in --json).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 10_000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 1000.0 {
+            break;
+        }
+        v /= 1000.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+fn print_show(v: &policy_core::session_view::SessionShow) {
+    use policy_core::session_view::Condition;
+    let login = v.login.as_deref().unwrap_or("?");
+    match (&v.facts, &v.policy) {
+        (Some(f), Some(p)) => {
+            println!(
+                "connection {} login {login} status {}: policy {} ({}), down {}, up {}, {} route(s), pbr [{}]",
+                v.connection_id,
+                f.status.as_sql(),
+                p.state,
+                serde_json::to_value(p.reason).ok().and_then(|r| r.as_str().map(str::to_string)).unwrap_or_default(),
+                kbit(p.speed.down_kbit),
+                kbit(p.speed.up_kbit),
+                p.routes.len(),
+                p.pbr.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(",")
+            );
+            if let Some(e) = f.expires_at {
+                println!("  expires   {}", audit::rfc3339(e));
+            }
+        }
+        (None, Some(p)) if v.database_error.is_none() => {
+            println!("connection {} has no row in vpn_connections: policy {}", v.connection_id, p.state)
+        }
+        _ => println!("connection {} login {login}", v.connection_id),
+    }
+    if let Some(u) = &v.usage {
+        let period =
+            serde_json::to_value(u.period).ok().and_then(|p| p.as_str().map(str::to_string)).unwrap_or_default();
+        match u.quota_bytes {
+            Some(q) => println!(
+                "  usage     {} this {period} of a {} quota, {} left{}",
+                bytes(u.used_bytes),
+                bytes(q),
+                bytes(u.remaining_bytes.unwrap_or(0)),
+                if u.quota_reached { " (QUOTA REACHED)" } else { "" }
+            ),
+            None => println!("  usage     {} this {period}, no quota", bytes(u.used_bytes)),
+        }
+    }
+    if v.sessions.is_empty() {
+        println!("  no mapping file for this connection");
+    }
+    let cond = |name: &str, c: &Condition| format!("{name} {}: {}", if c.ok { "ok" } else { "FAILED" }, c.detail);
+    for s in &v.sessions {
+        let m = &s.mapping;
+        println!(
+            "session {} {} pid {} since {}: {}",
+            m.ppp_if,
+            m.client_ip,
+            m.pppd_pid,
+            s.since,
+            if s.valid { "VALID".to_string() } else { format!("NOT VALID ({})", s.validity.reason()) }
+        );
+        let r = &s.valid_reasons;
+        println!("  valid     {}", cond("process", &r.process));
+        println!("            {}", cond("interface", &r.interface));
+        println!("            {}", cond("peer", &r.peer));
+        if let Some(g) = s.pppd_gone {
+            println!("            pppd provably gone ({}): the next reconcile removes this file", g.reason());
+        }
+        let k = &s.kernel;
+        println!(
+            "  nft       {}",
+            if k.nft_sets.is_empty() { "in no state set (traffic dropped)".to_string() } else { k.nft_sets.join(", ") }
+        );
+        println!("  shaping   down {}, up {}", kbit(k.shaping.down_kbit), kbit(k.shaping.up_kbit));
+        for r in &k.routes {
+            println!(
+                "  route     {}{} dev {} table {}{}",
+                r.dst,
+                r.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+                r.dev,
+                r.table,
+                r.metric.map(|m| format!(" metric {m}")).unwrap_or_default()
+            );
+        }
+        for r in &k.rules {
+            println!("  rule      from {} lookup {} priority {}", r.from, r.table, r.priority);
+        }
+        if let Some(c) = &k.counters {
+            let mut line = format!(
+                "  counters  rx {} ({} packets), tx {} ({} packets)",
+                bytes(c.rx_bytes),
+                c.rx_packets,
+                bytes(c.tx_bytes),
+                c.tx_packets
+            );
+            if let (Some(rx), Some(tx)) = (c.session_rx_bytes, c.session_tx_bytes) {
+                line.push_str(&format!("; since IPCP up: from client {}, to client {}", bytes(rx), bytes(tx)));
+            }
+            println!("{line}");
+        }
+        for e in &k.errors {
+            println!("  kernel    cannot read: {e}");
+        }
+    }
+    match &v.pending_changes {
+        Some(c) if c.is_empty() => println!("  in step   the kernel holds the policy (nothing to apply)"),
+        Some(c) => {
+            println!("  NOT IN STEP: `pppgate apply --connection-id {}` would:", v.connection_id);
+            for step in c {
+                println!("            {step}");
+            }
+        }
+        None => {}
+    }
+    for r in &v.open_radacct {
+        println!(
+            "  radacct   row {} nas {} ip {} session {} started {} updated {}",
+            r.radacctid,
+            r.nas_ip,
+            r.framed_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            r.acct_session_id,
+            r.start.map(audit::rfc3339).unwrap_or_else(|| "-".into()),
+            r.update.map(audit::rfc3339).unwrap_or_else(|| "-".into())
+        );
+    }
+    for o in &v.open_pppgate_sessions {
+        println!("  accounting {} {} pid {} started {}", o.session_key, o.ppp_if, o.pppd_pid, audit::rfc3339(o.start));
+    }
+    for m in &v.malformed {
+        println!("  malformed mapping: {m}");
+    }
+    if let Some(e) = &v.database_error {
+        println!("  database: {e}");
+    }
 }

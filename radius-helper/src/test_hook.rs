@@ -59,9 +59,10 @@ pub struct Kernel {
     sysctl: SysctlProc,
 }
 
-/// Opens the backends in the current network namespace.
-pub fn kernel() -> Result<Kernel> {
-    let n = Netlink::new()?;
+/// Opens the backends in the current network namespace; nft commits are recorded in the member
+/// record of `sessions_dir` (docs/security.md, "Tamper detection and restore").
+pub fn kernel(sessions_dir: &std::path::Path) -> Result<Kernel> {
+    let n = Netlink::recording_to(sessions_dir)?;
     let crash = crash_point();
     Ok(Kernel {
         nft: HookNft { inner: n.nft, crash },
@@ -92,6 +93,12 @@ impl Nft for HookNft {
         self.inner.commit(changes)?;
         crash_if(self.crash, CrashAfter::Nft);
         Ok(())
+    }
+    fn table_present(&mut self) -> Result<bool> {
+        self.inner.table_present()
+    }
+    fn sync_record(&mut self, want: &std::collections::BTreeMap<Member, NftSet>) -> Result<()> {
+        self.inner.sync_record(want)
     }
 }
 

@@ -332,6 +332,10 @@ fn stale_and_malformed_mapping_files_are_named() {
     s.kill();
     s.delete_interface();
     w.cli.ok(&["reconcile"]);
+    // Reconcile removed the session's state and its file (R511); put the file back as it is
+    // between the SIGKILL and the next reconcile.
+    assert!(!s.mapping_path().exists(), "reconcile removes the mapping of a gone pppd");
+    s.mapping.write_atomic(&w.env.sessions_dir).unwrap();
     let c = w.expect(1, "sessions", "warn");
     assert!(finding(&c).contains("ppp1 (pppd process is gone)"), "{c:#}");
     write(&w.env.sessions_dir.join("ppp7.env"), "CONNECTION_ID=x\n");
@@ -458,12 +462,16 @@ fn failed_and_missing_runs_are_named() {
     w.pg.start();
     let c = w.expect(1, "runs", "warn");
     assert!(finding(&c).contains("collector sql_unavailable"), "{c:#}");
-    // A malformed mapping makes reconcile exit 65: a failed run.
-    write(&w.env.sessions_dir.join("ppp8.env"), "garbage\n");
-    w.cli.run(&["reconcile"]).expect_code(65);
-    std::fs::remove_file(w.env.sessions_dir.join("ppp8.env")).unwrap();
+    // A sessions directory that cannot be read makes reconcile fail (exit 70): a failed run.
+    let dir = w.env.sessions_dir.clone();
+    let aside = dir.with_extension("aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    write(&dir, "not a directory\n");
+    w.cli.run(&["reconcile"]).expect_code(70);
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
     let c = w.expect(2, "runs", "fail");
-    assert!(finding(&c).contains("reconcile failed") && finding(&c).contains("exit 65"), "{c:#}");
+    assert!(finding(&c).contains("reconcile failed") && finding(&c).contains("exit 70"), "{c:#}");
     std::fs::remove_dir_all(w.t().join("state/runs")).unwrap();
     let c = w.expect(1, "runs", "warn");
     assert!(finding(&c).contains("janitor: no run recorded"), "{c:#}");

@@ -273,7 +273,7 @@ fn quoted(v: &[u8]) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// R511: the chain's stages 2–3 against the real FreeRADIUS 3.2 — for logins with quotes,
+/// R513: the chain's stages 2–3 against the real FreeRADIUS 3.2 — for logins with quotes,
 /// backslashes, `%`, `=`, `'` and three scripts, radius.so's User-Name (pppd's rendering) is
 /// found in radcheck under `sql_username(login)` (login accepted), radius.so's Accounting-Start
 /// is stored in radacct under exactly that name, and pppgate's Simultaneous-Use hook finds the

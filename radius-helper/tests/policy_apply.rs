@@ -580,7 +580,8 @@ fn malformed_mapping_is_reported_and_fails_closed() {
     std::fs::write(sa.mapping_path(), "CONNECTION_ID=1; rm -rf /\nPPP_IF=ppp0\n").unwrap();
     // A stray garbage file too.
     std::fs::write(w.env.sessions_dir.join("ppp9.env"), "garbage").unwrap();
-    let out = w.cli.run(&["reconcile"]).expect_code(65);
+    // Reported, yet the run converged (R811): exit 0.
+    let out = w.cli.run(&["reconcile"]).expect_code(0);
     println!("{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("malformed mapping (ignored, not a session)"), "{}", out.stdout);
     assert!(out.stdout.contains("ppp0.env") && out.stdout.contains("ppp9.env"), "{}", out.stdout);
@@ -588,8 +589,124 @@ fn malformed_mapping_is_reported_and_fails_closed() {
     // the default drop catches its traffic.
     assert_eq!(leftovers("ppp0", "100.64.0.2"), Vec::<String>::new());
     assert_eq!(sets(&sb.ip()), only("full_v4"), "other sessions are unaffected");
-    let json = w.cli.run(&["--json", "reconcile"]).expect_code(65).json();
+    let json = w.cli.run(&["--json", "reconcile"]).expect_code(0).json();
     assert_eq!(json["malformed"].as_array().unwrap().len(), 2);
+    assert_eq!(json["converged"], true);
+    assert!(w.env.sessions_dir.join("ppp9.env").exists(), "a malformed file is reported, never removed");
+}
+
+/// R511: the mapping file of a pppd that died without its ip-down (SIGKILL) is removed by
+/// reconcile together with the session's policy — only when the pppd is provably gone by process
+/// identity (START_TICKS + BOOT_ID), never a live session's.
+#[test]
+fn mappings_of_sigkilled_pppds_are_removed_with_their_policy_never_a_live_one() {
+    let w = world();
+    let a = w.conn("alice", Some(8000), Some(2000));
+    let b = w.conn("bob", None, None);
+    let c = w.conn("carol", None, None);
+    add_route(&w.pg, a, "192.168.50.0/24", None);
+    let mut sa = w.tun("ppp0", a, "100.64.0.2");
+    let sb = w.tun("ppp1", b, "100.64.0.3");
+    w.cli.ok(&["reconcile"]);
+    assert_eq!(sets(&sa.ip()), only("full_v4"));
+    assert_eq!(tool_shaping("ppp0"), shaping(Some(8000), Some(2000)));
+
+    // A live process whose START_TICKS differ from the mapping's: pppd's PID reused.
+    let other = StandIn::sleeper();
+    ppp_link("ppp2", "100.64.0.1", "100.64.0.4");
+    let reused = write_mapping(&w.env.sessions_dir, c, "ppp2", "100.64.0.4", other.pid(), other.start_ts() - 3600);
+    assert!(reused.process.is_some());
+    // A mapping of an older pppgate (no START_TICKS/BOOT_ID) naming a live process that started
+    // at another time: a clock step looks the same, so it is not provably gone and stays.
+    ppp_link("ppp3", "100.64.0.1", "100.64.0.5");
+    let mut old = write_mapping(&w.env.sessions_dir, c, "ppp3", "100.64.0.5", other.pid(), other.start_ts() - 3600);
+    old.process = None;
+    old.write_atomic(&w.env.sessions_dir).unwrap();
+
+    // pppd of ppp0 dies by SIGKILL: no ip-down, its interface (TUN here) still there.
+    sa.kill();
+    assert!(sa.mapping_path().exists());
+    let j = w.cli.ok(&["--json", "reconcile", "--dry-run"]).json();
+    let would: BTreeSet<String> =
+        j["removed_mappings"].as_array().unwrap().iter().map(|m| m["ppp_if"].as_str().unwrap().to_string()).collect();
+    assert_eq!(would, BTreeSet::from(["ppp0".to_string(), "ppp2".to_string()]), "{j:#}");
+    assert_eq!(j["converged"], false, "a dry run with work to do is not converged");
+    assert!(sa.mapping_path().exists(), "a dry run removes nothing");
+
+    let j = w.cli.ok(&["--json", "reconcile"]).json();
+    println!("{j:#}");
+    assert_eq!(j["converged"], true);
+    let removed = j["removed_mappings"].as_array().unwrap();
+    assert_eq!(removed.len(), 2, "{j:#}");
+    assert_eq!(removed[0]["ppp_if"], "ppp0");
+    assert_eq!(removed[0]["gone"], "no_process");
+    assert_eq!(removed[0]["connection_id"], a);
+    assert_eq!(removed[1]["ppp_if"], "ppp2");
+    assert_eq!(removed[1]["gone"], "pid_reused");
+    // Read back: the files, and the kernel state of the dead session.
+    assert!(!sa.mapping_path().exists(), "the SIGKILLed pppd's mapping is removed");
+    assert!(!w.env.sessions_dir.join("ppp2.env").exists(), "the reused PID's mapping is removed");
+    assert!(w.env.sessions_dir.join("ppp3.env").exists(), "not provably gone: kept");
+    assert_eq!(leftovers("ppp0", "100.64.0.2"), Vec::<String>::new(), "its policy is removed too");
+    assert!(sb.mapping_path().exists(), "a live session's mapping is never removed");
+    assert!(sb.is_valid());
+    assert_eq!(sets(&sb.ip()), only("full_v4"), "the live session keeps its state");
+    // Nothing left to do: the next run converges with nothing removed.
+    let j = w.cli.ok(&["--json", "reconcile"]).json();
+    assert_eq!(j["removed_mappings"], serde_json::json!([]));
+    assert_eq!(j["converged"], true);
+    let j = w.cli.ok(&["--json", "reconcile", "--dry-run"]).json();
+    assert_eq!(j["converged"], true, "{j:#}");
+
+    // The same without SQL: the kernel-side half removes them too (exit 69: not converged).
+    let mut sb = sb;
+    sb.kill();
+    w.pg.stop();
+    let j = w.cli.run(&["--json", "reconcile"]).expect_code(69).json();
+    assert_eq!(j["converged"], false);
+    assert_eq!(j["removed_mappings"][0]["ppp_if"], "ppp1", "{j:#}");
+    assert!(!sb.mapping_path().exists());
+    assert_eq!(leftovers("ppp1", "100.64.0.3"), Vec::<String>::new());
+    w.pg.start();
+    drop(other);
+}
+
+/// R811: reconcile's exit code says whether it converged: 0 converged (also with malformed
+/// mapping files, reported); 69 SQL unreachable (only the gone half done; 0 with `--boot`, the
+/// report still says not converged); 65 SQL facts refused (nothing applied); 75 lock busy.
+#[test]
+fn reconcile_exit_codes_say_whether_it_converged() {
+    let w = world();
+    let a = w.conn("alice", Some(8000), None);
+    let sa = w.tun("ppp0", a, "100.64.0.2");
+    let j = w.cli.ok(&["--json", "reconcile"]).json();
+    assert_eq!(j["converged"], true);
+    std::fs::write(w.env.sessions_dir.join("ppp9.env"), "garbage").unwrap();
+    let j = w.cli.run(&["--json", "reconcile"]).expect_code(0).json();
+    assert_eq!((j["converged"].clone(), j["malformed"].as_array().unwrap().len()), (serde_json::json!(true), 1));
+
+    w.pg.stop();
+    let j = w.cli.run(&["--json", "reconcile"]).expect_code(69).json();
+    assert_eq!(j["converged"], false);
+    assert!(j["sql_unavailable"].is_string());
+    let j = w.cli.run(&["--json", "reconcile", "--boot"]).expect_code(0).json();
+    assert_eq!(j["converged"], false, "--boot exits 0 without SQL but says it did not converge");
+    let out = w.cli.run(&["reconcile"]).expect_code(69);
+    assert!(out.stdout.contains("not converged"), "{}", out.stdout);
+    w.pg.start();
+
+    // SQL asks for what cannot be applied: refused as a whole, nothing changes.
+    w.sql(&format!("UPDATE vpn_connections SET rate_down_kbit = 2000000000 WHERE id = {a}"));
+    w.cli.run(&["reconcile"]).expect_code(65);
+    assert_eq!(tool_shaping("ppp0"), shaping(Some(8000), None), "nothing applied");
+    w.sql(&format!("UPDATE vpn_connections SET rate_down_kbit = 4000 WHERE id = {a}"));
+    let j = w.cli.ok(&["--json", "reconcile"]).json();
+    assert_eq!(j["converged"], true);
+    assert_eq!(tool_shaping("ppp0"), shaping(Some(4000), None));
+
+    let _held = hold_lock(&w.env.apply_lock);
+    w.cli.run(&["reconcile"]).expect_code(75);
+    assert_eq!(sets(&sa.ip()), only("full_v4"));
 }
 
 // ---------------------------------------------------------------------------------------------

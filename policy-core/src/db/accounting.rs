@@ -232,7 +232,7 @@ pub fn commit(client: &mut Client, nas_ip: Ipv4Addr, mode: RadacctMode, batches:
             e_own.push(may_own(mode, s.session_start(), e.at, e.stop.is_some()));
         }
     }
-    // pppgate's own radacct rows carry the user as FreeRADIUS stores and counts it (R511), so
+    // pppgate's own radacct rows carry the user as FreeRADIUS stores and counts it (R513), so
     // Simultaneous-Use counts them like radius.so's; one more round trip, only when such a row
     // may be written.
     let (n_ids, n_stored) = if e_own.iter().any(|o| *o) {

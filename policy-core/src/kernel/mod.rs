@@ -9,6 +9,7 @@
 
 pub mod links;
 pub mod lookup;
+pub mod members;
 pub mod netlink;
 pub mod nft;
 pub mod nft_counters;
@@ -153,6 +154,18 @@ pub trait Nft {
     fn sets_of(&mut self, m: Member) -> Result<BTreeSet<NftSet>>;
     /// Applies all changes as one atomic transaction: all or nothing.
     fn commit(&mut self, changes: &[SetChange]) -> Result<()>;
+    /// Whether `inet pppgate` exists at all (whatever its layout). Cheap: the engine asks before
+    /// every session-scope apply, so that one finding the table gone restores everyone's
+    /// membership instead of building it with its own sessions only.
+    fn table_present(&mut self) -> Result<bool> {
+        let st = self.read()?;
+        Ok(st.base_ok || st.members.values().any(|m| !m.is_empty()))
+    }
+    /// Makes the member record (docs/security.md, "Tamper detection and restore") exactly `want`,
+    /// for a backend that keeps one; reconcile calls it with the state it just verified.
+    fn sync_record(&mut self, _want: &BTreeMap<Member, NftSet>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Shaping installed on one session interface.
@@ -300,6 +313,14 @@ pub trait Sysctl {
     /// ip_forward = 1; rp_filter strict (1) becomes loose (2) on all, default and each ifname;
     /// 0 and 2 stay as they are (never stricter). Interfaces that are gone are skipped.
     fn ensure(&mut self, ifnames: &[String]) -> Result<()>;
+    /// Per-interface IPv4 forwarding (`net.ipv4.conf.<if>.forwarding`, checked on input: a packet
+    /// arriving on an interface with it off is not forwarded, whatever nft says). A restore of a
+    /// missing table turns it off on every session interface that is not FULL until the table
+    /// is back (docs/security.md, "Defense in depth"). Written only when it differs; an
+    /// interface that is gone is skipped.
+    fn set_forwarding(&mut self, _ifname: &str, _on: bool) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// All backends the engine drives.
@@ -336,6 +357,14 @@ impl Netlink {
             rules: RulesNetlink::new()?,
             sysctl: SysctlProc::new(),
         })
+    }
+
+    /// The backends of a writer of the sessions in `sessions_dir`: nft commits are recorded in
+    /// its member record ([`members::MemberRecord`]).
+    pub fn recording_to(sessions_dir: &std::path::Path) -> Result<Netlink> {
+        let mut b = Netlink::new()?;
+        b.nft = b.nft.recording_to(sessions_dir);
+        Ok(b)
     }
 }
 

@@ -526,6 +526,51 @@ impl Socket {
     }
 }
 
+/// What one wait on a socket subscribed to a multicast group brought.
+#[derive(Debug)]
+pub enum Events {
+    /// The messages of one datagram, as (type, payload).
+    Messages(Vec<(u16, Vec<u8>)>),
+    /// Nothing arrived within the socket's receive timeout.
+    TimedOut,
+    /// The kernel dropped events (ENOBUFS, or a datagram larger than the buffer): the listener
+    /// must assume anything happened.
+    Overrun,
+}
+
+impl Socket {
+    /// Joins multicast `group` of the socket's family (nfnetlink: `NFNLGRP_NFTABLES`).
+    pub fn subscribe(&mut self, group: u32) -> Result<()> {
+        self.fd.add_membership(group).map_err(|e| io_err("join netlink group", e))
+    }
+
+    /// Sets how long [`Socket::recv_events`] waits.
+    pub fn set_recv_timeout(&mut self, t: Duration) -> Result<()> {
+        let tv = TimeVal::new(t.as_secs() as _, t.subsec_micros() as _);
+        setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv).map_err(|e| sys("setsockopt", e))
+    }
+
+    /// Waits for the next datagram of events.
+    pub fn recv_events(&mut self) -> Result<Events> {
+        loop {
+            match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC) {
+                Ok(n) if n > self.buf.len() => {
+                    self.buf.resize(n, 0);
+                    return Ok(Events::Overrun);
+                }
+                Ok(n) => {
+                    let out = messages(&self.buf[..n]).into_iter().map(|m| (m.ty, m.payload.to_vec())).collect();
+                    return Ok(Events::Messages(out));
+                }
+                Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::EAGAIN) => return Ok(Events::TimedOut),
+                Err(nix::Error::ENOBUFS) => return Ok(Events::Overrun),
+                Err(e) => return Err(sys("receive netlink events", e)),
+            }
+        }
+    }
+}
+
 fn set_flags(m: MsgBuilder, extra: u16) -> MsgBuilder {
     let mut m = m;
     let f = m.flags() | extra;

@@ -199,10 +199,68 @@ impl Probe {
     }
 }
 
+/// The nfnetlink multicast group of nftables' change events (`NFNLGRP_NFTABLES`).
+pub const NFNLGRP_NFTABLES: u32 = 7;
+
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFTA_GEN_PROC_NAME: u16 = 3;
+
+/// What one nftables event means to the guard (`pppgate guard`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NftEvent {
+    /// A table, chain, rule, set, object or flowtable of `inet pppgate` was created, changed or
+    /// deleted (`nft flush ruleset` and `nft delete table inet pppgate` say DELTABLE).
+    Structure,
+    /// Elements of one of `inet pppgate`'s sets changed.
+    Elements,
+    /// The end of one transaction (NEWGEN), with the name of the process that committed it.
+    EndOfTransaction { process: Option<String> },
+    /// Anything else (other tables, other families).
+    Unrelated,
+}
+
+/// Classifies one nfnetlink message received on [`NFNLGRP_NFTABLES`]. Every object message
+/// carries its table's name as attribute 1 (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE,
+/// NFTA_SET_TABLE, NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE).
+pub fn classify_event(ty: u16, payload: &[u8]) -> NftEvent {
+    if ty >> 8 != NFNL_SUBSYS_NFTABLES {
+        return NftEvent::Unrelated;
+    }
+    let m = ty & 0xff;
+    let body = payload.get(4..).unwrap_or_default();
+    if m == NFT_MSG_NEWGEN {
+        let process = attrs(body).find(|(t, _)| *t == NFTA_GEN_PROC_NAME).map(|(_, d)| netlink::attr_str(d));
+        return NftEvent::EndOfTransaction { process };
+    }
+    if payload.first() != Some(&NFPROTO_INET) {
+        return NftEvent::Unrelated;
+    }
+    let table = attrs(body).find(|(t, _)| *t == 1).map(|(_, d)| netlink::attr_str(d));
+    if table.as_deref() != Some(NFT_TABLE) {
+        return NftEvent::Unrelated;
+    }
+    match m {
+        NFT_MSG_NEWSETELEM | NFT_MSG_DELSETELEM => NftEvent::Elements,
+        // NEWTABLE 0, DELTABLE 2, NEWCHAIN 3, DELCHAIN 5, NEWRULE 6, DELRULE 8, NEWSET 9, DELSET 11,
+        // NEWOBJ 18, DELOBJ 20, NEWFLOWTABLE 22, DELFLOWTABLE 24, and the DESTROY forms (26..).
+        0 | 2 | 3 | 5 | 6 | 8 | 9 | 11 | 18 | 20 | 22 | 24 | 26..=32 => NftEvent::Structure,
+        _ => NftEvent::Unrelated,
+    }
+}
+
+/// Whether a transaction's committing process is one of pppgate's writers (pppd with the
+/// plugin, the `pppgate` binary under any of its names; the kernel keeps 15 bytes of a name).
+pub fn is_pppgate_writer(process: &str) -> bool {
+    matches!(process, "pppd" | "pppgate") || process.starts_with("vpn-")
+}
+
 /// The real nftables backend.
 pub struct NftNetlink {
     sock: Socket,
     nft: PathBuf,
+    /// Where committed memberships are recorded (docs/security.md, "Tamper detection and
+    /// restore"); `None`: not recorded (readers, benchmarks).
+    record: Option<super::members::MemberRecord>,
 }
 
 impl std::fmt::Debug for NftNetlink {
@@ -419,7 +477,19 @@ fn validate_garden(garden: &[GardenEntry]) -> Result<()> {
 
 impl NftNetlink {
     pub fn new() -> Result<NftNetlink> {
-        Ok(NftNetlink { sock: Socket::open(Family::Netfilter)?, nft: find_nft() })
+        Ok(NftNetlink { sock: Socket::open(Family::Netfilter)?, nft: find_nft(), record: None })
+    }
+
+    /// Records every committed membership in the member record of `sessions_dir`
+    /// ([`super::members::MemberRecord`]): every writer of a box's sessions does.
+    pub fn recording_to(mut self, sessions_dir: &std::path::Path) -> Self {
+        self.record = Some(super::members::MemberRecord::in_sessions_dir(sessions_dir));
+        self
+    }
+
+    /// The member record this backend writes, if any.
+    pub fn record(&self) -> Option<&super::members::MemberRecord> {
+        self.record.as_ref()
     }
 
     /// Uses `nft` at `path` for layout writes.
@@ -725,7 +795,24 @@ impl Nft for NftNetlink {
         if changes.is_empty() {
             return Ok(());
         }
-        self.sock.batch("commit nft set changes", commit_msgs(changes))
+        self.sock.batch("commit nft set changes", commit_msgs(changes))?;
+        // After the kernel accepted it: the record never holds what the kernel refused. An
+        // error fails the caller (fail closed: a restore must never reopen what was closed).
+        match &self.record {
+            Some(r) => r.record(changes),
+            None => Ok(()),
+        }
+    }
+
+    fn table_present(&mut self) -> Result<bool> {
+        Ok(self.probe()?.table)
+    }
+
+    fn sync_record(&mut self, want: &BTreeMap<Member, NftSet>) -> Result<()> {
+        match &self.record {
+            Some(r) => r.sync(want),
+            None => Ok(()),
+        }
     }
 }
 
@@ -842,6 +929,34 @@ mod tests {
                 NFNL_MSG_BATCH_END
             ]
         );
+    }
+
+    fn event(m: u16, family: u8, table: &str) -> (u16, Vec<u8>) {
+        let msg = MsgBuilder::new(msg_type(m), 0).bytes(&nfgenmsg(family, 0)).attr_str(1, table).finish(1);
+        let parsed = netlink::messages(&msg);
+        (parsed[0].ty, parsed[0].payload.to_vec())
+    }
+
+    #[test]
+    fn events_of_our_table_are_told_apart_from_everything_else() {
+        let c = |(ty, p): (u16, Vec<u8>)| classify_event(ty, &p);
+        assert_eq!(c(event(2, NFPROTO_INET, "pppgate")), NftEvent::Structure, "DELTABLE");
+        assert_eq!(c(event(8, NFPROTO_INET, "pppgate")), NftEvent::Structure, "DELRULE");
+        assert_eq!(c(event(6, NFPROTO_INET, "pppgate")), NftEvent::Structure, "NEWRULE");
+        assert_eq!(c(event(14, NFPROTO_INET, "pppgate")), NftEvent::Elements);
+        assert_eq!(c(event(2, NFPROTO_INET, "other")), NftEvent::Unrelated);
+        assert_eq!(c(event(2, 2, "pppgate")), NftEvent::Unrelated, "ip pppgate is not ours");
+        assert_eq!(c(event(1, NFPROTO_INET, "pppgate")), NftEvent::Unrelated, "a get is no change");
+        let newgen = MsgBuilder::new(msg_type(NFT_MSG_NEWGEN), 0)
+            .bytes(&nfgenmsg(0, 0))
+            .attr_u32_be(1, 7)
+            .attr_u32_be(2, 42)
+            .attr_str(NFTA_GEN_PROC_NAME, "nft")
+            .finish(1);
+        let g = &netlink::messages(&newgen)[0];
+        assert_eq!(classify_event(g.ty, g.payload), NftEvent::EndOfTransaction { process: Some("nft".into()) });
+        assert_eq!(classify_event(0x0201, &[1, 0, 0, 0]), NftEvent::Unrelated, "another subsystem");
+        assert!(is_pppgate_writer("pppd") && is_pppgate_writer("vpn-policy-appl") && !is_pppgate_writer("nft"));
     }
 
     #[test]

@@ -212,6 +212,10 @@ impl Nft for Recording {
         Ok(())
     }
 
+    fn table_present(&mut self) -> Result<bool> {
+        Ok(self.kernel.nft_table)
+    }
+
     fn read(&mut self) -> Result<NftState> {
         self.record(Call::NftRead)?;
         if !self.kernel.nft_table {

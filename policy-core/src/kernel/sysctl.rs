@@ -134,6 +134,22 @@ impl Sysctl for SysctlProc {
         }
         Ok(())
     }
+
+    fn set_forwarding(&mut self, ifname: &str, on: bool) -> Result<()> {
+        if !valid_ifname(ifname) || ifname == "all" || ifname == "default" {
+            return Ok(());
+        }
+        let path = self.path(&format!("conf/{ifname}/forwarding"));
+        let want = u8::from(on);
+        match read_int(&path)? {
+            None => Ok(()),
+            Some(v) if v == want => Ok(()),
+            Some(_) => match write_int(&path, want) {
+                Err(Error::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        }
+    }
 }
 
 /// rp_filter of every interface from one RTM_GETNETCONF dump (AF_INET), named through one
@@ -206,6 +222,21 @@ mod tests {
         assert_eq!(after.rp_filter.get("ppp1"), Some(&2), "effective: max(all=2, own=0)");
         assert_eq!(fs::read_to_string(d.path().join("conf/ppp1/rp_filter")).unwrap().trim(), "0");
         assert!(!after.rp_filter.contains_key("ppp9"));
+    }
+
+    #[test]
+    fn forwarding_per_interface_is_written_only_when_it_differs() {
+        let d = tree(0, 0, &[("ppp0", 0)], 1);
+        fs::write(d.path().join("conf/ppp0/forwarding"), "1\n").unwrap();
+        let mut s = SysctlProc::with_root(d.path());
+        s.set_forwarding("ppp0", false).unwrap();
+        assert_eq!(fs::read_to_string(d.path().join("conf/ppp0/forwarding")).unwrap().trim(), "0");
+        s.set_forwarding("ppp0", true).unwrap();
+        assert_eq!(fs::read_to_string(d.path().join("conf/ppp0/forwarding")).unwrap().trim(), "1");
+        s.set_forwarding("ppp9", false).unwrap();
+        s.set_forwarding("all", false).unwrap();
+        s.set_forwarding("../x", false).unwrap();
+        assert!(!d.path().join("conf/ppp9").exists() && !d.path().join("conf/all/forwarding").exists());
     }
 
     #[test]

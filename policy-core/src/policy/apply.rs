@@ -1,7 +1,7 @@
 //! `pppgate apply` and `reconcile`: SQL facts + VALID mappings → desired state → converge.
 //! The caller holds the apply lock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::db;
 use crate::error::{one_line, Error, Result};
 use crate::input;
-use crate::kernel::{Backends, Member};
+use crate::kernel::{Backends, Member, Nft, NftSet};
 use crate::mapping::{self, LiveSession};
 use crate::policy::engine::{self, micros, Outcome};
 use crate::policy::planner::{Desired, DesiredSession, Scope};
@@ -33,6 +33,18 @@ pub struct Report {
     pub not_live: Vec<i64>,
     /// Set when SQL was unreachable: only state of sessions that no longer exist was removed.
     pub sql_unavailable: Option<String>,
+    /// Reconcile: mapping files whose pppd is provably gone, removed (R511; with `dry_run`: the
+    /// ones that would be).
+    pub removed_mappings: Vec<mapping::Removed>,
+    /// Reconcile: mapping files of gone pppds that could not be removed.
+    pub mapping_errors: Vec<String>,
+    /// Whether the run converged (R811): the kernel holds the policy of every VALID session in
+    /// scope, read back and verified, and no state of a gone session or mapping file of a gone
+    /// pppd is left. `false` when SQL was unreachable (only the gone half was done) or a stale
+    /// mapping file could not be removed; with `dry_run`, whether there was nothing to do.
+    /// Malformed mapping files do not make it false: they are no sessions, their state is removed
+    /// (fail closed) and they are reported.
+    pub converged: bool,
 }
 
 /// Checks what SQL asks for before anything is applied, by the rules the CLI uses
@@ -123,6 +135,7 @@ pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: boo
     let mut report = Report {
         malformed: malformed_names(&bad),
         not_live: ids.iter().copied().filter(|i| !live_ids.contains(i)).collect(),
+        converged: true,
         ..Default::default()
     };
     if desired.sessions.is_empty() {
@@ -132,12 +145,14 @@ pub fn apply<B: Backends>(cfg: &Config, b: &mut B, target: &Target, dry_run: boo
     report.outcome = engine::converge(b, cfg, &desired, &scope, dry_run)?;
     report.outcome.timings.scan_us = scan_us;
     report.outcome.timings.sql_us = sql_us;
+    report.converged = !dry_run || report.outcome.plan.is_empty();
     Ok(report)
 }
 
 /// Reconciles everything: live sessions get their policy, state of sessions that no longer exist
-/// is removed. With SQL unreachable only the second half runs (no guessing policies without SQL)
-/// and the report says so; the caller exits 69.
+/// is removed, and so are the mapping files of pppds that are provably gone (R511: a SIGKILLed
+/// pppd never ran ip-down). With SQL unreachable only the kernel-side half runs (no guessing
+/// policies without SQL) and the report says so; the caller exits 69.
 pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<Report> {
     let t0 = Instant::now();
     let (valid, bad) = mapping::live_sessions_where(&cfg.paths.sessions_dir, |_| true)?;
@@ -160,19 +175,60 @@ pub fn reconcile<B: Backends>(cfg: &Config, b: &mut B, dry_run: bool) -> Result<
             let mut desired = Desired { sessions: engine::desired_sessions(&valid, &facts), subnet_pbr };
             validate(cfg, &mut desired)?;
             report.outcome = engine::converge(b, cfg, &desired, &Scope::All, dry_run)?;
-            report.outcome.timings.scan_us = scan_us;
-            report.outcome.timings.sql_us = sql_us;
-            Ok(report)
+            if !dry_run {
+                // The member record becomes exactly what was just verified (self-healing after a
+                // crash between a commit and its record; records of gone sessions go).
+                let want: BTreeMap<Member, NftSet> =
+                    desired.sessions.iter().map(|s| (s.member(), NftSet::for_state(s.policy.state))).collect();
+                b.nft().sync_record(&want)?;
+            }
         }
         Err(e) if e.is_transient() => {
             report.sql_unavailable = Some(one_line(&e));
             report.outcome = remove_gone_sessions(cfg, b, &valid, dry_run)?;
-            report.outcome.timings.scan_us = scan_us;
-            report.outcome.timings.sql_us = sql_us;
-            Ok(report)
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
     }
+    report.outcome.timings.scan_us = scan_us;
+    report.outcome.timings.sql_us = sql_us;
+    // After the kernel: the session's state is gone before its file is (a failed converge above
+    // leaves both for the next run).
+    stale_mappings(cfg, dry_run, &mut report)?;
+    report.converged = report.sql_unavailable.is_none()
+        && report.mapping_errors.is_empty()
+        && (!dry_run || (report.outcome.plan.is_empty() && report.removed_mappings.is_empty()));
+    Ok(report)
+}
+
+/// R511: removes (with `dry_run`: lists) the mapping files whose pppd is provably gone.
+fn stale_mappings(cfg: &Config, dry_run: bool, report: &mut Report) -> Result<()> {
+    let dir = &cfg.paths.sessions_dir;
+    if dry_run {
+        for s in mapping::scan(dir)? {
+            let Ok(m) = s.mapping else { continue };
+            if let Some(gone) = m.pppd_gone() {
+                report.removed_mappings.push(mapping::Removed {
+                    ppp_if: m.ppp_if,
+                    connection_id: m.connection_id,
+                    pppd_pid: m.pppd_pid,
+                    client_ip: m.client_ip,
+                    gone,
+                });
+            }
+        }
+        return Ok(());
+    }
+    let (removed, errors) = mapping::remove_stale(dir, None)?;
+    for r in &removed {
+        tracing::info!(ppp_if = %r.ppp_if, conn_id = r.connection_id, pid = r.pppd_pid, client_ip = %r.client_ip,
+            reason = r.gone.reason(), "mapping of a gone pppd removed");
+    }
+    for e in &errors {
+        tracing::error!("mapping of a gone pppd not removed: {}", one_line(e));
+    }
+    report.removed_mappings = removed;
+    report.mapping_errors = errors.iter().map(|e| one_line(e)).collect();
+    Ok(())
 }
 
 /// Kernel-only cleanup: removes pppgate's state for members, addresses and interfaces that
@@ -221,7 +277,14 @@ pub fn remove_gone_sessions<B: Backends>(
     // share its address. `ips` holds only addresses no live session has (rules are per /32).
     ips.extend(members.iter().map(|m| m.ip).filter(|ip| !live_ips.contains(ip)));
     let scope = Scope::Sessions { ifnames, ips, members };
-    engine::converge(b, cfg, &Desired::default(), &scope, dry_run)
+    let out = engine::converge(b, cfg, &Desired::default(), &scope, dry_run)?;
+    if !dry_run {
+        // Records of gone sessions go; live sessions keep theirs, as the kernel keeps them.
+        let record = crate::kernel::members::MemberRecord::in_sessions_dir(&cfg.paths.sessions_dir).read()?;
+        let want: BTreeMap<Member, NftSet> = record.into_iter().filter(|(m, _)| live_members.contains(m)).collect();
+        b.nft().sync_record(&want)?;
+    }
+    Ok(out)
 }
 
 /// Desired sessions for one connect (the plugin's path).

@@ -12,12 +12,14 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::connect::{self, TableStep};
 use crate::error::{Error, Result};
 use crate::kernel::links::LinkSnapshot;
 use crate::kernel::{Backends, Member, Netlink, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
 use crate::mapping::LiveSession;
 use crate::policy::model::{decide, ConnectionFacts, PolicyState};
 use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope};
+use crate::policy::restore::{self, Restored};
 
 /// What one run did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -182,6 +184,18 @@ pub fn converge<B: Backends>(
     let mut t = Timings::default();
     let t0 = Instant::now();
     if !dry_run {
+        // A session-scope apply (a connect, `apply --connection-id`, reconcile without SQL) that
+        // finds the table gone builds it with every VALID session's recorded membership, not
+        // with its own sessions only (docs/security.md, "Tamper detection and restore").
+        if matches!(scope, Scope::Sessions { .. }) && !b.nft().table_present()? {
+            let r = restore::restore(b, cfg)?;
+            tracing::warn!(
+                live = r.live,
+                added = r.added,
+                unrecorded = r.unrecorded.len(),
+                "inet pppgate was missing: rebuilt and every session's membership restored"
+            );
+        }
         b.nft().ensure_base(&cfg.policy.walled_garden)?;
     }
     let view = read_view(b, scope, desired)?;
@@ -220,33 +234,80 @@ pub fn converge<B: Backends>(
     Ok(out)
 }
 
-/// How long the gate waits for the apply lock when it must create `inet pppgate` first.
-pub const GATE_CREATE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// What [`table_or_restore`] found.
+#[derive(Debug, Clone)]
+pub enum TableOutcome {
+    /// The table was there (or another writer built it while we waited).
+    Present,
+    /// This caller built it, restoring every VALID session's recorded membership.
+    Restored(Restored),
+}
+
+/// Makes sure `inet pppgate` exists, for the connect path (the plugin's phase notifier and the
+/// gate). `present` says whether it does (a probe, or the gate's own commit). When it does not,
+/// whoever takes the apply lock first builds it — restoring **every** VALID session's membership
+/// from the member record ([`restore::restore`]), not only its own — and every other connect
+/// waits for that build, looking again with a backoff until the connect window
+/// (`connect.apply_window_fallback`) is used up ([`connect::on_table_missing`]): simultaneous
+/// first connects after boot wait for the one building the table instead of ending (issue 10).
+pub fn table_or_restore<B: Backends>(
+    b: &mut B,
+    cfg: &Config,
+    holder: &str,
+    mut present: impl FnMut(&mut B) -> Result<bool>,
+) -> Result<TableOutcome> {
+    let deadline = Instant::now() + cfg.connect.apply_window_fallback;
+    let mut attempts = 0u32;
+    loop {
+        if present(b)? {
+            return Ok(TableOutcome::Present);
+        }
+        attempts += 1;
+        let (lock, busy) = match crate::lock::Lock::try_acquire(&cfg.paths.apply_lock, holder) {
+            Ok(l) => (Some(l), None),
+            Err(Error::Locked { path, holder }) => (None, Some(Error::Locked { path, holder })),
+            Err(e) => return Err(e),
+        };
+        match connect::on_table_missing(lock.is_some(), Instant::now(), deadline, attempts) {
+            TableStep::Build => {
+                // Someone may have finished building it between our look and the lock.
+                if present(b)? {
+                    return Ok(TableOutcome::Present);
+                }
+                let r = restore::restore(b, cfg)?;
+                tracing::warn!(
+                    live = r.live,
+                    added = r.added,
+                    unrecorded = r.unrecorded.len(),
+                    us = r.total_us,
+                    "inet pppgate was missing: rebuilt and every session's membership restored"
+                );
+                drop(lock);
+                return Ok(TableOutcome::Restored(r));
+            }
+            TableStep::LookAgainAfter(pause) => std::thread::sleep(pause),
+            TableStep::Exhausted => return Err(busy.expect("exhausted only while the lock is busy")),
+        }
+    }
+}
 
 /// The connect gate: adds the member (the client address on its interface) to
 /// `connect_pending_v4`. Needs no lock when the table exists (it only ever adds a drop); when it
-/// does not (first connect after boot), the table is created under the apply lock, because a
-/// layout (re)build must not race a writer.
+/// does not (first connect after boot, or the table was removed), [`table_or_restore`] builds it
+/// with everyone's membership or waits for whoever does.
 pub fn gate<B: Backends>(b: &mut B, cfg: &Config, m: Member) -> Result<()> {
     let add = [SetChange::new(NftSet::Pending, m, true)];
-    if b.nft().commit(&add).is_ok() {
-        return Ok(());
+    match table_or_restore(b, cfg, "pppd-gate", |b| Ok(b.nft().commit(&add).is_ok()))? {
+        TableOutcome::Present => Ok(()),
+        TableOutcome::Restored(_) => b.nft().commit(&add),
     }
-    let _lock = crate::lock::Lock::acquire_within(&cfg.paths.apply_lock, "pppd-gate", GATE_CREATE_LOCK_WAIT)?;
-    b.nft().ensure_base(&cfg.policy.walled_garden)?;
-    b.nft().commit(&add)
 }
 
 /// Makes sure `inet pppgate` exists before a session's network phase (the plugin; see
-/// docs/ARCHITECTURE.md, connect path step 0): one netlink probe when it does; when it does not
-/// (first session after boot), it is built under the apply lock, waiting at most
-/// [`GATE_CREATE_LOCK_WAIT`], as [`gate`] does. `holder` names the lock holder.
-pub fn ensure_table(b: &mut Netlink, cfg: &Config, holder: &str) -> Result<()> {
-    if b.nft().probe()?.table {
-        return Ok(());
-    }
-    let _lock = crate::lock::Lock::acquire_within(&cfg.paths.apply_lock, holder, GATE_CREATE_LOCK_WAIT)?;
-    b.nft().ensure_base(&cfg.policy.walled_garden)
+/// docs/ARCHITECTURE.md, connect path step 0): one netlink probe when it does; when it does not,
+/// [`table_or_restore`]. `holder` names the lock holder.
+pub fn ensure_table(b: &mut Netlink, cfg: &Config, holder: &str) -> Result<TableOutcome> {
+    table_or_restore(b, cfg, holder, |b| Ok(b.nft.probe()?.table))
 }
 
 /// Removes a member from every state set, the gate included (an address whose session never

@@ -73,3 +73,44 @@ forge() {
     die "forging from $1 failed: $(cat "$SEC_DIR/forge-$4.err")"
   V=${V//[^0-9]/}
 }
+
+# mono_us: V = CLOCK_MONOTONIC in µs (udp.pl's clock: one clock for every namespace of the VM).
+mono_us() { V=$(perl -MTime::HiRes=clock_gettime,CLOCK_MONOTONIC -e 'printf "%d", clock_gettime(CLOCK_MONOTONIC) * 1e6'); }
+
+# guard_start / guard_stop: `pppgate guard` in srv (as pppgate-guard.service runs it), its log in
+# /out/guard.log.
+guard_start() {
+  ip netns exec srv env PPPGATE_LOG=info "$LAB_PPPGATE" -c "$PPPGATE_CONF" guard --interval 30 \
+    >> "$LAB_OUT/guard.log" 2>&1 &
+  echo $! > "$SEC_DIR/guard.pid"
+  bg_track $!
+  wait_for 30 "pppgate guard to watch" grep -q "watching inet pppgate" "$LAB_OUT/guard.log"
+  # Its first check (nothing to do) takes a moment under TCG.
+  nap 2
+}
+
+guard_stop() {
+  local pid
+  read -r pid < "$SEC_DIR/guard.pid" 2> /dev/null || return 0
+  kill -TERM "$pid" 2> /dev/null || true
+  wait "$pid" 2> /dev/null || true
+}
+
+# members_are SET=NAME...: every named client's member is in its set (bound to its LNS link).
+members_are() {
+  local kv set name
+  for kv in "$@"; do
+    set=${kv%%=*}
+    name=${kv#*=}
+    nft_member "$set" "$(client_get "$name" client_ip)" "$(client_get "$name" lns_if)" || return 1
+  done
+}
+
+# window_count LOG FIELD FROM_US TO_US [IP]: V = lines of LOG whose FIELD-th field (1-based, a
+# CLOCK_MONOTONIC µs stamp) is in [FROM_US, TO_US) and, given IP, whose last field is IP.
+window_count() {
+  V=0
+  [ -f "$1" ] || return 0
+  V=$(awk -v f="$2" -v a="$3" -v b="$4" -v ip="${5:-}" \
+    '$f + 0 >= a + 0 && $f + 0 < b + 0 && (ip == "" || $NF == ip) { n++ } END { print n + 0 }' "$1")
+}

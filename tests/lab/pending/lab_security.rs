@@ -2,7 +2,8 @@
 //! through the built `libpppgate.so`, raw datagrams with forged sources written into the
 //! clients' real ppp links, counted at the far side (inet) by a receiver there.
 //!
-//! All tests share one run of `tests/lab/scenarios/security.sh` (one VM boot).
+//! All tests share one run of `tests/lab/scenarios/security.sh` (one VM boot); each prints the
+//! run's wall time and its case's.
 //! Needs root, qemu-system-x86, linux-image-amd64 and the release artifacts:
 //! `cargo build --release --workspace && cargo test --release --test lab_security`.
 
@@ -34,10 +35,13 @@ fn reread(dir: &Path) -> Result<LabRun, String> {
     if rc.trim() != "0" {
         return Err(format!("{}: the scenario exited {}", dir.display(), rc.trim()));
     }
+    let elapsed =
+        std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
     Ok(LabRun {
         scenario: "security".into(),
+        root: pppgate_lab::Root::from_env(),
         dir: dir.to_path_buf(),
-        elapsed: Duration::ZERO,
+        elapsed: Duration::from_secs_f64(elapsed),
         facts: pppgate_lab::Facts::load(&dir.join("results.env")).map_err(|e| e.to_string())?,
     })
 }
@@ -104,4 +108,53 @@ fn spoofed_sources_arrive_nowhere_and_full_is_unaffected() {
     }
     let rogue = run.facts.expect("spoof.rogue.ip").parse().unwrap();
     assert!(k.bindings_of(rogue).is_empty(), "the link pppgate never saw is in no set");
+}
+
+/// `nft flush ruleset` and `nft delete table inet pppgate` with FULL, BLOCKED and RESTRICTED
+/// clients sending every 10 ms and `pppgate guard` running: the table is back with every member
+/// (the gap printed), BLOCKED and RESTRICTED datagrams sent from one second after the tamper on
+/// arrive nowhere, FULL keeps arriving, the drop counters count again.
+#[test]
+fn tampering_with_the_table_is_repaired_and_nothing_unpoliced_passes_after_a_second() {
+    let run = run();
+    case_ok(run, "tamper");
+    println!("lab run {} ({:.0} s); case tamper {} ms", run.dir.display(), run.elapsed.as_secs_f64(), num(run, "tamper.wall_ms"));
+    for ep in ["flush", "delete"] {
+        println!("{ep}: table back with every member {:.1} ms after the command", num(run, &format!("tamper.{ep}.gap_us")) as f64 / 1000.0);
+        for who in ["tina", "tom", "tess"] {
+            let f = |k: &str| num(run, &format!("tamper.{ep}.{who}.{k}"));
+            println!(
+                "  {who}: first second sent {} arrived {}; after it sent {} arrived {}",
+                f("sent_first"),
+                f("arrived_first"),
+                f("sent_after"),
+                f("arrived_after")
+            );
+        }
+        let f = |who: &str, k: &str| num(run, &format!("tamper.{ep}.{who}.{k}"));
+        for who in ["tom", "tess"] {
+            assert!(f(who, "sent_after") > 0, "{ep}: {who} kept sending");
+            assert_eq!(f(who, "arrived_after"), 0, "{ep}: {who}'s datagrams arrived after the first second");
+        }
+        assert!(f("tina", "arrived_after") > 0, "{ep}: FULL works after the restore");
+    }
+    assert!(num(run, "tamper.blocked_from") > 0 && num(run, "tamper.restricted_from") > 0, "drop counters count");
+    for c in ["tina", "tom", "tess"] {
+        assert_eq!(run.facts.expect(&format!("tamper.connect_after_flush.{c}")), "yes", "{c} policed after a connect right after a flush");
+    }
+}
+
+/// Eight simultaneous first connects on a box without the table: all up and policed, none
+/// ended, nothing arrives at the far side.
+#[test]
+fn eight_simultaneous_first_connects_without_the_table_all_come_up_policed() {
+    let run = run();
+    case_ok(run, "first8");
+    println!("case first8 {} ms", num(run, "first8.wall_ms"));
+    assert_eq!(num(run, "first8.up"), 8);
+    assert_eq!(num(run, "first8.alive"), 8);
+    assert_eq!(num(run, "first8.policed"), 8);
+    assert_eq!(num(run, "first8.ended"), 0);
+    println!("first8: sent {} datagrams, {} arrived", num(run, "first8.sent"), num(run, "first8.recv"));
+    assert_eq!(num(run, "first8.recv"), 0, "unpoliced packets");
 }

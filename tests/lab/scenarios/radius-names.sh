@@ -1,4 +1,4 @@
-# Login-name conformance (issue 16, R511/R512) against the real chain: PAP → pppd (+ radius.so,
+# Login-name conformance (issue 16, R513/R514) against the real chain: PAP → pppd (+ radius.so,
 # pppgate.so) over real L2TP → FreeRADIUS 3.2 → rlm_sql → PostgreSQL. tests/lab_radius_names.rs
 # asserts the facts and prints the list.
 #

@@ -107,3 +107,113 @@ case_spoof() {
 }
 
 cl_case spoof case_spoof
+
+# ---------------------------------------------------------------------------------------------
+#   tamper  tina (FULL), tom (BLOCKED) and tess (RESTRICTED) send every 10 ms while `pppgate
+#           guard` runs; `nft flush ruleset`, then `nft delete table inet pppgate`: the table is
+#           back with every member; what each sent in the first second after the tamper and
+#           after it is counted at the far side (tamper.<ep>.<who>.{sent,arrived}_{first,after}).
+#           Then, with the guard stopped, a flush and a new client (ned) right after it: the
+#           older sessions keep their membership (tamper.connect_after_flush.*).
+TAMPER_CONN_TINA=$(pg_srv connection add --login tina --status CLAIMED)
+TAMPER_CONN_TOM=$(pg_srv connection add --login tom --status CLAIMED)
+pg_srv connection set "$TAMPER_CONN_TOM" --block > /dev/null
+pg_srv connection add --login tess --status PREPROVISIONED > /dev/null
+pg_srv connection add --login ned --status CLAIMED > /dev/null
+for u in tina tom tess ned; do lns_user "$u" "pw-$u"; done
+: "$TAMPER_CONN_TINA"
+
+tamper_episode() {
+  local ep=$1 t0 t1
+  shift
+  mono_us
+  t0=$V
+  ip netns exec srv "$@"
+  wait_for 20 "inet pppgate back with every member after $ep" \
+    members_are full_v4=tina blocked_v4=tom restricted_v4=tess
+  mono_us
+  t1=$V
+  fact "tamper.$ep.gap_us" $((t1 - t0))
+  echo "$ep $t0" >> "$SEC_DIR/episodes"
+  nap 2.5
+}
+
+case_tamper() {
+  local c ep t0 who ip
+  : > "$SEC_DIR/episodes"
+  for c in tina tom tess; do new_client "$c"; done
+  for c in tina tom tess; do client_connect "$c"; done
+  for c in tina tom tess; do client_wait_up "$c" 90; done
+  wait_for 30 "the three policies" members_are full_v4=tina blocked_v4=tom restricted_v4=tess
+  guard_start
+  traffic_start tamper tina tom tess
+  nap 1
+  tamper_episode flush nft flush ruleset
+  tamper_episode delete nft delete table inet pppgate
+  ksnap tamper-restored
+  traffic_stop tamper
+  while read -r ep t0; do
+    for who in tina tom tess; do
+      ip=$(client_get "$who" client_ip)
+      window_count "$CL_TRAFFIC/tamper-$who-sent.log" 2 "$t0" $((t0 + 1000000))
+      fact "tamper.$ep.$who.sent_first" "$V"
+      window_count "$CL_TRAFFIC/tamper-$who-sent.log" 2 $((t0 + 1000000)) $((t0 + 2500000))
+      fact "tamper.$ep.$who.sent_after" "$V"
+      window_count "$CL_TRAFFIC/tamper-recv.log" 2 "$t0" $((t0 + 1000000)) "$ip"
+      fact "tamper.$ep.$who.arrived_first" "$V"
+      window_count "$CL_TRAFFIC/tamper-recv.log" 2 $((t0 + 1000000)) $((t0 + 2500000)) "$ip"
+      fact "tamper.$ep.$who.arrived_after" "$V"
+    done
+  done < "$SEC_DIR/episodes"
+  pppgate_counters
+  fact tamper.blocked_from "${CNT[blocked_from]:-0}"
+  fact tamper.restricted_from "${CNT[restricted_from]:-0}"
+  # A connect right after a flush, no guard: it rebuilds the table with everyone in it.
+  guard_stop
+  ip netns exec srv nft flush ruleset
+  new_client ned
+  client_connect ned
+  client_wait_up ned 90
+  wait_for 30 "ned's policy" members_are full_v4=ned
+  for c in tina tom tess; do
+    fact "tamper.connect_after_flush.$c" "$(members_are full_v4=tina blocked_v4=tom restricted_v4=tess && echo yes || echo no)"
+  done
+  ksnap tamper-connect-after-flush
+  cp "$LAB_OUT/guard.log" "$LAB_OUT/cases/tamper-guard.log" 2> /dev/null || true
+}
+
+cl_case tamper case_tamper
+
+# ---------------------------------------------------------------------------------------------
+#   first8  no inet pppgate (deleted, no guard): eight clients of BLOCKED connections, each with
+#           a sender from before it dials, dial at once; every one comes up and is policed
+#           (blocked_v4), none is ended, nothing arrives at the far side.
+for i in 1 2 3 4 5 6 7 8; do
+  c=$(pg_srv connection add --login "first$i" --status CLAIMED)
+  pg_srv connection set "$c" --block > /dev/null
+  lns_user "first$i" "pw-first$i"
+done
+
+case_first8() {
+  local i up=0 alive=0 policed=0
+  for i in 1 2 3 4 5 6 7 8; do new_client "first$i"; done
+  ip netns exec srv nft delete table inet pppgate
+  traffic_start first8 first1 first2 first3 first4 first5 first6 first7 first8
+  for i in 1 2 3 4 5 6 7 8; do client_connect "first$i"; done
+  for i in 1 2 3 4 5 6 7 8; do
+    if poll_until 120 client_is_up "first$i"; then up=$((up + 1)); fi
+  done
+  nap 3
+  for i in 1 2 3 4 5 6 7 8; do
+    if cget "first$i" lns_pid && pid_alive "$V"; then alive=$((alive + 1)); fi
+    if cget "first$i" client_ip && nft_member blocked_v4 "$V"; then policed=$((policed + 1)); fi
+  done
+  fact first8.up "$up"
+  fact first8.alive "$alive"
+  fact first8.policed "$policed"
+  fact first8.ended "$(lns_log_since "$CASE_LOG_MARK" | grep -c 'ending session' || true)"
+  ksnap first8
+  traffic_stop first8
+}
+
+cl_case first8 case_first8
