@@ -325,10 +325,24 @@ impl CliOut {
         self.json()
     }
 
-    /// stdout as JSON (panics when it does not parse).
+    /// stdout as JSON (panics when it does not parse). The document must match its verb's schema
+    /// (docs/schemas/<verb>.schema.json): every test that reads a `--json` output checks it.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("pppgate {:?} printed no JSON ({e}):\n{}", self.args, self.stdout))
+        let v: Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("pppgate {:?} printed no JSON ({e}):\n{}", self.args, self.stdout));
+        if let Some(verb) = crate::schema::verb_of(&self.args) {
+            let name = crate::schema::schema_name(verb);
+            if let Some(dir) = std::env::var_os("PPPGATE_JSON_CAPTURE") {
+                let d = std::path::Path::new(&dir).join(&name);
+                let _ = std::fs::create_dir_all(&d);
+                let n = std::fs::read_dir(&d).map(|r| r.count()).unwrap_or(0);
+                let _ = std::fs::write(d.join(format!("{}-{n}.json", std::process::id())), &self.stdout);
+            }
+            if crate::schema::schema_path(&name).is_file() {
+                crate::schema::assert_schema(&name, &v);
+            }
+        }
+        v
     }
 }
 

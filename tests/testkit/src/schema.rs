@@ -70,3 +70,87 @@ pub fn assert_schema(name: &str, doc: &Value) {
         errors.join("\n")
     );
 }
+
+/// Every verb of the `pppgate` binary (leaf subcommands, as `pppgate help` lists them). A test
+/// (radius-helper/tests/json_schemas.rs) keeps this list equal to the binary's own.
+pub const VERBS: &[&str] = &[
+    "config check",
+    "db migrate",
+    "db status",
+    "apply",
+    "reconcile",
+    "routes add",
+    "routes del",
+    "routes list",
+    "routes apply",
+    "pbr add",
+    "pbr del",
+    "pbr list",
+    "pbr check",
+    "connection add",
+    "connection set",
+    "connection show",
+    "sysctl check",
+    "sysctl ensure",
+    "janitor",
+    "radius checkrad",
+    "radius exec simultaneous-use",
+    "session kill",
+    "session list",
+    "session show",
+    "collect",
+    "final-flush",
+    "diag",
+    "metrics",
+    "completions",
+    "wg init",
+    "wg tenant add",
+    "wg tenant show",
+    "wg tenant list",
+    "wg tenant del",
+    "wg router add",
+    "wg router show",
+    "wg router list",
+    "wg router del",
+    "wg router config",
+    "wg subnet info",
+    "wg status",
+    "wg reconcile",
+    "wg rotate-key",
+];
+
+/// The verb an argument list runs (`["--json", "wg", "router", "add", "--tenant", "1"]` →
+/// `wg router add`): the longest verb of [`VERBS`] its words start with, options skipped.
+pub fn verb_of(args: &[String]) -> Option<&'static str> {
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--config" || a == "-c" {
+            i += 2;
+            continue;
+        }
+        if a.starts_with('-') {
+            if words.is_empty() {
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        words.push(a.as_str());
+        i += 1;
+    }
+    VERBS
+        .iter()
+        .copied()
+        .filter(|v| {
+            let vw: Vec<&str> = v.split(' ').collect();
+            words.len() >= vw.len() && words[..vw.len()] == vw[..]
+        })
+        .max_by_key(|v| v.len())
+}
+
+/// The schema file name of a verb: `wg router add` → `wg-router-add`.
+pub fn schema_name(verb: &str) -> String {
+    verb.replace(' ', "-")
+}
