@@ -24,7 +24,12 @@ const NO_JSON: &[(&str, &str)] = &[
 
 /// Verbs that print nothing on success, `--json` or not: their result is the exit code (and
 /// the change, read back with the matching `show`/`list` verb).
-const SILENT: &[(&str, &str)] = &[("connection set", "the exit code; `connection show` reads the result")];
+const SILENT: &[(&str, &str)] = &[
+    ("connection set", "the exit code; `connection show` reads the result"),
+    ("routes apply", "the exit code; `routes list` and `session show` read the result"),
+    ("pbr add", "the exit code; `pbr list` reads the result"),
+    ("pbr del", "the exit code; `pbr list` reads the result"),
+];
 
 fn json_verbs() -> Vec<&'static str> {
     VERBS
