@@ -18,6 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_pppgate");
 const NO_JSON: &[(&str, &str)] = &[
     ("completions", "a shell completion script"),
     ("metrics", "the Prometheus text exposition format (promtool checks it, tests/metrics.rs)"),
+    ("guard", "a service (pppgate-guard.service): what it finds and restores goes to the log"),
     ("radius checkrad", "FreeRADIUS's checkrad contract: the exit code"),
     ("radius exec simultaneous-use", "rlm_exec's contract: the exit code and attribute lines"),
 ];

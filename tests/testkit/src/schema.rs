@@ -102,6 +102,7 @@ pub const VERBS: &[&str] = &[
     "final-flush",
     "diag",
     "metrics",
+    "guard",
     "completions",
     "wg init",
     "wg tenant add",
