@@ -198,6 +198,7 @@ fn every_json_verb_validates_against_its_schema() {
     check(&["diag"], -1);
     check(&["pbr", "del", "out"], 0);
     check(&["routes", "del", "--connection-id", &alice, "--dst", "192.168.77.0/24"], 0);
+    check(&["final-flush", "--ppp-if", "ppp0", "--reserve"], 0);
     check(&["final-flush", "--ppp-if", "ppp0", "--rx-bytes", "1000", "--tx-bytes", "2000"], 0);
     check(&["session", "kill", &alice, "--timeout", "2"], 0);
 
