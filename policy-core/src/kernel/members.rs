@@ -62,6 +62,12 @@ impl MemberRecord {
     }
 
     fn ensure_dir(&self) -> Result<()> {
+        // The sessions directory itself may not exist yet: the connect gate is recorded before
+        // the first mapping is written (which creates it the same way), e.g. on a box without
+        // the package's tmpfiles entry. The package creates it 2750 root:pppgate.
+        if let Some(parent) = self.dir.parent() {
+            fs::create_dir_all(parent).map_err(|source| Error::Write { path: parent.into(), source })?;
+        }
         match fs::DirBuilder::new().mode(0o750).create(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -173,6 +179,20 @@ mod tests {
 
     fn m(i: u32, last: u8) -> Member {
         Member::new(i, Ipv4Addr::new(100, 64, 0, last))
+    }
+
+    /// The first connect on a box without the sessions directory (no tmpfiles entry, e.g. the
+    /// lab): the gate's record creates it, as the mapping writer does; before this every connect
+    /// there failed closed ("failed to write …/.members").
+    #[test]
+    fn the_first_record_creates_a_missing_sessions_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let sessions = d.path().join("run/vpn-sessions");
+        let r = MemberRecord::in_sessions_dir(&sessions);
+        let a = m(3, 9);
+        r.record(&[SetChange::new(NftSet::Pending, a, true)]).unwrap();
+        assert_eq!(r.read().unwrap(), BTreeMap::from([(a, NftSet::Pending)]));
+        assert!(sessions.is_dir());
     }
 
     #[test]
