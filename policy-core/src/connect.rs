@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::APPLY_WINDOW_CAP;
+use crate::metrics::events::Outcome;
 use crate::policy::planner::DesiredSession;
 
 /// The first backoff step; doubled per attempt up to [`BACKOFF_MAX`].
@@ -147,11 +148,14 @@ pub enum Action<T> {
         since_up: Duration,
     },
     /// End the link through pppd. `log`: the first failure of this link (log `reason` once);
-    /// `cancel`: a scheduled retry to cancel first.
+    /// `cancel`: a scheduled retry to cancel first; `outcome`: how the connect ended, when this
+    /// end is the end of a connect still in progress (Connecting or Applying) — the plugin
+    /// records it once for `pppgate_connects_total`; `None` for a link already applied or ending.
     End {
         reason: String,
         log: bool,
         cancel: Option<T>,
+        outcome: Option<Outcome>,
     },
 }
 
@@ -226,38 +230,50 @@ impl<T> Phase<T> {
                             "policy not applied: the apply lock stayed busy{by} for the whole window ({} attempts)",
                             a.attempts
                         );
-                        self.end(reason, true)
+                        self.end(reason, Outcome::EndedWindow)
                     }
                 }
             }
-            Attempt::Failed(reason) => self.end(reason, false),
+            Attempt::Failed(reason) => self.end(reason, Outcome::EndedError),
         }
     }
 
-    /// Fail closed: the link is ended for `reason` (SQL error, lookup, mapping, apply, ...).
+    /// Fail closed: the link is ended for `reason` (SQL error, mapping, apply, ...).
     pub fn fail(&mut self, reason: impl Into<String>) -> Action<T> {
-        self.end(reason.into(), false)
+        self.end(reason.into(), Outcome::EndedError)
     }
 
-    fn end(&mut self, reason: String, lock_exhausted: bool) -> Action<T> {
+    /// Fail closed because the lookup refused the login (no usable row, several rows, not
+    /// allowed online, no authenticated name): the same end, counted as `refused_lookup`.
+    pub fn refuse(&mut self, reason: impl Into<String>) -> Action<T> {
+        self.end(reason.into(), Outcome::RefusedLookup)
+    }
+
+    fn end(&mut self, reason: String, why: Outcome) -> Action<T> {
+        let lock_exhausted = why == Outcome::EndedWindow;
         match std::mem::take(self) {
-            Phase::Connecting | Phase::Applied => {
+            Phase::Connecting => {
                 *self = Phase::Ending { reason: reason.clone(), lock_exhausted };
-                Action::End { reason, log: true, cancel: None }
+                Action::End { reason, log: true, cancel: None, outcome: Some(why) }
+            }
+            // Counted as applied already.
+            Phase::Applied => {
+                *self = Phase::Ending { reason: reason.clone(), lock_exhausted };
+                Action::End { reason, log: true, cancel: None, outcome: None }
             }
             Phase::Applying(a) => {
                 *self = Phase::Ending { reason: reason.clone(), lock_exhausted };
-                Action::End { reason, log: true, cancel: a.timer }
+                Action::End { reason, log: true, cancel: a.timer, outcome: Some(why) }
             }
             // Already ending: pppd is asked again, the reason is not logged twice.
             Phase::Ending { reason: first, lock_exhausted: was } => {
                 *self = Phase::Ending { reason: first, lock_exhausted: was || lock_exhausted };
-                Action::End { reason, log: false, cancel: None }
+                Action::End { reason, log: false, cancel: None, outcome: None }
             }
             Phase::Cleaned { reason: first } => {
                 let log = first.is_none();
                 *self = Phase::Cleaned { reason: first.or_else(|| Some(reason.clone())) };
-                Action::End { reason, log, cancel: None }
+                Action::End { reason, log, cancel: None, outcome: None }
             }
         }
     }
@@ -400,7 +416,9 @@ mod tests {
         let a = p.attempted(Attempt::LockBusy { holder: Some("pid 99 (reconcile)".into()) }, t0 + WINDOW, || {
             unreachable!("the window was read already")
         });
-        let Action::End { reason, log: true, cancel: None } = a else { panic!("{a:?}") };
+        let Action::End { reason, log: true, cancel: None, outcome: Some(Outcome::EndedWindow) } = a else {
+            panic!("{a:?}")
+        };
         assert!(reason.contains("stayed busy by pid 99 (reconcile) for the whole window (2 attempts)"), "{reason}");
         assert!(matches!(p, Phase::Ending { lock_exhausted: true, .. }));
         assert!(p.begin_attempt().is_none());
@@ -413,12 +431,17 @@ mod tests {
         let a = p.fail("connection lookup failed: database unavailable");
         assert_eq!(
             a,
-            Action::End { reason: "connection lookup failed: database unavailable".into(), log: true, cancel: None }
+            Action::End {
+                reason: "connection lookup failed: database unavailable".into(),
+                log: true,
+                cancel: None,
+                outcome: Some(Outcome::EndedError)
+            }
         );
         assert_eq!(p.failure(), Some("connection lookup failed: database unavailable"));
         assert!(p.begin_attempt().is_none(), "no apply after a failed lookup");
         // pppd asks again (e.g. the exit notifier): logged once.
-        assert!(matches!(p.fail("again"), Action::End { log: false, .. }));
+        assert!(matches!(p.fail("again"), Action::End { log: false, outcome: None, .. }), "counted once");
         assert_eq!(p.cleanup(), Some(Cleanup { cancel: None, lock_wait: CLEANUP_LOCK_WAIT }));
     }
 
@@ -430,7 +453,12 @@ mod tests {
         let a = p.attempted(Attempt::Failed("policy apply failed: verify: set full_v4".into()), t0, || WINDOW);
         assert_eq!(
             a,
-            Action::End { reason: "policy apply failed: verify: set full_v4".into(), log: true, cancel: None }
+            Action::End {
+                reason: "policy apply failed: verify: set full_v4".into(),
+                log: true,
+                cancel: None,
+                outcome: Some(Outcome::EndedError)
+            }
         );
         assert!(matches!(p, Phase::Ending { lock_exhausted: false, .. }));
         assert_eq!(p.cleanup().map(|c| c.lock_wait), Some(CLEANUP_LOCK_WAIT));
@@ -470,6 +498,42 @@ mod tests {
         p.begin_attempt();
         p.attempted(Attempt::LockBusy { holder: None }, t0, || WINDOW);
         p.retry_scheduled(9);
-        assert_eq!(p.fail("lcp down"), Action::End { reason: "lcp down".into(), log: true, cancel: Some(9) });
+        assert_eq!(
+            p.fail("lcp down"),
+            Action::End { reason: "lcp down".into(), log: true, cancel: Some(9), outcome: Some(Outcome::EndedError) }
+        );
+    }
+
+    /// `pppgate_connects_total{outcome}`: every connect the plugin ends or applies is counted
+    /// exactly once, with the outcome that decided it.
+    #[test]
+    fn each_connect_has_exactly_one_outcome() {
+        let outcome = |a: &Action<u32>| match a {
+            Action::End { outcome, .. } => *outcome,
+            Action::Applied { .. } => Some(Outcome::Applied),
+            _ => None,
+        };
+        let t0 = Instant::now();
+        // The lookup refuses the login at ip-up (before anything is applied).
+        let mut p = P::Connecting;
+        assert_eq!(outcome(&p.refuse("no usable vpn_connections row")), Some(Outcome::RefusedLookup));
+        assert_eq!(p.failure(), Some("no usable vpn_connections row"));
+        assert_eq!(outcome(&p.fail("again")), None);
+        p.cleanup();
+        assert_eq!(outcome(&p.fail("after the cleanup")), None);
+        // Applied, then something ends the link: counted as applied only.
+        let mut p = applying(t0);
+        p.begin_attempt();
+        assert_eq!(outcome(&p.attempted(Attempt::Applied, t0, || WINDOW)), Some(Outcome::Applied));
+        assert_eq!(outcome(&p.fail("later")), None);
+        // The window used up.
+        let mut p = applying(t0);
+        p.begin_attempt();
+        let a = p.attempted(Attempt::LockBusy { holder: None }, t0 + WINDOW, || WINDOW);
+        assert_eq!(outcome(&a), Some(Outcome::EndedWindow));
+        assert!(matches!(p, Phase::Ending { lock_exhausted: true, .. }));
+        // A refusal while applying (SQL said Terminate) and an error while connecting.
+        assert_eq!(outcome(&applying(t0).refuse("must not be online")), Some(Outcome::RefusedLookup));
+        assert_eq!(outcome(&P::Connecting.fail("the nft table cannot be created")), Some(Outcome::EndedError));
     }
 }

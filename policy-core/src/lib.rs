@@ -16,6 +16,7 @@ pub mod hardcut;
 pub mod ids;
 pub mod input;
 pub mod janitor;
+pub mod journal;
 pub mod kernel;
 pub mod lock;
 pub mod mapping;

@@ -29,6 +29,7 @@ use policy_core::error::one_line;
 use policy_core::kernel::{Member, Netlink};
 use policy_core::lock::Lock;
 use policy_core::mapping::Mapping;
+use policy_core::metrics::events::{self, ConnectEvent, Outcome};
 use policy_core::policy::model::PolicyState;
 use policy_core::policy::planner::{Desired, Scope};
 use policy_core::policy::{apply, engine};
@@ -53,6 +54,10 @@ struct Link {
     login: Option<String>,
     /// The mapping file this process wrote (removed on ip-down / exit).
     mapping: Option<Mapping>,
+    /// When ip-up began (the connect latency counts from here).
+    ip_up_at: Option<Instant>,
+    /// When the first apply attempt began (the lock wait counts from here).
+    apply_since: Option<Instant>,
     phase: Phase<shim::TimerId>,
 }
 
@@ -70,6 +75,61 @@ pub(crate) fn fail_closed(reason: &str) {
     perform(action);
 }
 
+/// Ends the session because the lookup refused the login (counted as `refused_lookup`).
+fn refuse(reason: &str) {
+    let action = with_link(|l| l.phase.refuse(reason));
+    perform(action);
+}
+
+/// Appends this connect's outcome to the event log the collector folds into the metrics
+/// (`policy_core::metrics::events`): a few system calls on /run after the decision is carried
+/// out — no SQL, no waiting (a busy or full log drops the event). Fail-safe: a failure is one
+/// warning and changes nothing about the session.
+fn record_connect(ev: ConnectEvent) {
+    let Some(cfg) = config() else { return };
+    match events::record(&cfg.paths.run_dir, &ev) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            outcome = ev.outcome.map(Outcome::name).unwrap_or("-"),
+            "connect event not recorded: {} is full (no collector merged it)",
+            cfg.paths.run_dir.join(events::LOG_NAME).display()
+        ),
+        Err(e) => tracing::warn!(
+            outcome = ev.outcome.map(Outcome::name).unwrap_or("-"),
+            "connect event not recorded: {}",
+            one_line(&e)
+        ),
+    }
+}
+
+/// The `session_fail_closed` journal entry (docs/operations.md "Journal fields"), after pppd was
+/// asked to end the link; pppd's own log line stays as it is. Never waits: no journal, no entry.
+fn journal_fail_closed(reason: &str, outcome: Option<Outcome>) {
+    use policy_core::journal::{self, Entry, Event};
+    let (ifname, login, client_ip, conn_id) =
+        with_link(|l| (l.ifname.clone(), l.login.clone(), l.client_ip, l.mapping.as_ref().map(|m| m.connection_id)));
+    let mut e = Entry::new(
+        Event::SessionFailClosed,
+        format!("pppgate ended the session on {}: {reason} (fail closed)", ifname.as_deref().unwrap_or("?")),
+    )
+    .field("reason", reason)
+    .field("ifname", ifname.as_deref().unwrap_or(""))
+    .field("user", login.as_deref().unwrap_or(""))
+    .field("client_ip", client_ip.map(|i| i.to_string()).unwrap_or_default())
+    .field("pppd_pid", shim::pppd_pid())
+    .field("outcome", outcome.map(Outcome::name).unwrap_or("after_connect"));
+    if let Some(id) = conn_id {
+        e = e.field("conn_id", id);
+    }
+    journal::send(&e);
+}
+
+/// The figures of a connect that ended without being applied.
+fn ended_connect(outcome: Outcome) -> ConnectEvent {
+    let latency_us = with_link(|l| l.ip_up_at.map_or(0, |t| t.elapsed().as_micros() as u64));
+    ConnectEvent { at: policy_core::lock::now_unix(), outcome: Some(outcome), latency_us, ..Default::default() }
+}
+
 /// Performs what a phase transition asked for.
 fn perform(action: Action<shim::TimerId>) {
     match action {
@@ -79,7 +139,7 @@ fn perform(action: Action<shim::TimerId>) {
             with_link(|l| l.phase.retry_scheduled(t));
         }
         Action::Applied { .. } => {}
-        Action::End { reason, log, cancel } => {
+        Action::End { reason, log, cancel, outcome } => {
             if let Some(t) = cancel {
                 shim::cancel(t);
             }
@@ -95,6 +155,12 @@ fn perform(action: Action<shim::TimerId>) {
                 );
             }
             shim::end_link(shim::ExitCode::FatalError, &format!("pppgate: {reason}"));
+            if log {
+                journal_fail_closed(&reason, outcome);
+            }
+            if let Some(o) = outcome {
+                record_connect(ended_connect(o));
+            }
         }
     }
 }
@@ -188,6 +254,7 @@ fn set_gate(ip: Ipv4Addr) -> Result<(), String> {
 
 pub(crate) fn ip_up() {
     let t0 = Instant::now();
+    with_link(|l| l.ip_up_at = Some(t0));
     let Some(cfg) = config() else {
         fail_closed("no configuration loaded");
         return;
@@ -234,7 +301,7 @@ pub(crate) fn ip_up() {
     // The name pppd authenticated is the only trustworthy identity: pppd's `user` option is our
     // own name towards the peer, so there is no fallback.
     let Some(login) = login else {
-        fail_closed("the peer did not authenticate (no peer name); no mapping written, no policy applied");
+        refuse("the peer did not authenticate (no peer name); no mapping written, no policy applied");
         return;
     };
     if !policy_core::mapping::valid_ifname(&ifname) {
@@ -255,11 +322,11 @@ pub(crate) fn ip_up() {
         Ok(LoginLookup::NotFound) => {
             let why = db::connections::explain_login(&mut client, &login)
                 .unwrap_or_else(|e| format!("no usable vpn_connections row ({})", one_line(&e)));
-            fail_closed(&why);
+            refuse(&why);
             return;
         }
         Ok(LoginLookup::Ambiguous(n)) => {
-            fail_closed(&format!("{n} vpn_connections rows match this login"));
+            refuse(&format!("{n} vpn_connections rows match this login"));
             return;
         }
         Err(e) => {
@@ -323,10 +390,13 @@ pub(crate) fn ip_up() {
 
     let desired = apply::session_for_connect(&ifname, ifindex, client_ip, pid, &facts);
     if desired.policy.state == PolicyState::Terminate {
-        fail_closed(&format!("connection {} must not be online ({:?})", facts.id, desired.policy.reason));
+        refuse(&format!("connection {} must not be online ({:?})", facts.id, desired.policy.reason));
         return;
     }
-    with_link(|l| l.phase.start_applying(desired, t0, sql_us, mapping_us));
+    with_link(|l| {
+        l.phase.start_applying(desired, t0, sql_us, mapping_us);
+        l.apply_since = Some(Instant::now());
+    });
     attempt_apply(0);
 }
 
@@ -380,6 +450,8 @@ fn attempt_apply(_: usize) {
         }
     };
     let t_apply = Instant::now();
+    let lock_wait_us =
+        with_link(|l| l.apply_since.map_or(0, |t| t_apply.saturating_duration_since(t).as_micros() as u64));
     let mut backends: Option<Netlink> = None;
     let result = (|| -> policy_core::Result<engine::Outcome> {
         let b = backends.insert(Netlink::recording_to(&cfg.paths.sessions_dir)?);
@@ -411,7 +483,23 @@ fn attempt_apply(_: usize) {
             "policy applied, connect gate released"
         );
     }
+    let applied = match &action {
+        Action::Applied { sql_us, mapping_us, since_up, .. } => Some(ConnectEvent {
+            at: policy_core::lock::now_unix(),
+            outcome: Some(Outcome::Applied),
+            latency_us: since_up.as_micros() as u64,
+            lock_wait_us,
+            lock_held_us: apply_us,
+            sql_us: *sql_us,
+            mapping_us: *mapping_us,
+            apply_us,
+        }),
+        _ => None,
+    };
     perform(action);
+    if let Some(ev) = applied {
+        record_connect(ev);
+    }
 }
 
 /// The apply window (asked the first time the lock is busy): SQL

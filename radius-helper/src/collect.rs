@@ -75,6 +75,7 @@ fn collect_run(g: &Global, cfg: &Config, run: &mut Run) -> CmdResult {
             serde_json::to_value(&report.db).ok().and_then(|v| v["status"].as_str().map(str::to_string)).unwrap_or_default(),
         );
     }
+    spool_growing(cfg);
     let quota = reapply_quota_changes(cfg, &report.quota_changes);
     if let Some(e) = &report.db_error {
         return Err(match &report.db {
@@ -212,4 +213,34 @@ pub fn final_flush(g: &Global, a: &FinalFlushArgs) -> CmdResult {
         );
     }
     Ok(())
+}
+
+/// After a run: batches older than 2 × the interim interval (diag's `spool` warning) are one
+/// `spool_growing` journal entry per run while it lasts (the plain warning without a journal).
+fn spool_growing(cfg: &Config) {
+    let Ok(b) = accounting::spool::backlog(&cfg.paths.accounting_dir) else { return };
+    let now = policy_core::lock::now_unix();
+    let age = b.oldest_at.map(|t| now - t).unwrap_or(0);
+    let limit = 2 * cfg.accounting.interim_interval.as_secs() as i64;
+    if b.batches == 0 || age <= limit {
+        return;
+    }
+    let entry = policy_core::journal::Entry::new(
+        policy_core::journal::Event::SpoolGrowing,
+        format!(
+            "accounting spool growing: {} batch(es), {} bytes, oldest {age} s (over {limit} s){}",
+            b.batches,
+            b.bytes,
+            if b.outage_since.is_some() { "; the database is unreachable" } else { "" }
+        ),
+    )
+    .field("batches", b.batches)
+    .field("bytes", b.bytes)
+    .field("oldest_age_s", age)
+    .field("limit_s", limit)
+    .field("outage_since", b.outage_since.map(|t| t.to_string()).unwrap_or_default())
+    .field("dir", cfg.paths.accounting_dir.display());
+    if !policy_core::journal::alert(&entry) {
+        tracing::warn!(batches = b.batches, bytes = b.bytes, oldest_age_s = age, "{}", entry.message);
+    }
 }

@@ -77,6 +77,7 @@ pub fn take_lock(cfg: &Config, what: &str, run: &RunOpts) -> Result<Lock, Failur
             Err(e) => return Err(e.into()),
         };
         if let lock::BreakOutcome::Broken { holder } = outcome {
+            stale_lock_entry(cfg, &holder, true);
             eprintln!(
                 "pppgate: ALERT: broke stale apply lock held by pid {} ({}) since {}",
                 holder.pid, holder.what, holder.since
@@ -91,6 +92,7 @@ pub fn take_lock(cfg: &Config, what: &str, run: &RunOpts) -> Result<Lock, Failur
             if let Some(h) = &holder {
                 msg.push_str(&format!(" (held by pid {} '{}' for {}s)", h.pid, h.what, h.age().as_secs()));
                 if h.age() > cfg.policy.lock_ttl {
+                    stale_lock_entry(cfg, h, false);
                     msg.push_str(&format!(
                         "; the holder is older than the TTL of {}s (stale?) — use --break-stale-lock to end it",
                         cfg.policy.lock_ttl.as_secs()
@@ -101,6 +103,30 @@ pub fn take_lock(cfg: &Config, what: &str, run: &RunOpts) -> Result<Lock, Failur
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The journal entry for a stale apply lock holder (found busy, or broken).
+fn stale_lock_entry(cfg: &Config, h: &lock::Holder, broken: bool) {
+    let what = if broken { "broken" } else { "found" };
+    policy_core::journal::send(
+        &policy_core::journal::Entry::new(
+            policy_core::journal::Event::LockStale,
+            format!(
+                "stale apply lock {what}: {} held by pid {} ({}) for {} s, TTL {} s",
+                cfg.paths.apply_lock.display(),
+                h.pid,
+                h.what,
+                h.age().as_secs(),
+                cfg.policy.lock_ttl.as_secs()
+            ),
+        )
+        .field("lock", cfg.paths.apply_lock.display())
+        .field("holder_pid", h.pid)
+        .field("holder", &h.what)
+        .field("held_s", h.age().as_secs())
+        .field("ttl_s", cfg.policy.lock_ttl.as_secs())
+        .field("broken", broken),
+    );
 }
 
 fn print_report(g: &Global, r: &Report, dry_run: bool) {

@@ -11,6 +11,7 @@ use policy_core::config::{Config, Paths};
 use policy_core::db::{self, radacct};
 use policy_core::error::one_line;
 use policy_core::janitor::{self, Scope};
+use policy_core::journal;
 use policy_core::kernel::Netlink;
 use policy_core::lock::Lock;
 use policy_core::mapping;
@@ -115,18 +116,35 @@ fn with_db<T>(
     match &res {
         Err(e) if e.exit_code() == ExitCode::SqlUnavailable => match outage.failed() {
             Transition::Began => {
-                tracing::warn!(
-                    component,
-                    "database unavailable: {}; skipping until it is back (logged once per outage)",
-                    one_line(e)
+                let entry = journal::Entry::new(
+                    journal::Event::DbOutageBegin,
+                    format!("database unavailable: {}; {component} skips until it is back", one_line(e)),
                 )
+                .field("component", component)
+                .field("error", one_line(e));
+                if !journal::alert(&entry) {
+                    tracing::warn!(
+                        component,
+                        "database unavailable: {}; skipping until it is back (logged once per outage)",
+                        one_line(e)
+                    )
+                }
             }
             _ => tracing::debug!(component, "database still unavailable"),
         },
         _ => {
             if let Transition::Ended { since } = outage.succeeded() {
                 let outage_s = policy_core::lock::now_unix() - since;
-                tracing::info!(component, outage_s, "database reachable again");
+                let entry = journal::Entry::new(
+                    journal::Event::DbOutageEnd,
+                    format!("database reachable again after {outage_s} s ({component})"),
+                )
+                .field("component", component)
+                .field("outage_since", since)
+                .field("outage_s", outage_s);
+                if !journal::alert(&entry) {
+                    tracing::info!(component, outage_s, "database reachable again");
+                }
             }
         }
     }
@@ -514,6 +532,24 @@ fn session_kill(g: &Global, raw: Option<&OsString>, timeout: u64) -> CmdResult {
 
     let (result, code) = kill_summary(&kill, &reconcile);
     tracing::info!(conn_id = id, sessions = kill.sessions.len(), ok = kill.all_ended(), "session kill: {result}");
+    for k in &kill.sessions {
+        if let hardcut::KillOutcome::Failed { error } = &k.outcome {
+            journal::send(
+                &journal::Entry::new(
+                    journal::Event::KillFailed,
+                    format!(
+                        "session kill FAILED: connection {id}, {} pid {} not ended: {error}",
+                        k.mapping.ppp_if, k.mapping.pppd_pid
+                    ),
+                )
+                .field("conn_id", id)
+                .field("ifname", &k.mapping.ppp_if)
+                .field("pppd_pid", k.mapping.pppd_pid)
+                .field("client_ip", k.mapping.client_ip)
+                .field("error", error),
+            );
+        }
+    }
     let out = KillResult {
         connection_id: id,
         kill,

@@ -785,10 +785,33 @@ fn break_stale_lock_ends_an_old_holder_but_not_a_young_one() {
     let since = policy_core::lock::now_unix() - 3600;
     std::fs::write(&w.env.apply_lock, format!("pid={} since={since} what=stuck-apply\n", old.0.id())).unwrap();
     let before = kernel_dump();
-    w.cli.run(&["reconcile"]).expect_code(75);
+    // Each finding of the stale holder is a `lock_stale` journal entry (issue 12), read here from
+    // a datagram socket standing in for journald's.
+    let jdir = tempfile::tempdir().unwrap();
+    let jsock = jdir.path().join("journal.sock");
+    let journal = std::os::unix::net::UnixDatagram::bind(&jsock).unwrap();
+    journal.set_nonblocking(true).unwrap();
+    let jenv = [(policy_core::journal::SOCKET_ENV, jsock.to_str().unwrap())];
+    w.cli.run_env(&["reconcile"], &jenv).expect_code(75);
     assert_eq!(kernel_dump(), before);
-    let out = w.cli.ok(&["reconcile", "--break-stale-lock"]);
+    let out = w.cli.run_env(&["reconcile", "--break-stale-lock"], &jenv).expect_code(0);
     assert!(out.stderr.contains("ALERT: broke stale apply lock"), "{}", out.stderr);
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = journal.recv(&mut buf) {
+        entries.push(policy_core::journal::decode(&buf[..n]).expect("a native-protocol datagram"));
+    }
+    assert_eq!(entries.len(), 2, "found busy, then broken: {entries:#?}");
+    for (e, broken) in entries.iter().zip(["false", "true"]) {
+        let get = |k: &str| e.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("MESSAGE_ID"), Some(policy_core::journal::Event::LockStale.message_id()));
+        assert_eq!(get("PPPGATE_EVENT"), Some("lock_stale"));
+        assert_eq!(get("PPPGATE_HOLDER_PID"), Some(old.0.id().to_string().as_str()));
+        assert_eq!(get("PPPGATE_HOLDER"), Some("stuck-apply"));
+        assert_eq!(get("PPPGATE_TTL_S"), Some("60"));
+        assert_eq!(get("PPPGATE_BROKEN"), Some(broken));
+        assert!(get("PPPGATE_HELD_S").unwrap().parse::<u64>().unwrap() >= 3600);
+    }
     let st = old.0.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(st.signal(), Some(15), "the stale holder got SIGTERM");

@@ -150,10 +150,25 @@ fn database_down_hooks_fail_closed_and_the_janitor_logs_once_per_outage() {
     let o = pppgate(&checkrad, &down, &[os("pppgate"), os(NAS_A), os("0"), os("alice"), os("sid")], &[]);
     assert_eq!(o.status.code(), Some(2), "checkrad: error\n{}", text(&o));
 
-    // The janitor: exit 69, one log line for the whole outage, no error spam.
+    // The janitor: exit 69, one log line for the whole outage, no error spam; one journal entry
+    // at its begin and one at its end (issue 12), read from a socket standing in for journald's.
+    let jdir = tempfile::tempdir().unwrap();
+    let jsock = jdir.path().join("journal.sock");
+    let journal = std::os::unix::net::UnixDatagram::bind(&jsock).unwrap();
+    journal.set_nonblocking(true).unwrap();
+    let jenv = [(policy_core::journal::SOCKET_ENV, jsock.as_os_str())];
+    let entries = || {
+        let mut v = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = journal.recv(&mut buf) {
+            v.push(policy_core::journal::decode(&buf[..n]).expect("a native-protocol datagram"));
+        }
+        v
+    };
+    let field = |e: &Vec<(String, String)>, k: &str| e.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
     let mut logs = String::new();
     for _ in 0..4 {
-        let o = pppgate(&bin(), &down, &[os("janitor")], &[]);
+        let o = pppgate(&bin(), &down, &[os("janitor")], &jenv);
         assert_eq!(o.status.code(), Some(69), "{}", text(&o));
         logs.push_str(&String::from_utf8_lossy(&o.stderr));
         assert!(o.stdout.is_empty());
@@ -162,12 +177,27 @@ fn database_down_hooks_fail_closed_and_the_janitor_logs_once_per_outage() {
     assert_eq!(unavailable, 1, "one line per outage, got:\n{logs}");
     assert_eq!(logs.lines().count(), 1, "nothing else either:\n{logs}");
     assert!(env.env.run_dir.join("sql-outage.janitor").exists());
+    let began = entries();
+    assert_eq!(began.len(), 1, "one entry per outage: {began:#?}");
+    assert_eq!(
+        field(&began[0], "MESSAGE_ID").as_deref(),
+        Some(policy_core::journal::Event::DbOutageBegin.message_id())
+    );
+    assert_eq!(field(&began[0], "PPPGATE_EVENT").as_deref(), Some("db_outage_begin"));
+    assert_eq!(field(&began[0], "PPPGATE_COMPONENT").as_deref(), Some("janitor"));
+    assert_eq!(field(&began[0], "PRIORITY").as_deref(), Some("3"));
+    assert_eq!(field(&began[0], "SYSLOG_IDENTIFIER").as_deref(), Some("pppgate"));
 
     // Back: one recovery line, marker gone. (The "up" config shares run_dir with "down".)
-    let o = pppgate(&bin(), &up, &[os("janitor")], &[]);
+    let o = pppgate(&bin(), &up, &[os("janitor")], &jenv);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("database reachable again").count(), 1, "{err}");
+    let ended = entries();
+    assert_eq!(ended.len(), 1, "{ended:#?}");
+    assert_eq!(field(&ended[0], "PPPGATE_EVENT").as_deref(), Some("db_outage_end"));
+    assert_eq!(field(&ended[0], "PPPGATE_COMPONENT").as_deref(), Some("janitor"));
+    assert!(field(&ended[0], "PPPGATE_OUTAGE_S").unwrap().parse::<i64>().unwrap() >= 0);
     assert!(!env.env.run_dir.join("sql-outage.janitor").exists());
     let o = pppgate(&bin(), &up, &[os("janitor")], &[]);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("reachable again"));

@@ -538,8 +538,17 @@ impl Journal {
                 DbStatus::Unavailable { since, first: false }
             }
             _ => {
-                error!(pending = self.pending.len(), dir = %self.dir.root.display(), error = %one_line(e),
-                    "database unavailable; accounting is spooled until it is back (logged once per outage)");
+                let entry = crate::journal::Entry::new(
+                    crate::journal::Event::DbOutageBegin,
+                    format!("database unavailable: {}; accounting is spooled until it is back", one_line(e)),
+                )
+                .field("component", "accounting")
+                .field("error", one_line(e))
+                .field("pending", self.pending.len());
+                if !crate::journal::alert(&entry) {
+                    error!(pending = self.pending.len(), dir = %self.dir.root.display(), error = %one_line(e),
+                        "database unavailable; accounting is spooled until it is back (logged once per outage)");
+                }
                 DbStatus::Unavailable { since: now, first: true }
             }
         }
@@ -547,12 +556,22 @@ impl Journal {
 
     fn back_online(&self, now: i64) {
         if let Transition::Ended { since } = self.dir.outage().succeeded() {
-            info!(
-                since,
-                seconds = now - since,
-                pending = self.pending.len(),
-                "database reachable again; replaying spooled accounting"
-            );
+            let entry = crate::journal::Entry::new(
+                crate::journal::Event::DbOutageEnd,
+                format!("database reachable again after {} s; replaying spooled accounting", now - since),
+            )
+            .field("component", "accounting")
+            .field("outage_since", since)
+            .field("outage_s", now - since)
+            .field("pending", self.pending.len());
+            if !crate::journal::alert(&entry) {
+                info!(
+                    since,
+                    seconds = now - since,
+                    pending = self.pending.len(),
+                    "database reachable again; replaying spooled accounting"
+                );
+            }
         }
     }
 

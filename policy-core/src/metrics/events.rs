@@ -124,7 +124,16 @@ pub fn record(run_dir: &Path, ev: &ConnectEvent) -> Result<bool> {
     let path = run_dir.join(LOG_NAME);
     let werr = |source: std::io::Error| Error::Write { path: path.clone(), source };
     for _ in 0..4 {
-        let f = OpenOptions::new().append(true).create(true).mode(0o640).open(&path).map_err(werr)?;
+        let open = || OpenOptions::new().append(true).create(true).mode(0o640).open(&path);
+        let f = match open() {
+            // No tmpfiles.d entry ran (a box without the package's units): the plugin makes it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(run_dir).map_err(|source| Error::Write { path: run_dir.into(), source })?;
+                open()
+            }
+            r => r,
+        }
+        .map_err(werr)?;
         let mut f = match Flock::lock(f, FlockArg::LockSharedNonblock) {
             Ok(l) => l,
             // The merger holds it: it was renamed away already.
@@ -393,6 +402,14 @@ mod tests {
         s.add_text(&format!("{}garbage line\n1 7 applied 1", ev(Outcome::Applied, 1).line()));
         assert_eq!(s.outcomes["applied"], 1);
         assert_eq!(s.unreadable_lines, 1);
+    }
+
+    #[test]
+    fn a_missing_run_dir_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run").join("pppgate");
+        assert!(record(&run, &ev(Outcome::Applied, 1)).unwrap());
+        assert_eq!(fs::read_to_string(run.join(LOG_NAME)).unwrap(), ev(Outcome::Applied, 1).line());
     }
 
     #[test]

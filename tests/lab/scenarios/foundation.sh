@@ -10,7 +10,14 @@
 #   disabled    dave's row is DISABLED: terminated, snap disabled-after
 #   malformed   garbage mapping files for ppp0..ppp3 exist before alice connects: hers replaces
 #               one (logged), snap malformed-up; she disconnects: snap malformed-down
-#   pgdown      PostgreSQL stopped, alice connects: terminated, snap pgdown-after (last case)
+#   diag        a healthy, fully wired box (issue 12): FreeRADIUS's files wired as
+#               packaging/freeradius describes (guest/radius.sh; FreeRADIUS is not started: diag
+#               reads its configuration), diag pointed at the LNS's xl2tpd.conf, alice connected,
+#               reconcile, collector and janitor run once each as their timers run them; then
+#               `pppgate --json diag` in srv into /out/diag.json (exit code: fact diag.rc)
+#   pgdown      PostgreSQL stopped, alice connects: terminated, snap pgdown-after
+#   metrics     `pppgate metrics` (no SQL: the database is down) into /out/metrics.prom after
+#               every connect above: the plugin's connect counters (issue 12), snap metrics
 # shellcheck source=tests/lab/guest/lib.sh
 . "$LAB_LIB"
 lab_init
@@ -139,4 +146,38 @@ run_case unique case_unique
 run_case norow case_norow
 run_case disabled case_disabled
 run_case malformed case_malformed
+case_diag() {
+  # shellcheck source=tests/lab/guest/radius.sh
+  . "$LAB_REPO/tests/lab/guest/radius.sh"
+  radius_prepare
+  grep -q '^\[diag\]' "$PPPGATE_CONF" || printf '\n[diag]\nxl2tpd_conf = "%s"\n' "$LAB_TMP/lns.conf" >> "$PPPGATE_CONF"
+  client_add alice alice pw-alice
+  client_connect alice
+  client_wait_up alice 40
+  local job rc=0
+  for job in reconcile collect janitor; do
+    ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" "$job" > "$LAB_OUT/logs/diag-$job.log" 2>&1 || {
+      echo "pppgate $job failed: $(tail -5 "$LAB_OUT/logs/diag-$job.log")"
+      return 1
+    }
+  done
+  ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" --json diag > "$LAB_OUT/diag.json" 2> "$LAB_TMP/diag.err" || rc=$?
+  fact diag.rc "$rc"
+  # The human report, for the case log.
+  ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" diag -v || true
+  client_disconnect alice
+  client_wait_down alice 20
+}
+
+case_metrics() {
+  "$LAB_PPPGATE" -c "$PPPGATE_CONF" metrics > "$LAB_OUT/metrics.prom" 2> "$LAB_TMP/metrics.err" || {
+    echo "pppgate metrics failed: $(cat "$LAB_TMP/metrics.err")"
+    return 1
+  }
+  ls -l /run/pppgate || true
+  snap metrics
+}
+
+run_case diag case_diag
 run_case pgdown case_pgdown
+run_case metrics case_metrics
