@@ -347,11 +347,14 @@ fn table_arg(cfg: &Config, t: Option<&str>) -> Result<Option<u32>, Failure> {
 
 /// Applies the policy of one connection now when it has a live session (lock busy: exit 75,
 /// the SQL change stays and the next apply/reconcile picks it up).
-fn apply_now(g: &Global, cfg: &Config, conn: i64, run: &RunOpts) -> CmdResult {
+/// Applies one connection's policy at once. The report is printed as text, and with `--json`
+/// only when it is the verb's whole output (`json_report`: `connection set`, `routes apply`,
+/// `pbr add`/`del`; `routes add`/`del` print their own JSON first).
+fn apply_now(g: &Global, cfg: &Config, conn: i64, run: &RunOpts, json_report: bool) -> CmdResult {
     let mut b = test_hook::kernel(&cfg.paths.sessions_dir)?;
     let _lock = if run.dry_run { None } else { Some(take_lock(cfg, "apply", run)?) };
     let r = apply::apply(cfg, &mut b, &Target::Connection(conn), run.dry_run)?;
-    if !g.json {
+    if !g.json || json_report {
         print_report(g, &r, run.dry_run);
     }
     Ok(())
@@ -390,7 +393,7 @@ pub fn routes_cmd(g: &Global, c: &RoutesCmd) -> CmdResult {
                 println!("route {dst} for connection {conn}: {}", if changed { "stored" } else { "already present" });
             }
             if !a.no_apply {
-                apply_now(g, &cfg, conn, &RunOpts { dry_run: false, break_stale_lock: false })?;
+                apply_now(g, &cfg, conn, &RunOpts { dry_run: false, break_stale_lock: false }, false)?;
             }
             Ok(())
         }
@@ -407,7 +410,7 @@ pub fn routes_cmd(g: &Global, c: &RoutesCmd) -> CmdResult {
                 println!("route {dst} for connection {conn}: {}", if removed { "removed" } else { "was not there" });
             }
             if !a.no_apply {
-                apply_now(g, &cfg, conn, &RunOpts { dry_run: false, break_stale_lock: false })?;
+                apply_now(g, &cfg, conn, &RunOpts { dry_run: false, break_stale_lock: false }, false)?;
             }
             Ok(())
         }
@@ -436,7 +439,7 @@ pub fn routes_cmd(g: &Global, c: &RoutesCmd) -> CmdResult {
             Ok(())
         }
         RoutesCmd::Apply { connection_id, run } => match connection_id {
-            Some(id) => apply_now(g, &cfg, parse_id("connection id", id)?, run),
+            Some(id) => apply_now(g, &cfg, parse_id("connection id", id)?, run, true),
             None => reconcile_cmd(g, &ReconcileArgs { boot: false, run: run.clone() }),
         },
     }
@@ -553,7 +556,7 @@ pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
                 println!("pbr rule {}: {}", a.name, if changed { "stored" } else { "unchanged" });
             }
             match connection_id {
-                Some(c) => apply_now(g, &cfg, c, &a.run),
+                Some(c) => apply_now(g, &cfg, c, &a.run, true),
                 None => reconcile_cmd(g, &ReconcileArgs { boot: false, run: a.run.clone() }),
             }
         }
@@ -562,7 +565,9 @@ pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
             let gone = db::pbr::delete(&mut client, name)?;
             drop(client);
             let Some(row) = gone else {
-                if !g.json {
+                if g.json {
+                    println!("{}", json!({ "name": name, "removed": false }));
+                } else {
                     println!("pbr rule {name}: was not there");
                 }
                 return Ok(());
@@ -571,7 +576,7 @@ pub fn pbr_cmd(g: &Global, c: &PbrCmd) -> CmdResult {
                 println!("pbr rule {name}: removed");
             }
             match row.connection_id {
-                Some(c) => apply_now(g, &cfg, c, run),
+                Some(c) => apply_now(g, &cfg, c, run, true),
                 None => reconcile_cmd(g, &ReconcileArgs { boot: false, run: run.clone() }),
             }
         }
@@ -723,7 +728,7 @@ pub fn connection_cmd(g: &Global, c: &ConnectionCmd) -> CmdResult {
             if !found {
                 return Err(Error::NotFound { what: "connection", id: id.to_string() }.into());
             }
-            apply_now(g, &cfg, id, &a.run)
+            apply_now(g, &cfg, id, &a.run, true)
         }
         ConnectionCmd::Show { id } => {
             let id = parse_id("connection id", id)?;
