@@ -73,13 +73,41 @@ fn db_outage_spools_then_catches_up_exactly_and_logs_once() {
     p1.rx(3, 1000);
     lab.collect().ok();
 
+    // Journal entries (issue 12): read from a socket standing in for journald's.
+    let jdir = tempfile::tempdir().unwrap();
+    let jsock = jdir.path().join("journal.sock");
+    let journal = std::os::unix::net::UnixDatagram::bind(&jsock).unwrap();
+    journal.set_nonblocking(true).unwrap();
+    let jenv = [(policy_core::journal::SOCKET_ENV, jsock.to_str().unwrap())];
+    let events = || {
+        let mut v = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = journal.recv(&mut buf) {
+            let e = policy_core::journal::decode(&buf[..n]).expect("a native-protocol datagram");
+            let get = |k: &str| e.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone()).unwrap_or_default();
+            v.push((get("PPPGATE_EVENT"), get("PPPGATE_COMPONENT"), get("PPPGATE_BATCHES"), get("MESSAGE_ID")));
+        }
+        v
+    };
+
     lab.pg.stop();
     let mut outage_lines = 0;
     for i in 1..=3 {
         p1.rx(4, 900);
         p2.tx(2, 400);
         p2.rx(1, 1400);
-        let r = lab.collect();
+        if i == 3 {
+            // The two spooled batches have waited a day: more than 2 x the interim interval.
+            let day_ago = format!("@{}", policy_core::lock::now_unix() - 86_400);
+            for e in std::fs::read_dir(lab.acct_dir.join("spool")).unwrap().flatten() {
+                if e.file_name().to_string_lossy().ends_with(".batch") {
+                    let st =
+                        std::process::Command::new("touch").arg("-m").arg("-d").arg(&day_ago).arg(e.path()).status();
+                    assert!(st.unwrap().success());
+                }
+            }
+        }
+        let r = lab.cli.run_env(&["--json", "collect"], &jenv);
         assert_eq!(r.code, Some(69), "run {i} with the database down: {r:?}");
         let j = r.json();
         assert_eq!(j["db"]["status"], "unavailable");
@@ -87,14 +115,38 @@ fn db_outage_spools_then_catches_up_exactly_and_logs_once() {
         assert_eq!(lab.spool_records(), i, "the spool grows by one record per run");
         outage_lines += r.stderr.lines().filter(|l| l.contains("database unavailable")).count();
         if i > 1 {
-            assert!(r.stderr.trim().is_empty(), "later runs of one outage log nothing: {}", r.stderr);
+            assert!(
+                r.stderr.lines().all(|l| l.contains("accounting spool growing")),
+                "later runs of one outage log nothing but the spool's growth: {}",
+                r.stderr
+            );
         }
+        let ev = events();
+        let want: Vec<(String, String, String, String)> = match i {
+            1 => vec![(
+                "db_outage_begin".into(),
+                "accounting".into(),
+                String::new(),
+                policy_core::journal::Event::DbOutageBegin.message_id().into(),
+            )],
+            2 => vec![],
+            _ => vec![(
+                "spool_growing".into(),
+                String::new(),
+                "3".into(),
+                policy_core::journal::Event::SpoolGrowing.message_id().into(),
+            )],
+        };
+        assert_eq!(ev, want, "journal entries of run {i}");
     }
     assert_eq!(outage_lines, 1, "one log line per outage, not per run");
     assert!(lab.acct_dir.join("sql-outage.accounting").exists());
 
     lab.pg.start();
-    let r = lab.collect().ok();
+    let r = lab.cli.run_env(&["--json", "collect"], &jenv).expect_code(0).json();
+    let ev = events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].0.as_str(), ev[0].1.as_str()), ("db_outage_end", "accounting"));
     assert_eq!(r["replay"]["records_applied"], 4);
     assert_eq!(r["replay"]["commit_statements"], 1, "four spooled records merged into one statement");
     assert_sql_matches_kernel(&lab, &p1, c1);
