@@ -3,7 +3,8 @@
 //! and Early-Reconcile Protection (systemd's own timestamps and critical-chain), Boot-Janitor
 //! (after its delay, this NAS's stale radacct row closed, another NAS's untouched) and the timers
 //! (systemd's view of the shipped intervals; at a test interval: repeated runs and a drift
-//! repaired by the reconcile timer). Two boots over one disk; durations printed.
+//! repaired by the reconcile timer) and the DB Down Boot (a third boot with PostgreSQL masked).
+//! Three boots over one disk; durations printed.
 //!
 //! Needs root, qemu, linux-image-amd64, e2fsprogs, the release artifacts and the package
 //! (scripts/build-deb.sh --no-build). Not yet run to completion: `#[ignore]`d until it is green,
@@ -106,6 +107,11 @@ fn boot_reconcile_boot_janitor_start_order_and_timers_on_a_rebooted_system() {
     assert_eq!(f.expect("janitor.stale_row"), "t", "the stale row of this NAS is still open");
     assert_eq!(f.expect("janitor.other_row"), "f", "the boot janitor closed another NAS's row");
 
+    // The guard restores a deleted table at once (the reconcile timer below runs with the guard
+    // stopped, so the timer is what repairs that drift).
+    assert_eq!(f.expect("guard.state"), "enabled active");
+    eprintln!("system-boot: the guard restored a deleted table in {} ms (guest clock)", f.expect("guard.restore_ms"));
+
     // Timers at the test interval: repeated runs, never closer than the interval; the drift
     // (pppgate's table deleted) repaired by the reconcile timer.
     assert_eq!(f.expect("drift.deleted"), "absent");
@@ -120,4 +126,70 @@ fn boot_reconcile_boot_janitor_start_order_and_timers_on_a_rebooted_system() {
         }
         assert_eq!(f.expect(&format!("timers.{t}.result")), "success");
     }
+    assert_eq!(f.expect("pg_masked"), "masked", "boot 3 needs the system's PostgreSQL masked");
+
+    // DB Down Boot (B167 §9, §7.4): PostgreSQL masked. The boot finishes, every unit starts, the
+    // boot units end as designed, the timers run without restarts or log spam, and a login is
+    // refused fail-closed by the installed plugin.
+    let b3 = boot(&disk, 3);
+    let f = &b3.facts;
+    assert_eq!(f.expect("dbdown.pg"), "inactive", "PostgreSQL ran in the DB Down Boot");
+    assert_eq!(f.expect("dbdown.pg_socket"), "absent");
+    assert!(
+        matches!(f.expect("boot3.state"), "running" | "degraded"),
+        "the DB Down Boot did not finish: {}",
+        f.expect("boot3.state")
+    );
+    let failed = f.expect("dbdown.failed");
+    for u in failed.split_whitespace() {
+        assert!(
+            !(u.starts_with("pppgate") || u.starts_with("vpn-") || ["xl2tpd.service", "strongswan.service", "freeradius.service"].contains(&u)),
+            "{u} failed in the DB Down Boot (failed units: {failed})"
+        );
+    }
+    for u in [
+        "strongswan.service",
+        "xl2tpd.service",
+        "freeradius.service",
+        "pppgate-guard.service",
+        "vpn-policy-reconcile.timer",
+        "vpn-accounting-collector.timer",
+        "vpn-stale-session-janitor.timer",
+    ] {
+        assert_eq!(f.expect(&format!("dbdown.active.{u}")), "active", "{u} in the DB Down Boot");
+    }
+    // The boot reconcile is kernel-based: it succeeds without SQL. The boot janitor skips (69,
+    // "database unavailable", a success exit of its unit). Each ran once, logged at most two lines.
+    assert_eq!(f.expect("dbdown.pppgate-boot-reconcile.service.result"), "success 0");
+    assert_eq!(f.expect("dbdown.pppgate-boot-janitor.service.result"), "success 69");
+    for u in ["pppgate-boot-reconcile.service", "pppgate-boot-janitor.service"] {
+        assert_eq!(f.expect(&format!("dbdown.{u}.starts")), "1", "{u} ran more than once or never");
+        assert_eq!(f.expect(&format!("dbdown.{u}.restarts")), "0", "{u} restarted");
+        let lines = f.expect_i64(&format!("dbdown.{u}.lines"));
+        eprintln!("system-boot: DB Down Boot: {u} logged {lines} line(s)");
+        assert!(lines <= 2, "{u} logged {lines} lines with the database down (logs/dbdown-{u}.log)");
+    }
+    // The timers: every run ends as a success of its unit (69 = database unavailable), no loop:
+    // runs ≤ what the interval allows, at most two lines each.
+    for t in ["vpn-policy-reconcile", "vpn-accounting-collector"] {
+        let runs = f.expect_i64(&format!("dbdown.{t}.runs"));
+        let lines = f.expect_i64(&format!("dbdown.{t}.lines"));
+        let result = f.expect(&format!("dbdown.{t}.result"));
+        eprintln!("system-boot: DB Down Boot: {t}: {runs} runs, {lines} lines logged, last result {result}");
+        assert!(runs >= 3, "{t}: {runs} runs");
+        assert!(result.starts_with("success"), "{t}: {result}");
+        assert!(lines <= 2 * runs, "{t}: {lines} lines in {runs} runs with the database down");
+    }
+    // Auth fail-closed: the session came up at the LNS and the plugin ended it, naming the
+    // database; nothing reached the far side.
+    let said = f.expect_i64("dbdown.lns_said");
+    assert!(said >= 1, "the plugin did not say 'database unavailable' (logs/dbdown-pppd-lns.log)");
+    assert_eq!(f.expect("dbdown.full_v4"), "0", "the refused client's address is in full_v4");
+    let sent = f.expect_i64("dbdown.sent");
+    let recv = f.expect_i64("dbdown.recv");
+    let inet = f.expect_i64("dbdown.inet_pkts");
+    eprintln!("system-boot: DB Down Boot login: sent {sent}, arrived {recv} (inet counter {inet})");
+    assert!(sent > 0, "the client's sender got no datagram out; the case proves nothing");
+    assert_eq!(recv, 0, "{recv} datagrams reached inet from a session refused with the database down");
+    assert_eq!(inet, 0);
 }

@@ -14,6 +14,7 @@
 #
 # Environment: LAB_DEB (the package), LAB_BOOT (1 or 2), LAB_TIMER_S (the test interval).
 . "$LAB_LIB"
+. "$LAB_REPO/tests/lab/guest/connect.sh"
 . "$LAB_REPO/tests/lab/guest/system.sh"
 lab_init
 
@@ -130,8 +131,18 @@ boot2() {
   [ -n "$CURSOR" ] || die "no journal cursor"
   systemctl restart vpn-policy-reconcile.timer vpn-accounting-collector.timer
   fact timers.view "$(systemctl show -P TimersMonotonic vpn-policy-reconcile.timer | tr '\n' ' ')"
-  # The drift: pppgate's table gone; the reconcile timer's next run must put it back. (Checks
-  # are functions: wait_for re-runs its command, a "$(…)" argument would be evaluated once.)
+  # The guard (pppgate-guard.service, enabled by the package) restores a deleted table at once.
+  fact guard.state "$(systemctl is-enabled pppgate-guard.service) $(systemctl is-active pppgate-guard.service)"
+  nft delete table inet pppgate 2> /dev/null
+  now
+  local t0=$NOW
+  wait_for 30 "the guard restoring the table" nft list table inet pppgate
+  now
+  fact guard.restore_ms $((NOW - t0))
+  # The drift: pppgate's table gone while the guard is stopped; the reconcile timer's next run
+  # must put it back. (Checks are functions: wait_for re-runs its command, a "$(…)" argument
+  # would be evaluated once.)
+  systemctl stop pppgate-guard.service
   wait_for 120 "the reconcile timer's first run" runs_at_least vpn-policy-reconcile 1
   nft delete table inet pppgate 2> /dev/null
   fact drift.deleted "$(nft list table inet pppgate > /dev/null 2>&1 && echo present || echo absent)"
@@ -145,11 +156,81 @@ boot2() {
     fact "timers.$t.starts" "$(grep 'Starting ' "$LAB_OUT/logs/$t.journal" | sed 's/^\[ *\([0-9.]*\)\].*/\1/' | tr '\n' ' ')"
     fact "timers.$t.result" "$(unit_prop "$t.service" Result)"
   done
+  systemctl start pppgate-guard.service
+  # The next boot is the DB Down Boot: the system's PostgreSQL masked (it will not start).
+  local v
+  v=$(ls /etc/postgresql | sort -V | tail -1)
+  [ -n "$v" ] || die "no PostgreSQL cluster under /etc/postgresql"
+  systemctl mask postgresql.service "postgresql@$v-main.service" > /dev/null 2>&1 || die "cannot mask PostgreSQL"
+  fact pg_masked "$(systemctl is-enabled "postgresql@$v-main.service" 2> /dev/null)"
+  sys_collect boot
+}
+
+# own_lines UNIT: the lines UNIT's program logged this boot (systemd's own Starting/Finished/
+# Deactivated/Consumed lines left out).
+own_lines() {
+  journalctl -b -u "$1" -o cat --no-pager 2> /dev/null |
+    grep -v -E '^(Starting|Started|Finished|Stopping|Stopped) |\.service: (Deactivated|Consumed|Succeeded|Main process|Failed|Scheduled)' || true
+}
+
+# Boot 3, B167 §9 DB Down Boot: PostgreSQL masked. The boot finishes; the VPN stack and pppgate's
+# units start; the boot reconcile and boot janitor end as designed (best effort, no loop); the
+# timers run at the test interval without restarts or log spam; a login is refused fail-closed
+# (the installed plugin cannot read SQL: the session is ended, nothing passes).
+boot3() {
+  sys_wait_booted 1500
+  local v u
+  v=$(ls /etc/postgresql | sort -V | tail -1)
+  fact dbdown.pg "$(systemctl is-active "postgresql@$v-main.service" 2> /dev/null)"
+  fact dbdown.pg_socket "$(test -S /run/postgresql/.s.PGSQL.5432 && echo present || echo absent)"
+  fact dbdown.failed "$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
+  for u in strongswan.service xl2tpd.service freeradius.service pppgate-guard.service \
+    vpn-policy-reconcile.timer vpn-accounting-collector.timer vpn-stale-session-janitor.timer; do
+    fact "dbdown.active.$u" "$(systemctl is-active "$u")"
+  done
+  for u in $RECONCILE $JANITOR; do
+    fact "dbdown.$u.result" "$(unit_prop "$u" Result) $(unit_prop "$u" ExecMainStatus)"
+    fact "dbdown.$u.restarts" "$(unit_prop "$u" NRestarts)"
+    fact "dbdown.$u.starts" "$(journalctl -b -u "$u" -o cat --no-pager | grep -c '^Starting ')"
+    own_lines "$u" > "$LAB_OUT/logs/dbdown-$u.log"
+    fact "dbdown.$u.lines" "$(wc -l < "$LAB_OUT/logs/dbdown-$u.log")"
+  done
+  # The timers (boot 2's test drop-ins persist): three runs each, their results and log volume.
+  CURSOR=$(journalctl -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
+  wait_for $((LAB_TIMER_S * 8)) "three reconcile runs" runs_at_least vpn-policy-reconcile 3
+  wait_for $((LAB_TIMER_S * 8)) "three collector runs" runs_at_least vpn-accounting-collector 3
+  local t
+  for t in vpn-policy-reconcile vpn-accounting-collector; do
+    journalctl --after-cursor="$CURSOR" -u "$t.service" -o cat --no-pager > "$LAB_OUT/logs/dbdown-$t.journal"
+    fact "dbdown.$t.runs" "$(grep -c '^Starting ' "$LAB_OUT/logs/dbdown-$t.journal")"
+    fact "dbdown.$t.result" "$(unit_prop "$t.service" Result) $(unit_prop "$t.service" ExecMainStatus)"
+    fact "dbdown.$t.lines" "$(grep -v -E '^(Starting|Started|Finished) |\.service: (Deactivated|Consumed|Succeeded|Main process|Failed)' "$LAB_OUT/logs/dbdown-$t.journal" | grep -c .)"
+  done
+
+  # A login with SQL down: the installed plugin in the lab's LNS, the system's configuration.
+  cl_init
+  net_setup
+  LAB_PPPGATE=/usr/sbin/pppgate
+  LAB_PLUGIN=pppgate.so
+  PPPGATE_CONF=/etc/pppgate/pppgate.toml
+  lns_user alice pw-alice
+  lns_start
+  client_add alice alice pw-alice
+  client_opt alice "lcp-restart 1"
+  traffic_start dbdown alice
+  client_connect alice
+  lns_wait_peer_up alice 60
+  client_wait_lns_gone alice 60
+  traffic_stop dbdown
+  fact dbdown.lns_said "$(grep -c 'database unavailable' "$LAB_TMP/pppd-lns.log")"
+  fact dbdown.full_v4 "$(nft list set inet pppgate full_v4 2> /dev/null | grep -c "$(client_get alice client_ip)" || true)"
+  cp "$LAB_TMP/pppd-lns.log" "$LAB_OUT/logs/dbdown-pppd-lns.log" 2> /dev/null || true
   sys_collect boot
 }
 
 case $B in
   1) boot1 ;;
   2) boot2 ;;
-  *) die "LAB_BOOT=$B: this scenario boots twice" ;;
+  3) boot3 ;;
+  *) die "LAB_BOOT=$B: this scenario boots three times" ;;
 esac
