@@ -143,7 +143,9 @@ fn boot_reconcile_boot_janitor_start_order_and_timers_on_a_rebooted_system() {
     let failed = f.expect("dbdown.failed");
     for u in failed.split_whitespace() {
         assert!(
-            !(u.starts_with("pppgate") || u.starts_with("vpn-") || ["xl2tpd.service", "strongswan.service", "freeradius.service"].contains(&u)),
+            !(u.starts_with("pppgate")
+                || u.starts_with("vpn-")
+                || ["xl2tpd.service", "strongswan.service", "freeradius.service"].contains(&u)),
             "{u} failed in the DB Down Boot (failed units: {failed})"
         );
     }
