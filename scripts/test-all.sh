@@ -3,7 +3,7 @@
 # stdin): installs the Debian packages the build and the tests use, then
 #   the gates: cargo fmt --check, cargo clippy -D warnings (an unformatted file or a lint fails CI)
 #   cargo build --release --workspace (+ scripts/build-pppd-variants.sh)
-#   scripts/build-deb.sh --no-build (the .deb, from those artifacts)
+#   scripts/build-deb.sh --no-build (the .deb, from those artifacts; and Debian 13's, --root)
 #   cargo test --release --workspace
 #   with PPPGATE_LAB_LONG=1: scripts/lab-matrix.sh, the full lab matrix on both roots (long run,
 #   not CI; tests/lab/README.md, "CI and the long run")
@@ -39,6 +39,10 @@ log "scripts/build-deb.sh --no-build (the .deb tests/package_deb.rs checks)"
 bash scripts/build-deb.sh --no-build
 # The system lab's upgrade test (tests/lab_system.rs) installs the same artifacts as a higher version.
 bash scripts/build-deb.sh --no-build --version "$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)+lab1"
+# The Debian 13 variant (plugin built against trixie's ppp-dev 2.5.2, Depends from its substvars):
+# tests/lab_trixie.rs installs it in the trixie root.
+PPPGATE_DEB_PLUGIN=target/pppd-variants/libpppgate-pppd-2.5.so \
+  bash scripts/build-deb.sh --no-build --root "$(target/release/pppgate-lab root trixie)"
 log "package took $((SECONDS - start)) s"
 
 rc=0
@@ -48,8 +52,8 @@ cargo test --release --workspace --no-fail-fast || rc=$?
 log "tests took $((SECONDS - start)) s"
 
 # The Debian 13 root in CI is tests/lab_trixie.rs (within the workspace tests above: root built,
-# booted, pppd 2.5.2 loads the 2.5 build and refuses the others). Every scenario family on it is
-# the long run (CI budget; tests/lab/README.md, "CI and the long run").
+# booted, pppd 2.5.2 loads the 2.5 build and refuses the others, the Debian 13 .deb installs).
+# Every scenario family on it is the long run (CI budget; tests/lab/README.md, "CI and the long run").
 if [ "${PPPGATE_LAB_LONG:-0}" = 1 ]; then
   start=$SECONDS
   log "PPPGATE_LAB_LONG=1: scripts/lab-matrix.sh (every lab scenario family on both roots + 4 GiB accounting)"

@@ -42,6 +42,10 @@ pub struct LabOptions {
     /// The system lab: boot systemd as PID 1 with this disk as the persistent upper layer
     /// (`crate::system`). `None`: the scenario runs as the init's child on a tmpfs overlay.
     pub system: Option<crate::system::SystemDisk>,
+    /// Run only these cases of the scenario (`LAB_CASES` in the guest; `run_case` records every
+    /// other case as `skipped`, which [`LabRun::expect_case`] refuses). Default:
+    /// `$PPPGATE_LAB_CASES` (space-separated), else every case.
+    pub cases: Option<Vec<String>>,
 }
 
 impl Default for LabOptions {
@@ -55,6 +59,7 @@ impl Default for LabOptions {
             follow: false,
             root: Root::from_env(),
             system: None,
+            cases: cases_from_env(),
         }
     }
 }
@@ -75,6 +80,11 @@ impl LabOptions {
         self
     }
 
+    pub fn cases(mut self, cases: &[&str]) -> Self {
+        self.cases = Some(cases.iter().map(|c| c.to_string()).collect());
+        self
+    }
+
     fn effective_timeout(&self) -> Duration {
         let factor = std::env::var("PPPGATE_LAB_TIMEOUT_FACTOR").ok().and_then(|f| f.parse::<f64>().ok());
         match factor {
@@ -82,6 +92,17 @@ impl LabOptions {
             _ => self.timeout,
         }
     }
+}
+
+/// `$PPPGATE_LAB_CASES`: space-separated case names; unset or blank: every case.
+fn cases_from_env() -> Option<Vec<String>> {
+    let v = std::env::var("PPPGATE_LAB_CASES").ok()?;
+    let cases: Vec<String> = v.split_whitespace().map(str::to_string).collect();
+    (!cases.is_empty()).then_some(cases)
+}
+
+fn valid_case_name(c: &str) -> bool {
+    !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A finished run whose scenario exited 0.
@@ -121,6 +142,56 @@ impl LabRun {
         }
     }
 
+    /// Which of the scenario's cases `all` this run was asked to run: all of them, or those the
+    /// case filter named (the run's own fact `lab.cases`, so a re-read run answers the same).
+    /// Panics (for tests) when the filter names a case that is not in `all`: a typo must not
+    /// shrink a run silently.
+    #[track_caller]
+    pub fn selected_cases<'a>(&self, all: &[&'a str]) -> Vec<&'a str> {
+        let Some(filter) = self.facts.get("lab.cases") else {
+            return all.to_vec();
+        };
+        let wanted: Vec<&str> = filter.split_whitespace().collect();
+        for w in &wanted {
+            assert!(all.contains(w), "run {}: the case filter names {w:?}, not a case of {all:?}", self.dir.display());
+        }
+        all.iter().copied().filter(|c| wanted.contains(c)).collect()
+    }
+
+    /// Re-reads a finished run of `scenario` in `dir` instead of booting (for working on
+    /// assertions): its scenario must have exited 0, and it must have booted `root`.
+    pub fn reread(scenario: &str, root: Root, dir: &Path) -> Result<LabRun> {
+        let bad = |reason: String| LabError::Unsupported(format!("re-read of {}: {reason}", dir.display()));
+        let rc = fs::read_to_string(dir.join("guest.rc")).map_err(|e| bad(format!("no guest.rc: {e}")))?;
+        if rc.trim() != "0" {
+            return Err(bad(format!("the scenario exited {}", rc.trim())));
+        }
+        let env = fs::read_to_string(dir.join("lab.env")).map_err(|e| bad(format!("no lab.env: {e}")))?;
+        let field = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .map(|v| v.trim_matches('\'').to_string())
+                .unwrap_or_default()
+        };
+        if field("LAB_SCENARIO_NAME") != scenario {
+            return Err(bad(format!("it is a run of {:?}, not {scenario:?}", field("LAB_SCENARIO_NAME"))));
+        }
+        let booted = if field("LAB_ROOT").is_empty() { "bookworm".to_string() } else { field("LAB_ROOT") };
+        if booted != root.name() {
+            return Err(bad(format!("it booted {booted}, this test runs on {root}")));
+        }
+        let elapsed =
+            fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
+        eprintln!("lab: {scenario} ({root} root): re-reading {} (VM ran {elapsed:.1}s)", dir.display());
+        Ok(LabRun {
+            scenario: scenario.to_string(),
+            root,
+            dir: dir.to_path_buf(),
+            elapsed: Duration::from_secs_f64(elapsed),
+            facts: Facts::load(&dir.join("results.env"))?,
+        })
+    }
+
     /// Loads the snapshot `snap/<name>`; panics (for tests) naming the run directory.
     #[track_caller]
     pub fn snapshot(&self, name: &str) -> crate::Snapshot {
@@ -143,9 +214,18 @@ impl Lab {
     /// Runs `tests/lab/scenarios/<scenario>.sh` in a fresh VM. Fails when the artifacts are not
     /// built, when the VM cannot boot, on timeout (qemu is killed), and when the scenario exits
     /// non-zero; every error names the run directory and carries the logs' tails.
+    ///
+    /// `$PPPGATE_LAB_REREAD` (space-separated run directories): a directory among them that holds
+    /// a run of this scenario is re-read instead ([`LabRun::reread`]); no VM boots.
     pub fn run(scenario: &str, opts: &LabOptions) -> Result<LabRun> {
         if scenario.is_empty() || !scenario.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(LabError::BadScenarioName(scenario.to_string()));
+        }
+        if let Some(dir) = reread_dir(scenario) {
+            return LabRun::reread(scenario, opts.root, &dir);
+        }
+        if let Some(bad) = opts.cases.iter().flatten().find(|c| !valid_case_name(c)) {
+            return Err(LabError::Unsupported(format!("case name {bad:?} (letters, digits, '-' and '_' only)")));
         }
         let script = paths::scenario_path(scenario);
         if !script.is_file() {
@@ -275,6 +355,18 @@ impl Lab {
         let facts = Facts::load(&dir.join("results.env"))?;
         Ok(LabRun { scenario: scenario.to_string(), root: guest_root.root, dir, elapsed, facts })
     }
+}
+
+/// The run directory `$PPPGATE_LAB_REREAD` names for `scenario` (`<scenario>-<stamp>[-n]`).
+fn reread_dir(scenario: &str) -> Option<PathBuf> {
+    let list = std::env::var("PPPGATE_LAB_REREAD").ok()?;
+    list.split_whitespace().map(PathBuf::from).find(|d| {
+        d.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(scenario))
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|stamp| stamp.bytes().next().is_some_and(|b| b.is_ascii_digit()))
+    })
 }
 
 /// Ends the VM: SIGTERM to coreutils' `timeout`, which passes it on to qemu (SIGKILL to
@@ -465,6 +557,9 @@ fn write_env(
             });
         }
         vars.push((key.clone(), v.clone()));
+    }
+    if let Some(cases) = &opts.cases {
+        vars.push(("LAB_CASES".into(), cases.join(" ")));
     }
     let mut text = String::from("# written by the pppgate lab harness; sourced by the guest's init and boot.sh\n");
     for (key, v) in vars {

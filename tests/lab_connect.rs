@@ -40,35 +40,23 @@ const WINDOW_SLACK_MS: i64 = 1500;
 const RATE_TOLERANCE: f64 = 0.15;
 
 /// `PPPGATE_LAB_CONNECT_RUN=<run directory>` re-reads a finished run instead of booting the VM
-/// (for working on the assertions; the run must have completed with status 0).
+/// (for working on the assertions; the run must have completed with status 0); so does the
+/// harness-wide `PPPGATE_LAB_REREAD`. `PPPGATE_LAB_CASES` runs a subset (the Debian 13 CI cell,
+/// scripts/test-all.sh): the tests of the other cases are to be skipped (`--skip`), or they fail.
 fn run() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
-    let r = RUN.get_or_init(|| match std::env::var_os("PPPGATE_LAB_CONNECT_RUN") {
-        Some(dir) => reread(Path::new(&dir)),
-        None => Lab::run("connect", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()),
+    let r = RUN.get_or_init(|| {
+        let opts = LabOptions::default().timeout(TIMEOUT);
+        match std::env::var_os("PPPGATE_LAB_CONNECT_RUN") {
+            Some(dir) => LabRun::reread("connect", opts.root, Path::new(&dir)),
+            None => Lab::run("connect", &opts),
+        }
+        .map_err(|e| e.to_string())
     });
     match r {
         Ok(run) => run,
         Err(e) => panic!("the connect lab run failed: {e}"),
     }
-}
-
-fn reread(dir: &Path) -> Result<LabRun, String> {
-    let rc =
-        std::fs::read_to_string(dir.join("guest.rc")).map_err(|e| format!("{}: no guest.rc: {e}", dir.display()))?;
-    if rc.trim() != "0" {
-        return Err(format!("{}: the scenario exited {}", dir.display(), rc.trim()));
-    }
-    let elapsed =
-        std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
-    Ok(LabRun {
-        scenario: "connect".into(),
-        // The run directory's lab.env records it (LAB_ROOT); a re-read uses the same setting as a run.
-        root: pppgate_lab::Root::from_env(),
-        dir: dir.to_path_buf(),
-        elapsed: Duration::from_secs_f64(elapsed),
-        facts: pppgate_lab::Facts::load(&dir.join("results.env")).map_err(|e| e.to_string())?,
-    })
 }
 
 fn kernel(run: &LabRun, snap: &str) -> Kernel {
@@ -180,9 +168,18 @@ fn assert_ended(run: &LabRun, case: &str, reason: &[&str]) -> Snapshot {
 #[test]
 fn every_case_ran() {
     let run = run();
-    let cases = ["ipup", "lockrel", "lockexhaust", "fallback", "applyfail", "panel", "loop", "sqldown", "noauth"];
-    println!("connect scenario: VM {:.0} s, setup {} ms", run.elapsed.as_secs_f64(), run.facts.expect("setup.wall_ms"));
-    for c in cases {
+    let all = ["ipup", "lockrel", "lockexhaust", "fallback", "applyfail", "panel", "loop", "sqldown", "noauth"];
+    let cases = run.selected_cases(&all);
+    println!(
+        "connect scenario ({} root): VM {:.0} s, setup {} ms, cases {cases:?}",
+        run.root,
+        run.elapsed.as_secs_f64(),
+        run.facts.expect("setup.wall_ms")
+    );
+    for c in all.iter().filter(|c| !cases.contains(c)) {
+        println!("  case {c:<12} not run (case filter)");
+    }
+    for &c in &cases {
         println!(
             "  case {c:<12} {:>7} ms  {}",
             run.facts.expect(&format!("{c}.wall_ms")),

@@ -2,11 +2,15 @@
 //! kernel; inside, pppd 2.5.2 loads the plugin built against that root's headers and refuses the
 //! plugins built for other pppds — the 2.4.9 build and a 2.5 build claiming another version —
 //! with pppd's own messages. (The other direction, pppd 2.4.9 refusing the 2.5.2 build, is
-//! `tests/pppd_load.rs`.) One VM boot; the other lab tests run on trixie with
+//! `tests/pppd_load.rs`.) In the same boot the .deb built for Debian 13
+//! (`scripts/build-deb.sh --root`, target/deb/trixie/) is installed with `dpkg -i` and pppd 2.5.2
+//! loads its plugin as `plugin pppgate.so`. One VM boot; the other lab tests run on trixie with
 //! `PPPGATE_LAB_ROOT=trixie` (tests/lab/README.md).
 //!
 //! Needs root, qemu, mmdebstrap (the root is built on first use), the release artifacts and
-//! `scripts/build-pppd-variants.sh`.
+//! `scripts/build-pppd-variants.sh`, then the Debian 13 .deb:
+//! `PPPGATE_DEB_PLUGIN=target/pppd-variants/libpppgate-pppd-2.5.so scripts/build-deb.sh --no-build
+//! --root "$(target/release/pppgate-lab root trixie)"` (scripts/test-all.sh does all of it).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -14,7 +18,19 @@ use std::time::Duration;
 
 use pppgate_lab::{paths, root, Artifacts, Lab, LabOptions, LabRun, Root};
 
-const TIMEOUT: Duration = Duration::from_secs(300);
+/// Boot, three pppd dry runs and one `dpkg -i` (Perl helpers under TCG: the slow part).
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The .deb for Debian 13 of this version.
+fn trixie_deb() -> String {
+    let p = paths::target_dir().join(format!("deb/trixie/pppgate_{}_amd64.deb", env!("CARGO_PKG_VERSION")));
+    assert!(
+        p.is_file(),
+        "{} is missing; build it with PPPGATE_DEB_PLUGIN=target/pppd-variants/libpppgate-pppd-2.5.so scripts/build-deb.sh --no-build --root \"$(target/release/pppgate-lab root trixie)\"",
+        p.display()
+    );
+    p.display().to_string()
+}
 
 fn variant(name: &str) -> String {
     let p = paths::target_dir().join("pppd-variants").join(name);
@@ -35,7 +51,8 @@ fn run() -> &'static LabRun {
             .root(Root::Trixie)
             .timeout(TIMEOUT)
             .env("LAB_PLUGIN_OTHER_ABI", &host_plugin())
-            .env("LAB_PLUGIN_MISMATCH", &variant("libpppgate-pppd-2.5-mismatch.so"));
+            .env("LAB_PLUGIN_MISMATCH", &variant("libpppgate-pppd-2.5-mismatch.so"))
+            .env("LAB_DEB", &trixie_deb());
         Lab::run("abi", &opts).map_err(|e| e.to_string())
     });
     match r {
@@ -110,4 +127,51 @@ fn the_trixie_root_records_what_it_installed() {
         assert!(m.lines().any(|l| l.starts_with(pkg)), "{pkg} not in the manifest:\n{m}");
     }
     assert!(Path::new(&guest.dir).join("usr/sbin/pppd").is_file());
+}
+
+/// The Debian 13 variant of the package: built against trixie's ppp-dev 2.5.2 (plugin in its
+/// PluginDir, Depends/Breaks from its substvars), installed with `dpkg -i` into the trixie root,
+/// its plugin loaded by pppd 2.5.2 under the name operators write.
+#[test]
+fn the_trixie_deb_installs_and_pppd_2_5_2_loads_its_plugin() {
+    let run = run();
+    let f = &run.facts;
+    println!("dpkg -i of the trixie .deb: {} ms in the guest", f.expect("abi.deb.dpkg_ms"));
+    assert_eq!(f.expect("abi.deb.dpkg_rc"), "0", "dpkg -i failed:\n{}", run.read("logs/dpkg-i.log"));
+    assert_eq!(
+        f.expect("abi.deb.status"),
+        format!("install ok installed {}", env!("CARGO_PKG_VERSION")),
+        "dpkg's view of pppgate"
+    );
+    assert_eq!(f.expect("abi.deb.missing_deps"), "", "dpkg -C (audit) reports unconfigured or broken packages");
+
+    // Depends/Breaks exactly as trixie's ppp-dev substvars say, read from the root on the host.
+    let guest = root::ensure(Root::Trixie).expect("the trixie root");
+    let substvars = std::fs::read_to_string(guest.dir.join("usr/share/ppp-dev/substvars")).expect("ppp-dev substvars");
+    let var = |k: &str| {
+        substvars
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} not in trixie's ppp-dev substvars:\n{substvars}"))
+            .to_string()
+    };
+    assert_eq!(var("ppp:PluginDir"), "/usr/lib/pppd/2.5.2");
+    let depends = f.expect("abi.deb.depends");
+    assert!(depends.starts_with(&var("ppp:Depends")), "Depends {depends:?} vs ppp:Depends {:?}", var("ppp:Depends"));
+    // dpkg normalises the order inside a field; compare the relations as a set.
+    let mut breaks: Vec<&str> = f.expect("abi.deb.breaks").split(", ").collect();
+    let want = var("ppp:Breaks");
+    let mut want: Vec<&str> = want.split(", ").collect();
+    breaks.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(breaks, want, "Breaks vs ppp:Breaks");
+    assert_eq!(f.expect("abi.deb.plugin").trim(), "/usr/lib/pppd/2.5.2/pppgate.so");
+    assert_eq!(f.expect("abi.deb.units"), "11", "units under /usr/lib/systemd/system (Debian 13's merged /usr)");
+    assert!(f.expect("abi.deb.pppgate_version").starts_with("pppgate "), "{}", f.expect("abi.deb.pppgate_version"));
+
+    let out = pppd_log(run, "deb");
+    assert!(out.contains("pppgate.so loaded."), "pppd 2.5.2 with plugin pppgate.so:\n{out}");
+    assert!(out.contains("loaded (pppd 2.5.2 API 2.5)"), "{out}");
+    assert!(!out.contains("Couldn't load plugin") && !out.contains("is for pppd version"), "{out}");
+    assert_eq!(f.expect("abi.deb.rc"), f.expect("abi.own.rc"), "pppd exits as with the build it was made from");
 }
