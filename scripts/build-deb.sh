@@ -95,7 +95,9 @@ for f in "$artifacts/pppgate" "$plugin"; do
 done
 # The plugin must use the API of the pppd it is packaged for (pppd 2.5 renamed the notifier call).
 if [ -r "$include/pppd/pppdconf.h" ]; then api_sym=ppp_add_notify; else api_sym=add_notifier; fi
-nm -D "$plugin" | grep -q " U $api_sym\$" ||
+# (nm's whole output first: grep -q stopping early would fail the pipe under pipefail.)
+syms=$(nm -D "$plugin")
+grep -q " U $api_sym\$" <<< "$syms" ||
   die "$plugin does not import $api_sym: it was not built against the pppd $hdr_version headers in $include"
 
 if [ -z "$version" ]; then
