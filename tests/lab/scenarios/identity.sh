@@ -11,10 +11,11 @@
 #              restarted with `pg_ctl restart -m fast` under it: exit 69, the outage marker, one
 #              log line; after the restart one collector run brings SQL to the interface's
 #              figures exactly.
-#   diskfull   dave connects (ip-up reserves his final record); the accounting directory (a
-#              small tmpfs) is filled to the last page; dave hangs up: the final marker is
-#              written, the rest fails; space is freed, one collector run later SQL holds pppd's
-#              own final figures.
+#   diskfull   dave connects (ip-up reserves his final record); PostgreSQL is stopped and the
+#              accounting directory (a small tmpfs) filled to the last page; dave hangs up:
+#              ip-down's final record goes into the reservation (nothing is committed); space is
+#              freed and PostgreSQL started, one collector run later SQL holds pppd's own final
+#              figures.
 . "$LAB_LIB"
 . "$LAB_REPO/tests/lab/guest/accounting.sh"
 lab_init
@@ -122,16 +123,18 @@ case_pgrestart() {
   lock_pid=$!
   wait_for 20 "the table lock" sql_is 1 "select count(*) from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'pppgate_acct_batches' and l.mode = 'AccessExclusiveLock' and l.granted"
   rc=0
-  ( ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" --json collect > "$LAB_OUT/collect-pg1.json" 2> "$LAB_OUT/collect-pg1.err"; echo $? > "$LAB_TMP/pg1.rc" ) &
+  # The subshell's status is the collector's (errexit would end it before any later command).
+  ( exec ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" --json collect > "$LAB_OUT/collect-pg1.json" 2> "$LAB_OUT/collect-pg1.err" ) &
   col_pid=$!
   wait_for 30 "the collector's commit to wait for the lock" sql_is 1 "select count(*) from pg_stat_activity where wait_event_type = 'Lock'"
   pg_bin
   as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -w -t 60 -m fast restart -l "$PG_SOCK/postgres.log" \
     -o "-k $PG_SOCK -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off" > /dev/null ||
     die "pg_ctl restart failed"
-  wait "$col_pid" || true
+  rc=0
+  wait "$col_pid" || rc=$?
   wait "$lock_pid" 2> /dev/null || true
-  fact pg.collect_rc "$(cat "$LAB_TMP/pg1.rc")"
+  fact pg.collect_rc "$rc"
   fact pg.db_status "$(jq -r '.db.status // .db' "$LAB_OUT/collect-pg1.json" 2> /dev/null | head -1)"
   fact pg.log_lines "$(grep -c 'database unavailable' "$LAB_OUT/collect-pg1.err" || true)"
   fact pg.marker "$(ls "$ACCT_DIR" | grep -c outage || true)"
@@ -147,7 +150,7 @@ case_pgrestart() {
 }
 
 case_diskfull() {
-  local d_if mark i
+  local d_if mark i line
   client_add dave dave pw-dave
   client_connect dave
   client_wait_up dave 60
@@ -156,6 +159,8 @@ case_diskfull() {
   run_collector full0
   ip netns exec cli ping -q -c 15 -i 0.05 -s 900 -W 2 "$PPP_LOCAL" > /dev/null
   settle "$d_if"
+  # PostgreSQL down as well: ip-down's figures have nowhere to go but the full directory.
+  pg_stop
   # Fill the directory's file system to the last page.
   dd if=/dev/zero of="$ACCT_DIR/filler" bs=4096 2> /dev/null || true
   i=0
@@ -165,12 +170,16 @@ case_diskfull() {
   client_disconnect dave
   client_wait_down dave 30
   fact full.markers "$(ls "$ACCT_DIR/final" | grep -c '\.final$' || true)"
-  fact full.plugin_line "$(lns_log_since "$mark" | grep -m1 'final accounting' || echo none)"
+  fact full.reserves_after "$(ls -a "$ACCT_DIR/final" | grep -c '^\.reserve\.' || true)"
+  line=$(lns_log_since "$mark" | grep -m1 'final accounting' || echo none)
+  fact full.plugin_line "$line"
+  fact full.committed_at_ip_down "$(grep -c 'outcome=Committed' <<< "$line" || true)"
   fact full.pppd "$(pppd_final "$mark" "$d_if")"
   rm -f "$ACCT_DIR"/filler*
+  pg_start
+  fact full.sql_before "$(session_sql dave)"
   run_collector full1
   fact full.collect_rc "$COLLECT_RC"
-  fact full.closed_final "$(jq -r .sessions.closed_final "$LAB_OUT/collect-full1.json")"
   fact full.sql "$(session_sql dave)"
   clients_reset
 }

@@ -9,8 +9,11 @@
 //! `long_run_dials_every_accepted_name` (`#[ignore]`d; `PPPGATE_LAB_LONG=1 scripts/test-all.sh`
 //! runs it) dials all of them (tests/lab/README.md, "CI and the long run").
 //!
-//! `cargo build --release --workspace && cargo test --release --test lab_radius_names`.
+//! `cargo build --release --workspace && cargo test --release --test lab_radius_names`;
+//! `PPPGATE_LAB_NAMES_RUN=<run directory>` re-reads a finished run instead of booting the VM
+//! (the long run's directory too: then both tests check it).
 
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,9 @@ use pppgate_lab::{Lab, LabOptions, LabRun};
 const TIMEOUT: Duration = Duration::from_secs(900);
 
 fn run_with(all: bool) -> Result<LabRun, String> {
+    if let Some(dir) = std::env::var_os("PPPGATE_LAB_NAMES_RUN") {
+        return reread(Path::new(&dir));
+    }
     let mut opts = LabOptions::default().timeout(if all { Duration::from_secs(7200) } else { TIMEOUT });
     if all {
         opts.env.push(("NAMES_DIAL".into(), "all".into()));
@@ -27,6 +33,24 @@ fn run_with(all: bool) -> Result<LabRun, String> {
     let r = Lab::run("radius-names", &opts).map_err(|e| e.to_string());
     eprintln!("radius-names (dial {}): {:.0} s wall", if all { "all" } else { "subset" }, t.elapsed().as_secs_f64());
     r
+}
+
+fn reread(dir: &Path) -> Result<LabRun, String> {
+    let rc =
+        std::fs::read_to_string(dir.join("guest.rc")).map_err(|e| format!("{}: no guest.rc: {e}", dir.display()))?;
+    if rc.trim() != "0" {
+        return Err(format!("{}: the scenario exited {}", dir.display(), rc.trim()));
+    }
+    let elapsed =
+        std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
+    eprintln!("radius-names lab run re-read from {} ({elapsed:.0} s of VM time)", dir.display());
+    Ok(LabRun {
+        scenario: "radius-names".into(),
+        root: pppgate_lab::Root::from_env(),
+        dir: dir.to_path_buf(),
+        elapsed: Duration::from_secs_f64(elapsed),
+        facts: pppgate_lab::Facts::load(&dir.join("results.env")).map_err(|e| e.to_string())?,
+    })
 }
 
 fn run() -> &'static LabRun {
@@ -84,17 +108,29 @@ fn check(run: &LabRun) -> (usize, usize, usize) {
     (refused, ok, dialled)
 }
 
+fn print_durations(r: &LabRun) {
+    let f = &r.facts;
+    println!(
+        "durations (guest clock): setup {} s, connection add {} s, FreeRADIUS {} s, dialling {} names {} s, \
+         scenario {} s; VM {:.0} s",
+        f.expect("names.setup_s"),
+        f.expect("names.add_s"),
+        f.expect("names.radius_s"),
+        f.expect("names.dialled"),
+        f.expect("names.dial_s"),
+        f.expect("names.total_s"),
+        r.elapsed.as_secs_f64()
+    );
+}
+
 #[test]
 fn every_name_is_refused_at_connection_add_or_works_end_to_end() {
     let r = run();
     let (refused, ok, dialled) = check(r);
     assert!(refused > 0 && ok > 0);
     assert!(dialled >= 9, "the dial subset ran: {dialled}");
-    println!(
-        "setup {} s, whole run {} s",
-        r.facts.expect("names.setup_s"),
-        r.facts.get("names.total_s").unwrap_or("?")
-    );
+    assert_eq!(dialled, r.facts.expect_i64("names.dialled") as usize, "every name of the dial list was dialled");
+    print_durations(r);
 }
 
 #[test]
@@ -103,4 +139,5 @@ fn long_run_dials_every_accepted_name() {
     let r = run_with(true).unwrap_or_else(|e| panic!("the radius-names long run failed: {e}"));
     let (_, ok, dialled) = check(&r);
     assert_eq!(ok, dialled, "every accepted name dialled");
+    print_durations(&r);
 }
