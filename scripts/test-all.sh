@@ -65,5 +65,10 @@ if [ "${PPPGATE_LAB_LONG:-0}" = 1 ]; then
   log "PPPGATE_LAB_LONG=1: cargo test --release --test lab_package -- --ignored"
   cargo test --release --no-fail-fast --test lab_package -- --ignored || rc=$?
   log "lab_package took $((SECONDS - start)) s"
+  # Login-name conformance: every accepted name of the list dialled over L2TP (CI dials 9).
+  start=$SECONDS
+  log "PPPGATE_LAB_LONG=1: cargo test --release --test lab_radius_names -- --ignored"
+  cargo test --release --no-fail-fast --test lab_radius_names -- --ignored || rc=$?
+  log "lab_radius_names (long run) took $((SECONDS - start)) s"
 fi
 exit "$rc"

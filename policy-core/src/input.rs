@@ -112,7 +112,7 @@ pub fn login_refusal(login: &str) -> Option<String> {
         return Some(format!("contains a space{}: FreeRADIUS's filter_username rejects it", shown()));
     }
     if seen.matches('@').count() > 1 {
-        return Some("contains more than one @: FreeRADIUS's filter_username rejects it".into());
+        return Some(format!("contains more than one @{}: FreeRADIUS's filter_username rejects it", shown()));
     }
     if seen.contains("..") {
         return Some(format!("contains ..{}: FreeRADIUS's filter_username rejects it", shown()));
@@ -123,20 +123,26 @@ pub fn login_refusal(login: &str) -> Option<String> {
     if let Some(at) = seen.find('@') {
         let realm = &seen[at + 1..];
         if realm.starts_with('.') {
-            return Some("has a realm that begins with a dot: FreeRADIUS's filter_username rejects it".into());
+            return Some(format!(
+                "has a realm that begins with a dot{}: FreeRADIUS's filter_username rejects it",
+                shown()
+            ));
         }
         // /@(.+)\.(.+)$/: a dot after the @ with at least one character either side.
         let dotted = realm.char_indices().any(|(i, ch)| ch == '.' && i >= 1 && i + 1 < realm.len());
         if !dotted {
-            return Some(
-                "has an @ without a dotted realm after it (user@example.net): FreeRADIUS's filter_username rejects it"
-                    .into(),
-            );
+            return Some(format!(
+                "has an @ without a dotted realm after it (user@example.net){}: FreeRADIUS's filter_username rejects it",
+                shown()
+            ));
         }
     }
     // The stock preprocess hints strip these suffixes off User-Name before any lookup.
     if let Some(sfx) = [".ppp", ".slip", ".cslip"].into_iter().find(|s| seen.ends_with(s)) {
-        return Some(format!("ends with {sfx}: FreeRADIUS's stock preprocess hints strip it from User-Name"));
+        return Some(format!(
+            "ends with {sfx}{}: FreeRADIUS's stock preprocess hints strip it from User-Name",
+            shown()
+        ));
     }
     None
 }
@@ -290,8 +296,12 @@ mod tests {
             ("a®", "ends with a dot"),
             ("a@.b.c", "begins with a dot"),
             ("a@b", "dotted realm"),
-            // р (U+0440) is D1 80; pppd renders the byte 0x80 as M-^@.
+            // р (U+0440) is D1 80; pppd renders the byte 0x80 as M-^@: the reason must say so
+            // (the lab's name list: "has an @" alone puzzled, the login has none).
             ("Дмитрий", "dotted realm"),
+            ("Дмитрий", "pppd sends it as \"M-PM-^TM-PM-<M-PM-8M-QM-^BM-QM-^@M-PM-8M-PM-9\""),
+            ("рр@b.c", "more than one @ (pppd sends it as"),
+            ("ü@.b", "begins with a dot (pppd sends it as"),
             ("a@b.", "ends with a dot"),
             ("dial.ppp", "ends with .ppp"),
             ("x.cslip", "ends with .cslip"),

@@ -175,7 +175,8 @@ fact names.setup_s "$(( $(date +%s) - T0 ))"
 DIAL_BATCH=${DIAL_BATCH:-10}
 
 pg_srv() { ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" "$@"; }
-hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
+# od -v: without it od prints a repeated line as '*' (the 250-byte names).
+hex() { printf '%s' "$1" | od -An -v -tx1 | tr -d ' \n'; }
 # sqlv SQL NAME=VALUE...: SQL with psql variables (any bytes, quoted by psql as :'NAME').
 sqlv() {
   local q=$1 args=()
