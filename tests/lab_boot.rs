@@ -128,7 +128,7 @@ fn boot_reconcile_boot_janitor_start_order_and_timers_on_a_rebooted_system() {
     }
     assert_eq!(f.expect("pg_masked"), "masked", "boot 3 needs the system's PostgreSQL masked");
 
-    // DB Down Boot (B167 §9, §7.4): PostgreSQL masked. The boot finishes, every unit starts, the
+    // DB Down Boot (R705): PostgreSQL masked. The boot finishes, every unit starts, the
     // boot units end as designed, the timers run without restarts or log spam, and a login is
     // refused fail-closed by the installed plugin.
     let b3 = boot(&disk, 3);
