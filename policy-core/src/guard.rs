@@ -13,10 +13,13 @@
 //! Sessions without a record (connected before the record existed) are then decided by one
 //! reconcile from SQL.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::Config;
-use crate::error::{one_line, Result};
+use crate::error::{one_line, Error, Result};
 use crate::kernel::netlink::{Events, Family, Socket};
 use crate::kernel::nft::{classify_event, is_pppgate_writer, NftEvent, NFNLGRP_NFTABLES};
 use crate::kernel::Netlink;
@@ -85,11 +88,153 @@ pub fn check(cfg: &Config) -> Result<Restored> {
     Ok(r)
 }
 
+/// The guard's status file in `paths.run_dir` (tmpfs), replaced after every check: what
+/// `pppgate diag` reads to say whether the guard runs, when it last looked and when it last had
+/// to restore — observable with or without systemd.
+pub const STATUS_FILE: &str = "guard.json";
+
+/// Format of [`GuardStatus`]; a reader ignores fields it does not know.
+pub const STATUS_VERSION: u32 = 1;
+
+/// How the last check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Nothing to do.
+    Intact,
+    /// The table was rebuilt or memberships repaired.
+    Restored,
+    /// The check or the restore failed (the links stay locked down).
+    Failed,
+}
+
+/// The last restore the guard did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreNote {
+    /// Unix time.
+    pub at: i64,
+    /// [`Trigger::name`] of the check that restored.
+    pub trigger: String,
+    pub rebuilt: bool,
+    pub locked_down: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub restore_us: u64,
+    /// From the first event of the burst to the table restored (event triggers only).
+    pub since_event_ms: Option<u64>,
+}
+
+/// `<run_dir>/guard.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardStatus {
+    pub version: u32,
+    pub pid: u32,
+    /// The guard process's identity, so a reused pid is not taken for the guard.
+    pub process: crate::procfs::ProcessIdentity,
+    /// Unix times.
+    pub started_at: i64,
+    pub interval_s: u64,
+    pub checks: u64,
+    pub last_check_at: i64,
+    pub last_trigger: String,
+    pub last_outcome: Outcome,
+    pub last_error: Option<String>,
+    /// Checks that changed something, the first one (at start) included.
+    pub restores: u64,
+    pub last_restore: Option<RestoreNote>,
+}
+
+impl GuardStatus {
+    fn new(interval: Duration) -> Result<GuardStatus> {
+        let process =
+            crate::procfs::own_identity().map_err(|source| Error::Read { path: "/proc/self/stat".into(), source })?;
+        let now = crate::lock::now_unix();
+        Ok(GuardStatus {
+            version: STATUS_VERSION,
+            pid: std::process::id(),
+            process,
+            started_at: now,
+            interval_s: interval.as_secs(),
+            checks: 0,
+            last_check_at: now,
+            last_trigger: Trigger::Start.name().into(),
+            last_outcome: Outcome::Intact,
+            last_error: None,
+            restores: 0,
+            last_restore: None,
+        })
+    }
+
+    /// Counts one check's result.
+    pub fn note(&mut self, trigger: Trigger, r: &Result<Restored>, now: i64) {
+        self.checks += 1;
+        self.last_check_at = now;
+        self.last_trigger = trigger.name().into();
+        match r {
+            Err(e) => {
+                self.last_outcome = Outcome::Failed;
+                self.last_error = Some(one_line(e));
+            }
+            Ok(r) if r.changed() => {
+                self.last_outcome = Outcome::Restored;
+                self.last_error = None;
+                self.restores += 1;
+                self.last_restore = Some(RestoreNote {
+                    at: now,
+                    trigger: trigger.name().into(),
+                    rebuilt: r.rebuilt,
+                    locked_down: r.locked_down.len(),
+                    added: r.added,
+                    removed: r.removed,
+                    restore_us: r.total_us,
+                    since_event_ms: match trigger {
+                        Trigger::Event(t) => Some(t.elapsed().as_millis() as u64),
+                        _ => None,
+                    },
+                });
+            }
+            Ok(_) => {
+                self.last_outcome = Outcome::Intact;
+                self.last_error = None;
+            }
+        }
+    }
+}
+
+/// The status file of the guard of this configuration.
+pub fn status_path(cfg: &Config) -> PathBuf {
+    cfg.paths.run_dir.join(STATUS_FILE)
+}
+
+/// Reads the guard's status file; `None` when there is none (no guard ever ran since boot).
+pub fn load_status(path: &Path) -> Result<Option<GuardStatus>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(Error::Read { path: path.to_path_buf(), source }),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Read {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    })
+}
+
+fn write_status(dir: &Path, s: &GuardStatus) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .create(dir)
+        .map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
+    crate::runs::write_atomic(dir, STATUS_FILE, &serde_json::to_vec_pretty(s).expect("serializable"))?;
+    Ok(())
+}
+
 /// Watches nftables' events until an error; `report` is told what triggered each check and
-/// its outcome.
+/// its outcome. After every check the status file ([`STATUS_FILE`]) is replaced (a failed write
+/// is logged: bookkeeping never stops the guard).
 pub fn run(cfg: &Config, interval: Duration, mut report: impl FnMut(Trigger, &Result<Restored>)) -> Result<()> {
     let mut sock = Socket::open(Family::Netfilter)?;
     sock.subscribe(NFNLGRP_NFTABLES)?;
+    let mut status = GuardStatus::new(interval)?;
     // Subscribed first, then the first check: nothing that happens in between goes unseen.
     let mut trigger = Some(Trigger::Start);
     let mut next_tick = Instant::now() + interval;
@@ -98,6 +243,10 @@ pub fn run(cfg: &Config, interval: Duration, mut report: impl FnMut(Trigger, &Re
         if let Some(t) = trigger.take() {
             let r = check(cfg);
             report(t, &r);
+            status.note(t, &r, crate::lock::now_unix());
+            if let Err(e) = write_status(&cfg.paths.run_dir, &status) {
+                tracing::warn!("guard: cannot write its status: {}", one_line(&e));
+            }
             next_tick = Instant::now() + interval;
         }
         let now = Instant::now();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// ("boot time + ticks") is not such a value: the kernel moves the boot time it reports with every
 /// step of the wall clock. Caveat: a reader in another time namespace (boottime offset) sees other
 /// ticks; pppd and pppgate run in the host's.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ProcessIdentity {
     pub start_ticks: u64,
     pub boot_id: String,

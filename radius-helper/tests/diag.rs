@@ -8,6 +8,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use pppgate_testkit::*;
 use serde_json::Value;
@@ -24,6 +25,14 @@ struct World {
     config: PathBuf,
     cli: Cli,
     sessions: Vec<FakeSession>,
+    /// `pppgate guard`, as pppgate-guard.service runs it (stopped by tests that tamper).
+    guard: Option<Child>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop_guard();
+    }
 }
 
 fn installed_pppd_version() -> String {
@@ -95,6 +104,8 @@ fn world_with(o: EnvOptions) -> World {
         write(&t.join(format!("units/{job}.timer.is-enabled")), "enabled\n");
         write(&t.join(format!("units/{job}.timer.is-active")), "active\n");
     }
+    write(&t.join("units/pppgate-guard.service.is-enabled"), "enabled\n");
+    write(&t.join("units/pppgate-guard.service.is-active"), "active\n");
     // The box's state and runtime directories in the trusted directory too.
     let base: String = std::fs::read_to_string(&env.config_path)
         .unwrap()
@@ -122,18 +133,53 @@ fn world_with(o: EnvOptions) -> World {
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cli = env.cli(BIN);
     cli.config = config.clone();
-    let mut w = World { pg, env, trusted, config, cli, sessions: Vec::new() };
+    let mut w = World { pg, env, trusted, config, cli, sessions: Vec::new(), guard: None };
     let conn = add_connection(&w.pg, "alice", "CLAIMED", None, Some(2000), None);
     w.sessions.push(SessionBuilder::tun("ppp0", conn, "100.64.0.2").build(&w.env.sessions_dir));
     w.cli.ok(&["reconcile"]);
     w.cli.ok(&["collect"]);
     w.cli.ok(&["janitor"]);
+    w.start_guard();
     w
 }
 
 impl World {
     fn t(&self) -> &Path {
         self.trusted.path()
+    }
+
+    fn guard_status_path(&self) -> PathBuf {
+        self.t().join("run/guard.json")
+    }
+
+    fn guard_status(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.guard_status_path()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Starts `pppgate guard` (interval 3600 s: only nftables events make it check) and waits
+    /// for its first check's status.
+    fn start_guard(&mut self) {
+        let _ = std::fs::remove_file(self.guard_status_path());
+        let child = self
+            .cli
+            .command(&["guard", "--interval", "3600"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pppgate guard");
+        let pid = child.id() as u64;
+        self.guard = Some(child);
+        wait_for(Duration::from_secs(20), "the guard's first check", || {
+            self.guard_status().is_some_and(|s| s["pid"].as_u64() == Some(pid) && s["checks"].as_u64() >= Some(1))
+        });
+    }
+
+    fn stop_guard(&mut self) {
+        if let Some(mut c) = self.guard.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// `pppgate diag --json` (exit code, report).
@@ -183,7 +229,7 @@ fn healthy_box_is_all_ok() {
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["status"], "ok");
     assert_eq!(v["schema_version"], 1);
-    assert_eq!(v["counts"]["ok"], 14);
+    assert_eq!(v["counts"]["ok"], 15);
     assert!(finding(&check(&v, "sessions")).starts_with("1 VALID session"), "{v:#}");
     assert!(finding(&check(&v, "runs")).contains("reconcile ok"), "{v:#}");
     // Every check names a command to look deeper.
@@ -193,14 +239,14 @@ fn healthy_box_is_all_ok() {
     // Human output: one aligned line per check, then the summary; exit 0.
     let out = w.cli.run(&["diag"]).expect_code(0);
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 1 + 14 + 1, "{}", out.stdout);
+    assert_eq!(lines.len(), 1 + 15 + 1, "{}", out.stdout);
     // "ok    <id padded to the longest, freeradius>  <finding>"
-    for l in &lines[1..15] {
+    for l in &lines[1..16] {
         assert!(l.starts_with("ok    "), "{l}");
         let finding_at = 6 + "freeradius".len() + 2;
         assert!(l[6..finding_at].ends_with("  ") && !l[finding_at..].starts_with(' '), "aligned: {l}");
     }
-    assert_eq!(lines[15], "OK: 14 ok, 0 warn, 0 fail");
+    assert_eq!(lines[16], "OK: 15 ok, 0 warn, 0 fail");
     // One check by name; an unknown one is a usage error.
     let out = w.cli.run(&["--json", "diag", "nft", "locks"]).expect_code(0);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
@@ -225,7 +271,7 @@ fn config_not_trusted_or_invalid_fails() {
     assert_eq!(code, 2);
     assert_eq!(check(&v, "config")["status"], "fail");
     assert!(finding(&check(&v, "config")).contains("unknown field"), "{v:#}");
-    assert_eq!(v["not_checked"].as_array().unwrap().len(), 13, "{v:#}");
+    assert_eq!(v["not_checked"].as_array().unwrap().len(), 14, "{v:#}");
 }
 
 #[test]
@@ -267,7 +313,9 @@ fn plugin_built_for_another_pppd_or_not_loaded_fails() {
 
 #[test]
 fn nft_table_missing_or_wrong_layout_fails_and_counters_match_the_kernel() {
-    let w = world();
+    let mut w = world();
+    // The guard would restore the table before diag looks.
+    w.stop_guard();
     // Drops to count: a second session, blocked, sends towards a network the box routes.
     let conn = add_connection(&w.pg, "dave", "CLAIMED", None, None, None);
     w.pg.psql(&format!("UPDATE vpn_connections SET manual_block = true WHERE id = {conn}"));
@@ -501,4 +549,71 @@ fn freeradius_hooks_not_wired_fail() {
     write(&fr.join("radiusd.conf"), "sbindir = /usr/sbin\ncheckrad = ${sbindir}/checkrad\n");
     let c = w.expect(2, "freeradius", "fail");
     assert!(finding(&c).contains("checkrad = /usr/sbin/checkrad"), "{c:#}");
+}
+
+#[track_caller]
+fn wait_for(limit: Duration, what: &str, f: impl FnMut() -> bool) {
+    assert!(wait_until(limit, f), "timed out waiting for {what}");
+}
+
+/// Rewrites fields of the (stopped) guard's status file.
+fn edit_status(w: &World, f: impl FnOnce(&mut Value)) {
+    let mut v = w.guard_status().expect("a guard status");
+    f(&mut v);
+    write(&w.guard_status_path(), &serde_json::to_string(&v).unwrap());
+}
+
+#[test]
+fn guard_not_running_hung_failed_or_restoring_is_named() {
+    let mut w = world();
+    let c = w.expect(0, "guard", "ok");
+    assert!(finding(&c).starts_with("pppgate guard running (pid "), "{c:#}");
+    assert_eq!(c["details"]["guard"]["alive"], true, "{c:#}");
+    // Someone deletes the table: the guard restores it (nft is ok again) and diag warns for an
+    // hour that it had to.
+    run(&["nft", "delete", "table", "inet", "pppgate"]);
+    wait_for(Duration::from_secs(20), "the guard's restore", || {
+        w.guard_status().is_some_and(|s| s["last_restore"]["trigger"] == "event")
+    });
+    let (code, v) = w.diag();
+    assert_eq!(check(&v, "nft")["status"], "ok", "{v:#}");
+    let c = check(&v, "guard");
+    assert_eq!(c["status"], "warn", "{c:#}");
+    assert_eq!(code, 1, "{v:#}");
+    assert!(
+        finding(&c).contains("deleted or altered and restored by the guard") && finding(&c).contains("rebuilt"),
+        "{c:#}"
+    );
+    assert_eq!(c["details"]["guard"]["last_restore"]["rebuilt"], true, "{c:#}");
+    // Under systemd the unit is checked too.
+    write(&w.t().join("units/pppgate-guard.service.is-active"), "inactive\n");
+    let c = w.expect(2, "guard", "fail");
+    assert!(finding(&c).contains("pppgate-guard.service is enabled/inactive"), "{c:#}");
+    write(&w.t().join("units/pppgate-guard.service.is-active"), "active\n");
+    // Alive but no check for three intervals: hung. A failed last check fails too.
+    let pid = w.guard.as_ref().unwrap().id().to_string();
+    run(&["kill", "-STOP", &pid]);
+    edit_status(&w, |v| {
+        v["last_check_at"] = (policy_core::lock::now_unix() - 4 * 3600).into();
+        v["last_outcome"] = "failed".into();
+        v["last_error"] = "failed to write /proc/sys/net/ipv4/conf/ppp0/forwarding".into();
+    });
+    let c = w.expect(2, "guard", "fail");
+    assert!(finding(&c).contains("is alive but last checked 4h ago") && finding(&c).contains("hung?"), "{c:#}");
+    assert!(finding(&c).contains("failed: failed to write /proc/sys/net/ipv4/conf/ppp0/forwarding"), "{c:#}");
+    run(&["kill", "-CONT", &pid]);
+    // Gone: the recorded pid is not the guard any more.
+    w.stop_guard();
+    let c = w.expect(2, "guard", "fail");
+    assert!(finding(&c).contains(&format!("pppgate guard (pid {pid}) is gone")), "{c:#}");
+    // Never ran (no status file), with systemd out of the picture: still a failure.
+    std::fs::remove_file(w.guard_status_path()).unwrap();
+    let text = std::fs::read_to_string(&w.config).unwrap().replace("systemd = \"always\"", "systemd = \"never\"");
+    write(&w.config, &text);
+    let c = w.expect(2, "guard", "fail");
+    assert!(finding(&c).contains("pppgate guard is not running"), "{c:#}");
+    assert_eq!(c["details"]["systemd"], false, "{c:#}");
+    // And back: a fresh guard is ok again (its own start-up check is no tamper warning).
+    w.start_guard();
+    w.expect(0, "guard", "ok");
 }

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use super::{list, Check, Ctx, Status};
+use super::{ago, list, Check, Ctx, Status};
 use crate::config::{Config, SystemdMode};
 use crate::error::{one_line, Error};
 use crate::runs::Job;
@@ -266,6 +266,113 @@ pub(super) fn timers(ctx: &Ctx) -> Check {
         Check::new("timers", Status::Ok, format!("{} timers enabled and active", units.len()), hint).with(details)
     } else {
         Check::new("timers", Status::Fail, bad.join("; "), hint).with(details)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// guard
+
+/// The unit that runs `pppgate guard` (packaging/systemd).
+pub const GUARD_UNIT: &str = "pppgate-guard.service";
+
+/// A restore by the guard this recent (not the one at its start) is a warning: someone deleted
+/// or altered `inet pppgate` within the last hour.
+const GUARD_RESTORE_RECENT_S: i64 = 3600;
+
+/// `pppgate guard` is running and looking: its status file (`<run_dir>/guard.json`, written
+/// after every check) names a live process — the same one, by its start ticks — whose last check
+/// is not older than three intervals and did not fail; under systemd the unit is enabled and
+/// active too. Without the guard a deleted or altered `inet pppgate` goes unnoticed until the
+/// next reconcile (docs/security.md).
+pub(super) fn guard(ctx: &Ctx) -> Check {
+    use crate::guard::{load_status, status_path, Outcome};
+    use crate::procfs::Liveness;
+    let path = status_path(ctx.cfg);
+    let hint = format!("systemctl status {GUARD_UNIT}; cat {}; journalctl -t pppgate | grep guard:", path.display());
+    let d = &ctx.cfg.diag;
+    let under_systemd = match d.systemd {
+        SystemdMode::Never => false,
+        SystemdMode::Always => true,
+        SystemdMode::Auto => systemd_booted(),
+    };
+    let mut fail = Vec::new();
+    let mut warn = Vec::new();
+    let mut details = json!({ "status_file": path, "systemd": under_systemd });
+    if under_systemd {
+        let enabled = systemctl(&d.systemctl, "is-enabled", GUARD_UNIT);
+        let active = systemctl(&d.systemctl, "is-active", GUARD_UNIT);
+        if enabled != "enabled" || active != "active" {
+            fail.push(format!("{GUARD_UNIT} is {enabled}/{active}"));
+        }
+        details["unit"] = json!({ "unit": GUARD_UNIT, "enabled": enabled, "active": active });
+    }
+    let now = crate::lock::now_unix();
+    let mut ok_note = String::new();
+    match load_status(&path) {
+        Err(e) => fail.push(format!("unreadable guard status: {}", one_line(&e))),
+        Ok(None) => fail.push(format!(
+            "no guard status in {}: pppgate guard is not running, a deleted or altered inet pppgate goes unnoticed until the next reconcile",
+            path.display()
+        )),
+        Ok(Some(s)) => {
+            let boot_time = crate::procfs::boot_time().unwrap_or(0);
+            let alive = matches!(crate::procfs::liveness_by_identity(s.pid, &s.process, boot_time), Ok(Liveness::Same));
+            let age = now - s.last_check_at;
+            details["guard"] = json!({ "pid": s.pid, "alive": alive, "started_at": s.started_at,
+                "interval_s": s.interval_s, "checks": s.checks, "last_check_at": s.last_check_at,
+                "last_check_age_s": age, "last_trigger": s.last_trigger, "last_outcome": s.last_outcome,
+                "last_error": s.last_error, "restores": s.restores, "last_restore": s.last_restore });
+            if !alive {
+                fail.push(format!(
+                    "pppgate guard (pid {}) is gone, its last check was {} ago: a deleted or altered inet pppgate goes unnoticed until the next reconcile",
+                    s.pid,
+                    ago(age)
+                ));
+            } else if age > 3 * s.interval_s as i64 + 2 {
+                fail.push(format!(
+                    "pppgate guard (pid {}) is alive but last checked {} ago (it checks every {}s): hung?",
+                    s.pid,
+                    ago(age),
+                    s.interval_s
+                ));
+            }
+            if s.last_outcome == Outcome::Failed {
+                fail.push(format!(
+                    "the guard's last check ({}, {} ago) failed: {}",
+                    s.last_trigger,
+                    ago(age),
+                    s.last_error.as_deref().unwrap_or("?")
+                ));
+            }
+            if let Some(r) = s.last_restore.as_ref().filter(|r| r.trigger != "start" && now - r.at < GUARD_RESTORE_RECENT_S) {
+                warn.push(format!(
+                    "inet pppgate was deleted or altered and restored by the guard {} ago ({}{}, {} restore(s) since it started)",
+                    ago(now - r.at),
+                    if r.rebuilt { "rebuilt" } else { "memberships repaired" },
+                    r.since_event_ms.map(|ms| format!(" {ms} ms after the event")).unwrap_or_default(),
+                    s.restores
+                ));
+            }
+            ok_note = format!(
+                "pppgate guard running (pid {}, since {} ago), last check {} ago: {}, {} restore(s)",
+                s.pid,
+                ago(now - s.started_at),
+                ago(age),
+                match s.last_outcome {
+                    Outcome::Intact => "intact",
+                    Outcome::Restored => "restored",
+                    Outcome::Failed => "failed",
+                },
+                s.restores
+            );
+        }
+    }
+    if !fail.is_empty() {
+        Check::new("guard", Status::Fail, fail.join("; "), hint).with(details)
+    } else if !warn.is_empty() {
+        Check::new("guard", Status::Warn, warn.join("; "), hint).with(details)
+    } else {
+        Check::new("guard", Status::Ok, ok_note, hint).with(details)
     }
 }
 

@@ -73,11 +73,12 @@ impl Check {
 }
 
 /// Every check, in the order they run and print.
-pub const CHECKS: [&str; 14] = [
+pub const CHECKS: [&str; 15] = [
     "config",
     "database",
     "pppd",
     "nft",
+    "guard",
     "sysctl",
     "sessions",
     "unpoliced",
@@ -191,10 +192,11 @@ pub fn run(config_path: &Path, opts: &Options) -> Report {
         Ok(cfg) => {
             let ctx = Ctx::new(cfg);
             type CheckFn = fn(&Ctx) -> Check;
-            let all: [(&str, CheckFn); 13] = [
+            let all: [(&str, CheckFn); 14] = [
                 ("database", state::database),
                 ("pppd", host::pppd),
                 ("nft", state::nft),
+                ("guard", host::guard),
                 ("sysctl", state::sysctl),
                 ("sessions", state::sessions),
                 ("unpoliced", state::unpoliced),
