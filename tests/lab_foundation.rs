@@ -284,7 +284,8 @@ fn diag_is_all_ok_on_a_healthy_fully_wired_box() {
         .collect();
     assert!(not_ok.is_empty(), "diag on a healthy box: {not_ok:#?}");
     let ids: Vec<&str> = report["checks"].as_array().unwrap().iter().filter_map(|c| c["id"].as_str()).collect();
-    assert_eq!(ids.len(), 14, "every check ran: {ids:?}; not checked: {}", report["not_checked"]);
+    assert_eq!(ids.len(), 15, "every check ran: {ids:?}; not checked: {}", report["not_checked"]);
+    assert!(ids.contains(&"guard"), "the guard check ran: {ids:?}");
     assert_eq!(report["status"], "ok");
     assert_eq!(run.facts.expect("diag.rc"), "0", "diag's exit code");
 }

@@ -154,17 +154,25 @@ case_diag() {
   client_add alice alice pw-alice
   client_connect alice
   client_wait_up alice 40
-  local job rc=0
+  local job rc=0 guard
   for job in reconcile collect janitor; do
     ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" "$job" > "$LAB_OUT/logs/diag-$job.log" 2>&1 || {
       echo "pppgate $job failed: $(tail -5 "$LAB_OUT/logs/diag-$job.log")"
       return 1
     }
   done
+  # A wired box runs pppgate guard (pppgate-guard.service); diag's guard check reads the status
+  # file it writes after its first check (/run/pppgate/guard.json: run_dir's default).
+  rm -f /run/pppgate/guard.json
+  ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" guard > "$LAB_OUT/logs/diag-guard.log" 2>&1 &
+  guard=$!
+  wait_for 30 "pppgate guard's first check" test -s /run/pppgate/guard.json
   ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" --json diag > "$LAB_OUT/diag.json" 2> "$LAB_TMP/diag.err" || rc=$?
   fact diag.rc "$rc"
   # The human report, for the case log.
   ip netns exec srv "$LAB_PPPGATE" -c "$PPPGATE_CONF" diag -v || true
+  kill -TERM "$guard" 2> /dev/null || true
+  wait "$guard" 2> /dev/null || true
   client_disconnect alice
   client_wait_down alice 20
 }
