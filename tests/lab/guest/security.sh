@@ -55,6 +55,7 @@ sink_stop() {
   read -r pid < "$SEC_DIR/$1.sinkpid" 2> /dev/null || return 0
   kill -TERM "$pid" 2> /dev/null || true
   wait "$pid" 2> /dev/null || true
+  cp "$SEC_DIR/$1.sink" "$LAB_OUT/cases/$1.sink" 2> /dev/null || true
 }
 
 # sink_count TAG WORD: V = datagrams received whose payload's first word is WORD.
@@ -63,8 +64,9 @@ sink_count() {
   V=0
   [ -e "$SEC_DIR/$1.sink" ] || return 0
   while IFS= read -r line; do
-    [[ $line == "$2 "* ]] && V=$((V + 1))
+    if [[ $line == "$2 "* ]]; then V=$((V + 1)); fi
   done < "$SEC_DIR/$1.sink"
+  return 0
 }
 
 # forge NAME SRC COUNT WORD: V = datagrams the kernel accepted for sending.
@@ -113,4 +115,35 @@ window_count() {
   [ -f "$1" ] || return 0
   V=$(awk -v f="$2" -v a="$3" -v b="$4" -v ip="${5:-}" \
     '$f + 0 >= a + 0 && $f + 0 < b + 0 && (ip == "" || $NF == ip) { n++ } END { print n + 0 }' "$1")
+}
+
+# timed_in_srv CMD...: runs CMD in srv from one perl process that reads CLOCK_MONOTONIC right
+# before and right after it (an exec costs hundreds of ms under TCG: a stamp taken by another
+# process before the command is not the command's time). V = "<before_us> <after_us>".
+timed_in_srv() {
+  V=$(ip netns exec srv perl -MTime::HiRes=clock_gettime,CLOCK_MONOTONIC -e '
+    my $a = clock_gettime(CLOCK_MONOTONIC);
+    system(@ARGV) == 0 or exit 1;
+    my $b = clock_gettime(CLOCK_MONOTONIC);
+    printf "%d %d", $a * 1e6, $b * 1e6;' -- "$@") || die "in srv: $* failed"
+}
+
+# leaks LOG FROM_US TO_US IP...: V = "<count> <first_sent_us> <last_sent_us>" of the datagrams in
+# the receiver's LOG from any of IP... sent in [FROM_US, TO_US) (first/last 0 when none).
+leaks() {
+  local log=$1 a=$2 b=$3
+  shift 3
+  V=$(awk -v a="$a" -v b="$b" -v ips=" $* " \
+    '$2 + 0 >= a + 0 && $2 + 0 < b + 0 && index(ips, " " $NF " ") { n++; if (!f || $2 + 0 < f) f = $2 + 0; if ($2 + 0 > l) l = $2 + 0 }
+     END { printf "%d %d %d", n, f, l }' "$log")
+}
+
+# senders_running TAG NAME...: every NAME's sender logged 5 sends.
+senders_running() {
+  local tag=$1 n
+  shift
+  for n in "$@"; do
+    [ -f "$CL_TRAFFIC/$tag-$n-sent.log" ] || return 1
+    [ "$(wc -l < "$CL_TRAFFIC/$tag-$n-sent.log")" -ge 5 ] || return 1
+  done
 }

@@ -124,22 +124,26 @@ for u in tina tom tess ned; do lns_user "$u" "pw-$u"; done
 : "$TAMPER_CONN_TINA"
 
 tamper_episode() {
-  local ep=$1 t0 t1
+  local ep=$1 tb ta
   shift
-  mono_us
-  t0=$V
-  ip netns exec srv "$@"
-  wait_for 20 "inet pppgate back with every member after $ep" \
+  timed_in_srv "$@"
+  read -r tb ta <<< "$V"
+  fact "tamper.$ep.cmd_ms" $(((ta - tb) / 1000))
+  wait_for 30 "inet pppgate back with every member after $ep" \
     members_are full_v4=tina blocked_v4=tom restricted_v4=tess
   mono_us
-  t1=$V
-  fact "tamper.$ep.gap_us" $((t1 - t0))
-  echo "$ep $t0" >> "$SEC_DIR/episodes"
+  fact "tamper.$ep.seen_whole_ms" $(((V - ta) / 1000))
+  # The guard's own figures for this restore (its last "restored" line).
+  V=$(grep 'inet pppgate restored' "$LAB_OUT/guard.log" | tail -n 1)
+  fact "tamper.$ep.guard_since_event_ms" "$(sed -n 's/.*since_event_ms=\([0-9]*\).*/\1/p' <<< "$V")"
+  fact "tamper.$ep.guard_lockdown_us" "$(sed -n 's/.*lockdown_us=\([0-9]*\).*/\1/p' <<< "$V")"
+  fact "tamper.$ep.guard_restore_us" "$(sed -n 's/.*restore_us=\([0-9]*\).*/\1/p' <<< "$V")"
+  echo "$ep $tb $ta" >> "$SEC_DIR/episodes"
   nap 2.5
 }
 
 case_tamper() {
-  local c ep t0 who ip
+  local c ep tb ta t0 n first last who ip
   : > "$SEC_DIR/episodes"
   for c in tina tom tess; do new_client "$c"; done
   for c in tina tom tess; do client_connect "$c"; done
@@ -147,12 +151,23 @@ case_tamper() {
   wait_for 30 "the three policies" members_are full_v4=tina blocked_v4=tom restricted_v4=tess
   guard_start
   traffic_start tamper tina tom tess
-  nap 1
+  wait_for 30 "the three senders to send" senders_running tamper tina tom tess
   tamper_episode flush nft flush ruleset
   tamper_episode delete nft delete table inet pppgate
   ksnap tamper-restored
   traffic_stop tamper
-  while read -r ep t0; do
+  # Each episode's reference time t0: when the command returned, or — if earlier — when the
+  # first BLOCKED or RESTRICTED datagram that got through was sent (the policy was gone then).
+  # The first second after t0 is the gap; from then on nothing of theirs may arrive.
+  while read -r ep tb ta; do
+    leaks "$CL_TRAFFIC/tamper-recv.log" "$tb" $((ta + 2500000)) "$(client_get tom client_ip)" "$(client_get tess client_ip)"
+    read -r n first last <<< "$V"
+    t0=$ta
+    if [ "$n" -gt 0 ] && [ "$first" -lt "$t0" ]; then t0=$first; fi
+    fact "tamper.$ep.t0_before_cmd_end_ms" $(((ta - t0) / 1000))
+    fact "tamper.$ep.leaked" "$n"
+    fact "tamper.$ep.leak_window_ms" $(((n > 0 ? last - first : 0) / 1000))
+    fact "tamper.$ep.last_leak_after_t0_ms" $(((n > 0 ? last - t0 : 0) / 1000))
     for who in tina tom tess; do
       ip=$(client_get "$who" client_ip)
       window_count "$CL_TRAFFIC/tamper-$who-sent.log" 2 "$t0" $((t0 + 1000000))
@@ -165,6 +180,7 @@ case_tamper() {
       fact "tamper.$ep.$who.arrived_after" "$V"
     done
   done < "$SEC_DIR/episodes"
+  cp "$SEC_DIR/episodes" "$LAB_OUT/cases/tamper-episodes" 2> /dev/null || true
   pppgate_counters
   fact tamper.blocked_from "${CNT[blocked_from]:-0}"
   fact tamper.restricted_from "${CNT[restricted_from]:-0}"
