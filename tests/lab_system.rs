@@ -26,6 +26,19 @@ fn systemd_boots_twice_over_a_persistent_disk() {
         assert_eq!(f.expect("smoke.pid1"), "systemd");
         let state = f.expect(&format!("boot{boot}.state"));
         assert!(state == "running" || state == "degraded", "boot {boot}: {state}");
+        // Journal fields (issue 12, R716) through a real journald: the janitor with the database
+        // unreachable exits 69 twice and writes db_outage_begin once (once per outage), with its
+        // stable MESSAGE_ID, priority 3 and the PPPGATE_* facts.
+        run.expect_case("journal");
+        assert_eq!(f.expect("journal.rc1"), "69", "boot {boot}: the janitor with the database down");
+        assert_eq!(f.expect("journal.rc2"), "69");
+        assert_eq!(f.expect("journal.entries"), "1", "boot {boot}: db_outage_begin entries (once per outage)");
+        assert_eq!(f.expect("journal.fields"), "pppgate 3 db_outage_begin janitor");
+        assert_eq!(f.expect("journal.error"), "1", "PPPGATE_ERROR is missing");
+        eprintln!(
+            "system lab boot {boot}: db_outage_begin in journald ({} plain stderr lines beside it)",
+            f.expect("journal.plain_lines")
+        );
         let marker = f.expect("smoke.marker_before");
         if boot == "1" {
             assert_eq!(marker, "none", "a fresh disk carries state");
