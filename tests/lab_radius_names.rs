@@ -10,10 +10,9 @@
 //! runs it) dials all of them (tests/lab/README.md, "CI and the long run").
 //!
 //! `cargo build --release --workspace && cargo test --release --test lab_radius_names`;
-//! `PPPGATE_LAB_NAMES_RUN=<run directory>` re-reads a finished run instead of booting the VM
+//! `PPPGATE_LAB_REREAD=<run directory>` re-reads a finished run instead of booting the VM (the harness's `Lab::run`)
 //! (the long run's directory too: then both tests check it).
 
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -22,9 +21,6 @@ use pppgate_lab::{Lab, LabOptions, LabRun};
 const TIMEOUT: Duration = Duration::from_secs(900);
 
 fn run_with(all: bool) -> Result<LabRun, String> {
-    if let Some(dir) = std::env::var_os("PPPGATE_LAB_NAMES_RUN") {
-        return reread(Path::new(&dir));
-    }
     let mut opts = LabOptions::default().timeout(if all { Duration::from_secs(7200) } else { TIMEOUT });
     if all {
         opts.env.push(("NAMES_DIAL".into(), "all".into()));
@@ -33,24 +29,6 @@ fn run_with(all: bool) -> Result<LabRun, String> {
     let r = Lab::run("radius-names", &opts).map_err(|e| e.to_string());
     eprintln!("radius-names (dial {}): {:.0} s wall", if all { "all" } else { "subset" }, t.elapsed().as_secs_f64());
     r
-}
-
-fn reread(dir: &Path) -> Result<LabRun, String> {
-    let rc =
-        std::fs::read_to_string(dir.join("guest.rc")).map_err(|e| format!("{}: no guest.rc: {e}", dir.display()))?;
-    if rc.trim() != "0" {
-        return Err(format!("{}: the scenario exited {}", dir.display(), rc.trim()));
-    }
-    let elapsed =
-        std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
-    eprintln!("radius-names lab run re-read from {} ({elapsed:.0} s of VM time)", dir.display());
-    Ok(LabRun {
-        scenario: "radius-names".into(),
-        root: pppgate_lab::Root::from_env(),
-        dir: dir.to_path_buf(),
-        elapsed: Duration::from_secs_f64(elapsed),
-        facts: pppgate_lab::Facts::load(&dir.join("results.env")).map_err(|e| e.to_string())?,
-    })
 }
 
 fn run() -> &'static LabRun {

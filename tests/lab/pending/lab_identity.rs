@@ -4,9 +4,8 @@
 //! over real L2TP. One run of `tests/lab/scenarios/identity.sh`; durations are printed.
 //!
 //! `cargo build --release --workspace && cargo test --release --test lab_identity`;
-//! `PPPGATE_LAB_IDENTITY_RUN=<run directory>` re-reads a finished run instead of booting the VM.
+//! `PPPGATE_LAB_REREAD=<run directory>` re-reads a finished run instead of booting the VM (the harness's `Lab::run`).
 
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -17,9 +16,6 @@ const TIMEOUT: Duration = Duration::from_secs(900);
 fn run() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
     let r = RUN.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("PPPGATE_LAB_IDENTITY_RUN") {
-            return reread(Path::new(&dir));
-        }
         let t = Instant::now();
         let r = Lab::run("identity", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string());
         eprintln!("identity lab run: {:.0} s wall", t.elapsed().as_secs_f64());
@@ -29,24 +25,6 @@ fn run() -> &'static LabRun {
         Ok(run) => run,
         Err(e) => panic!("the identity lab run failed: {e}"),
     }
-}
-
-fn reread(dir: &Path) -> Result<LabRun, String> {
-    let rc =
-        std::fs::read_to_string(dir.join("guest.rc")).map_err(|e| format!("{}: no guest.rc: {e}", dir.display()))?;
-    if rc.trim() != "0" {
-        return Err(format!("{}: the scenario exited {}", dir.display(), rc.trim()));
-    }
-    let elapsed =
-        std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
-    eprintln!("identity lab run re-read from {} ({elapsed:.0} s of VM time)", dir.display());
-    Ok(LabRun {
-        scenario: "identity".into(),
-        root: pppgate_lab::Root::from_env(),
-        dir: dir.to_path_buf(),
-        elapsed: Duration::from_secs_f64(elapsed),
-        facts: pppgate_lab::Facts::load(&dir.join("results.env")).map_err(|e| e.to_string())?,
-    })
 }
 
 #[track_caller]

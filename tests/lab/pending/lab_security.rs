@@ -7,7 +7,6 @@
 //! Needs root, qemu-system-x86, linux-image-amd64 and the release artifacts:
 //! `cargo build --release --workspace && cargo test --release --test lab_security`.
 
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -16,34 +15,16 @@ use pppgate_testkit::lab_output::Kernel;
 
 const TIMEOUT: Duration = Duration::from_secs(1500);
 
-/// `PPPGATE_LAB_SECURITY_RUN=<run directory>` re-reads a finished run instead of booting the VM.
+/// `PPPGATE_LAB_REREAD=<run directory>` re-reads a finished run instead of booting the VM (the
+/// harness's `Lab::run`).
 fn run() -> &'static LabRun {
     static RUN: OnceLock<Result<LabRun, String>> = OnceLock::new();
-    let r = RUN.get_or_init(|| match std::env::var_os("PPPGATE_LAB_SECURITY_RUN") {
-        Some(dir) => reread(Path::new(&dir)),
-        None => Lab::run("security", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()),
-    });
+    let r =
+        RUN.get_or_init(|| Lab::run("security", &LabOptions::default().timeout(TIMEOUT)).map_err(|e| e.to_string()));
     match r {
         Ok(run) => run,
         Err(e) => panic!("the security lab run failed: {e}"),
     }
-}
-
-fn reread(dir: &Path) -> Result<LabRun, String> {
-    let rc =
-        std::fs::read_to_string(dir.join("guest.rc")).map_err(|e| format!("{}: no guest.rc: {e}", dir.display()))?;
-    if rc.trim() != "0" {
-        return Err(format!("{}: the scenario exited {}", dir.display(), rc.trim()));
-    }
-    let elapsed =
-        std::fs::read_to_string(dir.join("elapsed")).ok().and_then(|t| t.trim().parse::<f64>().ok()).unwrap_or(0.0);
-    Ok(LabRun {
-        scenario: "security".into(),
-        root: pppgate_lab::Root::from_env(),
-        dir: dir.to_path_buf(),
-        elapsed: Duration::from_secs_f64(elapsed),
-        facts: pppgate_lab::Facts::load(&dir.join("results.env")).map_err(|e| e.to_string())?,
-    })
 }
 
 #[track_caller]
