@@ -17,7 +17,7 @@ use policy_core::accounting::record::{Batch, Entry};
 use policy_core::accounting::spool::AcctDir;
 use policy_core::accounting::state::State;
 use policy_core::mapping::Mapping;
-use pppgate_testkit::{AcctLab as Lab, PgServer, NAS_IDENTITY};
+use pppgate_testkit::{loadavg, AcctLab as Lab, PgServer, NAS_IDENTITY};
 
 fn peer_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 1)) + i as u32)
@@ -233,15 +233,6 @@ fn replay_records(lab: &Lab, records: usize) {
     println!("  (wrote {records} journal records in {:.1} s)", t.elapsed().as_secs_f64());
     lab.pg.start();
     print(&timed_collect(lab, &format!("replay of {records} spooled records")));
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn main() {

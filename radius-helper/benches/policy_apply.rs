@@ -31,32 +31,6 @@ use pppgate_testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pppgate");
 
-struct Args {
-    sizes: Vec<usize>,
-    iters: usize,
-}
-
-fn args() -> Args {
-    let mut a = Args { sizes: vec![100, 1_000, 10_000], iters: 200 };
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        match argv[i].as_str() {
-            "--sizes" => {
-                a.sizes = argv[i + 1].split(',').map(|s| s.parse().expect("size")).collect();
-                i += 1;
-            }
-            "--iters" => {
-                a.iters = argv[i + 1].parse().expect("iters");
-                i += 1;
-            }
-            _ => {} // cargo bench passes --bench
-        }
-        i += 1;
-    }
-    a
-}
-
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     let idx = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
@@ -476,15 +450,6 @@ struct SizeFigures {
     steady_us: u64,
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Every figure with its goal and its ratio to the smallest size of the same run.
 fn print_goals(v: &[SizeFigures]) {
     println!("\n=== goals (ratios against the first size of this run; load average now {}) ===", loadavg());
@@ -538,18 +503,13 @@ fn print_goals(v: &[SizeFigures]) {
 }
 
 fn main() {
-    let a = args();
+    let a = bench_args(200);
     private_netns();
     println!(
         "pppgate policy benchmark — kernel {}, {} CPUs, load average {}",
         run(&["uname", "-r"]).trim(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        loadavg()
     );
     let t = Instant::now();
     let pg = PgServer::new();

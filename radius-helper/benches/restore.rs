@@ -22,32 +22,6 @@ use policy_core::kernel::{Backends, Member, Netlink, Nft, NftSet, SetChange};
 use policy_core::policy::restore::{self, Restored};
 use pppgate_testkit::*;
 
-struct Args {
-    sizes: Vec<usize>,
-    iters: usize,
-}
-
-fn args() -> Args {
-    let mut a = Args { sizes: vec![100, 1_000, 10_000], iters: 5 };
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        match argv[i].as_str() {
-            "--sizes" => {
-                a.sizes = argv[i + 1].split(',').map(|s| s.parse().expect("size")).collect();
-                i += 1;
-            }
-            "--iters" => {
-                a.iters = argv[i + 1].parse().expect("iters");
-                i += 1;
-            }
-            _ => {} // cargo bench passes --bench
-        }
-        i += 1;
-    }
-    a
-}
-
 fn median(v: &mut [u64]) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
@@ -102,18 +76,13 @@ impl Row {
 }
 
 fn main() {
-    let a = args();
+    let a = bench_args(5);
     private_netns();
     println!(
         "pppgate restore benchmark — kernel {}, {} CPUs, load average {}",
         run(&["uname", "-r"]).trim(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        loadavg()
     );
     // No database is reached: the DSN only has to parse.
     let env = TestEnv::new("host=/nonexistent dbname=pppgate user=none");

@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acct;
+pub mod bench;
 pub mod env;
 pub mod fixtures;
 pub mod kernel;
@@ -38,6 +39,7 @@ pub mod traffic;
 pub mod tunpeer;
 
 pub use acct::AcctLab;
+pub use bench::{bench_args, loadavg, BenchArgs};
 pub use env::{Cli, CliOut, DbEnv, EnvOptions, TestEnv, NAS_IDENTITY, NAS_IP};
 pub use fixtures::{add_connection, add_customer, add_route};
 pub use kernel::*;
