@@ -9,7 +9,7 @@
 //! Then policy routing over the tunnel, R907 (scenario case `seed003`): a real L2TP session (xl2tpd + pppd
 //! with pppgate.so) policy-routed by `pppgate pbr add … --dev wg0` into the kernel WireGuard
 //! server, to a router namespace loaded from the generated wg-quick config that NATs it to the
-//! internet namespace; TCP both ways (iperf3) counted at the far side.
+//! internet namespace; TCP both ways (socat) counted and checksummed at the far side.
 //!
 //! Needs the wg_host test binary of this build: `cargo test --release --workspace` builds it
 //! first; alone: `cargo test --release -p pppgate --test wg_host --no-run` before
@@ -94,10 +94,13 @@ fn kernel_wireguard_server_routers_and_isolation() {
         "seed 003: TCP up {up_sent} B sent, {up} B received, down {down} B; at inet from the router's WAN {via} B, from elsewhere {not_via} packets; wg0 rx {wg_rx} B tx {wg_tx} B"
     );
     const MB4: i64 = 4 * 1024 * 1024;
-    // iperf3's receiver stops counting when the sender ends the test (what is in flight then is
-    // not in its figure); the sender's count is exact, and the download's receiver is the client.
-    assert_eq!((up_sent, down), (MB4, MB4), "both 4 MB transfers completed");
-    assert!(up > MB4 * 3 / 4, "the upload arrived: {up} B of {up_sent} B counted by the receiver");
+    // The receivers count until the sender's FIN and compare checksums: both transfers are exact.
+    assert_eq!((up_sent, up, down), (MB4, MB4, MB4), "both 4 MiB transfers arrived whole");
+    assert_eq!(
+        (f.expect("seed003.up_intact"), f.expect("seed003.down_intact")),
+        ("yes", "yes"),
+        "both transfers arrived with the sender's checksum"
+    );
     assert!(via >= up, "the upload reached the internet from the router's WAN address (NAT): {via} B");
     assert_eq!(not_via, 0, "nothing reached the internet with another source (no bypass of the router)");
     assert!(wg_rx > MB4 && wg_tx > MB4, "both directions went through the tunnel: rx {wg_rx} tx {wg_tx}");
