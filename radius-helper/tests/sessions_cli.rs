@@ -360,6 +360,58 @@ fn session_kill_terminates_then_kills_and_audits() {
     assert_eq!(audit_lines(&env).len(), 2);
 }
 
+/// R707: the two names the panel's sudo grant uses run `apply` and `session kill`:
+/// `vpn-policy-apply --connection-id` polices a live session, `vpn-policy-apply --reconcile-all`
+/// converges the box, `vpn-session-kill ID` ends the session and cleans up after it. Each prints
+/// its verb's JSON (validated against that verb's schema).
+#[test]
+fn policy_apply_and_session_kill_by_their_canonical_names() {
+    private_netns();
+    let env = DbEnv::new();
+    let cfg = env.config_path("lns-a", NAS_A);
+    let alice = env.db.connection("alice");
+    let pppd = StandIn::sleeper();
+    ppp_link("ppp0", "10.255.0.1", "198.51.100.10");
+    write_mapping(&env.sessions_dir(), alice, "ppp0", "198.51.100.10", pppd.pid(), pppd.start_ts());
+    let members = || {
+        let o = Command::new("nft").args(["-j", "list", "table", "inet", "pppgate"]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).contains("198.51.100.10")
+    };
+    assert!(!members(), "nothing policed before the first apply");
+
+    let apply = named(env.dir(), "vpn-policy-apply");
+    let id = alice.to_string();
+    let o = pppgate(&apply, &cfg, &[os("--json"), os("--connection-id"), os(&id)], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_schema("apply", &v);
+    assert_eq!(v["sessions"].as_array().map(Vec::len), Some(1), "{v:#}");
+    assert!(members(), "vpn-policy-apply put the session's address into pppgate's sets");
+
+    let o = pppgate(&apply, &cfg, &[os("--json"), os("--reconcile-all")], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_schema("apply", &serde_json::from_slice(&o.stdout).unwrap());
+    assert!(members(), "reconcile-all keeps the live session policed");
+
+    let kill = named(env.dir(), "vpn-session-kill");
+    let o = pppgate(&kill, &cfg, &[os("--json"), os("--timeout"), os("1"), os(&id)], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_schema("session-kill", &v);
+    assert_eq!(v["connection_id"], alice, "{v:#}");
+    let mut pppd = pppd;
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || matches!(pppd.child.try_wait(), Ok(Some(_)))),
+        "vpn-session-kill ended the session's pppd"
+    );
+    assert!(!members(), "the killed session's address left pppgate's sets");
+
+    // The apply name refuses what its verb refuses (the kill name's refusals:
+    // session_kill_refuses_anything_but_a_plain_positive_integer).
+    let o = pppgate(&apply, &cfg, &[os("--connection-id"), os("1; drop")], &[]);
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o));
+}
+
 #[test]
 fn session_kill_never_signals_a_reused_pid() {
     private_netns();
