@@ -445,39 +445,18 @@ fn open_radacct_row_without_session_warns() {
 #[test]
 fn stale_lock_fails() {
     let w = world_with(EnvOptions { lock_ttl_s: 60, ..Default::default() });
-    let mut holder = hold_lock(&w.env.apply_lock);
+    let holder = hold_lock(&w.env.apply_lock);
     let c = w.expect(0, "locks", "ok");
     assert!(finding(&c).contains("apply held by pid"), "{c:#}");
     // The holder's own record says it took the lock an hour ago.
     std::fs::write(
         &w.env.apply_lock,
-        format!("pid={} since={} what=reconcile\n", holder.id(), policy_core::lock::now_unix() - 3600),
+        format!("pid={} since={} what=reconcile\n", holder.0.id(), policy_core::lock::now_unix() - 3600),
     )
     .unwrap();
     let c = w.expect(2, "locks", "fail");
     assert!(finding(&c).contains("apply STALE"), "{c:#}");
-    let _ = holder.kill();
-    let _ = holder.wait();
-}
-
-/// `flock -o <path> sleep`: a process holding the lock (the flock process itself).
-fn hold_lock(path: &Path) -> Child {
-    let child = Command::new("flock")
-        .arg("-o")
-        .arg(path)
-        .args(["sleep", "300"])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("flock(1)");
-    let pid = child.id();
-    assert!(
-        wait_until(std::time::Duration::from_secs(10), || std::fs::read_to_string("/proc/locks")
-            .unwrap()
-            .lines()
-            .any(|l| l.split_whitespace().nth(4) == Some(&pid.to_string()))),
-        "flock took the lock"
-    );
-    child
+    drop(holder);
 }
 
 #[test]

@@ -96,16 +96,9 @@ fn every_json_verb_has_a_versioned_schema_and_every_schema_a_verb() {
 }
 
 fn wg_section(env: &DbEnv, ifname: &str) -> PathBuf {
-    let path = env.config_path(NAS_IDENTITY, NAS_IP);
-    let root = env.dir();
-    let mut text = fs::read_to_string(&path).unwrap();
-    text.push_str(&format!(
-        "\n[wireguard]\ninterface = \"{ifname}\"\nendpoint = \"198.18.0.1:51820\"\nbackend = \"userspace\"\nmaster_key_file = \"{}\"\nlock_file = \"{}\"\n",
-        root.join("etc/wg-master.key").display(),
-        root.join("run/wg.lock").display(),
-    ));
-    fs::write(&path, text).unwrap();
-    path
+    let wg =
+        WgSection { interface: ifname, endpoint: "198.18.0.1:51820", backend: Some("userspace"), ..Default::default() };
+    env.env.add_wireguard(&env.config_path(NAS_IDENTITY, NAS_IP), &wg)
 }
 
 /// Runs `pppgate --json ARGS`, expects exit `code` (-1: 0, 1 or 2), validates the JSON against

@@ -6,7 +6,6 @@
 //! Needs root. Without it every test fails (loudly), none is skipped.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use policy_core::kernel::{OwnedRoute, OwnedRule, Shaping};
@@ -712,26 +711,6 @@ fn reconcile_exit_codes_say_whether_it_converged() {
 // ---------------------------------------------------------------------------------------------
 // the single-writer lock and crashes
 // ---------------------------------------------------------------------------------------------
-
-/// Holds the apply lock from another process (`flock --no-fork LOCK sleep`: the process we spawn
-/// is the one holding it, so killing it releases the lock and leaves nothing behind).
-fn hold_lock(path: &std::path::Path) -> Bg {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let child = Command::new("flock")
-        .arg("--no-fork")
-        .arg(path)
-        .args(["sleep", "1000"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("flock");
-    let held = wait_until(Duration::from_secs(5), || {
-        !Command::new("flock").arg("-n").arg(path).arg("true").stdin(Stdio::null()).status().unwrap().success()
-    });
-    assert!(held, "the child holds the lock");
-    Bg(child)
-}
 
 #[test]
 fn busy_lock_exits_75_and_changes_nothing() {

@@ -335,14 +335,11 @@ fn id_arg_of(args: &[&str], value: &str) -> String {
 fn ids_up_to_i64_max_are_accepted_by_every_verb_and_larger_ones_by_none() {
     let pg = PgServer::new();
     let env = TestEnv::new(&pg.dsn());
-    let mut text = fs::read_to_string(&env.config_path).unwrap();
-    text.push_str(&format!(
-        "\n[wireguard]\ninterface = \"wgi{}\"\nendpoint = \"vpn.example.com:51820\"\nmaster_key_file = \"{}\"\nlock_file = \"{}\"\n",
-        std::process::id() % 100000,
-        env.root().join("etc/wg-master.key").display(),
-        env.root().join("run/wg.lock").display(),
-    ));
-    fs::write(&env.config_path, text).unwrap();
+    let interface = format!("wgi{}", std::process::id() % 100000);
+    env.add_wireguard(
+        &env.config_path,
+        &WgSection { interface: &interface, endpoint: "vpn.example.com:51820", ..Default::default() },
+    );
     let cli = env.cli(BIN);
     private_netns();
     cli.ok(&["wg", "init"]);

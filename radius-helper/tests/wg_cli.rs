@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use pppgate_testkit::{Cli, DbEnv};
+use pppgate_testkit::{Cli, DbEnv, WgSection};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pppgate");
@@ -19,17 +19,16 @@ fn repo() -> PathBuf {
 
 /// A NAS configuration with a `[wireguard]` section; every path in the test's temp dir.
 fn wg_config(env: &DbEnv, nas: &str, ip: &str, extra: &str) -> PathBuf {
-    let path = env.config_path(nas, ip);
-    let root = env.dir();
-    let mut text = fs::read_to_string(&path).unwrap();
-    text.push_str(&format!(
-        "\n[wireguard]\ninterface = \"wgt{}\"\nendpoint = \"vpn.example.com:51820\"\nmaster_key_file = \"{}\"\nlock_file = \"{}\"\n{extra}",
-        std::process::id() % 100000,
-        root.join("etc/wg-master.key").display(),
-        root.join(format!("run/wg-{nas}.lock")).display(),
-    ));
-    fs::write(&path, text).unwrap();
-    path
+    let interface = format!("wgt{}", std::process::id() % 100000);
+    let lock = format!("wg-{nas}.lock");
+    let wg = WgSection {
+        interface: &interface,
+        endpoint: "vpn.example.com:51820",
+        lock: Some(&lock),
+        extra,
+        ..Default::default()
+    };
+    env.env.add_wireguard(&env.config_path(nas, ip), &wg)
 }
 
 fn cli(config: &Path) -> Cli {

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pppgate_testkit::{wait_until, Cli, DbEnv, NetNs};
+use pppgate_testkit::{wait_until, Cli, DbEnv, NetNs, WgSection};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pppgate");
@@ -32,17 +32,9 @@ fn backend() -> &'static str {
 const SERVER_IP: &str = "198.18.0.1";
 
 fn wg_config(env: &DbEnv, ifname: &str) -> PathBuf {
-    let path = env.config_path("lns-a", "192.0.2.1");
-    let root = env.dir();
-    let mut text = fs::read_to_string(&path).unwrap();
-    text.push_str(&format!(
-        "\n[wireguard]\ninterface = \"{ifname}\"\nendpoint = \"{SERVER_IP}:51820\"\nbackend = \"{}\"\nmaster_key_file = \"{}\"\nlock_file = \"{}\"\n",
-        backend(),
-        root.join("etc/wg-master.key").display(),
-        root.join("run/wg.lock").display(),
-    ));
-    fs::write(&path, text).unwrap();
-    path
+    let endpoint = format!("{SERVER_IP}:51820");
+    let wg = WgSection { interface: ifname, endpoint: &endpoint, backend: Some(backend()), ..Default::default() };
+    env.env.add_wireguard(&env.config_path("lns-a", "192.0.2.1"), &wg)
 }
 
 /// Removes the UAPI socket files of our wireguard-go instances (namespace teardown SIGKILLs them,

@@ -221,6 +221,38 @@ textfile_dir = "{metrics}"
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Appends a `[wireguard]` section to the configuration file at `config` (one of this
+    /// environment's), with the master key at `etc/wg-master.key` and the lock under `run/` of
+    /// this environment; returns `config`.
+    pub fn add_wireguard(&self, config: &Path, wg: &WgSection) -> PathBuf {
+        let mut text = std::fs::read_to_string(config).expect("read config");
+        text.push_str(&format!("\n[wireguard]\ninterface = \"{}\"\nendpoint = \"{}\"\n", wg.interface, wg.endpoint));
+        if let Some(backend) = wg.backend {
+            text.push_str(&format!("backend = \"{backend}\"\n"));
+        }
+        text.push_str(&format!(
+            "master_key_file = \"{}\"\nlock_file = \"{}\"\n{}",
+            self.root().join("etc/wg-master.key").display(),
+            self.root().join("run").join(wg.lock.unwrap_or("wg.lock")).display(),
+            wg.extra
+        ));
+        std::fs::write(config, text).expect("write config");
+        config.to_path_buf()
+    }
+}
+
+/// A test configuration's `[wireguard]` section ([`TestEnv::add_wireguard`]).
+#[derive(Default)]
+pub struct WgSection<'a> {
+    pub interface: &'a str,
+    pub endpoint: &'a str,
+    /// `backend = "…"` when set (the configuration's default otherwise).
+    pub backend: Option<&'a str>,
+    /// The lock file's name under `run/` (default `wg.lock`).
+    pub lock: Option<&'a str>,
+    /// Further lines of the section, each ending in a newline.
+    pub extra: &'a str,
 }
 
 /// Runs the `pppgate` binary with `--config`.

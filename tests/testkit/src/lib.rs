@@ -40,7 +40,7 @@ pub mod tunpeer;
 
 pub use acct::AcctLab;
 pub use bench::{bench_args, loadavg, BenchArgs};
-pub use env::{Cli, CliOut, DbEnv, EnvOptions, TestEnv, NAS_IDENTITY, NAS_IP};
+pub use env::{Cli, CliOut, DbEnv, EnvOptions, TestEnv, WgSection, NAS_IDENTITY, NAS_IP};
 pub use fixtures::{add_connection, add_customer, add_route};
 pub use kernel::*;
 pub use netns::*;

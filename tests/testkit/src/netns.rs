@@ -213,6 +213,35 @@ impl Drop for Bg {
     }
 }
 
+/// Holds the flock(2) lock on `path` from another process (`flock --no-fork PATH sleep`): the
+/// process spawned is the one holding the lock, so killing it (drop) releases the lock and leaves
+/// no orphan behind (a forking `flock` left its `sleep` holding the test's stdout). Returns once
+/// the lock is seen held.
+pub fn hold_lock(path: &std::path::Path) -> Bg {
+    std::fs::create_dir_all(path.parent().expect("lock path has a parent")).expect("create the lock's directory");
+    let child = Command::new("flock")
+        .arg("--no-fork")
+        .arg(path)
+        .args(["sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flock(1)");
+    let held = wait_until(Duration::from_secs(5), || {
+        !Command::new("flock")
+            .arg("-n")
+            .arg(path)
+            .arg("true")
+            .stdin(Stdio::null())
+            .status()
+            .expect("flock -n")
+            .success()
+    });
+    assert!(held, "the child holds the lock on {}", path.display());
+    Bg(child)
+}
+
 /// Turns off segmentation offload on a device so packets are wire-sized, as on a real PPP link
 /// (HTB would otherwise meter 64 KiB TSO super-packets). `prefix` runs it elsewhere, e.g.
 /// `["ip", "netns", "exec", ns]`.
