@@ -179,6 +179,34 @@ fn every_json_verb_validates_against_its_schema() {
     check(&["pbr", "check", "100.64.0.2"], 0);
     check(&["apply", "--connection-id", &alice], 0);
     check(&["reconcile"], 0);
+    // The same verbs where optional fields are empty: a connection without rates (null
+    // down_kbit and up_kbit in every report).
+    let added = cli.ok(&["--json", "connection", "add", "--login", "bob", "--status", "CLAIMED"]);
+    let bob = added.json()["id"].as_i64().expect("connection add --json prints the id").to_string();
+    let mut check = |args: &[&str], code: i32| run_checked(&cli, &mut seen, args, code);
+    check(&["connection", "show", &bob], 0);
+    let _bob_session = SessionBuilder::tun("ppp1", bob.parse().unwrap(), "100.64.0.3").build(&env.sessions_dir());
+    check(&["apply", "--connection-id", &bob], 0);
+    check(&["routes", "apply", "--connection-id", &bob], 0);
+    check(
+        &[
+            "pbr",
+            "add",
+            "bob",
+            "--connection-id",
+            &bob,
+            "--table",
+            "101",
+            "--via",
+            "100.64.0.1",
+            "--dev",
+            "ppp1",
+            "--priority",
+            "1001",
+        ],
+        0,
+    );
+    check(&["pbr", "del", "bob"], 0);
     check(&["session", "list"], 0);
     check(&["session", "show", &alice], 0);
     check(&["collect"], 0);
@@ -197,6 +225,10 @@ fn every_json_verb_validates_against_its_schema() {
     check(&["wg", "tenant", "list"], 0);
     check(&["wg", "router", "add", "--tenant", "7", "--router", "1", "--name", "site-a"], 0);
     check(&["wg", "router", "show", "1"], 0);
+    // A router without a name (null name).
+    check(&["wg", "router", "add", "--tenant", "7", "--router", "2"], 0);
+    check(&["wg", "router", "show", "2"], 0);
+    check(&["wg", "router", "del", "2"], 0);
     check(&["wg", "router", "list"], 0);
     check(&["wg", "router", "config", "1", "--format", "wg-quick"], 0);
     check(&["wg", "subnet", "info", "--tenant", "7"], 0);
