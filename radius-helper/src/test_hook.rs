@@ -80,8 +80,12 @@ pub struct HookNft {
 }
 
 impl Nft for HookNft {
-    fn ensure_base(&mut self, garden: &[GardenEntry]) -> Result<()> {
-        self.inner.ensure_base(garden)
+    fn ensure_base_with(
+        &mut self,
+        garden: &[GardenEntry],
+        members: &std::collections::BTreeMap<Member, NftSet>,
+    ) -> Result<()> {
+        self.inner.ensure_base_with(garden, members)
     }
     fn read(&mut self) -> Result<NftState> {
         self.inner.read()

@@ -147,7 +147,15 @@ impl NftState {
 pub trait Nft {
     /// Creates `inet pppgate` (sets, chains, rules, the walled garden) when it is missing or its
     /// layout is not the current one; set members survive a layout upgrade. Idempotent.
-    fn ensure_base(&mut self, garden: &[GardenEntry]) -> Result<()>;
+    fn ensure_base(&mut self, garden: &[GardenEntry]) -> Result<()> {
+        self.ensure_base_with(garden, &BTreeMap::new())
+    }
+    /// [`Nft::ensure_base`], and when the table has to be (re)built, every member of `members`
+    /// goes into its set (and out of every other) **in the same transaction** that creates the
+    /// table: a restore never shows the kernel a table without its FULL members, whose packets
+    /// would meet `unpoliced_from` until a second commit (docs/security.md, "Tamper detection
+    /// and restore"). An intact table is left as it is; the caller commits the difference.
+    fn ensure_base_with(&mut self, garden: &[GardenEntry], members: &BTreeMap<Member, NftSet>) -> Result<()>;
     /// Reads the whole table back.
     fn read(&mut self) -> Result<NftState>;
     /// Reads which sets one member is in (cheap; the connect path uses this).

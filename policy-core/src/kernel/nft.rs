@@ -671,6 +671,16 @@ fn udata_comment(d: &[u8]) -> Option<String> {
     None
 }
 
+/// Puts each member of `with` into its set and out of every other, over what a rebuild keeps.
+fn place_members(members: &mut BTreeMap<NftSet, BTreeSet<Member>>, with: &BTreeMap<Member, NftSet>) {
+    for (m, set) in with {
+        for s in members.values_mut() {
+            s.remove(m);
+        }
+        members.entry(*set).or_default().insert(*m);
+    }
+}
+
 /// Builds NEWSETELEM or DELSETELEM messages for `members` of `set`, chunked.
 fn elem_msgs(m: u16, set: &str, members: &[Member], out: &mut Vec<MsgBuilder>) {
     for chunk in members.chunks(ELEMS_PER_MSG) {
@@ -715,7 +725,7 @@ fn commit_msgs(changes: &[SetChange]) -> Vec<MsgBuilder> {
 }
 
 impl Nft for NftNetlink {
-    fn ensure_base(&mut self, garden: &[GardenEntry]) -> Result<()> {
+    fn ensure_base_with(&mut self, garden: &[GardenEntry], with: &BTreeMap<Member, NftSet>) -> Result<()> {
         validate_garden(garden)?;
         let want = normalize_garden(garden);
         let probe = self.probe()?;
@@ -726,7 +736,8 @@ impl Nft for NftNetlink {
             tracing::info!(entries = want.len(), "rewriting the walled garden");
             return self.nft_script(&Self::garden_script(&want, true));
         }
-        let members = if probe.table { self.read_members_for_rebuild()? } else { BTreeMap::new() };
+        let mut members = if probe.table { self.read_members_for_rebuild()? } else { BTreeMap::new() };
+        place_members(&mut members, with);
         tracing::info!(
             found = probe.comment.as_deref().unwrap_or(if probe.table { "unknown layout" } else { "no table" }),
             want = LAYOUT_COMMENT,

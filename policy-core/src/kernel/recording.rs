@@ -198,16 +198,25 @@ impl Recording {
 }
 
 impl Nft for Recording {
-    fn ensure_base(&mut self, garden: &[GardenEntry]) -> Result<()> {
+    fn ensure_base_with(&mut self, garden: &[GardenEntry], with: &BTreeMap<Member, NftSet>) -> Result<()> {
         if !self.record(Call::NftEnsureBase(garden.to_vec()))? {
             return Ok(());
         }
         let k = &mut self.kernel;
+        let rebuild = !(k.nft_table && k.nft.base_ok);
         k.nft_table = true;
         k.nft.base_ok = true;
         k.nft.garden = normalize_garden(garden);
         for s in NftSet::ALL {
             k.nft.members.entry(s).or_default();
+        }
+        if rebuild {
+            for (m, set) in with {
+                for s in k.nft.members.values_mut() {
+                    s.remove(m);
+                }
+                k.nft.members.entry(*set).or_default().insert(*m);
+            }
         }
         Ok(())
     }

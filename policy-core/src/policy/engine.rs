@@ -184,17 +184,25 @@ pub fn converge<B: Backends>(
     let mut t = Timings::default();
     let t0 = Instant::now();
     if !dry_run {
-        // A session-scope apply (a connect, `apply --connection-id`, reconcile without SQL) that
-        // finds the table gone builds it with every VALID session's recorded membership, not
-        // with its own sessions only (docs/security.md, "Tamper detection and restore").
-        if matches!(scope, Scope::Sessions { .. }) && !b.nft().table_present()? {
+        // An apply that finds the table gone builds it with every VALID session's recorded
+        // membership in the same transaction (docs/security.md, "Tamper detection and
+        // restore"): a session-scope apply (a connect, `apply --connection-id`) must not build
+        // it with its own sessions only, and a reconcile must not build it empty and add the
+        // members from SQL in a second commit — FULL sessions would lose packets in between.
+        // The plan then corrects whatever SQL says differently.
+        if !b.nft().table_present()? {
             let r = restore::restore(b, cfg)?;
-            tracing::warn!(
-                live = r.live,
-                added = r.added,
-                unrecorded = r.unrecorded.len(),
-                "inet pppgate was missing: rebuilt and every session's membership restored"
-            );
+            if r.live == 0 {
+                // A first build (the boot reconcile): nothing was lost, nothing to warn about.
+                tracing::info!("inet pppgate built");
+            } else {
+                tracing::warn!(
+                    live = r.live,
+                    added = r.added,
+                    unrecorded = r.unrecorded.len(),
+                    "inet pppgate was missing: rebuilt and every session's membership restored"
+                );
+            }
         }
         b.nft().ensure_base(&cfg.policy.walled_garden)?;
     }

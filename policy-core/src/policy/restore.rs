@@ -100,9 +100,6 @@ pub fn restore<B: Backends>(b: &mut B, cfg: &Config) -> Result<Restored> {
         }
         out.lockdown_us = micros(t0);
     }
-    // The layout and the garden: a missing table is created (members a damaged one still holds
-    // are kept), an intact one costs a probe and a garden read.
-    b.nft().ensure_base(&cfg.policy.walled_garden)?;
     let (live, bad) = mapping::live_sessions_where(&cfg.paths.sessions_dir, |_| true)?;
     for e in &bad {
         tracing::warn!("restore: {}", one_line(e));
@@ -118,10 +115,17 @@ pub fn restore<B: Backends>(b: &mut B, cfg: &Config) -> Result<Restored> {
             None => out.unrecorded.push(l.mapping.ppp_if.clone()),
         }
     }
+    // The layout and the garden: a missing table is created with every recorded member already
+    // in its set — one transaction, so a FULL member is never in a table without it (members a
+    // damaged table still holds are kept); an intact one costs a probe and a garden read.
+    let placed = if before.base_ok { Vec::new() } else { changes_for(&want, &before.members) };
+    b.nft().ensure_base_with(&cfg.policy.walled_garden, &want)?;
+    // What is left to change: nothing after a rebuild, unless the table was built by someone
+    // else meanwhile; an intact table's difference from the record otherwise.
     let have = if before.base_ok { before.members } else { b.nft().read()?.members };
     let changes = changes_for(&want, &have);
-    out.added = changes.iter().filter(|c| c.add).count();
-    out.removed = changes.len() - out.added;
+    out.added = placed.iter().chain(&changes).filter(|c| c.add).count();
+    out.removed = placed.len() + changes.len() - out.added;
     if !changes.is_empty() {
         b.nft().commit(&changes)?;
     }

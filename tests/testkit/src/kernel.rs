@@ -397,6 +397,78 @@ pub fn leftovers(ifname: &str, ip: &str) -> Vec<String> {
     found
 }
 
+/// `nft monitor` running in the calling thread's network namespace: every change event of every
+/// table as nft(8) prints it, grouped into the transactions the kernel committed (each ends with
+/// nft's `# new generation N by process P (name)` line). Reads the kernel's own account of what
+/// was atomic, independently of the code under test. Killed on drop.
+pub struct NftMonitor {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl NftMonitor {
+    /// Starts the monitor and returns once it is subscribed (a probe table it adds and deletes
+    /// has been seen).
+    pub fn start() -> NftMonitor {
+        use std::io::BufRead;
+        // Line-buffered: nft prints events with stdio, which a pipe would buffer by 4 KiB.
+        let mut child = std::process::Command::new("stdbuf")
+            .args(["-oL", "nft", "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nft monitor (coreutils stdbuf, nftables)");
+        let stdout = child.stdout.take().expect("piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mon = NftMonitor { child, lines };
+        let probe = format!("pgt_monitor_{}", std::process::id());
+        let ready = crate::netns::wait_until(std::time::Duration::from_secs(10), || {
+            run(&["nft", "add", "table", "inet", &probe]);
+            run(&["nft", "delete", "table", "inet", &probe]);
+            // Seen whole: the probe's deletion and the end of its transaction.
+            crate::netns::wait_until(std::time::Duration::from_millis(200), || {
+                let lines = mon.lines();
+                let del = lines.iter().rposition(|l| l == &format!("delete table inet {probe}"));
+                del.is_some_and(|i| lines[i..].iter().any(|l| l.starts_with("# new generation")))
+            })
+        });
+        assert!(ready, "nft monitor printed nothing for a table added and deleted");
+        mon
+    }
+
+    /// Everything printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The committed transactions so far: the event lines of each, then its generation line.
+    pub fn transactions(&self) -> Vec<(Vec<String>, String)> {
+        let mut out = Vec::new();
+        let mut cur = Vec::new();
+        for l in self.lines() {
+            if l.starts_with("# new generation") {
+                out.push((std::mem::take(&mut cur), l));
+            } else {
+                cur.push(l);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for NftMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
