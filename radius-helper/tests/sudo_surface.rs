@@ -13,7 +13,21 @@
 //! laxer (the old `*` patterns with `env_keep`), by pppgate itself (exit 64) — and root-only
 //! canary files that a hostile configuration points `paths.apply_lock` and `paths.audit_log` at
 //! keep their content; every pppgate run through sudo is in the audit trail with `SUDO_USER`.
-//! Needs root, sudo, util-linux (unshare, setpriv) and the user www-data; fails without them.
+//!
+//! /etc and /var/lib, whole: inside the namespace both are overlays over the host's, so every
+//! change a call makes to them — a written, created, removed, renamed, chmod'ed or chown'ed entry —
+//! lands in the overlay's upper layer, where it is attributed to the calls, and the host's trees
+//! are never touched. Before and after each batch of calls the test records a manifest of both
+//! merged trees (sha256 of every regular file, symlink targets, type, mode, owner, group) and
+//! compares them: every difference must be absent from the upper layers (then it is another
+//! process on this shared machine changing the host's tree meanwhile, printed, e.g. apt's or
+//! another test's files), and the upper layers must hold exactly what the test installed
+//! (`/etc/sudoers`, `/etc/pppgate/pppgate.toml`). pppgate's own files (locks, audit trail,
+//! mappings, accounting) are in the test's directory, outside both trees, so no exception is
+//! needed for them.
+//!
+//! Needs root, sudo, util-linux (unshare, setpriv), python3 and the user www-data; fails without
+//! them.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -54,9 +68,96 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// The trees whose every file the calls must leave as they were.
+const TREES: [&str; 2] = ["/etc", "/var/lib"];
+
+/// Prints one JSON line per entry of the trees given as arguments (not crossing into other
+/// mounts): path, type, mode, owner, group, and the sha256 of a regular file's content or a
+/// symlink's target.
+const MANIFEST_PY: &str = r#"
+import hashlib, json, os, stat, sys
+
+def entry(p):
+    try:
+        st = os.lstat(p)
+        e = {"path": p, "type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode),
+             "uid": st.st_uid, "gid": st.st_gid}
+        if stat.S_ISREG(st.st_mode):
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for b in iter(lambda: f.read(1 << 20), b""):
+                    h.update(b)
+            e["sha256"] = h.hexdigest()
+        elif stat.S_ISLNK(st.st_mode):
+            e["target"] = os.readlink(p)
+    except FileNotFoundError:
+        return  # removed meanwhile: shows as a difference
+    print(json.dumps(e, sort_keys=True))
+
+for top in sys.argv[1:]:
+    dev = os.lstat(top).st_dev
+    for d, dirs, files in os.walk(top):
+        entry(d)
+        keep = []
+        for x in dirs:
+            p = os.path.join(d, x)
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode) and st.st_dev == dev:
+                keep.append(x)
+            else:
+                entry(p)  # a symlink to a directory, or another mount's root
+        dirs[:] = keep
+        for x in files:
+            entry(os.path.join(d, x))
+"#;
+
+type Manifest = std::collections::BTreeMap<String, String>;
+
+fn read_manifest(path: &Path) -> Manifest {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["path"].as_str().unwrap().to_string(), l.to_string())
+        })
+        .collect()
+}
+
+/// Every path below `upper` (an overlay's upper layer), as the path it has in the merged tree
+/// mounted at `top`.
+fn upper_entries(upper: &Path, top: &str) -> std::collections::BTreeSet<String> {
+    fn walk(dir: &Path, rel: &Path, out: &mut std::collections::BTreeSet<String>, top: &str) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = rel.join(e.file_name());
+            out.insert(Path::new(top).join(&rel).display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), &rel, out, top);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(upper, Path::new(""), &mut out, top);
+    out
+}
+
+/// What one batch of calls did to /etc and /var/lib.
+struct Trees {
+    /// Entries in the manifests (before).
+    entries: usize,
+    /// Differences between the manifests that the calls made (in an upper layer).
+    by_calls: Vec<String>,
+    /// Differences made on the host meanwhile by other processes (not in an upper layer).
+    by_host: Vec<String>,
+    /// Entries of the upper layers beyond what the test installed.
+    extra_upper: Vec<String>,
+}
+
 /// Runs `calls` as www-data through sudo inside the private mount namespace with `sudoers`
-/// installed; returns each call's exit code and output.
-fn run_as_panel(root: &Path, sbin: &Path, config: &Path, sudoers: &str, calls: &[Call]) -> Vec<(i32, String)> {
+/// installed; returns each call's exit code and output, and what the calls did to /etc and
+/// /var/lib.
+fn run_as_panel(root: &Path, sbin: &Path, config: &Path, sudoers: &str, calls: &[Call]) -> (Vec<(i32, String)>, Trees) {
     let sudoers_file = root.join("sudoers");
     fs::write(&sudoers_file, format!("Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n{sudoers}")).unwrap();
     chmod(&sudoers_file, 0o440);
@@ -69,20 +170,32 @@ fn run_as_panel(root: &Path, sbin: &Path, config: &Path, sudoers: &str, calls: &
     );
     let ov = root.join("overlay");
     let _ = fs::remove_dir_all(&ov);
-    for d in ["upper", "work"] {
-        fs::create_dir_all(ov.join(d)).unwrap();
+    let manifest = root.join("manifest.py");
+    fs::write(&manifest, MANIFEST_PY).unwrap();
+    let mut script = String::from("set -u\n");
+    for (i, top) in TREES.iter().enumerate() {
+        let (u, w) = (ov.join(format!("upper{i}")), ov.join(format!("work{i}")));
+        for d in [&u, &w] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let m = fs::metadata(top).unwrap();
+        chmod(&u, std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+        script.push_str(&format!(
+            "mount -t overlay overlay -o lowerdir={top},upperdir={},workdir={} {top} || exit 99\n",
+            u.display(),
+            w.display()
+        ));
     }
-    chmod(&ov.join("upper"), 0o755);
-    let mut script = format!(
-        "set -u\nmount -t overlay overlay -o lowerdir=/etc,upperdir={u},workdir={w} /etc || exit 99\n\
-         install -m 0440 {sf} /etc/sudoers || exit 99\nmkdir -p -m 0755 /etc/pppgate || exit 99\n\
-         install -m 0644 {cfg} /etc/pppgate/pppgate.toml || exit 99\nout={root}/calls\nmkdir -p $out\n",
-        u = ov.join("upper").display(),
-        w = ov.join("work").display(),
+    script.push_str(&format!(
+        "install -m 0440 {sf} /etc/sudoers || exit 99\nmkdir -p -m 0755 /etc/pppgate || exit 99\n\
+         install -m 0644 {cfg} /etc/pppgate/pppgate.toml || exit 99\nout={root}/calls\nmkdir -p $out\n\
+         python3 {manifest} {trees} > {root}/before.manifest || exit 98\n",
         sf = sudoers_file.display(),
         cfg = config.display(),
         root = root.display(),
-    );
+        manifest = manifest.display(),
+        trees = TREES.join(" "),
+    ));
     for (i, c) in calls.iter().enumerate() {
         let prog = if c.prog.starts_with('/') { c.prog.clone() } else { sbin.join(&c.prog).display().to_string() };
         let words: Vec<String> =
@@ -94,6 +207,12 @@ fn run_as_panel(root: &Path, sbin: &Path, config: &Path, sudoers: &str, calls: &
             words.join(" ")
         ));
     }
+    script.push_str(&format!(
+        "python3 {} {} > {}/after.manifest || exit 98\n",
+        manifest.display(),
+        TREES.join(" "),
+        root.display()
+    ));
     let script_file = root.join("calls.sh");
     fs::write(&script_file, script).unwrap();
     let _ = fs::remove_dir_all(root.join("calls"));
@@ -101,13 +220,64 @@ fn run_as_panel(root: &Path, sbin: &Path, config: &Path, sudoers: &str, calls: &
         .args(["--mount", "--propagation", "private", "bash", script_file.to_str().unwrap()])
         .status()
         .expect("unshare (util-linux) runs");
-    assert!(st.success(), "the mount namespace could not be prepared (exit {st})");
-    (0..calls.len())
+    assert!(st.success(), "the mount namespace could not be prepared or its trees read (exit {st})");
+    let results = (0..calls.len())
         .map(|i| {
             let rc = fs::read_to_string(root.join(format!("calls/{i}.rc"))).unwrap().trim().parse().unwrap();
             (rc, fs::read_to_string(root.join(format!("calls/{i}.out"))).unwrap())
         })
-        .collect()
+        .collect();
+
+    let (before, after) = (read_manifest(&root.join("before.manifest")), read_manifest(&root.join("after.manifest")));
+    let mut upper = std::collections::BTreeSet::new();
+    for (i, top) in TREES.iter().enumerate() {
+        upper.extend(upper_entries(&ov.join(format!("upper{i}")), top));
+    }
+    let installed = ["/etc/sudoers", "/etc/pppgate", "/etc/pppgate/pppgate.toml"];
+    let mut trees = Trees {
+        entries: before.len(),
+        by_calls: vec![],
+        by_host: vec![],
+        extra_upper: upper.iter().filter(|p| !installed.contains(&p.as_str())).cloned().collect(),
+    };
+    let paths: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for p in paths {
+        let (b, a) = (before.get(p), after.get(p));
+        if b == a {
+            continue;
+        }
+        let what = match (b, a) {
+            (None, Some(a)) => format!("created: {a}"),
+            (Some(b), None) => format!("removed: {b}"),
+            (Some(b), Some(a)) => format!("changed: {b} -> {a}"),
+            (None, None) => unreachable!(),
+        };
+        if upper.contains(p.as_str()) {
+            trees.by_calls.push(what);
+        } else {
+            trees.by_host.push(what);
+        }
+    }
+    (results, trees)
+}
+
+/// Asserts that a batch of calls left every file of /etc and /var/lib as it was.
+fn assert_trees_untouched(batch: &str, t: &Trees) {
+    println!(
+        "{batch}: /etc and /var/lib, {} entries checksummed before and after: {} differences made by the calls, {} made on the host by other processes meanwhile",
+        t.entries,
+        t.by_calls.len(),
+        t.by_host.len()
+    );
+    for d in &t.by_host {
+        println!("  changed on the host meanwhile (not through the namespace): {d}");
+    }
+    assert!(t.by_calls.is_empty(), "{batch}: the calls changed /etc or /var/lib:\n{}", t.by_calls.join("\n"));
+    assert!(
+        t.extra_upper.is_empty(),
+        "{batch}: the calls wrote to /etc or /var/lib (overlay upper layer): {:?}",
+        t.extra_upper
+    );
 }
 
 #[test]
@@ -231,7 +401,8 @@ fn the_panel_runs_its_verbs_through_sudo_and_nothing_else() {
         call("session show", "pppgate", &["session", "show", &a_s]),
         call("session kill", "vpn-session-kill", &[&a_s]),
     ];
-    let results = run_as_panel(&root, &sbin, &env.config_path, &sudoers, &allowed);
+    let (results, trees) = run_as_panel(&root, &sbin, &env.config_path, &sudoers, &allowed);
+    assert_trees_untouched("whitelisted invocations", &trees);
     for (c, (rc, out)) in allowed.iter().zip(&results) {
         println!("allowed {:<24} exit {rc}", c.name);
         assert_eq!(*rc, 0, "{}: {} {:?} through sudo failed: {out}", c.name, c.prog, c.args);
@@ -297,7 +468,8 @@ fn the_panel_runs_its_verbs_through_sudo_and_nothing_else() {
         c.env = vec![var];
         hostile.push(c);
     }
-    let results = run_as_panel(&root, &sbin, &env.config_path, &sudoers, &hostile);
+    let (results, trees) = run_as_panel(&root, &sbin, &env.config_path, &sudoers, &hostile);
+    assert_trees_untouched("hostile invocations, shipped rules", &trees);
     for (c, (rc, out)) in hostile.iter().zip(&results) {
         println!("refused by sudo {:<28} exit {rc}: {}", c.name, out.lines().next().unwrap_or(""));
         assert_ne!(*rc, 0, "{}: {} {:?} {:?} was let through: {out}", c.name, c.prog, c.env, c.args);
@@ -328,7 +500,8 @@ fn the_panel_runs_its_verbs_through_sudo_and_nothing_else() {
         c.caller_env = vec![var];
         lax_calls.push(c);
     }
-    let results = run_as_panel(&root, &sbin, &env.config_path, &lax, &lax_calls);
+    let (results, trees) = run_as_panel(&root, &sbin, &env.config_path, &lax, &lax_calls);
+    assert_trees_untouched("hostile invocations, lax rules", &trees);
     for (c, (rc, out)) in lax_calls.iter().zip(&results) {
         println!("refused by pppgate {:<24} exit {rc}: {}", c.name, out.lines().next().unwrap_or(""));
         assert_eq!(*rc, 64, "{}: pppgate did not refuse the override through sudo: {out}", c.name);
