@@ -50,8 +50,8 @@ struct Timed {
 }
 
 impl Nft for TNft {
-    fn ensure_base(&mut self, garden: &[GardenEntry]) -> Result<()> {
-        timed(&self.1, "nft.ensure_base", || self.0.ensure_base(garden))
+    fn ensure_base_with(&mut self, garden: &[GardenEntry], members: &BTreeMap<Member, NftSet>) -> Result<()> {
+        timed(&self.1, "nft.ensure_base", || self.0.ensure_base_with(garden, members))
     }
     fn read(&mut self) -> Result<NftState> {
         timed(&self.1, "nft.read", || self.0.read())
