@@ -12,6 +12,7 @@
 #   traffic           traffic_start TAG NAME... / traffic_stop TAG: UDP senders in cli (one per
 #                     client, from before the link exists), a receiver in inet, counted at the
 #                     far side by the receiver's log and by an nft counter in inet
+#   pppd's log times  syslog_start (every pppd line stamped on arrival: logs/pppd-syslog.log)
 #   kernel            nft_has SET IP, pppgate_counters (the drop counters of `inet pppgate`),
 #                     ksnap NAME (tc, links, routes, rules of srv into /out/snap/NAME/kernel/)
 #   iperf             iperf_start / iperf_run TAG NAME down|up SECONDS (TCP between inet and a client)
@@ -61,6 +62,22 @@ cl_case_cleanup() {
 
 # bg_track PID: a background process the case guard ends.
 bg_track() { echo "$1" >> "$CL_DIR/bg.pids"; }
+
+# ---------------------------------------------------------------------------------------------
+# syslog_start: a reader on /dev/log (udp.pl syslog) that stamps every message with the time it
+# was read (CLOCK_MONOTONIC µs, the clock of the traffic logs) into $LAB_TMP/pppd-syslog.log
+# (logs/ at the end). pppd sends every line it logs to syslog as well as to its logfile, so its
+# own lines and the plugin's (logged through pppd) get times from outside both: when IPCP came
+# up, when the plugin decided to end the session, when the ip-down notifiers were done. The
+# queue is raised first (per network namespace, read when the socket is made) so a reader
+# behind by a few lines never makes pppd wait in syslog().
+syslog_start() {
+  [ ! -e /dev/log ] || die "/dev/log exists already: another syslog reader runs"
+  echo 1024 > /proc/sys/net/unix/max_dgram_qlen || die "cannot raise net.unix.max_dgram_qlen"
+  perl "$CL_UDP" syslog /dev/log "$LAB_TMP/pppd-syslog.log" 2> "$CL_DIR/syslog.err" &
+  wait_for 10 "the syslog reader on /dev/log" test -e "$LAB_TMP/pppd-syslog.log.ready"
+  rm -f "$LAB_TMP/pppd-syslog.log.ready"
+}
 
 # ---------------------------------------------------------------------------------------------
 # LNS variants

@@ -19,11 +19,15 @@
 #   udp.pl stamp OUT CMD...
 #       Runs CMD and copies its output to OUT line by line, each prefixed with the time it was
 #       read (for `nft monitor`: the stamp is at or after the event). SIGTERM ends CMD too.
+#   udp.pl syslog SOCKET OUT
+#       A syslog reader: binds the datagram socket SOCKET (/dev/log) and logs every message to
+#       OUT as "<recv_mono_us> <message>" (the message as sent: "<pri>date tag[pid]: text").
+#       Creates OUT.ready once it listens.
 #
 # Times are CLOCK_MONOTONIC in microseconds: one clock for every namespace of the VM.
 use strict;
 use warnings;
-use Socket qw(AF_INET SOCK_DGRAM SOCK_RAW SOL_SOCKET IPPROTO_UDP INADDR_ANY inet_aton inet_ntoa pack_sockaddr_in unpack_sockaddr_in);
+use Socket qw(AF_INET AF_UNIX pack_sockaddr_un SOCK_DGRAM SOCK_RAW SOL_SOCKET IPPROTO_UDP INADDR_ANY inet_aton inet_ntoa pack_sockaddr_in unpack_sockaddr_in);
 use Time::HiRes qw(clock_gettime CLOCK_MONOTONIC sleep);
 use IO::Handle;
 
@@ -43,7 +47,7 @@ sub link_if {
 
 sub now_us { return int(clock_gettime(CLOCK_MONOTONIC) * 1e6); }
 
-my $mode = shift // die "usage: udp.pl send|recv|forge|sink|stamp ...\n";
+my $mode = shift // die "usage: udp.pl send|recv|forge|sink|stamp|syslog ...\n";
 
 if ($mode eq 'send') {
     my ($link, $dest, $port, $ival_ms, $out) = @ARGV;
@@ -145,6 +149,24 @@ if ($mode eq 'send') {
     while (my $line = <$in>) {
         print $o now_us(), " ", $line;
     }
+} elsif ($mode eq 'syslog') {
+    my ($path, $out) = @ARGV;
+    die "usage: udp.pl syslog SOCKET OUT\n" unless defined $out;
+    open(my $o, '>>', $out) or die "cannot open $out: $!\n";
+    $o->autoflush(1);
+    unlink($path);
+    socket(my $s, AF_UNIX, SOCK_DGRAM, 0) or die "socket: $!\n";
+    bind($s, pack_sockaddr_un($path)) or die "bind $path: $!\n";
+    chmod(0666, $path);
+    my $r;
+    open($r, '>', "$out.ready") and close($r);
+    while (1) {
+        next unless defined recv($s, my $buf, 65536, 0);
+        my $t = now_us();
+        $buf =~ s/[\r\n\0]+$//;
+        $buf =~ s/[\r\n]/ /g;
+        print $o "$t $buf\n";
+    }
 } else {
-    die "usage: udp.pl send|recv|forge|sink|stamp ...\n";
+    die "usage: udp.pl send|recv|forge|sink|stamp|syslog ...\n";
 }

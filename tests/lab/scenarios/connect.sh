@@ -1,6 +1,9 @@
 # The connect and disconnect path of pppgate.so, fail closed, proven with packets: real L2TP
 # sessions (xl2tpd + pppd in namespaces), checked by tests/lab_connect.rs.
 #
+# pppd's log lines reach a syslog reader that stamps them (syslog_start: logs/pppd-syslog.log),
+# so the Rust side times the plugin's window and a session's end from pppd's own lines.
+#
 # Every case that connects runs a UDP sender in cli from before the client dials (udp.pl:
 # sequence-numbered datagrams to 203.0.113.2 through the client's ppp link, every 10 ms) and
 # counts what arrives in inet (the receiver's log and an nft counter there), so "nothing passed"
@@ -28,6 +31,7 @@
 . "$LAB_REPO/tests/lab/guest/connect.sh"
 lab_init
 cl_init
+syslog_start
 
 : "${CONNECT_LOOP_CYCLES:=50}"
 

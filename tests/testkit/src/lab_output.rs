@@ -280,6 +280,74 @@ pub fn monitor(run_dir: &Path, tag: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// One line pppd sent to syslog, as `syslog_start` (connect.sh) received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogLine {
+    /// When the reader got it (µs, CLOCK_MONOTONIC: at or after pppd logged it).
+    pub us: u64,
+    pub pid: u32,
+    /// The text after `pppd[pid]: `.
+    pub text: String,
+}
+
+/// Every pppd line of `logs/pppd-syslog.log` (other programs' lines are left out).
+pub fn pppd_syslog(run_dir: &Path) -> Vec<SyslogLine> {
+    read(&run_dir.join("logs/pppd-syslog.log")).lines().filter_map(parse_syslog_line).collect()
+}
+
+/// `<us> <pri>date pppd[pid]: text`, the reader's stamp and the message as glibc sends it.
+fn parse_syslog_line(l: &str) -> Option<SyslogLine> {
+    let (us, msg) = l.split_once(' ')?;
+    let at = msg.find(" pppd[")? + " pppd[".len();
+    let (pid, text) = msg[at..].split_once("]: ")?;
+    Some(SyslogLine { us: us.parse().ok()?, pid: pid.parse().ok()?, text: text.to_string() })
+}
+
+/// How a session the plugin ended came to its end, from the LNS pppd's own log lines as they
+/// reached syslog (µs, the reader's clock):
+/// * `ipcp_up`: pppd's `remote IP address` line. ipcp_up logs it just before it runs the ip-up
+///   notifiers, where the plugin starts its window (R110).
+/// * `ended`: the plugin's `ending session … (fail closed)` line, logged through pppd when it
+///   asks pppd to end the link (R113). pppd closes LCP on its next loop iteration.
+/// * `ip_down_done`: pppd's `Sent N bytes, received M bytes.` ipcp_down logs it after the ip-down
+///   notifiers, that is after the plugin's final accounting and teardown (R201). Then pppd takes
+///   the interface down, runs ip-down and sends LCP Terminate-Request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionEnd {
+    pub ipcp_up: u64,
+    pub ended: u64,
+    pub ip_down_done: u64,
+}
+
+impl SessionEnd {
+    /// From the IPCP-up line to the plugin's decision (ms): its window as pppd saw it.
+    pub fn window_ms(&self) -> i64 {
+        (self.ended as i64 - self.ipcp_up as i64) / 1000
+    }
+
+    /// From the decision to the end of the ip-down notifiers (ms).
+    pub fn ending_ms(&self) -> i64 {
+        (self.ip_down_done as i64 - self.ended as i64) / 1000
+    }
+}
+
+/// The [`SessionEnd`] of LNS pppd `pid`; panics naming what is missing.
+pub fn session_end(lines: &[SyslogLine], pid: u32) -> SessionEnd {
+    let first = |what: &str, f: &dyn Fn(&str) -> bool| {
+        lines.iter().find(|l| l.pid == pid && f(&l.text)).map(|l| l.us).unwrap_or_else(|| {
+            let own: Vec<&str> = lines.iter().filter(|l| l.pid == pid).map(|l| l.text.as_str()).collect();
+            panic!("pppd {pid} sent no {what} line to syslog; its lines: {own:#?}")
+        })
+    };
+    SessionEnd {
+        ipcp_up: first("`remote IP address`", &|t| t.starts_with("remote IP address ")),
+        ended: first("`pppgate: ending session`", &|t| t.contains("ending session") && t.contains("(fail closed)")),
+        ip_down_done: first("`Sent N bytes, received M bytes.`", &|t| {
+            t.starts_with("Sent ") && t.contains(" bytes, received ")
+        }),
+    }
+}
+
 /// The `key=value` fields of a plugin log line (values may be quoted).
 pub fn fields(line: &str) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
@@ -326,6 +394,30 @@ mod tests {
         assert_eq!(f["ifname"], "ppp0");
         assert_eq!(f["sql_us"], "166190");
         assert_eq!(f["x"], "a");
+    }
+
+    #[test]
+    fn syslog_lines_and_a_session_end() {
+        let log = "\
+1000000 <29>Dec  2 19:30:01 pppd[812]: remote IP address 100.64.0.2
+1000500 <30>Dec  2 19:30:01 xl2tpd[77]: not pppd
+1001000 <29>Dec  2 19:30:01 pppd[900]: remote IP address 100.64.0.3
+4010000 <27>Dec  2 19:30:04 pppd[812]: pppgate: ending session on ppp0 (user \"alice\"): policy not applied (fail closed)
+4600000 <30>Dec  2 19:30:04 pppd[812]: Sent 0 bytes, received 312 bytes.
+garbage";
+        let lines: Vec<SyslogLine> = log.lines().filter_map(parse_syslog_line).collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], SyslogLine { us: 1_000_000, pid: 812, text: "remote IP address 100.64.0.2".into() });
+        let end = session_end(&lines, 812);
+        assert_eq!(end, SessionEnd { ipcp_up: 1_000_000, ended: 4_010_000, ip_down_done: 4_600_000 });
+        assert_eq!((end.window_ms(), end.ending_ms()), (3010, 590));
+    }
+
+    #[test]
+    #[should_panic(expected = "pppd 900 sent no `pppgate: ending session` line")]
+    fn a_session_end_without_the_plugins_line_is_refused() {
+        let lines = [SyslogLine { us: 1, pid: 900, text: "remote IP address 100.64.0.3".into() }];
+        session_end(&lines, 900);
     }
 
     #[test]
