@@ -9,6 +9,8 @@
 #   lock holders      lock_hold / lock_release (flock(1) on the apply lock, in srv),
 #                     settings_lock_hold / settings_lock_release (a PostgreSQL session holding
 #                     ACCESS EXCLUSIVE on `settings`, so reading it times out)
+#   database cut off  sql_unreachable / sql_reachable, sql_syn_drops (the plugin's database at an
+#                     address srv drops connects to)
 #   traffic           traffic_start TAG NAME... / traffic_stop TAG: UDP senders in cli (one per
 #                     client, from before the link exists), a receiver in inet, counted at the
 #                     far side by the receiver's log and by an nft counter in inet
@@ -51,6 +53,7 @@ cl_case_cleanup() {
   set +e
   [ -z "${LOCK_HOLDER:-}" ] || lock_release
   [ -z "${SETTINGS_LOCKER:-}" ] || settings_lock_release
+  sql_reachable
   if [ -f "$CL_DIR/bg.pids" ]; then
     while read -r pid; do
       kill -TERM "$pid" 2> /dev/null
@@ -77,6 +80,44 @@ syslog_start() {
   perl "$CL_UDP" syslog /dev/log "$LAB_TMP/pppd-syslog.log" 2> "$CL_DIR/syslog.err" &
   wait_for 10 "the syslog reader on /dev/log" test -e "$LAB_TMP/pppd-syslog.log.ready"
   rm -f "$LAB_TMP/pppd-syslog.log.ready"
+}
+
+# ---------------------------------------------------------------------------------------------
+# sql_unreachable / sql_reachable: the plugin's database moved to an address whose connects
+# srv drops (SYNs counted and dropped in srv's output: a connect waits for its timeout, as for a
+# database host that is down or cut off), and back. New pppds read the changed configuration.
+CL_SQL_DEAD=203.0.113.9
+
+sql_unreachable() {
+  cp -p "$PPPGATE_CONF" "$CL_DIR/pppgate.toml.orig"
+  sed -i "s|^dsn = .*|dsn = \"host=$CL_SQL_DEAD port=5432 dbname=$PG_DB user=postgres\"|" "$PPPGATE_CONF"
+  grep -q "host=$CL_SQL_DEAD " "$PPPGATE_CONF" || die "cannot point $PPPGATE_CONF at $CL_SQL_DEAD"
+  ip netns exec srv nft -f - << EOF || die "cannot drop srv's connects to $CL_SQL_DEAD"
+table inet labsql {
+	chain output {
+		type filter hook output priority 0; policy accept;
+		ip daddr $CL_SQL_DEAD tcp dport 5432 counter drop
+	}
+}
+EOF
+}
+
+# sql_syn_drops: V = the connects sql_unreachable dropped so far.
+sql_syn_drops() {
+  local line
+  V=0
+  while IFS= read -r line; do
+    if [[ $line =~ counter\ packets\ ([0-9]+) ]]; then
+      V=${BASH_REMATCH[1]}
+    fi
+  done < <(ip netns exec srv nft list chain inet labsql output)
+}
+
+sql_reachable() {
+  [ -f "$CL_DIR/pppgate.toml.orig" ] || return 0
+  cp -p "$CL_DIR/pppgate.toml.orig" "$PPPGATE_CONF"
+  rm -f "$CL_DIR/pppgate.toml.orig"
+  ip netns exec srv nft delete table inet labsql 2> /dev/null || true
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -284,8 +325,9 @@ ksnap() {
   ip -n srv -j route show table all > "$d/routes.json"
   ip -n srv -j rule show > "$d/rules.json"
   # shellcheck disable=SC2016
-  ip netns exec srv sh -c 'echo "ip_forward $(cat /proc/sys/net/ipv4/ip_forward)"
-    for f in /proc/sys/net/ipv4/conf/*/rp_filter; do d=${f%/rp_filter}; echo "rp_filter ${d##*/} $(cat "$f")"; done' \
+  # `read`, not `cat`: one exec less per interface (each costs a noticeable time under TCG).
+  ip netns exec srv sh -c 'read -r v < /proc/sys/net/ipv4/ip_forward; echo "ip_forward $v"
+    for f in /proc/sys/net/ipv4/conf/*/rp_filter; do d=${f%/rp_filter}; read -r v < "$f"; echo "rp_filter ${d##*/} $v"; done' \
     > "$d/sysctl.txt"
   for dev in $(ip netns exec srv ls /sys/class/net); do
     case $dev in
