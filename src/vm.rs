@@ -257,8 +257,12 @@ impl Lab {
         let console = File::create(dir.join("console.log")).map_err(LabError::io("cannot create console.log", &dir))?;
         let console_err = console.try_clone().map_err(LabError::io("cannot create console.log", &dir))?;
 
-        let mut cmd = Command::new("timeout");
-        // Backstop if this process dies: coreutils' timeout still ends qemu a little later.
+        // If this process dies (a test run killed by hand or by a CI limit), the kernel sends
+        // `timeout` SIGTERM (setpriv --pdeathsig, kept across its exec), which passes it on to
+        // qemu: an orphaned VM would otherwise run on, and load the machine, until its timeout.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "TERM", "--", "timeout"]);
+        // Backstop: coreutils' timeout ends qemu a little after the run's own limit.
         cmd.arg("--kill-after=5").arg(format!("{}", timeout.as_secs() + 15)).arg(QEMU);
         cmd.args(["-accel", "tcg", "-nographic", "-no-reboot", "-nic", "none"]);
         cmd.arg("-m").arg(opts.memory_mb.to_string()).arg("-smp").arg(opts.cpus.to_string());
@@ -303,8 +307,9 @@ impl Lab {
         cmd.stdin(Stdio::null()).stdout(console).stderr(console_err);
 
         let started = Instant::now();
-        let mut child =
-            cmd.spawn().map_err(|source| LabError::Spawn { program: "timeout/qemu-system-x86_64".into(), source })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| LabError::Spawn { program: "setpriv/timeout/qemu-system-x86_64".into(), source })?;
         let mut follower = Follower { path: dir.join("guest.log"), offset: 0, on: opts.follow };
         let status = loop {
             follower.pump();
