@@ -171,7 +171,7 @@ fn assert_ended(run: &LabRun, case: &str, reason: &[&str]) -> Snapshot {
 }
 
 /// The ending of a session the lock kept from its policy, measured where each part happens
-/// (B167 §3.3, R110, R113): the window is the plugin's — from pppd's IPCP up (where the ip-up
+/// (R110, R113): the window is the plugin's — from pppd's IPCP up (where the ip-up
 /// notifier starts it) to the plugin's decision to end, both as pppd logged them, stamped on
 /// arrival by a syslog reader (`session_end`) — and must be neither shorter than `window_ms` nor
 /// much longer. What follows the decision is bounded by what it is: pppd runs the ip-down
