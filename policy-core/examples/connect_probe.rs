@@ -98,6 +98,9 @@ impl Routes for TRoutes {
     fn del(&mut self, r: &OwnedRoute) -> Result<()> {
         timed(&self.1, "routes.del", || self.0.del(r))
     }
+    fn add_unless_held(&mut self, r: &OwnedRoute) -> Result<Option<OwnedRoute>> {
+        timed(&self.1, "routes.add_unless_held", || self.0.add_unless_held(r))
+    }
 }
 
 impl Rules for TRules {

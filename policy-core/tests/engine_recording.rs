@@ -354,6 +354,36 @@ fn session_scope_touches_only_its_sessions() {
     assert_eq!(r.kernel.rules.len(), 1);
 }
 
+/// Session 2 connects wanting the route session 1 holds (both want 192.168.50.0/24): the
+/// session-scope read does not look for it (no table read), the add finds it held and leaves it
+/// with ppp1, and verification, told of the holder, passes. Session 1's route is not touched.
+#[test]
+fn a_route_another_session_holds_stays_with_it_when_found_at_add_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let mut r = fresh();
+    let first = desired(vec![session(1, policy(S::Full))]);
+    converge(&mut r, &cfg, &first, &Scope::of(&first.sessions), false).unwrap();
+    let holder: Vec<OwnedRoute> = r.kernel.routes.iter().filter(|x| x.table == 254).cloned().collect();
+    assert_eq!(holder.len(), 1);
+    assert_eq!(holder[0].dev, "ppp1");
+    r.clear_calls();
+    let second = desired(vec![session(2, policy(S::Full))]);
+    for _ in 0..2 {
+        converge(&mut r, &cfg, &second, &Scope::of(&second.sessions), false).unwrap();
+        let now: Vec<OwnedRoute> = r.kernel.routes.iter().filter(|x| x.table == 254).cloned().collect();
+        assert_eq!(now, holder, "the route stays with ppp1");
+    }
+    for c in r.mutations() {
+        assert!(!matches!(c, Call::RouteAdd(_) | Call::RouteDel(_)), "no route changed: {c:?}");
+    }
+    assert_eq!(r.kernel.nft.sets_of(member(2)), BTreeSet::from([NftSet::Full]));
+    // Once session 1 is gone, session 2's next apply takes the route.
+    engine::disconnect(&mut r, "ppp1", member(1)).unwrap();
+    converge(&mut r, &cfg, &second, &Scope::of(&second.sessions), false).unwrap();
+    assert!(r.kernel.routes.iter().any(|x| x.table == 254 && x.dev == "ppp2"));
+}
+
 #[test]
 fn disconnect_keeps_going_past_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -62,6 +62,46 @@ fn scoped_route_reads_return_only_what_was_asked() {
     assert!(RouteQuery::default().ifnames.is_empty() && routes.read_scoped(&RouteQuery::default()).unwrap().is_empty());
 }
 
+/// A session-scope add (`add_unless_held`): a free key is added; a key pppgate holds through
+/// another interface stays there and is reported, in any table and with the same metric only; a
+/// foreign route with the key is replaced as `add` replaces it; our own route on the same
+/// interface is replaced in place. Read back with `ip route`.
+#[test]
+fn adding_unless_held_leaves_another_interfaces_route_and_replaces_a_foreign_one() {
+    private_netns();
+    veth("ppp0", "10.0.0.1/24");
+    veth("ppp1", "10.1.0.1/24");
+    let mut routes = RoutesNetlink::new().unwrap();
+    let held = route("192.168.60.0/24", None, "ppp0", 254, None);
+    let held_100 = route("192.168.61.0/24", None, "ppp0", 100, Some(5));
+    routes.add(&held).unwrap();
+    routes.add(&held_100).unwrap();
+    run(&["ip", "route", "add", "192.168.70.0/24", "dev", "ppp0", "proto", "static"]);
+    // Free: added.
+    let free = route("192.168.50.0/24", None, "ppp1", 254, None);
+    assert_eq!(routes.add_unless_held(&free).unwrap(), None);
+    // Held by ppp0: left there, reported.
+    assert_eq!(routes.add_unless_held(&route("192.168.60.0/24", None, "ppp1", 254, None)).unwrap(), Some(held.clone()));
+    assert_eq!(
+        routes.add_unless_held(&route("192.168.61.0/24", None, "ppp1", 100, Some(5))).unwrap(),
+        Some(held_100.clone())
+    );
+    // Another metric is another key: added beside it.
+    let other_metric = route("192.168.61.0/24", None, "ppp1", 100, Some(6));
+    assert_eq!(routes.add_unless_held(&other_metric).unwrap(), None);
+    // A foreign route (protocol static) with the key: replaced, as `add` does.
+    let over_foreign = route("192.168.70.0/24", None, "ppp1", 254, None);
+    assert_eq!(routes.add_unless_held(&over_foreign).unwrap(), None);
+    // Our own route on the same interface: replaced in place (a new gateway).
+    veth("wg0", "10.3.0.1/24");
+    routes.add(&route("10.9.0.0/24", Some("10.3.0.2"), "wg0", 254, None)).unwrap();
+    let moved = route("10.9.0.0/24", Some("10.3.0.3"), "wg0", 254, None);
+    assert_eq!(routes.add_unless_held(&moved).unwrap(), None);
+    let want: BTreeSet<OwnedRoute> = [held, held_100, free, other_metric, over_foreign, moved].into_iter().collect();
+    assert_eq!(tool_routes(), want, "{}", all_routes_text());
+    assert!(!all_routes_text().contains("proto static"), "{}", all_routes_text());
+}
+
 /// With many interfaces the rp_filter values come from one RTM_GETNETCONF dump named through the
 /// address dump: the same answers and the same writes as the per-file path, read back from /proc.
 #[test]

@@ -240,14 +240,23 @@ pub struct OwnedRoute {
     pub metric: Option<u32>,
 }
 
+impl OwnedRoute {
+    /// What the kernel identifies an IPv4 route by: destination, table and metric (a metric of
+    /// 0 is no metric). Adding a second route with the same key replaces the first.
+    pub fn key(&self) -> (Ipv4Net, u32, Option<u32>) {
+        (self.dst, self.table, self.metric.filter(|m| *m != 0))
+    }
+}
+
 /// Which of pppgate's routes a session-scope read needs (not the whole box): what a plan for some
 /// sessions may add, replace or remove, and nothing else.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteQuery {
     /// Every route through these interfaces, in any table.
     pub ifnames: BTreeSet<String>,
-    /// Routes to these (destination, table) keys through any device: the routes the sessions want,
-    /// so one another interface holds stays with it.
+    /// Routes to these (destination, table) keys through any device (the kernel backend dumps
+    /// each table named here). The engine's session-scope reads leave it empty: a route another
+    /// interface holds is found when adding ([`Routes::add_unless_held`]).
     pub dsts: BTreeSet<(Ipv4Net, u32)>,
     /// The default route of these tables (policy routing's next hop).
     pub table_defaults: BTreeSet<u32>,
@@ -276,6 +285,19 @@ pub trait Routes {
     }
     /// Adds (or replaces the same key) idempotently.
     fn add(&mut self, r: &OwnedRoute) -> Result<()>;
+    /// Adds `r` unless a route of pppgate through another interface holds its key
+    /// ([`OwnedRoute::key`]): that one stays where it is and is returned (session scope: a
+    /// route one session holds is not taken by another). A foreign route with the key is
+    /// replaced, as [`Routes::add`] does. The default reads the routes to that destination
+    /// first; the kernel backend asks the kernel to refuse an existing key (`NLM_F_EXCL`) and
+    /// reads the table only when it does, so the usual case costs no dump.
+    fn add_unless_held(&mut self, r: &OwnedRoute) -> Result<Option<OwnedRoute>> {
+        let q = RouteQuery { dsts: BTreeSet::from([(r.dst, r.table)]), ..Default::default() };
+        if let Some(h) = self.read_scoped(&q)?.into_iter().find(|h| h.key() == r.key() && h.dev != r.dev) {
+            return Ok(Some(h));
+        }
+        self.add(r).map(|()| None)
+    }
     /// Deletes; a route that is already gone is fine.
     fn del(&mut self, r: &OwnedRoute) -> Result<()>;
 }

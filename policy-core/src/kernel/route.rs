@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::links::{self, get_link};
-use super::netlink::{self, attrs, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
+use super::netlink::{self, attrs, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use super::{OwnedRoute, RouteQuery, Routes, RTPROT_PPPGATE};
 use crate::error::{Error, Result};
 
@@ -205,6 +205,30 @@ impl Routes for RoutesNetlink {
         let scope = if r.gateway.is_some() { RT_SCOPE_UNIVERSE } else { RT_SCOPE_LINK };
         let m = Self::route_msg(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, r, dev.index, scope, RTN_UNICAST);
         self.sock.request(&format!("add route {} dev {} table {}", r.dst, r.dev, r.table), m)
+    }
+
+    /// `NLM_F_CREATE|NLM_F_EXCL` first: the kernel answers EEXIST when any route has the key
+    /// (same destination, table and priority), and only then is the table dumped for the
+    /// holder. Without the holder being ours through another interface, the route is added as
+    /// [`Routes::add`] does (replacing a foreign one).
+    fn add_unless_held(&mut self, r: &OwnedRoute) -> Result<Option<OwnedRoute>> {
+        if r.dst.trunc() != r.dst {
+            return Err(Error::invalid("route destination", r.dst.to_string(), "host bits set"));
+        }
+        let dev = get_link(&mut self.sock, &r.dev)?
+            .ok_or_else(|| Error::NotFound { what: "interface", id: r.dev.clone() })?;
+        let scope = if r.gateway.is_some() { RT_SCOPE_UNIVERSE } else { RT_SCOPE_LINK };
+        let m = Self::route_msg(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, r, dev.index, scope, RTN_UNICAST);
+        match self.sock.request(&format!("add route {} dev {} table {}", r.dst, r.dev, r.table), m) {
+            Ok(()) => return Ok(None),
+            Err(e) if netlink::errno_of(&e) == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        let q = RouteQuery { dsts: BTreeSet::from([(r.dst, r.table)]), ..Default::default() };
+        if let Some(h) = self.read_scoped(&q)?.into_iter().find(|h| h.key() == r.key() && h.dev != r.dev) {
+            return Ok(Some(h));
+        }
+        self.add(r).map(|()| None)
     }
 
     fn del(&mut self, r: &OwnedRoute) -> Result<()> {

@@ -15,7 +15,9 @@ use crate::config::Config;
 use crate::connect::{self, TableStep};
 use crate::error::{Error, Result};
 use crate::kernel::links::LinkSnapshot;
-use crate::kernel::{Backends, Member, Netlink, Nft, NftSet, NftState, Routes, Rules, SetChange, Sysctl, Tc, TcState};
+use crate::kernel::{
+    Backends, Member, Netlink, Nft, NftSet, NftState, OwnedRoute, Routes, Rules, SetChange, Sysctl, Tc, TcState,
+};
 use crate::mapping::LiveSession;
 use crate::policy::model::{decide, ConnectionFacts, PolicyState};
 use crate::policy::planner::{self, Desired, DesiredSession, KernelView, Op, Plan, Scope};
@@ -138,13 +140,30 @@ pub fn read_view<B: Backends>(b: &mut B, scope: &Scope, desired: &Desired) -> Re
 }
 
 /// Applies a plan in order; stops at the first error (the plan is ordered so that whatever has
-/// been applied by then is at least as restrictive as before).
-pub fn apply_plan<B: Backends>(b: &mut B, plan: &Plan, terminated: &mut Vec<String>) -> Result<()> {
+/// been applied by then is at least as restrictive as before). With `held` (session scope) a
+/// route is added only when no other interface's route of pppgate holds its key, and each such
+/// holder is pushed to `held` (the plan was made without reading them: see
+/// `planner::route_query`).
+pub fn apply_plan<B: Backends>(
+    b: &mut B,
+    plan: &Plan,
+    terminated: &mut Vec<String>,
+    mut held: Option<&mut Vec<OwnedRoute>>,
+) -> Result<()> {
     for op in &plan.ops {
         match op {
             Op::NftTransaction { changes } => b.nft().commit(changes)?,
             Op::RouteDel { route } => b.routes().del(route)?,
-            Op::RouteAdd { route } => b.routes().add(route)?,
+            Op::RouteAdd { route } => match held.as_deref_mut() {
+                None => b.routes().add(route)?,
+                Some(held) => {
+                    if let Some(h) = b.routes().add_unless_held(route)? {
+                        tracing::info!(dst = %route.dst, table = route.table, dev = %route.dev, holder = %h.dev,
+                            "route left with the interface that holds it");
+                        held.push(h);
+                    }
+                }
+            },
             Op::RuleDel { rule } => b.rules().del(rule)?,
             Op::RuleAdd { rule } => b.rules().add(rule)?,
             Op::TcSet { ifname, shaping } => b.tc().set(ifname, shaping)?,
@@ -224,14 +243,20 @@ pub fn converge<B: Backends>(
     let t0 = Instant::now();
     let ifnames: Vec<String> = desired.sessions.iter().map(|s| s.ifname.clone()).collect();
     b.sysctl().ensure(&ifnames)?;
-    apply_plan(b, &out.plan, &mut out.terminated)?;
+    let mut held: Vec<OwnedRoute> = Vec::new();
+    let session_scope = matches!(scope, Scope::Sessions { .. });
+    apply_plan(b, &out.plan, &mut out.terminated, session_scope.then_some(&mut held))?;
     out.applied = true;
     t.apply_us = micros(t0);
     // Nothing applied: the view just read is the view after, and re-planning it gives the same
-    // empty plan. Otherwise read back and re-plan; anything left is a verification error.
+    // empty plan. Otherwise read back and re-plan; anything left is a verification error. Routes
+    // found held by another interface while adding are part of what was read.
     if !out.plan.is_empty() {
         let t0 = Instant::now();
-        let after = read_view(b, scope, desired)?;
+        let mut after = read_view(b, scope, desired)?;
+        after.routes.extend(held);
+        after.routes.sort();
+        after.routes.dedup();
         let residue = planner::residue(desired, &after, scope);
         t.verify_us = micros(t0);
         if !residue.is_empty() {
@@ -379,7 +404,7 @@ pub fn disconnect<B: Backends>(b: &mut B, ifname: &str, m: Member) -> Result<Out
     out.steps = plan.describe();
     for op in &plan.ops {
         let single = Plan { ops: vec![op.clone()] };
-        if let Err(e) = apply_plan(b, &single, &mut out.terminated) {
+        if let Err(e) = apply_plan(b, &single, &mut out.terminated, None) {
             errors.push(crate::error::one_line(&e));
         }
     }

@@ -230,7 +230,7 @@ fn table_route(table: u32, via: Ipv4Addr, dev: &str) -> OwnedRoute {
 type RouteKey = (Ipv4Net, u32, Option<u32>);
 
 fn route_key(r: &OwnedRoute) -> RouteKey {
-    (r.dst, r.table, r.metric.filter(|m| *m != 0))
+    r.key()
 }
 
 /// Kernel objects one session wants.
@@ -261,18 +261,20 @@ fn session_objects(s: &DesiredSession) -> (Vec<OwnedRoute>, Vec<OwnedRule>, Vec<
     (routes, rules, table_routes)
 }
 
-/// The routes a plan for `desired` in session scope can look at: those on the scope's interfaces,
-/// those with a destination the sessions want (whoever holds it), and the default routes of the
-/// policy-routing tables the sessions want or that a rule of theirs (`rules`, as read) points at.
-/// Reading only these keeps a session-scope apply independent of how many sessions the box has.
+/// The routes a plan for `desired` in session scope can look at: those on the scope's interfaces
+/// and the default routes of the policy-routing tables the sessions want or that a rule of
+/// theirs (`rules`, as read) points at. Reading only these keeps a session-scope apply
+/// independent of how many sessions the box has.
 /// (A table default whose rules all went away outside this scope is reconcile's to remove.)
 pub fn route_query(desired: &Desired, scope: &Scope, rules: &[OwnedRule]) -> RouteQuery {
     let mut q = RouteQuery::default();
     let Scope::Sessions { ifnames, ips, .. } = scope else { return q };
     q.ifnames = ifnames.clone();
+    // Not the routes to the destinations the sessions want: a dump of their table would grow
+    // with every route pppgate has there. Whether another interface holds one is found when it
+    // is added (`Routes::add_unless_held`), and `engine::converge` tells verification.
     for s in &desired.sessions {
-        let (routes, _, table_routes) = session_objects(s);
-        q.dsts.extend(routes.iter().map(|r| (r.dst, r.table)));
+        let (_, _, table_routes) = session_objects(s);
         q.table_defaults.extend(table_routes.iter().map(|r| r.table));
     }
     for u in rules {
