@@ -1,7 +1,7 @@
 //! The accounting commit against a real PostgreSQL when the wall clock was stepped back between
 //! a session's readings (issue 16, R411): a later reading stamped an hour before an earlier one.
 //! SQL's update times never go back, durations never shrink or go negative, no stop before its
-//! start, and the octets keep growing — for a row pppgate owns and for radius.so's row it binds.
+//! start or its last stored reading (also when the janitor closes a row), and the octets keep growing — for a row pppgate owns and for radius.so's row it binds.
 //! (The collector stamps readings with the wall clock; stepping the build machine's clock is not
 //! acceptable, so the readings are built here. The lab's `lab_identity` steps a VM's clock.)
 
@@ -136,12 +136,14 @@ fn readings_stamped_before_the_last_never_move_sql_times_back() {
     assert_eq!(updated, last, "acctupdatetime never goes back to a reading stamped earlier");
     let stop = stop.expect("alice's row is closed");
     assert!(stop >= start, "acctstoptime {stop} before acctstarttime {start}");
+    assert_eq!(stop, last, "acctstoptime is not before the last reading already stored (it was seen alive then)");
     assert_eq!(dur, last - start, "acctsessiontime never shrinks and is never negative");
     assert_eq!((rx, tx), (4000, 400));
 
     let (start, stop, updated, rx, tx, _) = session_row(&mut c, &alice.key);
     assert_eq!(start, t0 + 1);
     assert!(stop.expect("alice's session is closed") >= start, "pppgate_sessions stop before start");
+    assert_eq!(stop, Some(last), "pppgate_sessions stop not before its last stored reading");
     assert_eq!(updated, last, "pppgate_sessions.updated_at never goes back");
     assert_eq!((rx, tx), (4000, 400));
     assert_eq!(usage(&mut c, 1), (4000, 400), "every octet counted once, none negative");
@@ -158,4 +160,59 @@ fn readings_stamped_before_the_last_never_move_sql_times_back() {
     assert_eq!((rx, tx), (4000, 400));
     assert_eq!(usage(&mut c, 2), (4000, 400));
     assert_eq!(c.query_one("SELECT count(*) FROM radacct", &[]).unwrap().get::<_, i64>(0), 2, "no second row for bob");
+}
+
+/// The janitor's close with a stop stamped before the row's last update (the clock went back
+/// after the last interim, or the collector's last-seen time is older than radius.so's interim):
+/// the stop is the last update, the duration stays what the interim said — for radacct and for
+/// pppgate_sessions.
+#[test]
+fn a_close_stamped_before_the_last_update_stops_at_the_last_update() {
+    use policy_core::db::radacct::{close_rows, close_sessions, Close, CloseSession};
+    let pg = PgServer::new();
+    let mut c = pg.client();
+    let t0 = policy_core::lock::now_unix() - 600;
+    let id: i64 = c
+        .query_one(
+            "INSERT INTO radacct (acctsessionid, acctuniqueid, username, nasipaddress, acctstarttime,
+                                  acctupdatetime, acctsessiontime, acctinputoctets, acctoutputoctets)
+             VALUES ('r-carol', 'r-carol', 'carol', $1::text::inet, to_timestamp($2), to_timestamp($3), 300, 10, 20)
+             RETURNING radacctid",
+            &[&NAS.to_string(), &(t0 as f64), &((t0 + 300) as f64)],
+        )
+        .unwrap()
+        .get(0);
+    let stop = t0 + 300 - 3600;
+    let closed = close_rows(
+        &mut c,
+        std::net::IpAddr::V4(NAS),
+        &[Close { radacctid: id, stop: Some(stop), input_octets: Some(5), output_octets: None }],
+        "Lost-Carrier",
+    )
+    .unwrap();
+    assert_eq!(closed, vec![id]);
+    let (start, updated, stop_at, dur, rx, tx) = radacct(&mut c, id);
+    assert_eq!(stop_at, Some(t0 + 300), "acctstoptime is the last update, not the earlier stamp or the start");
+    assert_eq!(updated, t0 + 300, "acctupdatetime never goes back");
+    assert_eq!(dur, 300, "acctsessiontime never shrinks");
+    assert_eq!((start, rx, tx), (t0, 10, 20), "known counters never lower a stored value");
+
+    pg.psql(&format!(
+        "INSERT INTO pppgate_sessions (session_key, nas_identity, connection_id, username, ppp_if, client_ip,
+                                       pppd_pid, start_time, updated_at, bytes_in, bytes_out)
+         VALUES ('lns-1:carol', 'lns-1', NULL, 'carol', 'ppp3', '198.51.100.12', 4242,
+                 to_timestamp({t0}), to_timestamp({}), 10, 20)",
+        t0 + 300
+    ));
+    let keys = close_sessions(
+        &mut c,
+        "lns-1",
+        &[CloseSession { session_key: "lns-1:carol".into(), stop: Some(stop), bytes_in: None, bytes_out: None }],
+        "Lost-Carrier",
+    )
+    .unwrap();
+    assert_eq!(keys, vec!["lns-1:carol".to_string()]);
+    let (_, stop_at, _, rx, tx, _) = session_row(&mut c, "lns-1:carol");
+    assert_eq!(stop_at, Some(t0 + 300), "pppgate_sessions stop is not before its last update");
+    assert_eq!((rx, tx), (10, 20));
 }

@@ -10,8 +10,9 @@
 //!   session's total over what `pppgate_sessions` already holds. Even a replay the batch table
 //!   no longer remembers, or a state file that was lost, cannot count a byte twice.
 //! * times are ordered whatever the wall clock did (it may be stepped back between a session's
-//!   start and its readings): a stop time is never before the start (GREATEST with it), update
-//!   times never go back (GREATEST with the last), durations are never negative.
+//!   start and its readings): a stop time is never before the start nor before the last reading
+//!   already stored (GREATEST with both), update times never go back (GREATEST with the last),
+//!   durations are never negative and never shrink.
 //!
 //! radacct identity: a session is bound once, and the binding is kept in `pppgate_sessions`
 //! (`radacct_owner`, `radacct_id`):
@@ -120,7 +121,9 @@ WITH nb AS (
         acctoutputoctets = GREATEST(COALESCE(radacct.acctoutputoctets, 0), excluded.acctoutputoctets),
         acctupdatetime = GREATEST(radacct.acctupdatetime, excluded.acctupdatetime),
         acctsessiontime = GREATEST(COALESCE(radacct.acctsessiontime, 0), excluded.acctsessiontime),
-        acctstoptime = COALESCE(radacct.acctstoptime, excluded.acctstoptime),
+        acctstoptime = COALESCE(radacct.acctstoptime,
+                                CASE WHEN excluded.acctstoptime IS NOT NULL
+                                     THEN GREATEST(excluded.acctstoptime, radacct.acctupdatetime) END),
         acctterminatecause = COALESCE(radacct.acctterminatecause, excluded.acctterminatecause),
         username = COALESCE(radacct.username, excluded.username)
     RETURNING radacctid
@@ -137,7 +140,9 @@ WITH nb AS (
     ON CONFLICT (session_key) DO UPDATE SET
         bytes_in = GREATEST(pppgate_sessions.bytes_in, excluded.bytes_in),
         bytes_out = GREATEST(pppgate_sessions.bytes_out, excluded.bytes_out),
-        stop_time = COALESCE(pppgate_sessions.stop_time, excluded.stop_time),
+        stop_time = COALESCE(pppgate_sessions.stop_time,
+                             CASE WHEN excluded.stop_time IS NOT NULL
+                                  THEN GREATEST(excluded.stop_time, pppgate_sessions.updated_at) END),
         terminate_cause = COALESCE(pppgate_sessions.terminate_cause, excluded.terminate_cause),
         updated_at = GREATEST(pppgate_sessions.updated_at, excluded.updated_at),
         username = COALESCE(pppgate_sessions.username, excluded.username),

@@ -218,10 +218,12 @@ pub fn close_rows(client: &mut Client, nas_ip: IpAddr, closes: &[Close], cause: 
                 SELECT id, COALESCE(stop, extract(epoch FROM now())::bigint) AS stop, inoct, outoct
                 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(id, stop, inoct, outoct))
              UPDATE radacct a SET
-                acctstoptime = GREATEST(to_timestamp(s.stop), a.acctstarttime),
+                acctstoptime = GREATEST(to_timestamp(s.stop), a.acctstarttime, a.acctupdatetime),
                 acctupdatetime = GREATEST(to_timestamp(s.stop), a.acctstarttime, a.acctupdatetime),
                 acctsessiontime = CASE WHEN a.acctstarttime IS NULL THEN a.acctsessiontime
-                                  ELSE GREATEST(0, s.stop - extract(epoch FROM a.acctstarttime)::bigint) END,
+                                  ELSE GREATEST(0, COALESCE(a.acctsessiontime, 0),
+                                                extract(epoch FROM GREATEST(to_timestamp(s.stop), a.acctupdatetime))::bigint
+                                                - extract(epoch FROM a.acctstarttime)::bigint) END,
                 acctinputoctets = CASE WHEN s.inoct IS NULL THEN a.acctinputoctets
                                   ELSE GREATEST(COALESCE(a.acctinputoctets, 0), s.inoct) END,
                 acctoutputoctets = CASE WHEN s.outoct IS NULL THEN a.acctoutputoctets
@@ -330,7 +332,7 @@ pub fn close_sessions(
         .query_typed(
             "WITH s AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS u(k, stop, bin, bout))
              UPDATE pppgate_sessions p SET
-                stop_time = GREATEST(COALESCE(to_timestamp(s.stop), now()), p.start_time),
+                stop_time = GREATEST(COALESCE(to_timestamp(s.stop), now()), p.start_time, p.updated_at),
                 terminate_cause = $5,
                 bytes_in = GREATEST(p.bytes_in, COALESCE(s.bin, p.bytes_in)),
                 bytes_out = GREATEST(p.bytes_out, COALESCE(s.bout, p.bytes_out)),
