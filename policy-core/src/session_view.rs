@@ -1,6 +1,6 @@
 //! `pppgate session show ID`: everything about one connection's sessions in one place (R512,
 //! issue 12) — each mapping and why it is or is not VALID, the policy SQL decides, what the kernel
-//! holds for the session (read back: nft set membership, HTB rates, routes, rules, interface
+//! holds for the session (read back: nft set membership, shaping rates, routes, rules, interface
 //! counters) and whether that is in step with the policy (a dry-run apply: the plan for this
 //! connection, empty when in step), the open radacct and pppgate_sessions rows, usage and quota.
 //!
@@ -86,7 +86,8 @@ pub struct KernelState {
     pub ifindex: Option<u32>,
     /// State sets holding the session's member (`ifindex . client_ip`).
     pub nft_sets: Vec<String>,
-    /// HTB rates on the interface (down) and its IFB (up), kbit/s.
+    /// Shaping rates on the interface (down) and its IFB (up), kbit/s (TBF, or the HTB layout of
+    /// earlier versions until a reconcile rewrites it).
     pub shaping: Shaping,
     /// pppgate's routes on the interface, and the default routes of the tables its rules use.
     pub routes: Vec<OwnedRoute>,

@@ -31,23 +31,30 @@ fn set_change_and_clear_one_interface() {
     assert_eq!(redirect_target("ppp0").as_deref(), Some("pgi-ppp0"));
     assert!(ifb_up("pgi-ppp0"));
     assert_eq!(tc.read_one("ppp0").unwrap(), s);
-    // Leaf queue sized for the rate.
-    let leaf = tc_qdiscs("ppp0").into_iter().find(|q| q["kind"] == "pfifo").expect("pfifo leaf");
-    assert_eq!(leaf["parent"], "1:10");
+    // One root TBF `2:` with the bucket sized for the rate (10 ms + 1,600 bytes), and no HTB
+    // class on either device (`tc class show` lists TBF's own fifo slot 2:1).
+    let root = root_qdisc("ppp0").unwrap();
+    assert_eq!((root["kind"].as_str(), root["handle"].as_str()), (Some("tbf"), Some("2:")), "{root}");
+    assert_eq!(root["options"]["burst"], 1_250_000 / 100 + 1600, "{root}");
+    for dev in ["ppp0", "pgi-ppp0"] {
+        let classes = tc_classes(dev);
+        assert!(classes.iter().all(|c| c.classid == "2:1"), "{dev}: {classes:?}");
+    }
 
-    // Push some packets through the class, then change the rate: the class keeps its counters,
-    // i.e. the qdisc was changed in place, not replaced.
+    // Push some packets through the qdisc, then change the rate: it keeps its counters, i.e.
+    // it was changed in place, not replaced.
     // A static neighbour: the pings leave through ppp0's qdisc (nobody answers; that is fine).
     run(&["ip", "neigh", "replace", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "ppp0"]);
     let _ = output(&["ping", "-c", "5", "-i", "0.01", "-W", "0.1", "-q", "10.0.0.2"]);
-    let before = tc_classes("ppp0").into_iter().find(|c| c.classid == "1:10").unwrap();
-    assert!(before.sent_packets >= 5, "{before:?}");
+    let sent = || root_qdisc("ppp0").and_then(|q| q["packets"].as_u64()).unwrap();
+    let before = sent();
+    assert!(before >= 5, "{before}");
     let s2 = Shaping { down_kbit: Some(25_000), up_kbit: Some(3_000) };
     let t = Instant::now();
     tc.set("ppp0", &s2).unwrap();
     println!("tc set (rate change): {:?}", t.elapsed());
-    let after = tc_classes("ppp0").into_iter().find(|c| c.classid == "1:10").unwrap();
-    assert!(after.sent_packets >= before.sent_packets, "counters survived: {before:?} → {after:?}");
+    let after = sent();
+    assert!(after >= before, "counters survived: {before} → {after}");
     assert_eq!(tool_shaping("ppp0"), s2);
     assert_eq!(tc.read_one("ppp0").unwrap(), s2);
 
@@ -64,7 +71,7 @@ fn set_change_and_clear_one_interface() {
     assert_eq!(tool_shaping("ppp0"), Shaping { down_kbit: Some(25_000), up_kbit: None });
     // Download unlimited, upload limited.
     tc.set("ppp0", &Shaping { down_kbit: None, up_kbit: Some(1_000) }).unwrap();
-    assert!(!matches!(root_qdisc("ppp0"), Some(q) if q["kind"] == "htb"), "root htb removed");
+    assert!(!matches!(root_qdisc("ppp0"), Some(q) if q["kind"] == "tbf"), "root tbf removed");
     assert_eq!(tool_shaping("ppp0"), Shaping { down_kbit: None, up_kbit: Some(1_000) });
     assert_eq!(tc.read_one("ppp0").unwrap(), Shaping { down_kbit: None, up_kbit: Some(1_000) });
 
@@ -185,4 +192,55 @@ fn repairs_partial_state() {
     run(&["ip", "link", "add", "pgi-ppp1", "type", "veth", "peer", "name", "pgx1"]);
     veth("ppp1", 1);
     assert!(tc.set("ppp1", &Shaping { down_kbit: None, up_kbit: Some(1000) }).is_err());
+}
+
+/// A session shaped by an earlier version (HTB `1:` with class `1:10` and a pfifo leaf on the
+/// interface and on its IFB, the same ingress redirect) is read with its rates and reported as
+/// legacy; a set at the same rates rewrites both directions as TBF, keeping the IFB and the
+/// redirect, and the read after it reports nothing legacy.
+#[test]
+fn htb_layout_of_earlier_versions_is_read_and_rewritten_as_tbf() {
+    private_netns();
+    veth("ppp0", 0);
+    let htb = |dev: &str, rate: &str| {
+        run(&["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10"]);
+        run(&["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", rate, "ceil", rate]);
+        run(&["tc", "qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:", "pfifo", "limit", "16"]);
+    };
+    htb("ppp0", "2mbit");
+    run(&["ip", "link", "add", "pgi-ppp0", "type", "ifb"]);
+    run(&["ip", "link", "set", "pgi-ppp0", "up"]);
+    htb("pgi-ppp0", "1mbit");
+    run(&["tc", "qdisc", "add", "dev", "ppp0", "handle", "ffff:", "ingress"]);
+    run(&[
+        "tc", "filter", "add", "dev", "ppp0", "parent", "ffff:", "protocol", "all", "prio", "1", "handle", "800::800",
+        "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "pgi-ppp0",
+    ]);
+    let ifb_index = || json(&["ip", "-j", "link", "show", "pgi-ppp0"])[0]["ifindex"].as_u64().unwrap();
+    let ifb_before = ifb_index();
+
+    let mut tc = TcNetlink::new().unwrap();
+    let s = Shaping { down_kbit: Some(2_000), up_kbit: Some(1_000) };
+    assert_eq!(tc.read_one("ppp0").unwrap(), s, "the rates it is shaped at");
+    let st = tc.read().unwrap();
+    assert_eq!(st.shaping["ppp0"], s);
+    assert!(st.legacy.contains("ppp0"), "{st:?}");
+
+    tc.set("ppp0", &s).unwrap();
+    assert_eq!(tool_shaping("ppp0"), s, "both directions now TBF at the same rates");
+    assert_eq!(htb_rate("ppp0"), None);
+    assert_eq!(htb_rate("pgi-ppp0"), None);
+    assert_eq!(ifb_index(), ifb_before, "the same IFB");
+    assert_eq!(redirect_target("ppp0").as_deref(), Some("pgi-ppp0"));
+    let st = tc.read().unwrap();
+    assert_eq!(st.shaping["ppp0"], s);
+    assert!(st.legacy.is_empty(), "{st:?}");
+
+    // A legacy session whose shaping goes: clear removes the HTB root too.
+    veth("ppp1", 1);
+    htb("ppp1", "3mbit");
+    assert_eq!(tc.read_one("ppp1").unwrap(), Shaping { down_kbit: Some(3_000), up_kbit: None });
+    tc.clear("ppp1").unwrap();
+    assert!(root_qdisc("ppp1").is_none_or(|q| q["kind"] != "htb"), "{:?}", root_qdisc("ppp1"));
+    assert_eq!(tc.read_one("ppp1").unwrap(), Shaping::default());
 }

@@ -298,7 +298,7 @@ fn speed_change_applies_at_once_in_place() {
     assert_eq!(tool_shaping("ppp0"), shaping(Some(20000), Some(2000)));
     assert_eq!(w.sql(&format!("SELECT rate_down_kbit FROM vpn_connections WHERE id = {a}")), "20000");
     let qdisc_after = root_qdisc("ppp0").unwrap();
-    assert_eq!(qdisc_before["handle"], qdisc_after["handle"], "the class changed in place, same root qdisc");
+    assert_eq!(qdisc_before["handle"], qdisc_after["handle"], "the rate changed in place, same root qdisc");
 
     w.cli.ok(&["connection", "set", &id, "--up-kbit", "none"]);
     assert_eq!(tool_shaping("ppp0"), shaping(Some(20000), None));
@@ -307,7 +307,7 @@ fn speed_change_applies_at_once_in_place() {
 
     w.cli.ok(&["connection", "set", &id, "--down-kbit", "none", "--up-kbit", "3000"]);
     assert_eq!(tool_shaping("ppp0"), shaping(None, Some(3000)));
-    assert_ne!(root_qdisc("ppp0").map(|q| q["kind"].clone()), Some("htb".into()));
+    assert_ne!(root_qdisc("ppp0").map(|q| q["kind"].clone()), Some("tbf".into()));
     assert_eq!(sets("100.64.0.2"), only("full_v4"), "speed changes do not touch membership");
 }
 
@@ -528,8 +528,8 @@ fn drift_is_restored_by_reconcile() {
         ("ifb deleted", || {
             run(&["ip", "link", "del", "pgi-ppp0"]);
         }),
-        ("class rate changed", || {
-            run(&["tc", "class", "change", "dev", "ppp0", "parent", "1:", "classid", "1:10", "htb", "rate", "1mbit"]);
+        ("shaping rate changed", || {
+            run(&["tc", "qdisc", "change", "dev", "ppp0", "root", "handle", "2:", "tbf", "rate", "1mbit", "burst", "4000", "limit", "24000"]);
         }),
         ("route deleted", || {
             run(&["ip", "route", "del", "192.168.50.0/24", "dev", "ppp0"]);
@@ -555,13 +555,45 @@ fn drift_is_restored_by_reconcile() {
         println!("{what}:\n{}", out.stdout);
         assert_eq!((nft_members(), tool_shaping("ppp0"), tool_routes(), tool_rules()), good, "{what}: restored");
     }
-    // (The class cannot be changed once the root qdisc is gone.)
-    for (_, drift) in drifts.iter().filter(|(w, _)| *w != "class rate changed") {
+    // (The rate cannot be changed once the root qdisc is gone.)
+    for (_, drift) in drifts.iter().filter(|(w, _)| *w != "shaping rate changed") {
         drift();
     }
     w.cli.ok(&["reconcile"]);
     assert_eq!((nft_members(), tool_shaping("ppp0"), tool_routes(), tool_rules()), good, "all at once: restored");
     assert_eq!(sets(&s.ip()), only("full_v4"));
+}
+
+/// Upgrade from a version that shaped with HTB: a live session still carries HTB `1:` with
+/// class `1:10` and a pfifo leaf on its interface and its IFB. `session show` reads it at its
+/// rates, one reconcile rewrites it as TBF at the same rates without touching its membership,
+/// and the next reconcile has nothing to do.
+#[test]
+fn reconcile_rewrites_the_htb_layout_of_earlier_versions_as_tbf() {
+    let w = world();
+    let a = w.conn("alice", Some(8000), Some(2000));
+    let s = w.tun("ppp0", a, "100.64.0.2");
+    w.cli.ok(&["reconcile"]);
+    let good = (nft_members(), tool_shaping("ppp0"));
+    assert_eq!(good.1, shaping(Some(8000), Some(2000)));
+    for (dev, rate) in [("ppp0", "8mbit"), ("pgi-ppp0", "2mbit")] {
+        run(&["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "10"]);
+        run(&["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate", rate, "ceil", rate]);
+        run(&["tc", "qdisc", "add", "dev", dev, "parent", "1:10", "handle", "10:", "pfifo", "limit", "16"]);
+    }
+    assert_eq!(htb_rate("ppp0"), Some(8_000_000));
+    assert_eq!(tool_shaping("ppp0"), shaping(None, None), "no TBF left");
+    let show = w.cli.ok(&["--json", "session", "show", &a.to_string()]).json();
+    let k = &show["sessions"][0]["kernel"]["shaping"];
+    assert_eq!((k["down_kbit"].as_u64(), k["up_kbit"].as_u64()), (Some(8000), Some(2000)), "shown at its rates: {show}");
+
+    let out = w.cli.ok(&["reconcile", "--json"]);
+    println!("{}", out.stdout);
+    assert_eq!((nft_members(), tool_shaping("ppp0")), good, "rewritten as TBF at the same rates");
+    assert_eq!((htb_rate("ppp0"), htb_rate("pgi-ppp0")), (None, None));
+    assert_eq!(sets(&s.ip()), only("full_v4"));
+    let plan = w.cli.ok(&["reconcile", "--dry-run"]);
+    assert!(!plan.stdout.contains("tc set"), "converged: {}", plan.stdout);
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //!
 //! Ownership, so reconcile removes only what is ours:
 //! * nftables: the whole table `inet pppgate` (sets per state, chains, rules);
-//! * tc: the root HTB qdisc and the ingress qdisc on session interfaces, and the IFB devices
-//!   named `pgi-<ppp_if>`;
+//! * tc: the root TBF qdisc (and the root HTB of earlier versions) and the ingress qdisc on
+//!   session interfaces, and the IFB devices named `pgi-<ppp_if>`;
 //! * routes and rules: those with protocol [`RTPROT_PPPGATE`].
 
 pub mod links;
@@ -179,9 +179,9 @@ pub trait Nft {
 /// Shaping installed on one session interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Shaping {
-    /// HTB rate on the interface's egress (to the client), kbit/s.
+    /// Shaping rate on the interface's egress (to the client), kbit/s.
     pub down_kbit: Option<u32>,
-    /// HTB rate on the session IFB's egress (from the client), kbit/s.
+    /// Shaping rate on the session IFB's egress (from the client), kbit/s.
     pub up_kbit: Option<u32>,
 }
 
@@ -213,6 +213,10 @@ pub struct TcState {
     pub shaping: BTreeMap<String, Shaping>,
     /// `pgi-*` devices present.
     pub ifbs: BTreeSet<String>,
+    /// Interfaces whose shaping (read with its rates) still has the HTB layout of earlier
+    /// versions: a plan that keeps their shaping rewrites it as TBF (kernel::tc).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub legacy: BTreeSet<String>,
 }
 
 pub trait Tc {

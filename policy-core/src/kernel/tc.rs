@@ -1,31 +1,48 @@
-//! Per-session shaping with HTB, over rtnetlink.
+//! Per-session shaping with TBF, over rtnetlink.
 //!
 //! Why rtnetlink and not `tc -batch`: shaping is installed on the connect path, whose budget is a
 //! few milliseconds. Spawning `tc` costs a process start (~2–5 ms each on the build machine) and a
 //! second one to read the result back; the netlink messages themselves take tens of microseconds.
 //!
 //! What pppgate installs on a session interface `pppN`:
-//! * download (to the client, the interface's egress): root HTB `1:` with default class `1:10`
-//!   (rate = ceil = down), whose leaf is a `pfifo` `10:` sized for the rate;
+//! * download (to the client, the interface's egress): root TBF `2:` at the rate, whose own
+//!   byte-limited fifo (`2:1`, created by the kernel) is sized for the rate;
 //! * upload (from the client, the interface's ingress): an `ingress` qdisc `ffff:` with one u32
 //!   match-all filter (prio 1, handle 800::800) whose mirred action redirects every packet to the
-//!   egress of the IFB device `pgi-pppN`, which carries the same HTB layout with rate = up.
+//!   egress of the IFB device `pgi-pppN`, which carries a root TBF `2:` at rate = up.
+//!
+//! Why a classless TBF and not HTB (the layout of earlier versions: root HTB `1:`, class `1:10`,
+//! pfifo leaf `10:`): every qdisc or class that binds a tc block on a device without hardware
+//! offload joins one kernel-wide list that the kernel walks, under a global mutex, whenever a
+//! block is bound or unbound. HTB bound five blocks per session (qdisc and class on both devices,
+//! the ingress), TBF binds none, so only the ingress is left; at 10,000 sessions that list walk
+//! was most of a connect's lock-held time (docs/ARCHITECTURE.md, "Run 5"). TBF shapes with the
+//! same token bucket (rate, burst, no peak rate: the bucket drains at line speed, as HTB's
+//! burst did with ceil = rate), and its rate is in the qdisc itself, so one qdisc dump reads the
+//! rates of every session.
 //!
 //! The rate specs carry `linklayer ethernet`, which tells the kernel to compute transmit times
-//! itself; no rate table (TCA_HTB_RTAB/CTAB) is sent. Burst and quantum are chosen in
-//! [`htb_params`]. A rate change modifies class `1:10` in place, so the qdisc, its queue and
-//! its counters survive.
+//! itself; no rate table (TCA_TBF_RTAB) is sent. Burst and queue limit are chosen in
+//! [`tbf_params`]. A rate change changes TBF `2:` in place, so the qdisc, its queue and its
+//! counters survive.
 //!
-//! Ownership: the root HTB `1:` and the ingress qdisc on interfaces named `ppp*`, and the links
-//! named `pgi-*`. Nothing else is read as pppgate's or touched.
+//! Upgrades: a session shaped by an earlier version still has the HTB layout. It is read with its
+//! rates (what it is shaped at, for `session show` and `diag`), and reported in
+//! [`TcState::legacy`] so that a plan rewrites it; installing TBF `2:` at the root grafts it in
+//! place of HTB `1:` in one kernel operation, so the session is never unshaped in between.
+//!
+//! Ownership: the root TBF `2:`, the root HTB `1:` (earlier versions) and the ingress qdisc on
+//! interfaces named `ppp*`, and the links named `pgi-*`. Nothing else is read as pppgate's or
+//! touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::links::{
     self, get_link_msg, ifinfomsg, parse_link, Link, IFF_UP, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO,
 };
 use super::netlink::{
-    self, attrs, Answer, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE,
+    self, attrs, Answer, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL,
+    NLM_F_REPLACE,
 };
 use super::{ifb_name, Shaping, Tc, TcState, IFB_PREFIX};
 use crate::error::{Error, Result};
@@ -40,10 +57,11 @@ const RTM_GETTFILTER: u16 = 46;
 
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
+const TCA_TBF_PARMS: u16 = 1;
+const TCA_TBF_RATE64: u16 = 4;
+const TCA_TBF_BURST: u16 = 6;
 const TCA_HTB_PARMS: u16 = 1;
-const TCA_HTB_INIT: u16 = 2;
 const TCA_HTB_RATE64: u16 = 6;
-const TCA_HTB_CEIL64: u16 = 7;
 const TCA_U32_SEL: u16 = 5;
 const TCA_U32_ACT: u16 = 7;
 const TCA_ACT_KIND: u16 = 1;
@@ -53,9 +71,13 @@ const TCA_MIRRED_PARMS: u16 = 2;
 const TC_H_ROOT: u32 = 0xFFFF_FFFF;
 const TC_H_INGRESS: u32 = 0xFFFF_FFF1;
 const INGRESS_HANDLE: u32 = 0xFFFF_0000;
+/// pppgate's root TBF. Not `1:`, the handle of the HTB of earlier versions: a root qdisc of
+/// another kind under the same handle cannot be replaced (the kernel would try to change it),
+/// under a new one it is grafted in its place in one operation.
+const TBF_HANDLE: u32 = 0x0002_0000;
+/// The root HTB `1:` and its class `1:10` of earlier versions (read and replaced on upgrade).
 const HTB_HANDLE: u32 = 0x0001_0000;
 const HTB_CLASS: u32 = 0x0001_0010;
-const LEAF_HANDLE: u32 = 0x0010_0000;
 const FILTER_PRIO: u32 = 1;
 /// u32 knode 800::800: the first node of the root hash table, given explicitly so a repeated
 /// add changes the same filter instead of adding a second one.
@@ -65,38 +87,43 @@ const TC_LINKLAYER_ETHERNET: u8 = 1;
 const TC_U32_TERMINAL: u8 = 1;
 const TC_ACT_STOLEN: i32 = 4;
 const TCA_EGRESS_REDIR: i32 = 1;
-/// `PSCHED_SHIFT`: HTB's buffer is given in 64 ns ticks.
+/// `PSCHED_SHIFT`: TBF's buffer is given in 64 ns ticks.
 const PSCHED_SHIFT: u32 = 6;
+/// Bytes per packet the queue limit is counted in (a full-size packet).
+const QUEUE_PACKET_BYTES: u32 = 1500;
 
-/// Interfaces whose root HTB and ingress qdisc are pppgate's.
+/// Interfaces whose root qdisc and ingress qdisc are pppgate's.
 pub const SESSION_PREFIX: &str = "ppp";
 
-/// HTB parameters for one rate.
+/// TBF parameters for one rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HtbParams {
+pub struct TbfParams {
     pub rate_bytes: u64,
-    /// Bytes the class may send at line speed after idling (burst = cburst).
-    pub burst_bytes: u64,
-    /// DRR quantum; with one class per qdisc it only has to hold one full-size packet.
-    pub quantum: u32,
-    /// Leaf pfifo length in packets.
+    /// Bucket size: bytes the qdisc may send at line speed after idling.
+    pub burst_bytes: u32,
+    /// Queue length in packets (what the limit is sized from).
     pub queue_packets: u32,
+    /// Limit of TBF's fifo in bytes (`queue_packets` full-size packets).
+    pub limit_bytes: u32,
 }
 
-/// Burst: 10 ms worth of the rate plus one MTU-sized packet. The kernel's HTB timer fires late
-/// by up to a scheduler tick under load; a burst shorter than that makes the class lose
+/// Burst: 10 ms worth of the rate plus one MTU-sized packet. The kernel's qdisc watchdog fires
+/// late by up to a scheduler tick under load; a burst shorter than that makes the shaper lose
 /// sending opportunities and run below its rate, a much longer one lets TCP overshoot after
-/// every idle period. Queue: ~100 ms at the rate, at least 16 packets so a slow class still
-/// absorbs a TCP window's burst (a PPP device's own txqueuelen is 3, far too short). Not more:
-/// measured over real L2TP in the lab (one TCP flow, 6 s), a 32- or 100-packet tail-drop queue
-/// at 1–2 Mbit/s let TCP run into loss bursts and recoveries that cost up to 21% of the rate in
-/// some runs, while 8 and 16 packets stayed at the payload ratio (−4%) in every run.
-pub fn htb_params(kbit: u32) -> HtbParams {
+/// every idle period (and TBF drops a packet larger than the bucket; 1,600 bytes hold any
+/// packet of a PPP link). Queue: ~100 ms at the rate, at least 16 full-size packets so a slow
+/// session still absorbs a TCP window's burst (a PPP device's own txqueuelen is 3, far too
+/// short). Not more: measured over real L2TP in the lab (one TCP flow, 6 s), a 32- or
+/// 100-packet tail-drop queue at 1–2 Mbit/s let TCP run into loss bursts and recoveries that
+/// cost up to 21% of the rate in some runs, while 8 and 16 packets stayed at the payload ratio
+/// (−4%) in every run. These are the values the HTB layout of earlier versions used (its leaf
+/// pfifo counted the same 16 packets); TBF's fifo counts bytes, so the limit is that many
+/// full-size packets (small packets, e.g. ACKs, fit more).
+pub fn tbf_params(kbit: u32) -> TbfParams {
     let rate_bytes = u64::from(kbit.max(1)) * 125;
-    let burst_bytes = rate_bytes / 100 + 1600;
-    let quantum = (rate_bytes / 10).clamp(1600, 200_000) as u32;
+    let burst_bytes = (rate_bytes / 100 + 1600).min(u64::from(u32::MAX)) as u32;
     let queue_packets = (rate_bytes / 10 / 1500).clamp(16, 5000) as u32;
-    HtbParams { rate_bytes, burst_bytes, quantum, queue_packets }
+    TbfParams { rate_bytes, burst_bytes, queue_packets, limit_bytes: queue_packets * QUEUE_PACKET_BYTES }
 }
 
 fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> [u8; 20] {
@@ -116,51 +143,32 @@ fn ratespec(rate_bytes: u64) -> [u8; 12] {
     b
 }
 
-fn htb_opt(p: &HtbParams) -> Vec<u8> {
-    let ticks = (p.burst_bytes.saturating_mul(1_000_000_000) / p.rate_bytes.max(1)) >> PSCHED_SHIFT;
+/// `struct tc_tbf_qopt`: rate, peak rate (none), limit, buffer (ticks), mtu (peak rate only).
+fn tbf_qopt(p: &TbfParams) -> Vec<u8> {
+    let ticks = (u64::from(p.burst_bytes).saturating_mul(1_000_000_000) / p.rate_bytes.max(1)) >> PSCHED_SHIFT;
     let ticks = ticks.min(u64::from(u32::MAX)) as u32;
-    let mut b = Vec::with_capacity(44);
+    let mut b = Vec::with_capacity(36);
     b.extend_from_slice(&ratespec(p.rate_bytes));
-    b.extend_from_slice(&ratespec(p.rate_bytes));
+    b.extend_from_slice(&[0u8; 12]); // no peak rate
+    b.extend_from_slice(&p.limit_bytes.to_ne_bytes());
     b.extend_from_slice(&ticks.to_ne_bytes()); // buffer
-    b.extend_from_slice(&ticks.to_ne_bytes()); // cbuffer
-    b.extend_from_slice(&p.quantum.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes()); // level
-    b.extend_from_slice(&0u32.to_ne_bytes()); // prio
+    b.extend_from_slice(&0u32.to_ne_bytes()); // mtu
     b
 }
 
-fn root_htb_msg(ifindex: u32) -> MsgBuilder {
-    let mut glob = Vec::with_capacity(20);
-    for v in [3u32, 10, HTB_CLASS & 0xFFFF, 0, 0] {
-        // version 3, rate2quantum (unused: quantum is explicit), default class 0x10
-        glob.extend_from_slice(&v.to_ne_bytes());
-    }
-    MsgBuilder::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE)
-        .bytes(&tcmsg(ifindex, HTB_HANDLE, TC_H_ROOT, 0))
-        .attr_str(TCA_KIND, "htb")
+/// Root TBF `2:` on `ifindex`: created, changed in place when it is there, or grafted in place
+/// of whatever root qdisc the device has (the HTB of earlier versions too).
+fn root_tbf_msg(ifindex: u32, p: &TbfParams) -> MsgBuilder {
+    let mut m = MsgBuilder::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE)
+        .bytes(&tcmsg(ifindex, TBF_HANDLE, TC_H_ROOT, 0))
+        .attr_str(TCA_KIND, "tbf")
         .nest_start(TCA_OPTIONS)
-        .attr(TCA_HTB_INIT, &glob)
-        .nest_end()
-}
-
-fn class_msg(ifindex: u32, p: &HtbParams) -> MsgBuilder {
-    let mut m = MsgBuilder::new(RTM_NEWTCLASS, NLM_F_CREATE)
-        .bytes(&tcmsg(ifindex, HTB_CLASS, HTB_HANDLE, 0))
-        .attr_str(TCA_KIND, "htb")
-        .nest_start(TCA_OPTIONS)
-        .attr(TCA_HTB_PARMS, &htb_opt(p));
+        .attr(TCA_TBF_PARMS, &tbf_qopt(p))
+        .attr(TCA_TBF_BURST, &p.burst_bytes.to_ne_bytes());
     if p.rate_bytes > u64::from(u32::MAX) {
-        m = m.attr(TCA_HTB_RATE64, &p.rate_bytes.to_ne_bytes()).attr(TCA_HTB_CEIL64, &p.rate_bytes.to_ne_bytes());
+        m = m.attr(TCA_TBF_RATE64, &p.rate_bytes.to_ne_bytes());
     }
     m.nest_end()
-}
-
-fn leaf_msg(ifindex: u32, p: &HtbParams) -> MsgBuilder {
-    MsgBuilder::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE)
-        .bytes(&tcmsg(ifindex, LEAF_HANDLE, HTB_CLASS, 0))
-        .attr_str(TCA_KIND, "pfifo")
-        .attr(TCA_OPTIONS, &p.queue_packets.to_ne_bytes())
 }
 
 fn ingress_msg(ifindex: u32) -> MsgBuilder {
@@ -232,12 +240,89 @@ fn answer_msgs(op: &str, a: Answer) -> Result<Vec<(u16, Vec<u8>)>> {
     }
 }
 
-/// (handle, kind) of a qdisc reply.
-fn parse_qdisc(msgs: &[(u16, Vec<u8>)]) -> Option<(u32, String)> {
-    let (_, p) = msgs.iter().find(|(ty, _)| *ty == RTM_NEWQDISC)?;
+/// One qdisc as the kernel reports it.
+#[derive(Debug)]
+struct QdiscMsg {
+    ifindex: u32,
+    handle: u32,
+    parent: u32,
+    kind: String,
+    /// The rate (bytes/s) of a TBF.
+    tbf_rate: Option<u64>,
+}
+
+fn parse_qdisc_msg(p: &[u8]) -> Option<QdiscMsg> {
+    let ifindex = i32::from_ne_bytes(p.get(4..8)?.try_into().ok()?) as u32;
     let handle = u32::from_ne_bytes(p.get(8..12)?.try_into().ok()?);
-    let kind = attrs(p.get(20..)?).find(|(t, _)| *t == TCA_KIND).map(|(_, d)| netlink::attr_str(d))?;
-    Some((handle, kind))
+    let parent = u32::from_ne_bytes(p.get(12..16)?.try_into().ok()?);
+    let body = p.get(20..)?;
+    let kind = attrs(body).find(|(t, _)| *t == TCA_KIND).map(|(_, d)| netlink::attr_str(d))?;
+    let mut tbf_rate = None;
+    if kind == "tbf" {
+        if let Some((_, opts)) = attrs(body).find(|(t, _)| *t == TCA_OPTIONS) {
+            let mut rate = None;
+            let mut rate64 = None;
+            for (t, d) in attrs(opts) {
+                match t {
+                    TCA_TBF_PARMS => rate = d.get(8..12).map(|b| u64::from(u32::from_ne_bytes(b.try_into().unwrap()))),
+                    TCA_TBF_RATE64 => rate64 = netlink::attr_u64(d),
+                    _ => {}
+                }
+            }
+            tbf_rate = rate64.or(rate);
+        }
+    }
+    Some(QdiscMsg { ifindex, handle, parent, kind, tbf_rate })
+}
+
+/// The first qdisc of a get's reply.
+fn parse_qdisc(msgs: &[(u16, Vec<u8>)]) -> Option<QdiscMsg> {
+    msgs.iter().filter(|(ty, _)| *ty == RTM_NEWQDISC).find_map(|(_, p)| parse_qdisc_msg(p))
+}
+
+/// The shaper at a device's root, as far as it is pppgate's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Root {
+    /// No root qdisc of pppgate's (none, or someone else's).
+    #[default]
+    Foreign,
+    /// TBF `2:` at this rate (bytes/s): the layout pppgate installs.
+    Tbf(u64),
+    /// HTB `1:` of earlier versions, with the rate of its class `1:10` (`None`: no such class,
+    /// or not read yet).
+    Htb(Option<u64>),
+}
+
+impl Root {
+    /// What a root qdisc is to pppgate.
+    fn of(q: &QdiscMsg) -> Root {
+        match (q.kind.as_str(), q.handle, q.tbf_rate) {
+            ("tbf", TBF_HANDLE, Some(rate)) => Root::Tbf(rate),
+            ("htb", HTB_HANDLE, _) => Root::Htb(None),
+            _ => Root::Foreign,
+        }
+    }
+
+    /// The rate it shapes at, bytes/s.
+    pub fn rate(self) -> Option<u64> {
+        match self {
+            Root::Tbf(r) => Some(r),
+            Root::Htb(r) => r,
+            Root::Foreign => None,
+        }
+    }
+
+    fn handle(self) -> Option<u32> {
+        match self {
+            Root::Tbf(_) => Some(TBF_HANDLE),
+            Root::Htb(_) => Some(HTB_HANDLE),
+            Root::Foreign => None,
+        }
+    }
+
+    fn is_htb(self) -> bool {
+        matches!(self, Root::Htb(_))
+    }
 }
 
 /// The rate (bytes/s) of an HTB class reply.
@@ -293,34 +378,32 @@ fn kbit_of(rate_bytes: u64) -> u32 {
 /// What one interface (and its IFB) carries now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Installed {
-    /// Root qdisc is pppgate's HTB `1:`.
-    pub root_htb: bool,
-    /// Rate of class 1:10 on the interface, bytes/s.
-    pub down_rate: Option<u64>,
+    /// The interface's root shaper (download).
+    pub root: Root,
     pub ingress: bool,
     /// Where the ingress filter redirects to.
     pub redirect_to: Option<u32>,
     pub ifb: Option<Link>,
-    pub ifb_root_htb: bool,
-    pub ifb_rate: Option<u64>,
+    /// The IFB's root shaper (upload).
+    pub ifb_root: Root,
 }
 
 impl Installed {
     /// The shaping in effect: a direction counts only when every piece of it is in place.
     pub fn shaping(&self) -> Shaping {
-        let down_kbit = if self.root_htb { self.down_rate.map(kbit_of) } else { None };
+        let down_kbit = self.root.rate().map(kbit_of);
         let up_kbit = match &self.ifb {
-            Some(ifb)
-                if self.ingress
-                    && self.redirect_to == Some(ifb.index)
-                    && ifb.flags & IFF_UP != 0
-                    && self.ifb_root_htb =>
-            {
-                self.ifb_rate.map(kbit_of)
+            Some(ifb) if self.ingress && self.redirect_to == Some(ifb.index) && ifb.flags & IFF_UP != 0 => {
+                self.ifb_root.rate().map(kbit_of)
             }
             _ => None,
         };
         Shaping { down_kbit, up_kbit }
+    }
+
+    /// Whether either direction still has the HTB layout of earlier versions.
+    pub fn legacy(&self) -> bool {
+        self.root.is_htb() || self.ifb_root.is_htb()
     }
 }
 
@@ -362,12 +445,10 @@ impl TcNetlink {
         let mut reqs = Vec::new();
         for (idx, ifb) in items {
             reqs.push(get_qdisc_msg(*idx, TC_H_ROOT));
-            reqs.push(get_class_msg(*idx));
             reqs.push(get_qdisc_msg(*idx, TC_H_INGRESS));
             reqs.push(get_filter_msg(*idx));
             if let Some(ifb) = ifb {
                 reqs.push(get_qdisc_msg(ifb.index, TC_H_ROOT));
-                reqs.push(get_class_msg(ifb.index));
             }
         }
         let mut answers = Vec::with_capacity(reqs.len());
@@ -380,26 +461,46 @@ impl TcNetlink {
         let mut next = || answer_msgs("read tc", answers.next().expect("one answer per request"));
         let mut out = Vec::with_capacity(items.len());
         for (_, ifb) in items {
-            let root = parse_qdisc(&next()?);
-            let class = parse_htb_class(&next()?);
+            let root = parse_qdisc(&next()?).map(|q| Root::of(&q)).unwrap_or_default();
             let ingress = parse_qdisc(&next()?);
             let filter = parse_redirect(&next()?);
             let mut inst = Installed {
-                root_htb: root.as_ref().is_some_and(|(h, k)| *h == HTB_HANDLE && k == "htb"),
-                down_rate: class,
-                ingress: ingress.is_some_and(|(_, k)| k == "ingress"),
+                root,
+                ingress: ingress.is_some_and(|q| q.kind == "ingress"),
                 redirect_to: filter,
                 ifb: ifb.clone(),
                 ..Default::default()
             };
             if ifb.is_some() {
-                let r = parse_qdisc(&next()?);
-                inst.ifb_root_htb = r.is_some_and(|(h, k)| h == HTB_HANDLE && k == "htb");
-                inst.ifb_rate = parse_htb_class(&next()?);
+                inst.ifb_root = parse_qdisc(&next()?).map(|q| Root::of(&q)).unwrap_or_default();
             }
             out.push(inst);
         }
+        self.read_htb_rates(items.iter().map(|(idx, ifb)| (*idx, ifb.as_ref().map(|l| l.index))).zip(out.iter_mut()))?;
         Ok(out)
+    }
+
+    /// The class rates of the HTB layout of earlier versions, where a root is HTB `1:` (one class
+    /// get each; none on a box without such sessions).
+    fn read_htb_rates<'a>(&mut self, items: impl Iterator<Item = ((u32, Option<u32>), &'a mut Installed)>) -> Result<()> {
+        let mut wants: Vec<(&'a mut Root, u32)> = Vec::new();
+        for ((idx, ifb), inst) in items {
+            if inst.root.is_htb() {
+                wants.push((&mut inst.root, idx));
+            }
+            if let (Some(ifb), true) = (ifb, inst.ifb_root.is_htb()) {
+                wants.push((&mut inst.ifb_root, ifb));
+            }
+        }
+        let mut wants = wants.into_iter().peekable();
+        while wants.peek().is_some() {
+            let round: Vec<(&mut Root, u32)> = wants.by_ref().take(GETS_PER_ROUND).collect();
+            let msgs = round.iter().map(|(_, idx)| get_class_msg(*idx)).collect();
+            for ((root, _), answer) in round.into_iter().zip(self.sock.transact("read htb class", msgs)?) {
+                *root = Root::Htb(parse_htb_class(&answer_msgs("read htb class", answer)?));
+            }
+        }
+        Ok(())
     }
 
     /// What is installed on `ifname` now (`None`: no such interface), with its IFB.
@@ -416,17 +517,10 @@ impl TcNetlink {
         Ok(Some((dev.index, inst)))
     }
 
-    /// Installs HTB `1:` / `1:10` / pfifo `10:` at `kbit` on `ifindex`, changing the class in
-    /// place when the qdisc is already there.
-    fn install_htb(&mut self, ifindex: u32, root_present: bool, kbit: u32) -> Result<()> {
-        let p = htb_params(kbit);
-        let mut msgs = Vec::with_capacity(3);
-        if !root_present {
-            msgs.push(root_htb_msg(ifindex));
-        }
-        msgs.push(class_msg(ifindex, &p));
-        msgs.push(leaf_msg(ifindex, &p));
-        self.batch("install htb", msgs)
+    /// Installs TBF `2:` at `kbit` as `ifindex`'s root: changes it in place when it is there,
+    /// replaces any other root qdisc (the HTB of earlier versions) in one operation otherwise.
+    fn install_tbf(&mut self, ifindex: u32, kbit: u32) -> Result<()> {
+        self.batch("install tbf", vec![root_tbf_msg(ifindex, &tbf_params(kbit))])
     }
 
     /// Sends messages in one datagram with acks (rtnetlink runs them in order).
@@ -545,16 +639,15 @@ fn first_error(errors: Vec<Error>) -> Result<()> {
 }
 
 impl Tc for TcNetlink {
-    /// Without dumping every qdisc or every link: the session interfaces are named by their
-    /// IPv4 addresses (one small address dump), the IFBs come from a link dump the kernel
-    /// filters to kind `ifb`, and each session interface is asked for exactly what counts — its
-    /// HTB class `1:10` (present only under our root HTB `1:`, and carrying the rate) and its
-    /// ingress redirect filter (present only on an ingress qdisc, and naming the IFB) — and each
-    /// IFB for its class. A qdisc dump sends five messages per shaped session and a full link
-    /// dump every device's per-family configuration; together they were most of this read with
-    /// 10,000 sessions. An interface without an IPv4 address is no session interface and is not
-    /// read (pppd adds the address before any policy is applied, and a ppp interface that lost
-    /// it is on its way out, taking its qdiscs along).
+    /// Without a full link dump: the session interfaces are named by their IPv4 addresses (one
+    /// small address dump), the IFBs come from a link dump the kernel filters to kind `ifb`, and
+    /// one qdisc dump gives every root qdisc with its rate (TBF carries it in the qdisc; the
+    /// dump sends two messages per shaped session, the roots, plus the ingress qdisc). Only the
+    /// ingress redirect filter, which names the IFB, is asked per session that has an ingress
+    /// qdisc (the kernel dumps filters per device only), and a class get per HTB root of
+    /// earlier versions. An interface without an IPv4 address is no session interface and is
+    /// not read (pppd adds the address before any policy is applied, and a ppp interface that
+    /// lost it is on its way out, taking its qdiscs along).
     fn read(&mut self) -> Result<TcState> {
         let strict = self.sock.strict();
         let dumped =
@@ -572,55 +665,55 @@ impl Tc for TcNetlink {
             .filter(|l| l.name.starts_with(SESSION_PREFIX))
             .map(|l| (l.name, l.index))
             .collect();
+        let mut roots: HashMap<u32, Root> = HashMap::new();
+        let mut ingress: HashSet<u32> = HashSet::new();
+        let dump = MsgBuilder::new(RTM_GETQDISC, NLM_F_DUMP).bytes(&tcmsg(0, 0, 0, 0));
+        for (ty, p) in self.sock.dump("dump qdiscs", dump)? {
+            let Some(q) = (ty == RTM_NEWQDISC).then(|| parse_qdisc_msg(&p)).flatten() else { continue };
+            if q.parent == TC_H_ROOT {
+                roots.insert(q.ifindex, Root::of(&q));
+            } else if q.parent == TC_H_INGRESS && q.kind == "ingress" {
+                ingress.insert(q.ifindex);
+            }
+        }
         let mut items: Vec<(String, Installed)> = sessions
             .iter()
-            .map(|(name, _)| {
+            .map(|(name, idx)| {
                 let ifb = ifb_for(name).and_then(|n| ifbs.get(&n).cloned());
-                (name.clone(), Installed { ifb, ..Default::default() })
+                let ifb_root = ifb.as_ref().and_then(|l| roots.get(&l.index)).copied().unwrap_or_default();
+                let inst = Installed {
+                    root: roots.get(idx).copied().unwrap_or_default(),
+                    ingress: ingress.contains(idx),
+                    ifb,
+                    ifb_root,
+                    ..Default::default()
+                };
+                (name.clone(), inst)
             })
             .collect();
-        #[derive(Clone, Copy)]
-        enum Ask {
-            Class(usize),
-            Filter(usize),
-            IfbClass(usize),
-        }
-        let mut asks: Vec<(Ask, MsgBuilder)> = Vec::new();
-        for (i, (_, idx)) in sessions.iter().enumerate() {
-            asks.push((Ask::Class(i), get_class_msg(*idx)));
-            asks.push((Ask::Filter(i), get_filter_msg(*idx)));
-            if let Some(ifb) = &items[i].1.ifb {
-                asks.push((Ask::IfbClass(i), get_class_msg(ifb.index)));
-            }
-        }
+        let asks: Vec<(usize, MsgBuilder)> = sessions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| items[*i].1.ingress)
+            .map(|(i, (_, idx))| (i, get_filter_msg(*idx)))
+            .collect();
         let mut asks = asks.into_iter().peekable();
         while asks.peek().is_some() {
-            let round: Vec<(Ask, MsgBuilder)> = asks.by_ref().take(GETS_PER_ROUND).collect();
-            let (tags, msgs): (Vec<Ask>, Vec<MsgBuilder>) = round.into_iter().unzip();
-            for (tag, answer) in tags.into_iter().zip(self.sock.transact("read tc", msgs)?) {
-                let m = answer_msgs("read tc", answer)?;
-                match tag {
-                    Ask::Class(i) => {
-                        let inst = &mut items[i].1;
-                        inst.down_rate = parse_htb_class(&m);
-                        inst.root_htb = inst.down_rate.is_some();
-                    }
-                    Ask::Filter(i) => {
-                        let inst = &mut items[i].1;
-                        inst.redirect_to = parse_redirect(&m);
-                        inst.ingress = !m.is_empty();
-                    }
-                    Ask::IfbClass(i) => {
-                        let inst = &mut items[i].1;
-                        inst.ifb_rate = parse_htb_class(&m);
-                        inst.ifb_root_htb = inst.ifb_rate.is_some();
-                    }
-                }
+            let round: Vec<(usize, MsgBuilder)> = asks.by_ref().take(GETS_PER_ROUND).collect();
+            let (tags, msgs): (Vec<usize>, Vec<MsgBuilder>) = round.into_iter().unzip();
+            for (i, answer) in tags.into_iter().zip(self.sock.transact("read tc", msgs)?) {
+                items[i].1.redirect_to = parse_redirect(&answer_msgs("read tc", answer)?);
             }
         }
+        let indices = sessions.iter().map(|(_, idx)| *idx);
+        let ifb_indices: Vec<Option<u32>> = items.iter().map(|(_, i)| i.ifb.as_ref().map(|l| l.index)).collect();
+        self.read_htb_rates(indices.zip(ifb_indices).zip(items.iter_mut().map(|(_, i)| i)))?;
         let mut state = TcState { ifbs: ifbs.keys().cloned().collect(), ..Default::default() };
         for (name, inst) in items {
             let s = inst.shaping();
+            if inst.legacy() {
+                state.legacy.insert(name.clone());
+            }
             if s != Shaping::default() {
                 state.shaping.insert(name, s);
             }
@@ -641,21 +734,22 @@ impl Tc for TcNetlink {
         };
         let now = inst.shaping();
         match shaping.down_kbit {
-            Some(k) if now.down_kbit == Some(k) => {}
-            Some(k) => self.install_htb(idx, inst.root_htb, k)?,
-            None if inst.root_htb => {
-                let m = del_qdisc_msg(idx, HTB_HANDLE, TC_H_ROOT);
-                self.request_tolerant("delete root qdisc", m, &[libc::ENOENT, libc::EINVAL])?;
+            // The same rate in the HTB layout of earlier versions is rewritten as TBF.
+            Some(k) if now.down_kbit == Some(k) && !inst.root.is_htb() => {}
+            Some(k) => self.install_tbf(idx, k)?,
+            None => {
+                if let Some(handle) = inst.root.handle() {
+                    let m = del_qdisc_msg(idx, handle, TC_H_ROOT);
+                    self.request_tolerant("delete root qdisc", m, &[libc::ENOENT, libc::EINVAL])?;
+                }
             }
-            None => {}
         }
         match shaping.up_kbit {
-            Some(k) if now.up_kbit == Some(k) => {}
+            Some(k) if now.up_kbit == Some(k) && !inst.ifb_root.is_htb() => {}
             Some(k) => {
                 let name = ifb_for(ifname).expect("checked above");
                 let ifb = self.ensure_ifb(&name, inst.ifb.clone())?;
-                let ifb_root = inst.ifb.as_ref().is_some_and(|l| l.index == ifb.index) && inst.ifb_root_htb;
-                self.install_htb(ifb.index, ifb_root, k)?;
+                self.install_tbf(ifb.index, k)?;
                 let mut msgs = Vec::new();
                 if !inst.ingress {
                     msgs.push(ingress_msg(idx));
@@ -680,8 +774,8 @@ impl Tc for TcNetlink {
         let mut errors = Vec::new();
         match self.inspect(ifname)? {
             Some((idx, inst)) => {
-                if inst.root_htb {
-                    let m = del_qdisc_msg(idx, HTB_HANDLE, TC_H_ROOT);
+                if let Some(handle) = inst.root.handle() {
+                    let m = del_qdisc_msg(idx, handle, TC_H_ROOT);
                     if let Err(e) =
                         self.request_tolerant("delete root qdisc", m, &[libc::ENOENT, libc::EINVAL, libc::ENODEV])
                     {
@@ -719,30 +813,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn htb_params_scale_with_rate() {
-        let p = htb_params(1000);
+    fn tbf_params_scale_with_rate() {
+        let p = tbf_params(1000);
         assert_eq!(p.rate_bytes, 125_000);
         assert_eq!(p.burst_bytes, 1250 + 1600);
-        assert_eq!(p.quantum, 12_500);
         assert_eq!(p.queue_packets, 16);
-        let p = htb_params(100_000);
+        assert_eq!(p.limit_bytes, 16 * 1500);
+        let p = tbf_params(100_000);
         assert_eq!(p.burst_bytes, 125_000 + 1600);
-        assert_eq!(p.quantum, 200_000);
         assert_eq!(p.queue_packets, 833);
-        let p = htb_params(1);
-        assert_eq!(p.quantum, 1600);
+        assert_eq!(p.limit_bytes, 833 * 1500);
     }
 
     #[test]
-    fn htb_opt_layout() {
-        let p = htb_params(8000);
-        let b = htb_opt(&p);
-        assert_eq!(b.len(), 44);
+    fn tbf_qopt_layout() {
+        let p = tbf_params(8000);
+        let b = tbf_qopt(&p);
+        assert_eq!(b.len(), 36);
         assert_eq!(b[1], TC_LINKLAYER_ETHERNET);
         assert_eq!(u32::from_ne_bytes(b[8..12].try_into().unwrap()), 1_000_000);
-        assert_eq!(u32::from_ne_bytes(b[20..24].try_into().unwrap()), 1_000_000);
+        assert_eq!(&b[12..24], &[0u8; 12], "no peak rate");
+        assert_eq!(u32::from_ne_bytes(b[24..28].try_into().unwrap()), 80 * 1500);
         // buffer: 11600 bytes at 1 MB/s = 11.6 ms = 181250 ticks of 64 ns
-        assert_eq!(u32::from_ne_bytes(b[24..28].try_into().unwrap()), 181_250);
+        assert_eq!(u32::from_ne_bytes(b[28..32].try_into().unwrap()), 181_250);
+    }
+
+    #[test]
+    fn roots_are_ours_by_kind_and_handle() {
+        let q = |kind: &str, handle, tbf_rate| QdiscMsg { ifindex: 1, handle, parent: TC_H_ROOT, kind: kind.into(), tbf_rate };
+        assert_eq!(Root::of(&q("tbf", TBF_HANDLE, Some(5))), Root::Tbf(5));
+        assert_eq!(Root::of(&q("tbf", 0x0003_0000, Some(5))), Root::Foreign);
+        assert_eq!(Root::of(&q("htb", HTB_HANDLE, None)), Root::Htb(None));
+        assert_eq!(Root::of(&q("htb", 0x0005_0000, None)), Root::Foreign);
+        assert_eq!(Root::of(&q("fq_codel", 0, None)), Root::Foreign);
     }
 
     #[test]

@@ -368,7 +368,8 @@ fn plan_shaping(desired: &Desired, actual: &KernelView, scope: &Scope) -> Vec<Op
     }
     let desired_ifs: BTreeSet<&str> = desired.sessions.iter().map(|s| s.ifname.as_str()).collect();
     for (ifname, shaping) in &want_tc {
-        if actual.tc.shaping.get(*ifname) != Some(shaping) {
+        // Shaping in the HTB layout of earlier versions is rewritten even at the same rates.
+        if actual.tc.shaping.get(*ifname) != Some(shaping) || actual.tc.legacy.contains(*ifname) {
             tc_ops.push(Op::TcSet { ifname: ifname.to_string(), shaping: *shaping });
         }
     }
@@ -573,6 +574,7 @@ mod tests {
                 Op::RuleDel { rule } => v.rules.retain(|r| r != rule),
                 Op::TcSet { ifname, shaping } => {
                     v.tc.shaping.insert(ifname.clone(), *shaping);
+                    v.tc.legacy.remove(ifname);
                     if shaping.up_kbit.is_some() {
                         v.tc.ifbs.insert(ifb_name(ifname));
                     } else {
@@ -581,6 +583,7 @@ mod tests {
                 }
                 Op::TcClear { ifname } => {
                     v.tc.shaping.remove(ifname);
+                    v.tc.legacy.remove(ifname);
                     v.tc.ifbs.remove(&ifb_name(ifname));
                 }
                 Op::IfbRemove { ifb } => {

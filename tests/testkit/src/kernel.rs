@@ -207,7 +207,18 @@ pub fn redirect_target(dev: &str) -> Option<String> {
     })
 }
 
-/// The rate (bit/s) of pppgate's HTB class 1:10 under root HTB 1: on `dev`.
+/// The rate (bit/s) of pppgate's root TBF `2:` on `dev`.
+pub fn tbf_rate(dev: &str) -> Option<u64> {
+    let root = root_qdisc(dev)?;
+    if root["kind"] != "tbf" || root["handle"] != "2:" {
+        return None;
+    }
+    // `tc -j` prints TBF's rate in bytes/s.
+    root["options"]["rate"].as_u64().map(|b| b * 8)
+}
+
+/// The rate (bit/s) of class 1:10 under a root HTB 1: on `dev` (pppgate's layout before TBF, or
+/// a foreign one).
 pub fn htb_rate(dev: &str) -> Option<u64> {
     let root = root_qdisc(dev)?;
     if root["kind"] != "htb" || root["handle"] != "1:" {
@@ -231,12 +242,12 @@ pub fn ifb_up(name: &str) -> bool {
 }
 
 /// What the tools say is installed on `dev`, as a Shaping (upload counts only when the ingress
-/// redirect points at `pgi-<dev>`, which is up and carries the HTB).
+/// redirect points at `pgi-<dev>`, which is up and carries the TBF).
 pub fn tool_shaping(dev: &str) -> Shaping {
-    let down_kbit = htb_rate(dev).map(|b| (b / 1000) as u32);
+    let down_kbit = tbf_rate(dev).map(|b| (b / 1000) as u32);
     let ifb = format!("pgi-{dev}");
     let up_kbit = if has_ingress(dev) && redirect_target(dev).as_deref() == Some(ifb.as_str()) && ifb_up(&ifb) {
-        htb_rate(&ifb).map(|b| (b / 1000) as u32)
+        tbf_rate(&ifb).map(|b| (b / 1000) as u32)
     } else {
         None
     };
@@ -372,8 +383,8 @@ pub fn leftovers(ifname: &str, ip: &str) -> Vec<String> {
     }
     if link_names().iter().any(|n| n == ifname) {
         if let Some(q) = root_qdisc(ifname) {
-            if q["kind"] == "htb" {
-                found.push(format!("root htb on {ifname}"));
+            if q["kind"] == "tbf" || q["kind"] == "htb" {
+                found.push(format!("root {} on {ifname}", q["kind"].as_str().unwrap_or("")));
             }
         }
         if has_ingress(ifname) {
