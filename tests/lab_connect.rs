@@ -248,7 +248,7 @@ fn every_case_ran() {
 }
 
 /// ip-up (R106, R109): mapping with all five keys, and the policy read back from the kernel: FULL set
-/// membership with the gate gone, HTB download rate on the session interface, ingress redirect
+/// membership with the gate gone, TBF download rate on the session interface, ingress redirect
 /// to an IFB carrying the upload rate, the per-user route, the policy-routing rule and its
 /// table, loose rp_filter; the plugin's own line names the same.
 #[test]
@@ -291,15 +291,15 @@ fn ipup_maps_the_session_and_applies_the_whole_policy() {
 
     let k = kernel(run, "ipup-up");
     assert_eq!(k.sets_of(ip), vec!["full_v4".to_string()], "set membership of {ip}");
-    assert!(k.has_root_htb(&ifname), "no root HTB 1: on {ifname}: {:?}", k.qdiscs_of(&ifname));
-    assert_eq!(k.htb_rate_kbit(&ifname), Some(2000), "download class rate on {ifname}");
+    assert!(k.has_root_tbf(&ifname), "no root TBF 2: on {ifname}: {:?}", k.qdiscs_of(&ifname));
+    assert_eq!(k.tbf_rate_kbit(&ifname), Some(2000), "download rate on {ifname}");
     let ifb = format!("pgi-{ifname}");
     assert!(k.has_ingress(&ifname), "no ingress qdisc on {ifname}");
     assert_eq!(k.redirect_target(&ifname).as_deref(), Some(ifb.as_str()), "ingress redirect of {ifname}");
     assert_eq!(k.link_kind(&ifb).as_deref(), Some("ifb"));
     assert!(k.link_up(&ifb), "{ifb} is down");
-    assert!(k.has_root_htb(&ifb));
-    assert_eq!(k.htb_rate_kbit(&ifb), Some(1000), "upload class rate on {ifb}");
+    assert!(k.has_root_tbf(&ifb));
+    assert_eq!(k.tbf_rate_kbit(&ifb), Some(1000), "upload rate on {ifb}");
     assert!(
         k.pppgate_routes()
             .iter()
@@ -330,7 +330,7 @@ fn ipup_maps_the_session_and_applies_the_whole_policy() {
 }
 
 /// No unpoliced packet during a normal connect, counted at the far side: every datagram that
-/// arrived in inet carries the client's address, went through the upload IFB's HTB (so it was
+/// arrived in inet carries the client's address, went through the upload IFB's TBF (so it was
 /// forwarded only after the shaping existed), and once datagrams pass they keep passing — a gap
 /// would mean some passed before the gate held them back (what the first session after boot did
 /// before the plugin created the table ahead of the network phase).
@@ -363,8 +363,8 @@ fn ipup_lets_no_packet_through_before_the_policy() {
 
     let k = kernel(run, "ipup-up");
     let ifb = format!("pgi-{ifname}");
-    let shaped = k.htb_sent_pkts(&ifb).unwrap_or_else(|| panic!("no HTB class counters on {ifb}"));
-    println!("ipup: {shaped} packets went through {ifb}'s HTB; {} datagrams arrived", rx.len());
+    let shaped = k.tbf_sent_pkts(&ifb).unwrap_or_else(|| panic!("no TBF counters on {ifb}"));
+    println!("ipup: {shaped} packets went through {ifb}'s TBF; {} datagrams arrived", rx.len());
     assert!(
         shaped as usize >= rx.len(),
         "{} datagrams arrived but only {shaped} went through the upload shaping",
@@ -465,7 +465,7 @@ fn a_held_lock_keeps_the_session_gated_until_it_is_released() {
     assert!(kg.link_names().contains(&ifname.to_string()), "{ifname} is not there while gated");
     assert_eq!(kg.sets_of(ip), vec!["connect_pending_v4".to_string()], "while the lock is held");
     assert!(
-        !kg.has_root_htb(ifname) && !kg.has_ingress(ifname),
+        !kg.has_root_shaper(ifname) && !kg.has_ingress(ifname),
         "shaping before the apply: {:?}",
         kg.qdiscs_of(ifname)
     );
@@ -494,8 +494,8 @@ fn a_held_lock_keeps_the_session_gated_until_it_is_released() {
     assert_eq!(assert_mapped(&a, "alice", alice), (ifname.to_string(), ip));
     let ka = kernel(run, "lockrel-after");
     assert_eq!(ka.sets_of(ip), vec!["full_v4".to_string()]);
-    assert_eq!(ka.htb_rate_kbit(ifname), Some(2000));
-    assert_eq!(ka.htb_rate_kbit(&format!("pgi-{ifname}")), Some(1000));
+    assert_eq!(ka.tbf_rate_kbit(ifname), Some(2000));
+    assert_eq!(ka.tbf_rate_kbit(&format!("pgi-{ifname}")), Some(1000));
     let applied = applied_lines(&a.lns_log);
     assert_eq!(applied.len(), 1, "{:#?}", a.plugin_log_lines());
     let attempts: u32 = applied[0]["attempts"].parse().unwrap();
@@ -619,7 +619,7 @@ fn a_panel_change_applies_at_once_and_the_rates_follow() {
     let ifb = format!("pgi-{ifname}");
     let k0 = kernel(run, "panel-unshaped");
     assert!(
-        !k0.has_root_htb(&ifname) && !k0.has_ingress(&ifname),
+        !k0.has_root_shaper(&ifname) && !k0.has_ingress(&ifname),
         "shaping without rates: {:?}",
         k0.qdiscs_of(&ifname)
     );
@@ -627,8 +627,8 @@ fn a_panel_change_applies_at_once_and_the_rates_follow() {
         let k = kernel(run, snap);
         let down = f.expect_i64(&format!("panel.set{n}_down_kbit"));
         let up = f.expect_i64(&format!("panel.set{n}_up_kbit"));
-        assert_eq!(k.htb_rate_kbit(&ifname), Some(down as u64), "{snap}: download class rate");
-        assert_eq!(k.htb_rate_kbit(&ifb), Some(up as u64), "{snap}: upload class rate");
+        assert_eq!(k.tbf_rate_kbit(&ifname), Some(down as u64), "{snap}: download rate");
+        assert_eq!(k.tbf_rate_kbit(&ifb), Some(up as u64), "{snap}: upload rate");
         assert_eq!(k.redirect_target(&ifname).as_deref(), Some(ifb.as_str()));
         assert_rate(&format!("set{n} download"), kbit(&format!("down{n}")), down);
         assert_rate(&format!("set{n} upload"), kbit(&format!("up{n}")), up);

@@ -53,7 +53,7 @@ fn check_mode(mode: &str) {
     let ip = f.expect(&k("client_ip")).to_string();
     assert_eq!(f.expect(&k("full")), "yes");
     assert_eq!(f.expect(&k("pending_after")), "no");
-    assert_eq!(f.expect(&k("qdisc")), "htb");
+    assert_eq!(f.expect(&k("qdisc")), "tbf");
     assert_eq!(f.expect(&k("radacct_ip")), ip, "radius.so's accounting row");
 
     // The connect path over IPsec: the same checks as lab_connect's ipup case.

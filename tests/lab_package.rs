@@ -60,19 +60,19 @@ fn package_installs_upgrades_with_a_live_session_removes_and_purges() {
 
     // Upgrade with a live session: same pppd, same policy, config kept, timers running.
     assert_eq!(f.expect("upgrade.version"), UPGRADE_VERSION);
-    assert_eq!(f.expect("upgrade.before"), "full htb");
-    assert_eq!(f.expect("upgrade.after"), "full htb", "the upgrade changed the live session's policy");
+    assert_eq!(f.expect("upgrade.before"), "full tbf");
+    assert_eq!(f.expect("upgrade.after"), "full tbf", "the upgrade changed the live session's policy");
     assert_eq!(f.expect("upgrade.pppd_alive"), "yes");
     assert_eq!(f.expect("upgrade.mapping"), "present");
     assert_eq!(f.expect("upgrade.config_kept"), "1", "the administrator's configuration was replaced");
-    assert_eq!(f.expect("upgrade.new_session"), "full htb");
+    assert_eq!(f.expect("upgrade.new_session"), "full tbf");
 
     // Remove with a live session: policy stays, timers stop, and the script says so.
     assert_eq!(f.expect("remove.said"), "1");
     assert_eq!(f.expect("remove.binary"), "gone");
     assert_eq!(f.expect("remove.config"), "kept");
     assert_eq!(f.expect("remove.pppd_alive"), "yes");
-    assert_eq!(f.expect("remove.policy"), "full htb", "remove took a live session's policy away");
+    assert_eq!(f.expect("remove.policy"), "full tbf", "remove took a live session's policy away");
     assert_eq!(f.expect("remove.timers"), "stopped");
     assert_eq!(f.expect("remove.table"), "kept");
 

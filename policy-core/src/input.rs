@@ -12,7 +12,7 @@ use crate::config::parse_ipv4_net;
 use crate::error::{Error, Result};
 use crate::policy::model::Status;
 
-/// The smallest speed limit HTB can hold to (kbit/s); the largest is `policy.max_rate_kbit`.
+/// The smallest speed limit the shaper (TBF) holds to (kbit/s); the largest is `policy.max_rate_kbit`.
 pub const MIN_RATE_KBIT: u32 = 8;
 /// Highest `ip rule` priority pppgate uses (32766 is the main table's own rule).
 pub const MAX_RULE_PRIORITY: u32 = 32765;

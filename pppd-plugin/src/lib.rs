@@ -13,7 +13,7 @@
 //! 2. **ip-up**: the interface's counters (accounting baseline), the authenticated peer name looked
 //!    up in `vpn_connections` (one typed query), the session mapping
 //!    `/run/vpn-sessions/<ppp_if>.env` written atomically, then this session's policy applied under
-//!    the single-writer lock (nftables state sets, HTB shaping with its upload IFB, routes, policy
+//!    the single-writer lock (nftables state sets, TBF shaping with its upload IFB, routes, policy
 //!    rules), verified by reading the kernel back; the gate goes in the same nft transaction that
 //!    opens the session. A busy lock is retried from pppd timers within a window from SQL
 //!    `settings` (fallback from the config, cap 15 s). Anything failing ends the link through pppd

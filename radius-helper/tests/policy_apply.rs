@@ -529,7 +529,10 @@ fn drift_is_restored_by_reconcile() {
             run(&["ip", "link", "del", "pgi-ppp0"]);
         }),
         ("shaping rate changed", || {
-            run(&["tc", "qdisc", "change", "dev", "ppp0", "root", "handle", "2:", "tbf", "rate", "1mbit", "burst", "4000", "limit", "24000"]);
+            run(&[
+                "tc", "qdisc", "change", "dev", "ppp0", "root", "handle", "2:", "tbf", "rate", "1mbit", "burst",
+                "4000", "limit", "24000",
+            ]);
         }),
         ("route deleted", || {
             run(&["ip", "route", "del", "192.168.50.0/24", "dev", "ppp0"]);
@@ -585,7 +588,11 @@ fn reconcile_rewrites_the_htb_layout_of_earlier_versions_as_tbf() {
     assert_eq!(tool_shaping("ppp0"), shaping(None, None), "no TBF left");
     let show = w.cli.ok(&["--json", "session", "show", &a.to_string()]).json();
     let k = &show["sessions"][0]["kernel"]["shaping"];
-    assert_eq!((k["down_kbit"].as_u64(), k["up_kbit"].as_u64()), (Some(8000), Some(2000)), "shown at its rates: {show}");
+    assert_eq!(
+        (k["down_kbit"].as_u64(), k["up_kbit"].as_u64()),
+        (Some(8000), Some(2000)),
+        "shown at its rates: {show}"
+    );
 
     let out = w.cli.ok(&["reconcile", "--json"]);
     println!("{}", out.stdout);

@@ -41,8 +41,7 @@ use super::links::{
     self, get_link_msg, ifinfomsg, parse_link, Link, IFF_UP, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO,
 };
 use super::netlink::{
-    self, attrs, Answer, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL,
-    NLM_F_REPLACE,
+    self, attrs, Answer, Family, MsgBuilder, Socket, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE,
 };
 use super::{ifb_name, Shaping, Tc, TcState, IFB_PREFIX};
 use crate::error::{Error, Result};
@@ -482,7 +481,10 @@ impl TcNetlink {
 
     /// The class rates of the HTB layout of earlier versions, where a root is HTB `1:` (one class
     /// get each; none on a box without such sessions).
-    fn read_htb_rates<'a>(&mut self, items: impl Iterator<Item = ((u32, Option<u32>), &'a mut Installed)>) -> Result<()> {
+    fn read_htb_rates<'a>(
+        &mut self,
+        items: impl Iterator<Item = ((u32, Option<u32>), &'a mut Installed)>,
+    ) -> Result<()> {
         let mut wants: Vec<(&'a mut Root, u32)> = Vec::new();
         for ((idx, ifb), inst) in items {
             if inst.root.is_htb() {
@@ -840,7 +842,13 @@ mod tests {
 
     #[test]
     fn roots_are_ours_by_kind_and_handle() {
-        let q = |kind: &str, handle, tbf_rate| QdiscMsg { ifindex: 1, handle, parent: TC_H_ROOT, kind: kind.into(), tbf_rate };
+        let q = |kind: &str, handle, tbf_rate| QdiscMsg {
+            ifindex: 1,
+            handle,
+            parent: TC_H_ROOT,
+            kind: kind.into(),
+            tbf_rate,
+        };
         assert_eq!(Root::of(&q("tbf", TBF_HANDLE, Some(5))), Root::Tbf(5));
         assert_eq!(Root::of(&q("tbf", 0x0003_0000, Some(5))), Root::Foreign);
         assert_eq!(Root::of(&q("htb", HTB_HANDLE, None)), Root::Htb(None));

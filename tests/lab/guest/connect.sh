@@ -313,7 +313,8 @@ pppgate_counters() {
 # ksnap NAME: srv's nft ruleset, shaping, links, routes, rules and forwarding sysctls, the names
 # in the sessions directory and the LNS pppd log of the current case into /out/snap/NAME/kernel/
 # (cheaper than `snap`, which adds addresses, processes, mappings and the database).
-# Classes are text: iproute2 6.1 prints HTB classes as text even with -j.
+# Classes are text: iproute2 6.1 prints HTB classes as text even with -j (pppgate's TBF is
+# classless: its rate is in qdisc.json).
 ksnap() {
   local d="$LAB_OUT/snap/$1/kernel" dev
   mkdir -p "$d"

@@ -95,7 +95,7 @@ upgrade_case() {
   client_wait_up alice 90
   local pid before
   pid=$(client_get alice lns_pid)
-  wait_for 20 "alice's policy" test "$(policy_of alice)" = "full htb"
+  wait_for 20 "alice's policy" test "$(policy_of alice)" = "full tbf"
   before=$(policy_of alice)
   fact upgrade.before "$before"
   timed upgrade "${APT[@]}" "$LAB_DEB_UPGRADE" > "$LAB_OUT/logs/apt-upgrade.log" 2>&1 ||
@@ -113,7 +113,7 @@ upgrade_case() {
   client_add bob bob pw-bob
   client_connect bob
   client_wait_up bob 90
-  wait_for 20 "bob's policy" test "$(policy_of bob)" = "full htb"
+  wait_for 20 "bob's policy" test "$(policy_of bob)" = "full tbf"
   fact upgrade.new_session "$(policy_of bob)"
 }
 
@@ -121,7 +121,7 @@ remove_case() {
   client_add alice alice pw-alice
   client_connect alice
   client_wait_up alice 90
-  wait_for 20 "alice's policy" test "$(policy_of alice)" = "full htb"
+  wait_for 20 "alice's policy" test "$(policy_of alice)" = "full tbf"
   local pid
   pid=$(client_get alice lns_pid)
   timed remove apt-get remove -y -q pppgate > "$LAB_OUT/logs/apt-remove.log" 2>&1 ||

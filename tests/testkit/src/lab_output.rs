@@ -1,7 +1,7 @@
 //! Reading what `tests/lab/guest/connect.sh` leaves next to lib.sh's snapshots, for
 //! tests/lab_connect.rs and benches/lab_connect_path.rs: srv's kernel state
 //! (`snap/<name>/kernel/`: `nft -j` ruleset with sets and counters, `ip -j` links, routes, rules,
-//! `tc -j` qdiscs and filters, HTB classes as text, forwarding sysctls, the sessions directory's
+//! `tc -j` qdiscs and filters, tc classes as text, forwarding sysctls, the sessions directory's
 //! names, the case's LNS pppd log), the UDP probe's logs (`traffic/`), and the plugin's
 //! `key=value` log lines. Everything here reads raw
 //! kernel output; nothing asks pppgate.
@@ -131,8 +131,18 @@ impl Kernel {
             .map(|q| (q["kind"].as_str().unwrap_or("").to_string(), q["handle"].as_str().unwrap_or("").to_string()))
     }
 
-    pub fn has_root_htb(&self, dev: &str) -> bool {
-        self.root_qdisc(dev) == Some(("htb".into(), "1:".into()))
+    /// pppgate's root TBF `2:` on `dev`.
+    fn root_tbf(&self, dev: &str) -> Option<&Value> {
+        self.qdiscs_of(dev).into_iter().find(|q| q["root"] == true && q["kind"] == "tbf" && q["handle"] == "2:")
+    }
+
+    pub fn has_root_tbf(&self, dev: &str) -> bool {
+        self.root_tbf(dev).is_some()
+    }
+
+    /// Whether `dev`'s root qdisc is pppgate's TBF or the HTB `1:` of earlier versions.
+    pub fn has_root_shaper(&self, dev: &str) -> bool {
+        self.has_root_tbf(dev) || self.root_qdisc(dev) == Some(("htb".into(), "1:".into()))
     }
 
     pub fn has_ingress(&self, dev: &str) -> bool {
@@ -149,26 +159,14 @@ impl Kernel {
         })
     }
 
-    fn class_1_10(&self, dev: &str) -> Option<&str> {
-        let text = self.classes.get(dev)?;
-        let start = text.find("class htb 1:10 ")?;
-        Some(&text[start..])
+    /// The rate of pppgate's root TBF on `dev`, in kbit/s (`tc -j` prints TBF's rate in bytes/s).
+    pub fn tbf_rate_kbit(&self, dev: &str) -> Option<u64> {
+        self.root_tbf(dev)?["options"]["rate"].as_u64().map(|b| b * 8 / 1000)
     }
 
-    /// The rate of HTB class 1:10 on `dev`, in kbit/s (parsed from `tc class show` text).
-    pub fn htb_rate_kbit(&self, dev: &str) -> Option<u64> {
-        let c = self.class_1_10(dev)?;
-        let rate = c.split_whitespace().skip_while(|w| *w != "rate").nth(1)?;
-        parse_tc_rate_kbit(rate)
-    }
-
-    /// Packets HTB class 1:10 on `dev` sent (`Sent B bytes N pkt`).
-    pub fn htb_sent_pkts(&self, dev: &str) -> Option<u64> {
-        let c = self.class_1_10(dev)?;
-        let w: Vec<&str> = c.split_whitespace().collect();
-        let i = w.iter().position(|x| *x == "Sent")?;
-        (w.get(i + 2) == Some(&"bytes") && w.get(i + 4).is_some_and(|p| p.starts_with("pkt"))).then_some(())?;
-        w.get(i + 3)?.parse().ok()
+    /// Packets pppgate's root TBF on `dev` sent (`tc -s`).
+    pub fn tbf_sent_pkts(&self, dev: &str) -> Option<u64> {
+        self.root_tbf(dev)?["packets"].as_u64()
     }
 
     /// Routes with protocol 77 (pppgate's).

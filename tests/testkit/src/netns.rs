@@ -243,7 +243,7 @@ pub fn hold_lock(path: &std::path::Path) -> Bg {
 }
 
 /// Turns off segmentation offload on a device so packets are wire-sized, as on a real PPP link
-/// (HTB would otherwise meter 64 KiB TSO super-packets). `prefix` runs it elsewhere, e.g.
+/// (the shaper would otherwise meter 64 KiB TSO super-packets). `prefix` runs it elsewhere, e.g.
 /// `["ip", "netns", "exec", ns]`.
 pub fn no_gso(prefix: &[&str], dev: &str) {
     let mut v: Vec<&str> = prefix.to_vec();
