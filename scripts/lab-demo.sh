@@ -3,7 +3,7 @@
 # read-only over 9p), connects a user over real L2TP through pppgate.so while another process
 # holds the apply lock (her address waits in the connect gate, nothing applied), releases it
 # (the policy lands, then the gate goes), shows the applied policy read back from the kernel
-# (nft state, HTB rates both ways, route, policy routing, mapping), measures the speed with a TCP
+# (nft state, TBF rates both ways, route, policy routing, mapping), measures the speed with a TCP
 # transfer, doubles it from the "panel" and measures again, hangs up (everything gone), and shows
 # a refused user. Run as root on Debian 12: installs what it needs (scripts/install-deps.sh),
 # builds the release artifacts, then boots the lab. A few minutes the first time, ~2 min after.
