@@ -696,6 +696,26 @@ mod tests {
     }
 
     #[test]
+    fn shaping_in_the_htb_layout_of_earlier_versions_is_rewritten_once() {
+        let s = sess(1, |_| {});
+        let desired = Desired { sessions: vec![s.clone()], subnet_pbr: vec![] };
+        let mut start = converge(&desired, &gated(s.member()), &Scope::All);
+        start.tc.legacy.insert("ppp1".into());
+        let p = plan(&desired, &start, &Scope::All);
+        assert_eq!(p.describe(), vec!["tc set ppp1 down 8000kbit up 2000kbit"], "same rates, rewritten");
+        let after = converge(&desired, &start, &Scope::All);
+        assert!(after.tc.legacy.is_empty());
+        assert!(plan(&desired, &after, &Scope::All).is_empty());
+        // A legacy session whose shaping is no longer wanted is cleared.
+        let unlimited = sess(1, |f| {
+            f.rate_down_kbit = None;
+            f.rate_up_kbit = None
+        });
+        let p = plan(&Desired { sessions: vec![unlimited], subnet_pbr: vec![] }, &start, &Scope::All);
+        assert_eq!(p.describe(), vec!["tc clear ppp1"]);
+    }
+
+    #[test]
     fn reconcile_removes_state_of_gone_sessions_only_in_scope_all() {
         let a = sess(1, |_| {});
         let b = sess(2, |f| f.pbr = vec![pbr()]);
