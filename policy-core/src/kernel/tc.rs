@@ -835,7 +835,11 @@ mod tests {
         assert_eq!(b[1], TC_LINKLAYER_ETHERNET);
         assert_eq!(u32::from_ne_bytes(b[8..12].try_into().unwrap()), 1_000_000);
         assert_eq!(&b[12..24], &[0u8; 12], "no peak rate");
-        assert_eq!(u32::from_ne_bytes(b[24..28].try_into().unwrap()), 80 * 1500);
+        assert_eq!(
+            u32::from_ne_bytes(b[24..28].try_into().unwrap()),
+            66 * 1500,
+            "100 ms at 1 MB/s: 66 full-size packets"
+        );
         // buffer: 11600 bytes at 1 MB/s = 11.6 ms = 181250 ticks of 64 ns
         assert_eq!(u32::from_ne_bytes(b[28..32].try_into().unwrap()), 181_250);
     }
