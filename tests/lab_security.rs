@@ -173,10 +173,53 @@ fn eight_simultaneous_first_connects_without_the_table_all_come_up_policed() {
     let run = run();
     case_ok(run, "first8");
     println!("case first8 {} ms", num(run, "first8.wall_ms"));
+    println!(
+        "first8: up {} alive {} policed {} ended {}; slowest policy {} ms after ip-up, {} attempts, SQL {} ms",
+        num(run, "first8.up"),
+        num(run, "first8.alive"),
+        num(run, "first8.policed"),
+        num(run, "first8.ended"),
+        run.facts.expect("first8.max_gate_released_ms"),
+        run.facts.expect("first8.max_attempts"),
+        run.facts.expect("first8.max_sql_ms"),
+    );
+    let why = run.facts.expect("first8.why");
+    if !why.is_empty() {
+        println!("first8: sessions ended: {why}");
+    }
+    let all_well = ["up", "alive", "policed"].iter().all(|k| num(run, &format!("first8.{k}")) == 8)
+        && num(run, "first8.ended") == 0;
+    if !all_well {
+        // CI keeps no run directory: the case's own log and what the LNS's pppds said during it
+        // go into the test's output.
+        print_tail(&run.dir.join("cases/first8.log"), 40);
+        print_matching(&run.dir.join("logs/pppd-lns.log"), "first1", &["pppgate:", "Terminat", "hangup", "LCP"], 80);
+    }
     assert_eq!(num(run, "first8.up"), 8);
     assert_eq!(num(run, "first8.alive"), 8);
     assert_eq!(num(run, "first8.policed"), 8);
     assert_eq!(num(run, "first8.ended"), 0);
     println!("first8: sent {} datagrams, {} arrived", num(run, "first8.sent"), num(run, "first8.recv"));
     assert_eq!(num(run, "first8.recv"), 0, "unpoliced packets");
+}
+
+fn print_tail(path: &std::path::Path, n: usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    println!("--- last {n} lines of {}", path.display());
+    for l in &lines[lines.len().saturating_sub(n)..] {
+        println!("{l}");
+    }
+}
+
+/// The lines of `path` from the first one containing `from` on that contain any of `words`,
+/// at most the last `n` of them.
+fn print_matching(path: &std::path::Path, from: &str, words: &[&str], n: usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
+    let hits: Vec<&str> =
+        text.lines().skip_while(|l| !l.contains(from)).filter(|l| words.iter().any(|w| l.contains(w))).collect();
+    println!("--- {} lines of {} from the first {from:?}", hits.len().min(n), path.display());
+    for l in &hits[hits.len().saturating_sub(n)..] {
+        println!("{l}");
+    }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use postgres::types::Type;
-use postgres::Client;
+use postgres::{Client, SimpleQueryMessage};
 
 use crate::config::APPLY_WINDOW_CAP;
 use crate::error::{Error, Result};
@@ -15,6 +15,24 @@ pub fn get(client: &mut Client, key: &str) -> Result<Option<String>> {
         .query_typed("SELECT value FROM settings WHERE key = $1", &[(&key, Type::TEXT)])
         .map_err(Error::from_sql)?;
     Ok(rows.first().map(|r| r.get(0)))
+}
+
+/// The apply window as SQL has it, read on a connection that is already open — the connect
+/// path's own, right after its lookup, so that a login flood does not pay a second connect for
+/// it (R111) — with the statement bounded by `timeout`. `SET LOCAL` inside one transaction, one
+/// round trip: the bound ends with it, also behind a transaction-pooling pooler. `Ok(None)` when
+/// the setting is absent or does not parse; an error when it could not be read within `timeout`.
+pub fn apply_window_on(client: &mut Client, timeout: Duration) -> Result<Option<Duration>> {
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
+    let sql = format!(
+        "BEGIN; SET LOCAL statement_timeout = {ms}; SELECT value FROM settings WHERE key = '{APPLY_WINDOW_KEY}'; COMMIT"
+    );
+    let messages = client.simple_query(&sql).map_err(Error::from_sql)?;
+    let value = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    Ok(value.and_then(|v| parse_apply_window(&v)))
 }
 
 pub fn set(client: &mut Client, key: &str, value: &str) -> Result<()> {

@@ -221,13 +221,28 @@ case_first8() {
   done
   nap 3
   for i in 1 2 3 4 5 6 7 8; do
-    if cget "first$i" lns_pid && pid_alive "$V"; then alive=$((alive + 1)); fi
+    if cget "first$i" lns_pid && pid_alive "$V"; then
+      alive=$((alive + 1))
+    else
+      log "first$i: the LNS pppd ($V) is gone; its events: $(grep -h "pid=$V\$" "$LAB_TMP/lns-events.log" 2> /dev/null \
+        | paste -sd '|' - || true)"
+    fi
     if cget "first$i" client_ip && nft_member blocked_v4 "$V"; then policed=$((policed + 1)); fi
   done
   fact first8.up "$up"
   fact first8.alive "$alive"
   fact first8.policed "$policed"
   fact first8.ended "$(lns_log_since "$CASE_LOG_MARK" | grep -c 'ending session' || true)"
+  # Why a session ended, and how long the slowest one waited for its policy: one line each, so
+  # that a failure on a slower machine says its cause in the test's own output.
+  fact first8.why "$(lns_log_since "$CASE_LOG_MARK" | grep 'ending session' | sed 's/^.*ending session //' \
+    | tr -d '\r' | paste -sd '|' - || true)"
+  fact first8.max_attempts "$(lns_log_since "$CASE_LOG_MARK" | grep -o 'attempts=[0-9]*' | cut -d= -f2 \
+    | sort -n | tail -1 || true)"
+  fact first8.max_gate_released_ms "$(lns_log_since "$CASE_LOG_MARK" | grep -o 'gate_released_us=[0-9]*' \
+    | cut -d= -f2 | sort -n | tail -1 | awk '{ printf "%d", $1 / 1000 }' || true)"
+  fact first8.max_sql_ms "$(lns_log_since "$CASE_LOG_MARK" | grep -o 'sql_us=[0-9]*' \
+    | cut -d= -f2 | sort -n | tail -1 | awk '{ printf "%d", $1 / 1000 }' || true)"
   ksnap first8
   traffic_stop first8
 }
