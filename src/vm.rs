@@ -574,7 +574,8 @@ fn write_env(
     fs::write(&p, text).map_err(LabError::io("cannot write lab.env", &p))
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a file (a note saying why when it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
     match fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);

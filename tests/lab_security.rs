@@ -192,7 +192,8 @@ fn eight_simultaneous_first_connects_without_the_table_all_come_up_policed() {
     if !all_well {
         // CI keeps no run directory: the case's own log and what the LNS's pppds said during it
         // go into the test's output.
-        print_tail(&run.dir.join("cases/first8.log"), 40);
+        let case_log = run.dir.join("cases/first8.log");
+        println!("--- last 40 lines of {}\n{}", case_log.display(), pppgate_lab::vm::tail(&case_log, 40));
         print_matching(&run.dir.join("logs/pppd-lns.log"), "first1", &["pppgate:", "Terminat", "hangup", "LCP"], 80);
     }
     assert_eq!(num(run, "first8.up"), 8);
@@ -201,15 +202,6 @@ fn eight_simultaneous_first_connects_without_the_table_all_come_up_policed() {
     assert_eq!(num(run, "first8.ended"), 0);
     println!("first8: sent {} datagrams, {} arrived", num(run, "first8.sent"), num(run, "first8.recv"));
     assert_eq!(num(run, "first8.recv"), 0, "unpoliced packets");
-}
-
-fn print_tail(path: &std::path::Path, n: usize) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()));
-    let lines: Vec<&str> = text.lines().collect();
-    println!("--- last {n} lines of {}", path.display());
-    for l in &lines[lines.len().saturating_sub(n)..] {
-        println!("{l}");
-    }
 }
 
 /// The lines of `path` from the first one containing `from` on that contain any of `words`,

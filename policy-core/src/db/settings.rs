@@ -1,21 +1,13 @@
-//! The `settings` table (key/value), read by the connect path with a tight timeout.
+//! The `settings` table (key/value): the apply window, read by the connect path with a tight timeout.
 
 use std::time::Duration;
 
-use postgres::types::Type;
 use postgres::{Client, SimpleQueryMessage};
 
 use crate::config::APPLY_WINDOW_CAP;
 use crate::error::{Error, Result};
 
 pub const APPLY_WINDOW_KEY: &str = "connect_apply_window_s";
-
-pub fn get(client: &mut Client, key: &str) -> Result<Option<String>> {
-    let rows = client
-        .query_typed("SELECT value FROM settings WHERE key = $1", &[(&key, Type::TEXT)])
-        .map_err(Error::from_sql)?;
-    Ok(rows.first().map(|r| r.get(0)))
-}
 
 /// The apply window as SQL has it, read on a connection that is already open — the connect
 /// path's own, right after its lookup, so that a login flood does not pay a second connect for

@@ -232,17 +232,18 @@ case_first8() {
   fact first8.up "$up"
   fact first8.alive "$alive"
   fact first8.policed "$policed"
-  fact first8.ended "$(lns_log_since "$CASE_LOG_MARK" | grep -c 'ending session' || true)"
+  local since
+  since=$(lns_log_since "$CASE_LOG_MARK")
+  fact first8.ended "$(grep -c 'ending session' <<< "$since" || true)"
   # Why a session ended, and how long the slowest one waited for its policy: one line each, so
   # that a failure on a slower machine says its cause in the test's own output.
-  fact first8.why "$(lns_log_since "$CASE_LOG_MARK" | grep 'ending session' | sed 's/^.*ending session //' \
-    | tr -d '\r' | paste -sd '|' - || true)"
-  fact first8.max_attempts "$(lns_log_since "$CASE_LOG_MARK" | grep -o 'attempts=[0-9]*' | cut -d= -f2 \
-    | sort -n | tail -1 || true)"
-  fact first8.max_gate_released_ms "$(lns_log_since "$CASE_LOG_MARK" | grep -o 'gate_released_us=[0-9]*' \
-    | cut -d= -f2 | sort -n | tail -1 | awk '{ printf "%d", $1 / 1000 }' || true)"
-  fact first8.max_sql_ms "$(lns_log_since "$CASE_LOG_MARK" | grep -o 'sql_us=[0-9]*' \
-    | cut -d= -f2 | sort -n | tail -1 | awk '{ printf "%d", $1 / 1000 }' || true)"
+  fact first8.why "$(grep 'ending session' <<< "$since" | sed 's/^.*ending session //' | tr -d '\r' \
+    | paste -sd '|' - || true)"
+  fact first8.max_attempts "$(grep -o 'attempts=[0-9]*' <<< "$since" | cut -d= -f2 | sort -n | tail -1 || true)"
+  fact first8.max_gate_released_ms "$(grep -o 'gate_released_us=[0-9]*' <<< "$since" | cut -d= -f2 \
+    | sort -n | tail -1 | awk '{ printf "%d", $1 / 1000 }' || true)"
+  fact first8.max_sql_ms "$(grep -o 'sql_us=[0-9]*' <<< "$since" | cut -d= -f2 | sort -n | tail -1 \
+    | awk '{ printf "%d", $1 / 1000 }' || true)"
   ksnap first8
   traffic_stop first8
 }
