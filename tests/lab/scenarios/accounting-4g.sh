@@ -51,11 +51,18 @@ iperf() {
   log "$dir: $got bytes in $(( NOW - t0 )) ms"
 }
 
-ip netns exec srv iperf3 -s -D -B "$PPP_LOCAL" -p 5201 --logfile "$LAB_TMP/iperf3-server.log" || die "cannot start iperf3 in srv"
-
 client_add alice alice pw-alice
 client_connect alice
 client_wait_up alice 60
+
+# The server binds the LNS's PPP address, which exists only once the link is up; -D hides a
+# failed bind in its log, so wait for the listener.
+ip netns exec srv iperf3 -s -D -B "$PPP_LOCAL" -p 5201 --logfile "$LAB_TMP/iperf3-server.log" || die "cannot start iperf3 in srv"
+for _ in $(seq 50); do
+  ip netns exec srv ss -Hltn "sport = :5201" | grep -q . && break
+  sleep 0.1
+done
+ip netns exec srv ss -Hltn "sport = :5201" | grep -q . || die "iperf3 in srv does not listen: $(cat "$LAB_TMP/iperf3-server.log")"
 ifname=$(client_get alice lns_if)
 f=/run/vpn-sessions/$ifname.env
 fact big.base "$(sed -n 's/^RX_BASE=//p' "$f") $(sed -n 's/^TX_BASE=//p' "$f")"
