@@ -14,6 +14,8 @@
 //!   plugin, and open database connections (pg_stat_activity) while sessions idle.
 //! * PostgreSQL's side of the plugin's sql phase, from its own log (statement durations, session
 //!   time from backend start to exit).
+//! * storm: BENCH_STORM (20; `PPPGATE_BENCH_STORM`, 0 skips it) clients dial at once, directly
+//!   and through pgbouncer: how many come up, stay up, are policed, and each connect's lock wait.
 //!
 //! Run (root; after `cargo build --release --workspace`):
 //! `cargo bench --bench lab_connect_path` — 50 connects each (`PPPGATE_BENCH_CONNECTS` overrides).
@@ -105,8 +107,10 @@ fn postgres_side(log: &str) -> (Vec<u64>, Vec<u64>) {
 
 fn main() {
     let n = connects();
-    let opts =
-        LabOptions::default().timeout(Duration::from_secs(600 + 20 * n as u64)).env("BENCH_CONNECTS", &n.to_string());
+    let opts = LabOptions::default()
+        .timeout(Duration::from_secs(1200 + 20 * n as u64))
+        .env("BENCH_CONNECTS", &n.to_string())
+        .env("BENCH_STORM", &std::env::var("PPPGATE_BENCH_STORM").unwrap_or_else(|_| "20".into()));
     let run = Lab::run("connect-bench", &opts).unwrap_or_else(|e| panic!("the connect-bench lab run failed: {e}"));
     let f = &run.facts;
     let mut out = String::new();
@@ -166,6 +170,56 @@ fn main() {
         let _ = writeln!(out, "pppgate.so through pgbouncer: not run ({})", f.expect("bench.pooled"));
         None
     };
+    // The storms: every client dials at once.
+    let storm: usize = f.expect("bench.storm").parse().expect("bench.storm");
+    if storm > 0 {
+        let window = f.expect("bench.storm_window");
+        let _ = writeln!(
+            out,
+            "storm: {storm} real L2TP clients of as many FULL connections (shaped both ways) dial at once; apply window {}:",
+            if window == "unset" { "the fallback (no settings row)".to_string() } else { format!("{window} s (settings)") }
+        );
+        for tag in ["direct", "pooled"] {
+            let Some(up) = f.get(&format!("storm.{tag}.up")) else { continue };
+            let g = |k: &str| f.expect(&format!("storm.{tag}.{k}"));
+            let _ = writeln!(
+                out,
+                "  {tag}: {up} of {storm} up, {} alive, {} policed, {} ended by the plugin{}; all up {} ms after the first dial",
+                g("alive"),
+                g("policed"),
+                g("ended"),
+                match g("why") {
+                    "" => String::new(),
+                    w => format!(" ({w})"),
+                },
+                g("all_up_ms"),
+            );
+            let applied = applied_lines(&run.read(&format!("logs/storm-{tag}-lns.log")));
+            if applied.is_empty() {
+                continue;
+            }
+            let field = |k: &str| -> Vec<u64> {
+                applied.iter().map(|a| a[k].parse().unwrap_or_else(|_| panic!("{k} in {a:?}"))).collect()
+            };
+            let waited: Vec<u64> = applied
+                .iter()
+                .map(|a| {
+                    let n = |k: &str| a[k].parse::<u64>().unwrap_or(0);
+                    n("gate_released_us").saturating_sub(n("sql_us") + n("mapping_us") + n("apply_us"))
+                })
+                .collect();
+            line(&mut out, "  gate_released", &stats(field("gate_released_us")));
+            line(&mut out, "    sql (connect + lookup)", &stats(field("sql_us")));
+            line(&mut out, "    waiting for the lock", &stats(waited));
+            line(&mut out, "    apply (lock held)", &stats(field("apply_us")));
+            let _ = writeln!(
+                out,
+                "    most apply attempts of one connect: {}",
+                field("attempts").into_iter().max().unwrap_or(0)
+            );
+        }
+    }
+
     // The shell hook.
     let _ = writeln!(
         out,

@@ -85,32 +85,6 @@ fn median_timings(v: &[Timings]) -> Timings {
     }
 }
 
-/// SQL rows for farm sessions `from..=to` (connection id = session number).
-fn farm_rows(pg: &PgServer, from: usize, to: usize) {
-    pg.psql(&format!(
-        "INSERT INTO vpn_connections (id, subaccount_login, status, rate_down_kbit, rate_up_kbit, expires_at, manual_block)
-         SELECT g, 'bench' || g, 'CLAIMED', 8000 + (g % 10) * 1000, 2000,
-                CASE WHEN g % 20 = 1 THEN now() - interval '1 day' END, g % 50 = 0
-         FROM generate_series({from}, {to}) g;
-         INSERT INTO vpn_routes (connection_id, destination)
-         SELECT g, ('10.' || (100 + (g >> 8)) || '.' || (g & 255) || '.0/24')::cidr
-         FROM generate_series({from}, {to}) g WHERE g % 10 = 0;
-         INSERT INTO pbr_rules (name, connection_id, table_id, next_hop, dev, priority)
-         SELECT 'bench' || g, g, 100, '10.100.0.40', 'wg0', 1000
-         FROM generate_series({from}, {to}) g WHERE g % 100 = 7;
-         SELECT setval('vpn_connections_id_seq', greatest(1000000, (SELECT max(id) FROM vpn_connections)));"
-    ));
-}
-
-fn reconcile_in_process(cfg: &Config) -> (Timings, usize) {
-    let mut k = Netlink::new().expect("netlink");
-    let _l = Lock::try_acquire(&cfg.paths.apply_lock, "bench").expect("lock");
-    let r = apply::reconcile(cfg, &mut k, false)
-        .unwrap_or_else(|e| panic!("reconcile: {}", policy_core::error::one_line(&e)));
-    assert!(r.malformed.is_empty());
-    (r.outcome.timings, r.outcome.plan.ops.len())
-}
-
 /// Where a full read goes: each piece timed alone (median of 3).
 fn read_breakdown(cfg: &Config) {
     use policy_core::kernel::{Nft, Routes, Rules, Tc};

@@ -11,12 +11,17 @@
 #            sockets, and whether any database connection is open (facts idle.*)
 #   server   PostgreSQL's own log of the plugin's sessions (statement durations, session time) to
 #            split the plugin's sql phase (logs/bench-plugin-postgres.log)
+#   storm    BENCH_STORM real L2TP clients of as many connections (FULL, shaped both ways) dial at
+#            once, directly and again through pgbouncer: how many come up, stay up and are
+#            policed (full_v4 member on their interface, TBF on it), how many the plugin ended and
+#            why, and each one's plugin line (logs/storm-TAG-lns.log; facts storm.TAG.*)
 . "$LAB_LIB"
 . "$LAB_REPO/tests/lab/guest/connect.sh"
 lab_init
 cl_init
 
 : "${BENCH_CONNECTS:=50}"
+: "${BENCH_STORM:=20}"
 HOOK="$LAB_REPO/tests/lab/guest/shell-hook.sh"
 BENCH=$LAB_OUT/bench
 mkdir -p "$BENCH"
@@ -67,6 +72,72 @@ idle_facts() {
     > "$BENCH/$p-pg_stat_activity"
 }
 
+# The storm's connections: FULL, shaped both ways (a TBF on the interface and on its IFB), no
+# routes (their table is shared; the lookup and the lock are what a storm contends for).
+for ((i = 1; i <= BENCH_STORM; i++)); do
+  pg_srv connection add --login "storm$i" --status CLAIMED --down-kbit 4000 --up-kbit 2000 > /dev/null
+  lns_user "storm$i" "pw-storm$i"
+  client_add "storm$i" "storm$i" "pw-storm$i"
+  client_opt "storm$i" "lcp-restart 1"
+done
+fact bench.storm "$BENCH_STORM"
+fact bench.storm_window "$(sql "select coalesce((select value from settings where key = 'connect_apply_window_s'), 'unset')")"
+
+# storm_policed NAME: the session's address is in full_v4 on its interface and the interface
+# has the plugin's TBF.
+storm_policed() {
+  local ip ifn
+  cget "$1" client_ip && ip=$V || return 1
+  cget "$1" lns_if && ifn=$V || return 1
+  nft_member full_v4 "$ip" "$ifn" && tc -n srv qdisc show dev "$ifn" | grep -q '^qdisc tbf 2: root'
+}
+
+# storm TAG: all BENCH_STORM clients dial at once; every one gets 120 s to come up; then the
+# counts (facts storm.TAG.*), the LNS log of the storm, and all hang up.
+storm() {
+  local tag=$1 i up=0 alive=0 policed=0 mark t0 since
+  mark=$(lns_log_mark)
+  now
+  t0=$NOW
+  for ((i = 1; i <= BENCH_STORM; i++)); do client_connect "storm$i"; done
+  for ((i = 1; i <= BENCH_STORM; i++)); do
+    if poll_until 120 client_is_up "storm$i"; then up=$((up + 1)); fi
+  done
+  now
+  fact "storm.$tag.all_up_ms" $(( NOW - t0 ))
+  # Let a late decision (the window) happen before counting who is alive.
+  nap 3
+  for ((i = 1; i <= BENCH_STORM; i++)); do
+    if cget "storm$i" lns_pid && pid_alive "$V"; then alive=$((alive + 1)); fi
+    if storm_policed "storm$i"; then policed=$((policed + 1)); fi
+  done
+  since=$(lns_log_since "$mark")
+  printf '%s\n' "$since" > "$LAB_OUT/logs/storm-$tag-lns.log"
+  fact "storm.$tag.up" "$up"
+  fact "storm.$tag.alive" "$alive"
+  fact "storm.$tag.policed" "$policed"
+  fact "storm.$tag.ended" "$(grep -c 'ending session' <<< "$since" || true)"
+  fact "storm.$tag.why" "$(grep 'ending session' <<< "$since" | sed 's/^.*ending session //' | tr -d '\r' \
+    | sort | uniq -c | sed 's/^ *//' | paste -sd '|' - || true)"
+  log "storm $tag: $up of $BENCH_STORM up, $alive alive, $policed policed"
+  for ((i = 1; i <= BENCH_STORM; i++)); do
+    if cget "storm$i" lac_pid && pid_alive "$V"; then client_hangup "storm$i"; fi
+  done
+  for ((i = 1; i <= BENCH_STORM; i++)); do
+    poll_until 30 lac_pppd_gone "storm$i" || log "storm $tag: the LAC pppd of storm$i did not exit"
+  done
+  # Every LNS pppd of the storm gone before the next part (their ip-down cleans up).
+  wait_for 60 "the LNS pppds of the storm to exit" storm_lns_gone
+}
+
+storm_lns_gone() {
+  local i
+  for ((i = 1; i <= BENCH_STORM; i++)); do
+    cget "storm$i" lns_pid && pid_alive "$V" && return 1
+  done
+  return 0
+}
+
 cycle() {
   client_connect c1
   client_wait_up c1 40
@@ -99,6 +170,13 @@ done
 fact bench.plugin_wall_ms $(( $(uptime_ms) - t0 ))
 lns_log_since "$mark" > "$LAB_OUT/logs/bench-plugin-lns.log"
 tail -c +$((pg_mark + 1)) "$PG_SOCK/postgres.log" > "$LAB_OUT/logs/bench-plugin-postgres.log"
+
+# --- a storm, direct: every client dials at once, each connect with a fresh backend -------------
+sql "alter system reset log_min_duration_statement"
+sql "alter system reset log_connections"
+sql "alter system reset log_disconnections"
+sql "select pg_reload_conf()" > /dev/null
+if [ "$BENCH_STORM" -gt 0 ]; then storm direct; fi
 
 # --- the plugin through pgbouncer: BENCH_CONNECTS connects that reach a running backend ----------
 # A local pgbouncer (session pooling) in front of PostgreSQL; pppgate.toml names it and says
@@ -138,6 +216,7 @@ if [ -x /usr/sbin/pgbouncer ]; then
   done
   fact bench.pooled_wall_ms $(( $(uptime_ms) - t0 ))
   lns_log_since "$mark" > "$LAB_OUT/logs/bench-plugin-pooled-lns.log"
+  if [ "$BENCH_STORM" -gt 0 ]; then storm pooled; fi
   cp "$BOUNCER/pgbouncer.log" "$LAB_OUT/logs/pgbouncer.log" 2> /dev/null || true
   cp "$LAB_TMP/pppgate-direct.toml" "$PPPGATE_CONF"
   kill "$(cat "$BOUNCER/pgbouncer.pid")" 2> /dev/null || true

@@ -1,5 +1,13 @@
 //! What the benchmarks (radius-helper/benches/) share: their command line and the load average
-//! they print beside every figure.
+//! they print beside every figure, the SQL rows of their session farms and an in-process reconcile.
+
+use policy_core::config::Config;
+use policy_core::kernel::Netlink;
+use policy_core::lock::Lock;
+use policy_core::policy::apply;
+use policy_core::policy::engine::Timings;
+
+use crate::PgServer;
 
 /// `--sizes 100,1000,10000` (session counts) and `--iters N`; anything else is ignored (cargo
 /// bench passes `--bench`).
@@ -38,4 +46,34 @@ pub fn loadavg() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// SQL rows for the benchmarks' farm sessions `from..=to` (connection id = session number,
+/// login `benchN`): rates on all, a route on every tenth, policy routing on every hundredth (table
+/// 100 via 10.100.0.40 on wg0, which the benchmark creates), 5 % expired, 2 % blocked.
+pub fn farm_rows(pg: &PgServer, from: usize, to: usize) {
+    pg.psql(&format!(
+        "INSERT INTO vpn_connections (id, subaccount_login, status, rate_down_kbit, rate_up_kbit, expires_at, manual_block)
+         SELECT g, 'bench' || g, 'CLAIMED', 8000 + (g % 10) * 1000, 2000,
+                CASE WHEN g % 20 = 1 THEN now() - interval '1 day' END, g % 50 = 0
+         FROM generate_series({from}, {to}) g;
+         INSERT INTO vpn_routes (connection_id, destination)
+         SELECT g, ('10.' || (100 + (g >> 8)) || '.' || (g & 255) || '.0/24')::cidr
+         FROM generate_series({from}, {to}) g WHERE g % 10 = 0;
+         INSERT INTO pbr_rules (name, connection_id, table_id, next_hop, dev, priority)
+         SELECT 'bench' || g, g, 100, '10.100.0.40', 'wg0', 1000
+         FROM generate_series({from}, {to}) g WHERE g % 100 = 7;
+         SELECT setval('vpn_connections_id_seq', greatest(1000000, (SELECT max(id) FROM vpn_connections)));"
+    ));
+}
+
+/// One reconcile of every session, in-process under the apply lock: its timings and how many
+/// operations it carried out.
+pub fn reconcile_in_process(cfg: &Config) -> (Timings, usize) {
+    let mut k = Netlink::new().expect("netlink");
+    let _l = Lock::try_acquire(&cfg.paths.apply_lock, "bench").expect("lock");
+    let r = apply::reconcile(cfg, &mut k, false)
+        .unwrap_or_else(|e| panic!("reconcile: {}", policy_core::error::one_line(&e)));
+    assert!(r.malformed.is_empty());
+    (r.outcome.timings, r.outcome.plan.ops.len())
 }
