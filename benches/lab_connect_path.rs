@@ -138,6 +138,20 @@ fn main() {
     line(&mut out, "  sql (connect + lookup)", &stats(field("sql_us")));
     line(&mut out, "  mapping", &stats(field("mapping_us")));
     line(&mut out, "  apply (lock, kernel, verify)", &stats(field("apply_us")));
+    // ip-down: lock, kernel state and mapping (teardown_us: what the hook's down half does) and
+    // with the final accounting flush before it (down_us).
+    let removed: Vec<_> = log
+        .lines()
+        .filter(|l| l.starts_with("pppgate: session state removed on ip-down"))
+        .map(pppgate_testkit::lab_output::fields)
+        .filter(|f| f.contains_key("teardown_us"))
+        .collect();
+    let teardown = (!removed.is_empty()).then(|| {
+        let v = |k: &str| -> Vec<u64> { removed.iter().map(|f| f[k].parse().unwrap_or(0)).collect() };
+        line(&mut out, "ip-down: teardown (lock, kernel, mapping)", &stats(v("teardown_us")));
+        line(&mut out, "ip-down: with the final accounting", &stats(v("down_us")));
+        stats(v("teardown_us"))
+    });
     let retried = applied.iter().filter(|a| a["attempts"] != "1").count();
     let _ = writeln!(out, "  connects that needed more than one apply attempt: {retried}");
     let (statements, sessions) = postgres_side(&run.read("logs/bench-plugin-postgres.log"));
@@ -245,6 +259,20 @@ fn main() {
         hook_gate.median as f64 / total.median as f64,
         hook_gate.p99 as f64 / total.p99 as f64
     );
+    let hook_down = stats(rows.iter().map(|r| us(r[2], r[3])).collect());
+    if let Some(td) = &teardown {
+        // Up to the gate's release plus the teardown, each side: the same duties.
+        let _ = writeln!(
+            out,
+            "ratio shell hook / pppgate.so, up (to the gate's release) + down (teardown), medians: {:.1}x \
+             ({} ms vs {} ms)",
+            (hook_gate.median + hook_down.median) as f64 / (total.median + td.median) as f64,
+            ms(hook_gate.median + hook_down.median),
+            ms(total.median + td.median)
+        );
+    } else {
+        let _ = writeln!(out, "ratio up + down: the plugin's ip-down lines carry no teardown_us (older plugin)");
+    }
     if let Some(p) = &pooled {
         let r = hook_gate.median as f64 / p.median as f64;
         let _ = writeln!(

@@ -533,6 +533,7 @@ fn cleanup(event: &str) {
         shim::cancel(t);
     }
     let Some(cfg) = config() else { return };
+    let t0 = Instant::now();
     let (ifname, client, gated, mapping) = with_link(|l| {
         let client = l.ifindex.zip(l.client_ip).map(|(i, ip)| Member::new(i, ip));
         (l.ifname.clone(), client, l.gated.clone(), l.mapping.clone())
@@ -540,6 +541,7 @@ fn cleanup(event: &str) {
     if let Some(m) = &mapping {
         final_accounting(&cfg, m, event);
     }
+    let t_teardown = Instant::now();
     let lock = match Lock::acquire_within(&cfg.paths.apply_lock, "pppd-disconnect", plan.lock_wait) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -567,7 +569,14 @@ fn cleanup(event: &str) {
         }
     }
     if errors.is_empty() {
-        tracing::info!(ifname = ifname.as_deref().unwrap_or("-"), "session state removed on {event}");
+        // teardown_us: lock, kernel state and mapping (the work an ip-down hook does); down_us:
+        // with the final accounting flush before it.
+        tracing::info!(
+            ifname = ifname.as_deref().unwrap_or("-"),
+            teardown_us = t_teardown.elapsed().as_micros() as u64,
+            down_us = t0.elapsed().as_micros() as u64,
+            "session state removed on {event}"
+        );
     }
 }
 
