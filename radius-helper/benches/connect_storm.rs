@@ -13,7 +13,9 @@
 //! storm (pppd creates its interface before ip-up). Printed per size: how many connects were
 //! applied, how many the window ended and why any other ended, ip-up → gate released, the lock
 //! wait and hold, attempts, connects per second through the lock, and how many storm addresses
-//! are in full_v4 afterwards (read back with nft). The first size is the baseline of the run.
+//! are in full_v4 afterwards (read back with nft). Each storm runs twice: SQL direct (a backend
+//! started per connect) and through a local pgbouncer (`pooler = true`) when it is installed. The
+//! first size is the baseline of the run.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -208,6 +210,7 @@ fn dist(label: &str, mut v: Vec<Duration>) {
 /// The figures of one storm, for the summary.
 struct Figures {
     box_size: usize,
+    sql: &'static str,
     applied: usize,
     by_window: usize,
     other_ended: usize,
@@ -216,7 +219,7 @@ struct Figures {
     latency_p99: Duration,
 }
 
-fn storm(pg: &PgServer, cfg: &Config, a: &Args, box_size: usize, round: usize) -> Figures {
+fn storm(pg: &PgServer, cfg: &Config, a: &Args, box_size: usize, round: usize, sql: &'static str) -> Figures {
     let base = 200_000 + round * 10_000;
     let n = a.storm;
     pg.psql(&format!(
@@ -265,7 +268,7 @@ fn storm(pg: &PgServer, cfg: &Config, a: &Args, box_size: usize, round: usize) -
     let full = nft_members().get("full_v4").cloned().unwrap_or_default();
     let policed = (0..n).filter(|i| full.iter().any(|e| member_is(e, &storm_ip(*i).to_string()))).count();
     println!(
-        " storm of {n} connects within {:?} on a box with {box_size} sessions (load before {load_before}, after {}):",
+        " storm of {n} connects within {:?} on a box with {box_size} sessions, SQL {sql} (load before {load_before}, after {}):",
         a.spread,
         loadavg()
     );
@@ -296,6 +299,7 @@ fn storm(pg: &PgServer, cfg: &Config, a: &Args, box_size: usize, round: usize) -
     let mut lat: Vec<Duration> = applied.iter().map(|c| c.latency).collect();
     let fig = Figures {
         box_size,
+        sql,
         applied: applied.len(),
         by_window,
         other_ended: others.values().sum(),
@@ -347,6 +351,8 @@ fn main() {
     veth("wg0", "wg0p", None);
     run(&["ip", "addr", "add", "10.100.0.1/24", "dev", "wg0"]);
     run(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
+    // The same storms through a local pgbouncer (session pooling, docs/ARCHITECTURE.md "Warm SQL").
+    let bouncer = start_bouncer(&pg);
     let mut farms = Vec::new();
     let mut have = 0;
     let mut figures = Vec::new();
@@ -358,15 +364,23 @@ fn main() {
         have = size;
         let (_, ops) = reconcile_in_process(&cfg);
         println!(" setup: {size} sessions installed ({ops} operations) in {:?}", t.elapsed());
-        figures.push(storm(&pg, &cfg, &a, size, round));
+        figures.push(storm(&pg, &cfg, &a, size, 2 * round, "direct"));
+        if let Some(b) = &bouncer {
+            let mut pooled = cfg.clone();
+            pooled.database.pg =
+                format!("host={} port=6432 user=postgres dbname=postgres", b.dir.path().display()).parse().unwrap();
+            pooled.database.pooler = true;
+            figures.push(storm(&pg, &pooled, &a, size, 2 * round + 1, "through pgbouncer"));
+        }
     }
     println!("\n=== storms: {} connects within {:?} ===", a.storm, a.spread);
     let first = &figures[0];
     for f in &figures {
         println!(
-            "  {:>6} sessions: applied {:>5}, ended by the window {:>5}, other ends {:>3}; lock held median {:>7} ms ({:.2}× the {}-session box); \
+            "  {:>6} sessions, SQL {:<17}: applied {:>5}, ended by the window {:>5}, other ends {:>3}; lock held median {:>7} ms ({:.2}× the {}-session box); \
              gate released p99 {:>8} ms; done after {:.1} s (goal: every connect policed within its window, 0 ended: {})",
             f.box_size,
+            f.sql,
             f.applied,
             f.by_window,
             f.other_ended,

@@ -324,63 +324,6 @@ fn shell_baseline(pg: &PgServer, iters: usize) {
     run(&["ip", "link", "del", "pppsh0"]);
 }
 
-/// A pgbouncer in front of the private PostgreSQL (session pooling, its own socket directory),
-/// run as the postgres user (it refuses root).
-struct Bouncer {
-    dir: tempfile::TempDir,
-    child: std::process::Child,
-}
-
-impl Drop for Bouncer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_bouncer(pg: &PgServer) -> Option<Bouncer> {
-    use std::os::unix::process::CommandExt;
-    let bin = std::path::Path::new("/usr/sbin/pgbouncer");
-    if !bin.exists() {
-        println!(" pgbouncer: not installed (scripts/install-deps.sh installs it); pooled figures skipped");
-        return None;
-    }
-    let user = nix::unistd::User::from_name("postgres").ok().flatten().expect("postgres user");
-    let dir = tempfile::Builder::new().prefix("pppgate-bench-bouncer-").tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("pgbouncer.ini"),
-        format!(
-            "[databases]\n* = host={pgdir} port=5432\n[pgbouncer]\nlisten_addr =\nlisten_port = 6432\n\
-             unix_socket_dir = {d}\nauth_type = trust\nauth_file = {d}/users.txt\npool_mode = session\n\
-             default_pool_size = 8\nmax_client_conn = 1000\nserver_reset_query = DISCARD ALL\n\
-             ignore_startup_parameters = extra_float_digits\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
-            pgdir = pg.socket_dir().display(),
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
-    nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
-    let mut child = Command::new(bin)
-        .arg(dir.path().join("pgbouncer.ini"))
-        .uid(user.uid.as_raw())
-        .gid(user.gid.as_raw())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pgbouncer");
-    let sock = dir.path().join(".s.PGSQL.6432");
-    if !wait_until(Duration::from_secs(10), || sock.exists()) {
-        let _ = child.kill();
-        let _ = child.wait();
-        let log = std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default();
-        println!(" pgbouncer: did not start ({log})");
-        return None;
-    }
-    Some(Bouncer { dir, child })
-}
-
 /// The connect path's SQL part (connect + lookup, a fresh connection each time as pppd holds
 /// none), directly against PostgreSQL and through pgbouncer, in the same run.
 fn warm_sql(pg: &PgServer, cfg: &Config, iters: usize) {

@@ -108,7 +108,7 @@ pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_t
             }
         }
     }
-    let mut client = pg.connect(NoTls).map_err(Error::SqlUnavailable)?;
+    let mut client = connect_retrying(&mut pg, connect_timeout)?;
     if cfg.pooler {
         // A pooler does not forward startup options: the same settings, one round trip. In
         // session pooling the server connection is this client's until it disconnects, and the
@@ -118,6 +118,50 @@ pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_t
             .map_err(Error::SqlUnavailable)?;
     }
     Ok(client)
+}
+
+/// First pause after a connect the server refused for a moment, doubling to [`BUSY_PAUSE_MAX`].
+pub const BUSY_PAUSE_START: Duration = Duration::from_millis(5);
+pub const BUSY_PAUSE_MAX: Duration = Duration::from_millis(100);
+
+/// Connects, retrying within `timeout` (counted from the first attempt) while the server refuses
+/// for a moment only ([`busy_refusal`]): under a login storm PostgreSQL's Unix socket backlog fills
+/// up (the kernel answers EAGAIN) or every connection slot is taken, and both clear within
+/// milliseconds. Anything else fails at once, as before; the last attempt gets what is left of
+/// `timeout`, so the bound stays `timeout` (R121).
+fn connect_retrying(pg: &mut postgres::Config, timeout: Duration) -> Result<Client> {
+    let start = std::time::Instant::now();
+    let mut pause = BUSY_PAUSE_START;
+    loop {
+        let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+        pg.connect_timeout(left);
+        match pg.connect(NoTls) {
+            Ok(c) => return Ok(c),
+            Err(e) if busy_refusal(&e) && start.elapsed() + pause < timeout => {
+                tracing::debug!("database busy ({e}); connecting again in {} ms", pause.as_millis());
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(BUSY_PAUSE_MAX);
+            }
+            Err(e) => return Err(Error::SqlUnavailable(e)),
+        }
+    }
+}
+
+/// Whether a connect failed only because the server is busy this instant: its listen backlog was
+/// full (EAGAIN on a Unix socket; a TCP backlog makes the client wait instead) or it had no
+/// connection slot left (SQLSTATE 53300, "too many clients").
+pub fn busy_refusal(e: &postgres::Error) -> bool {
+    if e.code() == Some(&postgres::error::SqlState::TOO_MANY_CONNECTIONS) {
+        return true;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::WouldBlock;
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// Seconds since the Unix epoch as PostgreSQL computes it (`now()`), for consistent comparisons.
