@@ -89,7 +89,23 @@ storm_policed() {
   local ip ifn
   cget "$1" client_ip && ip=$V || return 1
   cget "$1" lns_if && ifn=$V || return 1
-  nft_member full_v4 "$ip" "$ifn" && tc -n srv qdisc show dev "$ifn" | grep -q '^qdisc tbf 2: root'
+  nft_member full_v4 "$ip" "$ifn" || return 1
+  # Read whole, then matched: `tc | grep -q` under pipefail fails when grep exits before tc has
+  # written its last line (SIGPIPE) — it counted 2 of 20 policed sessions as not policed.
+  [[ $(tc -n srv qdisc show dev "$ifn") == *"qdisc tbf 2: root"* ]]
+}
+
+# storm_why NAME: logs what the kernel holds for a session storm_policed did not find policed.
+storm_why() {
+  local ip= ifn= set sets=
+  cget "$1" client_ip && ip=$V
+  cget "$1" lns_if && ifn=$V
+  for set in connect_pending_v4 full_v4 restricted_v4 blocked_v4; do
+    nft_member "$set" "$ip" && sets="$sets $set(any if)"
+    [ -n "$ifn" ] && nft_member "$set" "$ip" "$ifn" && sets="$sets $set($ifn)"
+  done
+  log "storm: $1 (ip ${ip:-?}, LNS if ${ifn:-?}) not policed: sets:${sets:- none};" \
+    "qdisc: $(tc -n srv qdisc show dev "${ifn:-none}" 2>&1 | head -2 | paste -sd '|' -)"
 }
 
 # storm TAG: all BENCH_STORM clients dial at once; every one gets 120 s to come up; then the
@@ -109,8 +125,13 @@ storm() {
   nap 3
   for ((i = 1; i <= BENCH_STORM; i++)); do
     if cget "storm$i" lns_pid && pid_alive "$V"; then alive=$((alive + 1)); fi
-    if storm_policed "storm$i"; then policed=$((policed + 1)); fi
+    if storm_policed "storm$i"; then
+      policed=$((policed + 1))
+    else
+      storm_why "storm$i"
+    fi
   done
+  ksnap "storm-$tag"
   since=$(lns_log_since "$mark")
   printf '%s\n' "$since" > "$LAB_OUT/logs/storm-$tag-lns.log"
   fact "storm.$tag.up" "$up"
