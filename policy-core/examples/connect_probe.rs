@@ -284,6 +284,7 @@ fn main() {
 
         let log: Log = Rc::default();
         let (mut locked, mut down, mut create) = (vec![], vec![], vec![]);
+        let (mut full_read, mut addr_read) = (vec![], vec![]);
         for k in 0..a.iters {
             let i = fresh + k;
             let t = Instant::now();
@@ -306,19 +307,32 @@ fn main() {
             engine::converge(&mut b, &cfg, &d, &Scope::of(&d.sessions), false).expect("connect");
             locked.push(t.elapsed());
             drop(b);
+            // The peer check's two possible reads, then ip-down as the plugin does it.
+            let t = Instant::now();
+            links::LinkSnapshot::read().expect("link dump");
+            full_read.push(t.elapsed());
+            let t = Instant::now();
+            links::LinkSnapshot::read_addresses().expect("address dump");
+            addr_read.push(t.elapsed());
             let mut b = Netlink::new().unwrap();
             let t = Instant::now();
-            engine::disconnect(&mut b, &s.ifname, s.member()).expect("disconnect");
+            let errors = engine::teardown_link(&mut b, Some(&s.ifname), Some(s.member()), &BTreeSet::new());
+            assert!(errors.is_empty(), "ip-down: {errors:?}");
             down.push(t.elapsed());
             drop(b);
             run(&["ip", "link", "del", &s.ifname]);
         }
         fresh += a.iters;
         println!(
-            " one connect (down+up shaping, 1 route): converge median {:.3} ms; disconnect median {:.3} ms; TUN create (ip) {:.3} ms",
+            " one connect (down+up shaping, 1 route): converge median {:.3} ms; ip-down (teardown_link) median {:.3} ms; TUN create (ip) {:.3} ms",
             ms(median(&mut locked)),
             ms(median(&mut down)),
             ms(median(&mut create))
+        );
+        println!(
+            "  ip-down's peer check: link dump with counters {:.3} ms, address dump {:.3} ms (medians)",
+            ms(median(&mut full_read)),
+            ms(median(&mut addr_read))
         );
         println!("  backend calls inside converge:");
         print_log(&log, a.iters);

@@ -363,7 +363,9 @@ pub fn teardown_link<B: Backends>(
     gated: &BTreeSet<Member>,
 ) -> Vec<String> {
     let mut errors = Vec::new();
-    let links = LinkSnapshot::read().ok();
+    // Which interface carries which peer: the address dump is enough (a full link dump with
+    // counters cost ip-down ~10x more on a box with 10,000 sessions and their IFBs).
+    let links = LinkSnapshot::read_addresses().ok();
     let owned_elsewhere = |ip: Ipv4Addr| {
         links
             .as_ref()
