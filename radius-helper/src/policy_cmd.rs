@@ -168,7 +168,8 @@ fn print_report(g: &Global, r: &Report, dry_run: bool) {
             s.pbr.join(",")
         );
     }
-    if r.outcome.steps.is_empty() {
+    // Without SQL only the gone half ran: "nothing to do" would claim a converged box.
+    if r.outcome.steps.is_empty() && r.sql_unavailable.is_none() {
         println!("nothing to do");
     }
     for step in &r.outcome.steps {
@@ -177,10 +178,10 @@ fn print_report(g: &Global, r: &Report, dry_run: bool) {
     for t in &r.outcome.terminated {
         println!("terminated session on {t}");
     }
+    // One line for a database that is down (the boot and timer units log it each run).
     if let Some(e) = &r.sql_unavailable {
-        println!("SQL unavailable ({e}): only state of sessions that no longer exist was removed");
-    }
-    if !r.converged {
+        println!("not converged: SQL unavailable ({e}); only state of sessions that no longer exist was removed");
+    } else if !r.converged {
         println!("{}", if dry_run { "not converged: the changes above are pending" } else { "not converged" });
     }
 }

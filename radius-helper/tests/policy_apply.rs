@@ -731,6 +731,12 @@ fn reconcile_exit_codes_say_whether_it_converged() {
     assert_eq!(j["converged"], false, "--boot exits 0 without SQL but says it did not converge");
     let out = w.cli.run(&["reconcile"]).expect_code(69);
     assert!(out.stdout.contains("not converged"), "{}", out.stdout);
+    // The DB Down Boot's unit logs it: one line (besides the malformed file written above),
+    // nothing claiming "nothing to do" (lab_boot).
+    let out = w.cli.run(&["reconcile", "--boot"]).expect_code(0);
+    let lines: Vec<&str> = out.stdout.lines().filter(|l| !l.starts_with("malformed mapping")).collect();
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    assert!(lines[0].starts_with("not converged: SQL unavailable ("), "{}", out.stdout);
     w.pg.start();
 
     // SQL asks for what cannot be applied: refused as a whole, nothing changes.
