@@ -79,5 +79,11 @@ if [ "${PPPGATE_LAB_LONG:-0}" = 1 ]; then
   log "PPPGATE_LAB_LONG=1: cargo test --release --test lab_radius_names -- --ignored"
   cargo test --release --no-fail-fast --test lab_radius_names -- --ignored || rc=$?
   log "lab_radius_names (long run) took $((SECONDS - start)) s"
+  # The boot and timer tests on the installed package (three boots over one disk: the boot
+  # reconcile and janitor, start order, the timers, the DB Down Boot).
+  start=$SECONDS
+  log "PPPGATE_LAB_LONG=1: cargo test --release --test lab_boot -- --ignored"
+  cargo test --release --no-fail-fast --test lab_boot -- --ignored || rc=$?
+  log "lab_boot took $((SECONDS - start)) s"
 fi
 exit "$rc"

@@ -7,7 +7,8 @@
 //! Three boots over one disk; durations printed.
 //!
 //! Needs root, qemu, linux-image-amd64, e2fsprogs, the release artifacts and the package
-//! (scripts/build-deb.sh --no-build). Not yet run to completion: `#[ignore]`d until it is green,
+//! (scripts/build-deb.sh --no-build). Part of the long run (`PPPGATE_LAB_LONG=1
+//! scripts/test-all.sh`), not of CI (three boots and an apt run: ~15 min of VM):
 //! `cargo test --release --test lab_boot -- --ignored` runs it.
 
 use std::time::Duration;
@@ -55,7 +56,7 @@ fn starts(run: &LabRun, key: &str) -> Vec<f64> {
 }
 
 #[test]
-#[ignore = "work in progress, not yet run green: B167 §9 boot tests (tests/lab/README.md, 'The system lab')"]
+#[ignore = "long run (three boots, ~15 min of VM): tests/lab/README.md, 'The system lab'"]
 fn boot_reconcile_boot_janitor_start_order_and_timers_on_a_rebooted_system() {
     let disk = SystemDisk::create(&SystemDisk::default_path("boot"), 4096).expect("system disk");
 
