@@ -148,9 +148,10 @@ fn main() {
         .collect();
     let teardown = (!removed.is_empty()).then(|| {
         let v = |k: &str| -> Vec<u64> { removed.iter().map(|f| f[k].parse().unwrap_or(0)).collect() };
-        line(&mut out, "ip-down: teardown (lock, kernel, mapping)", &stats(v("teardown_us")));
+        let teardown = stats(v("teardown_us"));
+        line(&mut out, "ip-down: teardown (lock, kernel, mapping)", &teardown);
         line(&mut out, "ip-down: with the final accounting", &stats(v("down_us")));
-        stats(v("teardown_us"))
+        teardown
     });
     let retried = applied.iter().filter(|a| a["attempts"] != "1").count();
     let _ = writeln!(out, "  connects that needed more than one apply attempt: {retried}");

@@ -333,12 +333,7 @@ fn storm(pg: &PgServer, cfg: &Config, a: &Args, box_size: usize, round: usize, s
 fn main() {
     let a = args();
     private_netns();
-    println!(
-        "pppgate connect storm benchmark — kernel {}, {} CPUs, load average {}",
-        run(&["uname", "-r"]).trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        loadavg()
-    );
+    println!("pppgate connect storm benchmark — {}", machine());
     let pg = PgServer::new();
     let env = TestEnv::new(&pg.dsn());
     let cfg = env.config();
@@ -348,9 +343,7 @@ fn main() {
         connect::BACKOFF_START,
         connect::BACKOFF_MAX
     );
-    veth("wg0", "wg0p", None);
-    run(&["ip", "addr", "add", "10.100.0.1/24", "dev", "wg0"]);
-    run(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
+    farm_uplink();
     // The same storms through a local pgbouncer (session pooling, docs/ARCHITECTURE.md "Warm SQL").
     let bouncer = start_bouncer(&pg);
     let mut farms = Vec::new();

@@ -422,21 +422,14 @@ fn print_goals(v: &[SizeFigures]) {
 fn main() {
     let a = bench_args(200);
     private_netns();
-    println!(
-        "pppgate policy benchmark — kernel {}, {} CPUs, load average {}",
-        run(&["uname", "-r"]).trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        loadavg()
-    );
+    println!("pppgate policy benchmark — {}", machine());
     let t = Instant::now();
     let pg = PgServer::new();
     let env = TestEnv::new(&pg.dsn());
     let cfg = env.config();
     let cli = env.cli(BIN);
     println!("(PostgreSQL up in {:?}; binary {BIN})", t.elapsed());
-    veth("wg0", "wg0p", None);
-    run(&["ip", "addr", "add", "10.100.0.1/24", "dev", "wg0"]);
-    run(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
+    farm_uplink();
 
     let mut farms: Vec<TunFarm> = Vec::new();
     let mut have = 0usize;

@@ -78,12 +78,7 @@ impl Row {
 fn main() {
     let a = bench_args(5);
     private_netns();
-    println!(
-        "pppgate restore benchmark — kernel {}, {} CPUs, load average {}",
-        run(&["uname", "-r"]).trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        loadavg()
-    );
+    println!("pppgate restore benchmark — {}", machine());
     // No database is reached: the DSN only has to parse.
     let env = TestEnv::new("host=/nonexistent dbname=pppgate user=none");
     let cfg = env.config();

@@ -121,8 +121,8 @@ pub fn connect_with(cfg: &DatabaseConfig, connect_timeout: Duration, statement_t
 }
 
 /// First pause after a connect the server refused for a moment, doubling to [`BUSY_PAUSE_MAX`].
-pub const BUSY_PAUSE_START: Duration = Duration::from_millis(5);
-pub const BUSY_PAUSE_MAX: Duration = Duration::from_millis(100);
+const BUSY_PAUSE_START: Duration = Duration::from_millis(5);
+const BUSY_PAUSE_MAX: Duration = Duration::from_millis(100);
 
 /// Connects, retrying within `timeout` (counted from the first attempt) while the server refuses
 /// for a moment only ([`busy_refusal`]): under a login storm PostgreSQL's Unix socket backlog fills

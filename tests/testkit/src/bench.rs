@@ -38,6 +38,24 @@ pub fn bench_args(default_iters: usize) -> BenchArgs {
     a
 }
 
+/// What a benchmark's first line says about the machine: kernel, CPUs and load average.
+pub fn machine() -> String {
+    format!(
+        "kernel {}, {} CPUs, load average {}",
+        crate::run(&["uname", "-r"]).trim(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        loadavg()
+    )
+}
+
+/// The uplink [`farm_rows`]' policy routing names (wg0, 10.100.0.1/24, next hop 10.100.0.40),
+/// in the current namespace, with loose reverse-path filtering as a concentrator has it.
+pub fn farm_uplink() {
+    crate::veth("wg0", "wg0p", None);
+    crate::run(&["ip", "addr", "add", "10.100.0.1/24", "dev", "wg0"]);
+    crate::run(&["sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0"]);
+}
+
 /// The first three fields of /proc/loadavg ("" when unreadable).
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -39,7 +39,9 @@ pub mod traffic;
 pub mod tunpeer;
 
 pub use acct::AcctLab;
-pub use bench::{bench_args, farm_rows, loadavg, reconcile_in_process, start_bouncer, BenchArgs, Bouncer};
+pub use bench::{
+    bench_args, farm_rows, farm_uplink, loadavg, machine, reconcile_in_process, start_bouncer, BenchArgs, Bouncer,
+};
 pub use env::{Cli, CliOut, DbEnv, EnvOptions, TestEnv, WgSection, NAS_IDENTITY, NAS_IP};
 pub use fixtures::{add_connection, add_customer, add_route};
 pub use kernel::*;
